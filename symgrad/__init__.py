@@ -1,0 +1,57 @@
+"""symgrad: symbolic gradients of SymPy models, compiled to fast Numba code.
+
+>>> import sympy as sp
+>>> import symgrad as sg
+>>> w, x, y = sp.symbols("w x y")
+>>> loss = (w * x - y) ** 2
+>>> sg.grad(loss, [w])[w]
+x*(2*w*x - 2*y)
+"""
+
+from symgrad import ops as _ops
+from symgrad.compiled import CompiledFunction, Gradients, compile, grad
+from symgrad.derive.rules import RULES, register_rule
+from symgrad.ops import (
+    Map,
+    binary_cross_entropy_with_logits,
+    broadcast,
+    det,
+    dot,
+    hadamard,
+    inv,
+    logdet,
+    logsumexp,
+    matrix,
+    mean,
+    name,
+    softmax,
+    sum,
+    trace,
+    vector,
+)
+from symgrad.show import latex, show
+
+__version__ = "0.1.0"
+
+# Elementwise functions: each takes a scalar or a matrix.
+sigmoid = _ops.ELEMENTWISE["sigmoid"]
+softplus = _ops.ELEMENTWISE["softplus"]
+logsigmoid = _ops.ELEMENTWISE["logsigmoid"]
+relu = _ops.ELEMENTWISE["relu"]
+exp = _ops.ELEMENTWISE["exp"]
+log = _ops.ELEMENTWISE["log"]
+log1p = _ops.ELEMENTWISE["log1p"]
+tanh = _ops.ELEMENTWISE["tanh"]
+sin = _ops.ELEMENTWISE["sin"]
+cos = _ops.ELEMENTWISE["cos"]
+sqrt = _ops.ELEMENTWISE["sqrt"]
+square = _ops.ELEMENTWISE["square"]
+abs = _ops.ELEMENTWISE["abs"]  # noqa: A001 - mirrors numpy.abs
+
+__all__ = [
+    "grad", "compile", "CompiledFunction", "Gradients", "RULES", "register_rule", "show",
+    "latex", "matrix", "vector", "dot", "hadamard", "sum", "mean", "broadcast", "trace", "det",
+    "logdet", "inv", "logsumexp", "softmax", "name", "Map", "binary_cross_entropy_with_logits",
+    "sigmoid", "softplus", "logsigmoid", "relu", "exp", "log", "log1p", "tanh", "sin", "cos",
+    "sqrt", "square", "abs", "__version__",
+]

@@ -1,0 +1,1 @@
+"""Code generation: lowering of symgrad graphs to Numba source."""

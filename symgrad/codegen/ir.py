@@ -1,0 +1,71 @@
+"""The program representation shared by the optimizer, the code generator and the printers.
+
+A :class:`Program` is a list of :class:`Statement` ``target = operation(operands)`` in
+execution order.  Every operand is an *atom*: an input symbol, an earlier target, a number,
+a constant matrix (Identity, OneMatrix, ZeroMatrix) or the transpose of a matrix symbol (a
+view, never a copy).  The operations are SymPy nodes with atoms as arguments:
+
+======================  ===========================================================
+scalar                  Add, Mul, Pow (binary), functions, Max, Min, Piecewise, ...
+``MatMul(A, B)``        a matrix product (BLAS)
+``Map(f, shape, ...)``  an elementwise function of matrices (one fused loop)
+``AxisSum(A, axis)``    row or column sums; ``SumAll(A)`` the sum of all entries
+``MatrixElement``       ``A[i, j]``; ``Trace``, ``Determinant``, ``LogDet``, ``Inverse``
+``LogSumExp``, ``LogSumExpAll``, ``Softmax``, ``Scatter``, ``Transpose`` (of a target)
+======================  ===========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixExpr
+
+from symgrad import ops
+
+
+@dataclass(frozen=True)
+class Statement:
+    target: sp.Basic       # Symbol (scalar) or MatrixSymbol
+    operation: sp.Basic    # one operation whose arguments are atoms
+
+    @property
+    def is_matrix(self) -> bool:
+        return isinstance(self.target, MatrixExpr)
+
+
+@dataclass
+class Program:
+    """A straight-line program: statements, inputs, named outputs."""
+
+    inputs: list                                  # parameters first, then data inputs
+    statements: list = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)   # output name -> atom
+    labels: dict = field(default_factory=dict)    # target -> the user's name for it
+    adjoints: set = field(default_factory=set)    # targets that hold an adjoint
+
+    @property
+    def dimensions(self) -> list:
+        """The symbolic dimensions of the inputs, sorted by name."""
+        dims = set()
+        for symbol in self.inputs:
+            if isinstance(symbol, MatrixExpr):
+                for d in symbol.shape:
+                    dims |= sp.sympify(d).free_symbols
+        return sorted(dims, key=lambda s: s.name)
+
+    def op_count(self) -> int:
+        """Arithmetic operations: one per scalar operation, per matrix operation, and per
+        operation in the body of each elementwise loop."""
+        return sum(operation_cost(s.operation) for s in self.statements)
+
+
+def operation_cost(operation) -> int:
+    if isinstance(operation, ops.Map):
+        return max(1, sp.count_ops(operation.body))
+    if isinstance(operation, (sp.Symbol, sp.MatrixSymbol, sp.Number)):
+        return 0
+    if isinstance(operation, MatrixExpr) or not isinstance(operation, sp.Expr):
+        return 1
+    return max(1, sp.count_ops(operation))

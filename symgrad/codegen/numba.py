@@ -1,0 +1,384 @@
+"""The Numba emitter: Python source with ``@numba.njit`` kernels from a
+:class:`~symgrad.codegen.ir.Program`.
+
+One emitter method per operation (``_emit_MatMul``, ``_emit_Map`` ...), dispatched by class
+name like SymPy's printers, so that a new operation is one method here and a missing one fails
+loudly.  Scalar expressions inside statements are printed by :class:`ScalarPrinter`.
+
+Matrix products go to BLAS through ``np.dot`` (transposed operands are passed as views, never
+copied); each Map is one loop nest without temporaries; reductions are loops.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+from sympy.printing.numpy import NumPyPrinter
+from sympy.printing.pycode import PythonCodePrinter
+
+from symgrad import ops
+from symgrad.codegen.ir import Program, Statement
+
+FASTMATH_FLAGS = '{"nsz", "arcp", "contract", "reassoc"}'  # never nnan/ninf: inf/nan stay right
+
+# Scalar functions whose generated code calls a helper of the runtime (see runtime.py).
+RUNTIME_FUNCTIONS = {
+    "sigmoid": "sg_sigmoid", "softplus": "sg_softplus", "logsigmoid": "sg_logsigmoid",
+    "exp": "sg_exp", "log": "sg_log", "log1p": "sg_log1p", "tanh": "sg_tanh",
+    "sin": "sg_sin", "cos": "sg_cos",
+}
+
+
+class ScalarPrinter(NumPyPrinter):
+    """Prints scalar SymPy expressions as Numba-compilable Python (``np.`` functions,
+    runtime helpers for the stable and fast functions, conditionals for Piecewise)."""
+
+    _module = "np"
+    language = "Python with Numba"
+
+    def __init__(self, names: dict | None = None):
+        super().__init__({"fully_qualified_modules": False, "inline": True,
+                          "allow_unknown_functions": False})
+        self.names = names or {}
+        self._kf = {k: v.replace("numpy.", "np.") for k, v in self._kf.items()}
+        self._kc = {k: v.replace("numpy.", "np.") for k, v in self._kc.items()}
+
+    def _module_format(self, fqn, register=True):
+        return fqn.replace("numpy.", "np.")
+
+    def _print_Symbol(self, expr):
+        return self.names.get(expr, expr.name)
+
+    def _print_MatrixSymbol(self, expr):
+        return self.names.get(expr, expr.name)
+
+    def _print_Function(self, expr):
+        name = type(expr).__name__
+        if name in RUNTIME_FUNCTIONS:
+            return f"{RUNTIME_FUNCTIONS[name]}({self._print(expr.args[0])})"
+        return super()._print_Function(expr)
+
+    def _runtime(self, name, expr):
+        return f"{RUNTIME_FUNCTIONS[name]}({self._print(expr.args[0])})"
+
+    def _print_exp(self, expr):
+        return self._runtime("exp", expr)
+
+    def _print_log(self, expr):
+        return self._runtime("log", expr)
+
+    def _print_log1p(self, expr):
+        return self._runtime("log1p", expr)
+
+    def _print_tanh(self, expr):
+        return self._runtime("tanh", expr)
+
+    def _print_sin(self, expr):
+        return self._runtime("sin", expr)
+
+    def _print_cos(self, expr):
+        return self._runtime("cos", expr)
+
+    def _print_sigmoid(self, expr):
+        return self._runtime("sigmoid", expr)
+
+    def _print_softplus(self, expr):
+        return self._runtime("softplus", expr)
+
+    def _print_logsigmoid(self, expr):
+        return self._runtime("logsigmoid", expr)
+
+    def _print_relu(self, expr):
+        return f"max({self._print(expr.args[0])}, 0.0)"
+
+    def _print_erf(self, expr):
+        return f"math.erf({self._print(expr.args[0])})"
+
+    def _print_Abs(self, expr):
+        return f"abs({self._print(expr.args[0])})"
+
+    def _print_sign(self, expr):
+        return f"np.sign({self._print(expr.args[0])})"
+
+    def _print_Heaviside(self, expr):
+        x = self._print(expr.args[0])
+        at_zero = self._print(sp.Float(expr.args[1])) if len(expr.args) > 1 else "0.5"
+        return f"(1.0 if {x} > 0.0 else ({at_zero} if {x} == 0.0 else 0.0))"
+
+    def _print_Max(self, expr):
+        return self._minmax("max", expr.args)
+
+    def _print_Min(self, expr):
+        return self._minmax("min", expr.args)
+
+    def _minmax(self, f, args):
+        printed = [self._print(a) for a in args]
+        out = printed[0]
+        for p in printed[1:]:
+            out = f"{f}({out}, {p})"
+        return out
+
+    _print_Piecewise = PythonCodePrinter._print_Piecewise
+
+    def _print_ITE(self, expr):
+        return PythonCodePrinter._print_ITE(self, expr)
+
+    def _print_Pow(self, expr, rational=False):
+        base, exponent = expr.args
+        b = self.parenthesize(base, 100) if not base.is_Atom else self._print(base)
+        if exponent == -1:
+            return f"(1.0 / {b})"
+        if exponent == sp.Rational(1, 2):
+            return f"np.sqrt({self._print(base)})"
+        if exponent == -sp.Rational(1, 2):
+            return f"(1.0 / np.sqrt({self._print(base)}))"
+        if exponent.is_Integer and 2 <= exponent <= 4:
+            return "(" + " * ".join([b] * int(exponent)) + ")"
+        if exponent.is_Integer and -4 <= exponent <= -2:
+            return "(1.0 / (" + " * ".join([b] * int(-exponent)) + "))"
+        return f"({b} ** {self._print(sp.Float(exponent) if exponent.is_Rational else exponent)})"
+
+    def _print_Rational(self, expr):
+        return repr(float(expr))
+
+    def _print_Integer(self, expr):
+        return f"{int(expr)}.0"
+
+    def _print_Half(self, expr):
+        return "0.5"
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Pi(self, expr):
+        return "np.pi"
+
+    def _print_Exp1(self, expr):
+        return "np.e"
+
+    def _print_MatrixElement(self, expr):
+        return f"{self._print(expr.parent)}[{int(expr.i)}, {int(expr.j)}]"
+
+
+def unsupported(kind: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"the Numba emitter has no method for {kind}: add _emit_{kind} to "
+        "symgrad.codegen.numba.KernelEmitter")
+
+
+class KernelEmitter:
+    """Emits the body of one kernel: one method per operation."""
+
+    def __init__(self, program: Program, dims: dict):
+        self.program = program
+        self.dims = dims        # dimension symbol -> its name in the kernel
+        self.lines: list[str] = []
+        self.printer = ScalarPrinter()
+
+    # -- helpers -----------------------------------------------------------------------
+    def emit(self, line: str, depth: int = 1):
+        self.lines.append("    " * depth + line)
+
+    def scalar(self, e) -> str:
+        return self.printer.doprint(e)
+
+    def dim(self, d) -> str:
+        d = sp.sympify(d)
+        if d.is_Integer:
+            return str(int(d))
+        return self.printer.doprint(d).replace(".0", "") if d.is_Symbol else \
+            f"int({self.printer.doprint(d)})"
+
+    def shape(self, shape) -> str:
+        return "(" + ", ".join(self.dim(d) for d in shape) + ")"
+
+    def name(self, atom) -> str:
+        """The expression for an atom (matrix symbols and views, scalars)."""
+        if isinstance(atom, sp.Transpose):
+            return f"{atom.arg.name}.T"
+        if isinstance(atom, sp.MatrixSymbol):
+            return atom.name
+        if isinstance(atom, (sp.Identity, sp.OneMatrix, sp.ZeroMatrix)):
+            return self._constant_matrix(atom)
+        return self.scalar(atom)
+
+    def _constant_matrix(self, atom) -> str:
+        shape = self.shape(atom.shape)
+        if isinstance(atom, sp.Identity):
+            return f"np.eye({self.dim(atom.shape[0])})"
+        if isinstance(atom, sp.OneMatrix):
+            return f"np.ones({shape})"
+        return f"np.zeros({shape})"
+
+    def load(self, operand, i: str, j: str, shape) -> str:
+        """The scalar expression of operand at position (i, j) of a loop over shape."""
+        if not isinstance(operand, MatrixExpr):
+            return self.scalar(operand)
+        if isinstance(operand, sp.Identity):
+            return f"(1.0 if {i} == {j} else 0.0)"
+        if isinstance(operand, sp.OneMatrix):
+            return "1.0"
+        if isinstance(operand, sp.ZeroMatrix):
+            return "0.0"
+        rows, cols = operand.shape
+        ii = "0" if rows == 1 and shape[0] != 1 else i
+        jj = "0" if cols == 1 and shape[1] != 1 else j
+        if rows == 1 and shape[0] == 1:
+            ii = "0"
+        if cols == 1 and shape[1] == 1:
+            jj = "0"
+        if isinstance(operand, sp.Transpose):
+            return f"{operand.arg.name}[{jj}, {ii}]"
+        return f"{operand.name}[{ii}, {jj}]"
+
+    def loops(self, shape, depth: int = 1):
+        """Open a loop nest over shape; returns (i, j, inner depth)."""
+        rows, cols = shape
+        if cols == 1:
+            self.emit(f"for _i in range({self.dim(rows)}):", depth)
+            return "_i", "0", depth + 1
+        if rows == 1:
+            self.emit(f"for _j in range({self.dim(cols)}):", depth)
+            return "0", "_j", depth + 1
+        self.emit(f"for _i in range({self.dim(rows)}):", depth)
+        self.emit(f"for _j in range({self.dim(cols)}):", depth + 1)
+        return "_i", "_j", depth + 2
+
+    # -- statements --------------------------------------------------------------------
+    def statement(self, s: Statement):
+        kind = type(s.operation).__name__
+        method = getattr(self, f"_emit_{kind}", None)
+        if method is None:
+            if s.is_matrix:
+                raise unsupported(kind)
+            method = self._emit_scalar
+        method(s.target, s.operation)
+
+    def _emit_scalar(self, target, e):
+        self.emit(f"{target.name} = {self.scalar(e)}")
+
+    def _emit_MatMul(self, target, e):
+        a, b = e.args
+        self.emit(f"{target.name} = np.dot({self.name(a)}, {self.name(b)})")
+
+    def _emit_Transpose(self, target, e):
+        self.emit(f"{target.name} = {self.name(e.arg)}.T")
+
+    def _emit_Map(self, target, e: ops.Map):
+        self.emit(f"{target.name} = np.empty({self.shape(e.shape)})")
+        i, j, depth = self.loops(e.shape)
+        self.emit(f"{target.name}[{i}, {j}] = {self.map_body(e, i, j, depth)}", depth)
+
+    def map_body(self, e: ops.Map, i: str, j: str, depth: int) -> str:
+        """Emit the loads and shared pieces of a Map's body; return its final expression."""
+        for v, operand in zip(e.function.variables, e.operands):
+            self.emit(f"{v.name} = {self.load(operand, i, j, e.shape)}", depth)
+        replacements, (body,) = sp.cse([e.body], symbols=sp.numbered_symbols("_c"),
+                                       optimizations=None)
+        for symbol, value in replacements:
+            self.emit(f"{symbol.name} = {self.scalar(value)}", depth)
+        return self.scalar(body)
+
+    def _emit_AxisSum(self, target, e: ops.AxisSum):
+        self.emit(f"{target.name} = np.zeros({self.shape(e.shape)})")
+        i, j, depth = self.loops(e.arg.shape)
+        where = f"0, {j}" if e.axis == 0 else f"{i}, 0"
+        self.emit(f"{target.name}[{where}] += {self.load(e.arg, i, j, e.arg.shape)}", depth)
+
+    def _emit_SumAll(self, target, e: ops.SumAll):
+        self.emit(f"{target.name} = 0.0")
+        i, j, depth = self.loops(e.arg.shape)
+        self.emit(f"{target.name} += {self.load(e.arg, i, j, e.arg.shape)}", depth)
+
+    def _emit_MatrixElement(self, target, e: MatrixElement):
+        parent = e.parent
+        if isinstance(parent, sp.Transpose):
+            self.emit(f"{target.name} = {parent.arg.name}[{int(e.j)}, {int(e.i)}]")
+        else:
+            self.emit(f"{target.name} = {self.name(parent)}[{int(e.i)}, {int(e.j)}]")
+
+    def _emit_Trace(self, target, e):
+        self.emit(f"{target.name} = np.trace({self.name(e.arg)})")
+
+    def _emit_Determinant(self, target, e):
+        self.emit(f"{target.name} = np.linalg.det(np.ascontiguousarray({self.name(e.arg)}))")
+
+    def _emit_LogDet(self, target, e):
+        self.emit(f"_sign, {target.name} = np.linalg.slogdet("
+                  f"np.ascontiguousarray({self.name(e.arg)}))")
+        self.emit("if _sign <= 0.0:")
+        self.emit(f"{target.name} = np.nan", 2)
+
+    def _emit_Inverse(self, target, e):
+        self.emit(f"{target.name} = np.linalg.inv(np.ascontiguousarray({self.name(e.arg)}))")
+
+    def _emit_Scatter(self, target, e: ops.Scatter):
+        i, j = e.index
+        self.emit(f"{target.name} = np.zeros({self.shape(e.shape)})")
+        self.emit(f"{target.name}[{int(i)}, {int(j)}] = {self.scalar(e.value)}")
+
+    def _emit_LogSumExpAll(self, target, e):
+        a = e.arg
+        self.emit("_peak = -np.inf")
+        i, j, depth = self.loops(a.shape)
+        self.emit(f"_peak = max(_peak, {self.load(a, i, j, a.shape)})", depth)
+        self.emit("_total = 0.0")
+        self.emit("if np.isfinite(_peak):")
+        i, j, depth = self.loops(a.shape, 2)
+        self.emit(f"_total += np.exp({self.load(a, i, j, a.shape)} - _peak)", depth)
+        self.emit(f"{target.name} = _peak + np.log(_total)", 2)
+        self.emit("else:")
+        self.emit(f"{target.name} = _peak", 2)
+
+    def _axis_loops(self, shape, axis):
+        """Outer loop over the kept axis (k), inner over the reduced one (r)."""
+        rows, cols = shape
+        if axis == 0:     # reduce rows: for each column j
+            return self.dim(cols), self.dim(rows), lambda k, r: (r, k)
+        return self.dim(rows), self.dim(cols), lambda k, r: (k, r)
+
+    def _emit_LogSumExp(self, target, e: ops.LogSumExp):
+        a = e.arg
+        outer, inner, index = self._axis_loops(a.shape, e.axis)
+        out = (lambda k: f"0, {k}") if e.axis == 0 else (lambda k: f"{k}, 0")
+        self.emit(f"{target.name} = np.empty({self.shape(e.shape)})")
+        self.emit(f"for _k in range({outer}):")
+        self.emit("_peak = -np.inf", 2)
+        self.emit(f"for _r in range({inner}):", 2)
+        i, j = index("_k", "_r")
+        self.emit(f"_peak = max(_peak, {self.load(a, i, j, a.shape)})", 3)
+        self.emit("if not np.isfinite(_peak):", 2)
+        self.emit(f"{target.name}[{out('_k')}] = _peak", 3)
+        self.emit("continue", 3)
+        self.emit("_total = 0.0", 2)
+        self.emit(f"for _r in range({inner}):", 2)
+        self.emit(f"_total += np.exp({self.load(a, i, j, a.shape)} - _peak)", 3)
+        self.emit(f"{target.name}[{out('_k')}] = _peak + np.log(_total)", 2)
+
+    def _emit_Softmax(self, target, e: ops.Softmax):
+        a = e.arg
+        self.emit(f"{target.name} = np.empty({self.shape(a.shape)})")
+        if e.axis is None:
+            self.emit("_peak = -np.inf")
+            i, j, depth = self.loops(a.shape)
+            self.emit(f"_peak = max(_peak, {self.load(a, i, j, a.shape)})", depth)
+            self.emit("_total = 0.0")
+            i, j, depth = self.loops(a.shape)
+            self.emit(f"{target.name}[{i}, {j}] = np.exp({self.load(a, i, j, a.shape)} - _peak)",
+                      depth)
+            self.emit(f"_total += {target.name}[{i}, {j}]", depth)
+            i, j, depth = self.loops(a.shape)
+            self.emit(f"{target.name}[{i}, {j}] /= _total", depth)
+            return
+        outer, inner, index = self._axis_loops(a.shape, e.axis)
+        i, j = index("_k", "_r")
+        self.emit(f"for _k in range({outer}):")
+        self.emit("_peak = -np.inf", 2)
+        self.emit(f"for _r in range({inner}):", 2)
+        self.emit(f"_peak = max(_peak, {self.load(a, i, j, a.shape)})", 3)
+        self.emit("_total = 0.0", 2)
+        self.emit(f"for _r in range({inner}):", 2)
+        self.emit(f"{target.name}[{i}, {j}] = np.exp({self.load(a, i, j, a.shape)} - _peak)", 3)
+        self.emit(f"_total += {target.name}[{i}, {j}]", 3)
+        self.emit(f"for _r in range({inner}):", 2)
+        self.emit(f"{target.name}[{i}, {j}] /= _total", 3)

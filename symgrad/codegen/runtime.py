@@ -1,0 +1,142 @@
+"""What every generated module carries: scalar helpers for the kernels and input checks.
+
+This file's text (below the marker line) is copied into each generated module, which must
+import nothing but numpy and numba; it is also importable as a module for tests.
+"""
+
+# --- symgrad runtime: copied verbatim into generated modules ------------------------------
+import numba
+import numpy as np
+from numba.extending import overload
+
+_INLINE = {"inline": "always", "fastmath": {"nsz", "arcp", "contract", "reassoc"}}
+
+
+@numba.njit(**_INLINE)
+def sg_sigmoid(x):
+    # 1 / (1 + exp(-x)) never overflows in either branch
+    if x >= 0.0:
+        return 1.0 / (1.0 + np.exp(-x))
+    e = np.exp(x)
+    return e / (1.0 + e)
+
+
+@numba.njit(**_INLINE)
+def sg_softplus(x):
+    # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow at x = 1000
+    return max(x, 0.0) + np.log1p(np.exp(-abs(x)))
+
+
+@numba.njit(**_INLINE)
+def sg_logsigmoid(x):
+    return -sg_softplus(-x)
+
+
+@numba.njit(**_INLINE)
+def sg_exp(x):
+    return np.exp(x)
+
+
+@numba.njit(**_INLINE)
+def sg_log(x):
+    return np.log(x)
+
+
+@numba.njit(**_INLINE)
+def sg_log1p(x):
+    return np.log1p(x)
+
+
+@numba.njit(**_INLINE)
+def sg_tanh(x):
+    return np.tanh(x)
+
+
+@numba.njit(**_INLINE)
+def sg_sin(x):
+    return np.sin(x)
+
+
+@numba.njit(**_INLINE)
+def sg_cos(x):
+    return np.cos(x)
+
+
+def _at(x, i):
+    """x[i] for an array, x itself for a scalar (resolved when Numba compiles)."""
+
+
+@overload(_at, inline="always")
+def _at_overload(x, i):
+    if isinstance(x, numba.types.Array):
+        return lambda x, i: x[i]
+    return lambda x, i: x
+
+
+def _real_array(name, value):
+    """value as a float64 array, or TypeError naming the input."""
+    if type(value) is np.ndarray and value.dtype == np.float64:
+        return value
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # noqa: BLE001 - any failure means "not numeric"
+        raise TypeError(f"input {name!r}: cannot read {type(value).__name__} as numbers "
+                        f"({error})") from None
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"input {name!r} must hold real numbers, got dtype {array.dtype} "
+                        f"({type(value).__name__})")
+    return array.astype(np.float64)
+
+
+def _real_scalar(name, value):
+    """value as a Python float, or TypeError / ValueError naming the input."""
+    if type(value) is float:
+        return value
+    array = _real_array(name, value)
+    if array.ndim != 0 and array.size != 1:
+        raise ValueError(f"input {name!r} must be a scalar, got an array of shape {array.shape}")
+    return float(array.reshape(()))
+
+
+def _matrix_input(name, value, rows, cols):
+    """A C-contiguous float64 2-D array for a matrix input; a 1-D array is taken as a column
+    when cols == 1 (and as a row when rows == 1).  Returns (array, was_1d)."""
+    array = _real_array(name, value)
+    was_1d = array.ndim == 1
+    if was_1d and cols == 1:
+        array = array.reshape(array.shape[0], 1)
+    elif was_1d and rows == 1:
+        array = array.reshape(1, array.shape[0])
+    if array.ndim != 2:
+        raise ValueError(f"input {name!r} must be a matrix of shape ({rows}, {cols}), got an "
+                         f"array of shape {np.shape(value)}")
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    return array, was_1d
+
+
+def _dimension_error(name, axis, shape, expected):
+    which = "rows" if axis == 0 else "columns"
+    return ValueError(f"input {name!r} has {shape[axis]} {which} (shape {tuple(shape)}), but "
+                      f"{expected}")
+
+
+def _broadcast_scalars(names, values):
+    """Inputs of a scalar model as floats or flat float64 arrays of one broadcast size.
+
+    Returns (arguments, shape): shape is () when every input is a scalar."""
+    arrays = [_real_array(n, v) for n, v in zip(names, values)]
+    try:
+        shape = np.broadcast_shapes(*[a.shape for a in arrays])
+    except ValueError:
+        shapes = ", ".join(f"{n}: {a.shape}" for n, a in zip(names, arrays))
+        raise ValueError(f"input shapes do not broadcast together ({shapes})") from None
+    arguments = []
+    for a in arrays:
+        if a.ndim == 0:
+            arguments.append(float(a))
+        elif a.shape == shape and a.flags.c_contiguous:
+            arguments.append(a.reshape(-1))
+        else:
+            arguments.append(np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1))
+    return arguments, shape

@@ -1,0 +1,243 @@
+"""``sg.grad`` and ``sg.compile``: from a SymPy model to gradients and compiled functions.
+
+A compiled function is a generated module (the same text ``sg.generate`` writes) saved in a
+cache folder and imported, so Numba caches its machine code on disk and a second process does
+not compile again.  The folder is ``$SYMGRAD_CACHE_DIR`` or ``~/.cache/symgrad``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixExpr
+
+from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, module_source
+from symgrad.derive.reverse import Derivation, derive, inline
+from symgrad.optimize import lower
+
+__all__ = ["grad", "compile", "CompiledFunction", "Gradients", "build_spec"]
+
+
+def _version() -> str:
+    from symgrad import __version__
+    return __version__
+
+
+def _check_wrt(expr, wrt) -> list:
+    if isinstance(wrt, (sp.Symbol, sp.MatrixSymbol)):
+        wrt = [wrt]
+    if not isinstance(wrt, Sequence) or isinstance(wrt, str):
+        raise TypeError(f"wrt must be a list of SymPy symbols or matrix symbols, got {wrt!r}")
+    out = []
+    for w in wrt:
+        if not isinstance(w, (sp.Symbol, sp.MatrixSymbol)):
+            raise TypeError(f"wrt entry {w!r} is a {type(w).__name__}, not a sympy.Symbol or "
+                            "MatrixSymbol: differentiate with respect to symbols only")
+        if w in out:
+            raise ValueError(f"wrt lists {w} twice")
+        out.append(w)
+    return out
+
+
+def dimensions_of(expr) -> set:
+    """The symbols that appear in the shapes of the expression's matrix symbols."""
+    dims = set()
+    for m in sp.sympify(expr).atoms(sp.MatrixSymbol):
+        for d in m.shape:
+            dims |= sp.sympify(d).free_symbols
+    return dims
+
+
+def inputs_of(expr, wrt: list) -> list:
+    """Parameters (wrt, in order), then every other free symbol, sorted by name."""
+    expr = sp.sympify(expr)
+    dims = dimensions_of(expr) | {d for w in wrt if isinstance(w, MatrixExpr)
+                                  for e in w.shape for d in sp.sympify(e).free_symbols}
+    symbols = set(expr.atoms(sp.MatrixSymbol)) | {s for s in expr.free_symbols
+                                                 if isinstance(s, sp.Symbol)}
+    data = sorted((s for s in symbols if s not in wrt and s not in dims),
+                  key=lambda s: s.name)
+    clash = [w for w in wrt if w in dims]
+    if clash:
+        raise ValueError(f"{clash[0]} is a matrix dimension and cannot be differentiated")
+    return list(wrt) + data
+
+
+class Gradients(dict):
+    """``{symbol: gradient}`` as SymPy expressions, remembering the derivation they came from
+    so that :func:`symgrad.show` can name the shared pieces."""
+
+    derivation: Derivation | None = None
+
+    def _repr_latex_(self) -> str:
+        from symgrad.show import latex
+        return "$\\displaystyle " + latex(self) + "$"
+
+    def __str__(self) -> str:
+        from symgrad.show import show
+        return show(self)
+
+
+def grad(expr, wrt) -> Gradients:
+    """The gradient of a scalar expression with respect to each symbol of ``wrt``.
+
+    Gradients are SymPy expressions in the shape convention: the gradient with respect to a
+    matrix W has W's shape.
+
+    >>> import sympy as sp
+    >>> w, x, y = sp.symbols("w x y")
+    >>> grad((w * x - y) ** 2, [w])[w]
+    x*(2*w*x - 2*y)
+    """
+    expr = sp.sympify(expr)
+    wrt = _check_wrt(expr, wrt)
+    if isinstance(expr, MatrixExpr) and tuple(expr.shape) != (1, 1):
+        raise ValueError(f"grad needs a scalar expression; this one has shape {expr.shape}. "
+                         "Use sg.compile(...).vjp for vector-Jacobian products.")
+    derivation = derive(expr, wrt)
+    result = Gradients()
+    for w in wrt:
+        result[w] = inline(derivation, derivation.gradients[w])
+    result.derivation = derivation
+    return result
+
+
+def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
+    """Derive, optimize and describe the module for expr (see :func:`compile`)."""
+    from symgrad.show import module_docstring
+
+    expr = sp.sympify(expr)
+    wrt = _check_wrt(expr, wrt)
+    inputs = inputs_of(expr, wrt)
+    check_names(inputs)
+    output_shape = tuple(expr.shape) if isinstance(expr, MatrixExpr) else ()
+    if output_shape == (1, 1):
+        from sympy.matrices.expressions.matexpr import MatrixElement
+        expr, output_shape = MatrixElement(expr, 0, 0), ()
+    if output_shape:
+        if any(s.name == "upstream" for s in inputs):
+            raise ValueError("a model with a matrix output cannot have an input named "
+                             "'upstream' (the name of vjp's argument)")
+        upstream = sp.MatrixSymbol("upstream", *output_shape)
+        derivation = derive(expr, wrt, seed=upstream)
+        forward = lower(derivation, {"value": derivation.value}, inputs)
+        vjp = lower(derivation, {w.name: derivation.gradients[w] for w in wrt}, inputs)
+        spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=output_shape,
+                          forward=forward, vjp=vjp, upstream=upstream)
+        spec.op_counts = {"forward": forward.op_count(), "vjp": vjp.op_count()}
+    else:
+        derivation = derive(expr, wrt)
+        forward = lower(derivation, {"value": derivation.value}, inputs)
+        outputs = {"value": derivation.value}
+        outputs.update({w.name: derivation.gradients[w] for w in wrt})
+        value_and_grad = lower(derivation, outputs, inputs)
+        spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=(),
+                          forward=forward, value_and_grad=value_and_grad)
+        spec.op_counts = {"forward": forward.op_count(),
+                          "value_and_grad": value_and_grad.op_count()}
+    spec.docstring = module_docstring(name, expr, wrt, inputs, spec)
+    return spec
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SYMGRAD_CACHE_DIR") or Path.home() / ".cache" / "symgrad"
+    return Path(root)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write text to path so that a failure never leaves a partial file there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+class CompiledFunction:
+    """A model compiled to Numba: ``f(**inputs)`` is the value; ``f.value_and_grad``,
+    ``f.grad`` (scalar outputs) and ``f.vjp`` (matrix outputs) the derivatives.
+
+    Inputs are passed by symbol name.  Scalars may be floats or arrays (broadcast like NumPy
+    ufuncs, one fused loop); matrices are float64 arrays (other real dtypes are converted,
+    complex and non-numeric inputs are refused); vectors accept (n,) or (n, 1) and gradients
+    come back in the shape given.
+    """
+
+    def __init__(self, spec: ModuleSpec, source: str, module: ModuleType, path: Path):
+        self.spec = spec
+        self.source = source
+        self.module = module
+        self.path = path
+        self.inputs = tuple(s.name for s in spec.inputs)
+        self.parameters = tuple(s.name for s in spec.parameters)
+        self.op_counts = dict(spec.op_counts)
+        self.forward = module.forward
+        if spec.value_and_grad is not None:
+            self.value_and_grad = module.value_and_grad
+            self.grad = module.grad
+        if spec.vjp is not None:
+            self.vjp = module.vjp
+
+    def __call__(self, **inputs):
+        return self.forward(**inputs)
+
+    def __getattr__(self, name):
+        if name in ("value_and_grad", "grad"):
+            raise AttributeError(f"{name} needs a scalar output; this model's output has shape "
+                                 f"{self.spec.output_shape}: use f.vjp(upstream, **inputs)")
+        if name == "vjp":
+            raise AttributeError("vjp is for matrix outputs; this model's output is a scalar: "
+                                 "use f.value_and_grad(**inputs)")
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        return (f"<symgrad compiled function of {', '.join(self.inputs)}; "
+                f"parameters {', '.join(self.parameters)}; ops {self.op_counts}>")
+
+
+def compile(expr, wrt, name: str = "model") -> CompiledFunction:  # noqa: A001 - the API name
+    """Derive, optimize and compile ``expr`` and its gradients to Numba.
+
+    >>> import sympy as sp
+    >>> w, x, y = sp.symbols("w x y")
+    >>> f = compile((w * x - y) ** 2, [w])
+    >>> f.value_and_grad(w=1.0, x=1.0, y=2.0)
+    (1.0, {'w': -2.0})
+    """
+    spec = build_spec(expr, wrt, name)
+    source = module_source(spec, _version())
+    module_name = module_name_for(source)
+    path = cache_dir() / f"{module_name}.py"
+    if not path.exists() or path.read_text(encoding="utf-8") != source:
+        write_atomically(path, source)
+    module = load_module(path, module_name)
+    return CompiledFunction(spec, source, module, path)

@@ -1,0 +1,541 @@
+"""The expression DAG that reverse mode walks.
+
+A user's SymPy expression is first brought to canonical form (:func:`canonicalize`):
+
+* n-ary sums and products become binary (so that the adjoints of a 40-factor product share
+  their partial products and stay linear in size);
+* every elementwise matrix operation (MatAdd, HadamardProduct, HadamardPower, a scalar times a
+  matrix, symgrad's elementwise functions, broadcasts) becomes a :class:`~symgrad.ops.Map`,
+  and chains of them used once are fused into one Map;
+* products with ``OneMatrix`` become :class:`~symgrad.ops.AxisSum` or broadcasts (no matrix of ones
+  is ever built), products with ``Identity`` disappear, transposes move onto symbols, and
+  matrix chains are ordered by their shapes;
+* textbook forms that overflow are replaced by stable ones (``log(sigmoid(z))`` by
+  ``logsigmoid(z)``, ``log(1 + exp(z))`` by ``softplus(z)``, ``log(det(X))`` by ``logdet(X)``).
+
+Then :func:`build_graph` lists the distinct subexpressions in topological order, each once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+
+from symgrad import ops
+
+_CHAIN_PROBE = 1000  # size given to symbolic dimensions when comparing matrix-chain costs
+
+
+def is_matrix(expr) -> bool:
+    return isinstance(expr, MatrixExpr)
+
+
+def shape_of(expr) -> tuple:
+    return tuple(expr.shape) if is_matrix(expr) else ()
+
+
+# ------------------------------------------------------------------------------------------
+# Stable forms of scalar bodies
+# ------------------------------------------------------------------------------------------
+_w = sp.Wild("w")
+
+
+def stabilize(expr: sp.Expr) -> sp.Expr:
+    """Replace overflow-prone textbook forms by stable ones.
+
+    >>> import sympy as sp
+    >>> z = sp.Symbol("z")
+    >>> stabilize(sp.log(1 / (1 + sp.exp(-z))))
+    logsigmoid(z)
+    """
+    if not isinstance(expr, sp.Basic) or expr.is_Atom:
+        return expr
+    previous = None
+    while previous != expr:
+        previous = expr
+        expr = expr.replace(lambda e: _is_sigmoid_form(e), lambda e: ops.sigmoid(_sigmoid_arg(e)))
+        expr = expr.replace(sp.log(ops.sigmoid(_w)), ops.logsigmoid(_w))
+        expr = expr.replace(sp.log(1 - ops.sigmoid(_w)), ops.logsigmoid(-_w))
+        expr = expr.replace(sp.log(1 + sp.exp(_w)), ops.softplus(_w))
+        expr = expr.replace(sp.log(sp.exp(_w)), _w)
+    return expr
+
+
+def _is_sigmoid_form(e) -> bool:
+    return _sigmoid_arg(e) is not None
+
+
+def _sigmoid_arg(e):
+    """x if e is 1/(1 + exp(-x)), else None."""
+    if not (e.is_Pow and e.exp == -1 and e.base.is_Add and len(e.base.args) == 2):
+        return None
+    one, other = e.base.args
+    if one != 1 or not isinstance(other, sp.exp):
+        return None
+    return -other.args[0]
+
+
+# ------------------------------------------------------------------------------------------
+# Canonical form
+# ------------------------------------------------------------------------------------------
+class Canonicalizer:
+    """Brings SymPy expressions to symgrad's canonical form (see the module docstring).
+
+    Memoised on the expression, so a subexpression that appears twice becomes one node.
+    """
+
+    def __init__(self):
+        self._memo: dict = {}
+        self.labels: dict = {}  # canonical expression -> the name the user gave it
+
+    def __call__(self, expr):
+        expr = sp.sympify(expr)
+        if not is_matrix(expr) and not _has_matrix_parts(expr):
+            expr = stabilize(expr)
+        unfused = self._canon(expr)
+        uses = _count_uses(unfused)
+        return _Fuser(uses)(unfused)
+
+    # -- dispatch ----------------------------------------------------------------------
+    def _canon(self, expr):
+        try:
+            return self._memo[expr]
+        except KeyError:
+            pass
+        result = self._dispatch(expr)
+        self._memo[expr] = result
+        return result
+
+    def _dispatch(self, expr):
+        if isinstance(expr, ops.Named):
+            inner = self._canon(expr.arg)
+            result = ops.Named(expr.label, inner)
+            self.labels[result] = expr.label
+            return result
+        if isinstance(expr, ops.NamedScalar):
+            return self._canon(expr.arg)
+        if is_matrix(expr):
+            return self._canon_matrix(expr)
+        return self._canon_scalar(expr)
+
+    def _canon_scalar(self, expr):
+        if expr.is_Atom:
+            return expr
+        if isinstance(expr, MatrixElement):
+            parent = self._canon(expr.parent)
+            return MatrixElement(parent, expr.i, expr.j)
+        if isinstance(expr, sp.Determinant):
+            return sp.Determinant(self._canon(expr.arg))
+        if isinstance(expr, sp.Trace):
+            return sp.Trace(self._canon(expr.arg))
+        if isinstance(expr, (ops.SumAll, ops.LogSumExpAll, ops.LogDet)):
+            return type(expr)(self._canon(expr.arg))
+        if isinstance(expr, sp.log) and isinstance(expr.args[0], sp.Determinant):
+            return ops.LogDet(self._canon(expr.args[0].arg))
+        args = [self._canon(a) for a in expr.args]
+        if isinstance(expr, (sp.Add, sp.Mul, sp.Max, sp.Min)) and len(args) > 2:
+            # binary, in SymPy's canonical argument order: partial results get shared
+            result = args[0]
+            for a in args[1:]:
+                result = type(expr)(result, a, evaluate=False)
+            return result
+        if isinstance(expr, sp.Piecewise):
+            return sp.Piecewise(*[(self._canon(e), self._canon_condition(c))
+                                  for e, c in expr.args])
+        return expr.func(*args, evaluate=False) if isinstance(expr, (sp.Add, sp.Mul, sp.Pow)) \
+            else expr.func(*args)
+
+    def _canon_condition(self, cond):
+        if isinstance(cond, sp.logic.boolalg.BooleanAtom):
+            return cond
+        return cond.func(*[self._canon(a) for a in cond.args])
+
+    def _canon_matrix(self, expr):
+        if isinstance(expr, (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):
+            return expr
+        if isinstance(expr, sp.Transpose):
+            return self._transpose(self._canon(expr.arg))
+        if isinstance(expr, sp.MatAdd):
+            return self._map(lambda *v: sp.Add(*v), expr.shape, expr.args)
+        if isinstance(expr, sp.HadamardProduct):
+            return self._map(lambda *v: sp.Mul(*v), expr.shape, expr.args)
+        if isinstance(expr, sp.HadamardPower):
+            return self._map(lambda b, e: b**e, expr.shape, [expr.base, expr.exp])
+        if isinstance(expr, sp.MatMul):
+            return self._matmul(expr)
+        if isinstance(expr, ops.Map):
+            operands = [self._canon(o) for o in expr.operands]
+            return ops.Map(sp.Lambda(expr.function.variables, stabilize(expr.body)),
+                           expr.shape, *operands)
+        if isinstance(expr, ops.AxisSum):
+            return self._sum(self._canon(expr.arg), expr.axis)
+        if isinstance(expr, (ops.LogSumExp, ops.Softmax)):
+            return type(expr)(self._canon(expr.arg), expr.args[1])
+        if isinstance(expr, sp.Inverse):
+            return sp.Inverse(self._canon(expr.arg))
+        if isinstance(expr, sp.MatPow) and expr.exp == -1:
+            return sp.Inverse(self._canon(expr.base))
+        if isinstance(expr, ops.Scatter):
+            return ops.Scatter(self._canon(expr.value), *expr.args[1:])
+        raise NotImplementedError(_unsupported_message(expr))
+
+    # -- pieces ------------------------------------------------------------------------
+    def _map(self, combine, shape, operands):
+        """A Map that combines the operands (matrices or scalars) elementwise."""
+        canon = [self._canon(o) for o in operands]
+        variables = sp.symbols(f"a0:{len(canon)}")
+        body = combine(*variables)
+        return ops.Map(sp.Lambda(variables, body), shape, *canon)
+
+    def _transpose(self, arg):
+        if isinstance(arg, sp.Transpose):
+            return arg.arg
+        if isinstance(arg, (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):
+            return type(arg)(*arg.shape[::-1]) if not isinstance(arg, sp.Identity) else arg
+        if isinstance(arg, sp.MatMul):
+            return sp.MatMul(self._transpose(arg.args[1]), self._transpose(arg.args[0]))
+        if isinstance(arg, ops.Map):
+            return ops.Map(arg.function, arg.shape[::-1],
+                           *[self._transpose(o) if is_matrix(o) else o for o in arg.operands])
+        if isinstance(arg, ops.AxisSum):
+            return self._transpose_sum(arg)
+        if isinstance(arg, ops.Named):
+            return self._transpose(arg.arg)
+        if arg.shape[0] == 1 and arg.shape[1] == 1:
+            return arg
+        return sp.Transpose(arg)
+
+    def _transpose_sum(self, s):
+        return ops.AxisSum(self._transpose(s.arg), 1 - s.axis)
+
+    def _sum(self, arg, axis):
+        rows, cols = arg.shape
+        if (axis == 0 and rows == 1) or (axis == 1 and cols == 1):
+            return arg
+        return ops.AxisSum(arg, axis)
+
+    def _matmul(self, expr):
+        scalars = [a for a in expr.args if not is_matrix(a)]
+        factors = []
+        for a in expr.args:
+            if not is_matrix(a):
+                continue
+            a = self._canon(a)
+            scalar = _as_scalar_factor(a)
+            if scalar is not None and len(expr.args) > 1:
+                scalars.append(scalar)      # a 1 x 1 matrix in a product acts as a scalar
+            elif not isinstance(a, sp.Identity):
+                factors.append(a)
+        if any(isinstance(f, sp.ZeroMatrix) for f in factors):
+            return sp.ZeroMatrix(*expr.shape)
+        product = self._chain(factors) if factors else sp.Identity(expr.shape[0])
+        coefficient = sp.Mul(*scalars)
+        if coefficient == 1:
+            return product
+        return self._map(lambda c, a: c * a, expr.shape, [coefficient, product])
+
+    def _chain(self, factors):
+        """The product of matrix factors, ordered for the fewest multiplications."""
+        factors = self._absorb_ones(factors)
+        if len(factors) == 1:
+            return factors[0]
+        return self._ordered_product(factors)
+
+    def _absorb_ones(self, factors):
+        """Replace products with OneMatrix by row or column sums and broadcasts."""
+        factors = list(factors)
+        changed = True
+        while changed and len(factors) > 1:
+            changed = False
+            for k, f in enumerate(factors):
+                if not isinstance(f, sp.OneMatrix):
+                    continue
+                if k > 0:        # X (n x p) @ 1 (p x m) = broadcast(rowsum(X)) (n x m)
+                    left = factors[k - 1]
+                    summed = self._sum(left, 1)
+                    replacement = self._broadcast(summed, (left.shape[0], f.shape[1]))
+                    factors[k - 1:k + 1] = [replacement]
+                else:            # 1 (n x p) @ X (p x m) = broadcast(colsum(X)) (n x m)
+                    right = factors[1]
+                    summed = self._sum(right, 0)
+                    replacement = self._broadcast(summed, (f.shape[0], right.shape[1]))
+                    factors[0:2] = [replacement]
+                changed = True
+                break
+        return factors
+
+    def _broadcast(self, arg, shape):
+        if tuple(arg.shape) == tuple(shape):
+            return arg
+        a = sp.Symbol("a0")
+        return ops.Map(sp.Lambda((a,), a), shape, arg)
+
+    def _ordered_product(self, factors):
+        """Dynamic programming over the chain (the textbook matrix-chain order)."""
+        dims = [factors[0].shape[0]] + [f.shape[1] for f in factors]
+        sizes = [_probe(d) for d in dims]
+        n = len(factors)
+        cost = {(i, i): 0 for i in range(n)}
+        split = {}
+        for length in range(2, n + 1):
+            for i in range(n - length + 1):
+                j = i + length - 1
+                best = None
+                for k in range(i, j):
+                    c = cost[i, k] + cost[k + 1, j] + sizes[i] * sizes[k + 1] * sizes[j + 1]
+                    if best is None or c < best:
+                        best, split[i, j] = c, k
+                cost[i, j] = best
+
+        def build(i, j):
+            if i == j:
+                return factors[i]
+            k = split[i, j]
+            return sp.MatMul(build(i, k), build(k + 1, j))
+
+        return build(0, n - 1)
+
+
+def _as_scalar_factor(m):
+    """The scalar a 1 x 1 Map of scalars holds, else None."""
+    if not (isinstance(m, ops.Map) and m.shape[0] == 1 and m.shape[1] == 1):
+        return None
+    if any(is_matrix(o) for o in m.operands):
+        return None
+    return m.function(*m.operands)
+
+
+def _probe(dim) -> int:
+    dim = sp.sympify(dim)
+    if dim.is_number:
+        return int(dim)
+    return int(dim.subs({s: _CHAIN_PROBE for s in dim.free_symbols}))
+
+
+def _has_matrix_parts(expr) -> bool:
+    return any(isinstance(a, (MatrixExpr, MatrixElement, ops.SumAll, ops.LogDet, ops.LogSumExpAll,
+                              sp.Trace, sp.Determinant))
+               for a in sp.preorder_traversal(expr))
+
+
+def _unsupported_message(expr) -> str:
+    kind = type(expr).__name__
+    return (f"symgrad has no rule for {kind} (in {expr}). Supported nodes are listed in "
+            "symgrad.RULES; add one with symgrad.register_rule("
+            f"{kind}, vjp) where vjp(node, upstream, output, *inputs) returns one adjoint per "
+            "input, or rewrite the model with supported operations.")
+
+
+# ------------------------------------------------------------------------------------------
+# Map fusion
+# ------------------------------------------------------------------------------------------
+def _count_uses(expr) -> dict:
+    """How many distinct parents each subexpression has in the DAG of expr."""
+    uses: dict = {}
+    seen = set()
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for child in _children(node):
+            uses[child] = uses.get(child, 0) + 1
+            stack.append(child)
+    return uses
+
+
+def _children(node):
+    if isinstance(node, ops.Map):
+        return node.operands
+    if isinstance(node, (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):
+        return ()
+    if isinstance(node, MatrixElement):
+        return (node.parent,)
+    if isinstance(node, sp.Piecewise):
+        out = []
+        for e, c in node.args:
+            out.append(e)
+            if not isinstance(c, sp.logic.boolalg.BooleanAtom):
+                out.extend(c.args)
+        return tuple(out)
+    if isinstance(node, (ops.AxisSum, ops.LogSumExp, ops.Softmax)):
+        return (node.arg,)
+    if isinstance(node, ops.Named):
+        return (node.arg,)
+    if isinstance(node, ops.Scatter):
+        return (node.value,)
+    if isinstance(node, sp.Lambda):
+        return ()
+    if not isinstance(node, sp.Basic) or node.is_Atom:
+        return ()
+    return tuple(a for a in node.args if isinstance(a, sp.Basic))
+
+
+class _Fuser:
+    """Inlines single-use Maps (and all pure broadcasts) into the Maps that consume them."""
+
+    def __init__(self, uses: dict):
+        self.uses = uses
+        self.memo: dict = {}
+
+    def __call__(self, expr):
+        if expr in self.memo:
+            return self.memo[expr]
+        result = self._rebuild(expr)
+        self.memo[expr] = result
+        return result
+
+    def _rebuild(self, expr):
+        if isinstance(expr, ops.Map):
+            return self._fuse_map(expr)
+        if isinstance(expr, ops.Named):
+            return ops.Named(expr.label, self(expr.arg))
+        if isinstance(expr, MatrixElement):
+            return MatrixElement(self(expr.parent), expr.i, expr.j)
+        if isinstance(expr, (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):
+            return expr
+        if isinstance(expr, (ops.AxisSum, ops.LogSumExp, ops.Softmax)):
+            return type(expr)(self(expr.arg), expr.args[1])
+        if isinstance(expr, ops.Scatter):
+            return ops.Scatter(self(expr.value), *expr.args[1:])
+        if isinstance(expr, sp.Piecewise):
+            return sp.Piecewise(*[(self(e), c if isinstance(c, sp.logic.boolalg.BooleanAtom)
+                                   else c.func(*[self(a) for a in c.args]))
+                                  for e, c in expr.args])
+        if not isinstance(expr, sp.Basic) or expr.is_Atom:
+            return expr
+        args = [self(a) if isinstance(a, sp.Basic) else a for a in expr.args]
+        if isinstance(expr, (sp.Add, sp.Mul, sp.Pow)):
+            return expr.func(*args, evaluate=False)
+        return expr.func(*args)
+
+    def _fuse_map(self, expr: ops.Map):
+        variables, operands = [], []
+        substitutions = {}
+        counter = [0]
+
+        def fresh():
+            counter[0] += 1
+            return sp.Symbol(f"a{counter[0] - 1}")
+
+        def add_operand(operand):
+            # the same operand twice becomes one variable
+            for v, o in zip(variables, operands):
+                if o == operand:
+                    return v
+            v = fresh()
+            variables.append(v)
+            operands.append(operand)
+            return v
+
+        for v, operand in zip(expr.function.variables, expr.operands):
+            operand = self(operand)
+            if self._inlinable(operand, expr):
+                substitutions[v] = self._inline(operand, add_operand)
+            elif isinstance(operand, sp.OneMatrix):
+                substitutions[v] = sp.S.One
+            elif isinstance(operand, sp.ZeroMatrix):
+                substitutions[v] = sp.S.Zero
+            elif not is_matrix(operand) and operand.is_number:
+                substitutions[v] = operand
+            else:
+                substitutions[v] = add_operand(operand)
+        body = stabilize(expr.body.xreplace(substitutions))
+        # A Map used elsewhere too is inlined only where that lets the stable rewrites
+        # remove it (log(sigmoid(z)) becomes logsigmoid(z)): accuracy is worth recomputing.
+        for variable, operand in list(zip(variables, operands)):
+            inner = operand.arg if isinstance(operand, ops.Named) else operand
+            if isinstance(inner, ops.Map) and _broadcast_compatible(inner.shape, expr.shape):
+                trial = stabilize(body.xreplace({variable: self._inline(inner, add_operand)}))
+                if _removes(inner, trial):
+                    body = trial
+        used = body.free_symbols
+        kept = [(v, o) for v, o in zip(variables, operands) if v in used]
+        variables, operands = [v for v, _ in kept], [o for _, o in kept]
+        if not variables:   # a constant: keep one operand so the Map has a shape source
+            return _constant_map(body, expr.shape)
+        if body in variables and tuple(operands[variables.index(body)].shape
+                                       if is_matrix(operands[variables.index(body)]) else ()) \
+                == tuple(expr.shape):
+            return operands[variables.index(body)]  # the identity Map
+        return ops.Map(sp.Lambda(tuple(variables), body), expr.shape, *operands)
+
+    @staticmethod
+    def _inline(operand, add_operand):
+        inner = {iv: add_operand(io) for iv, io in zip(operand.function.variables,
+                                                       operand.operands)}
+        return operand.body.xreplace(inner)
+
+    def _inlinable(self, operand, consumer) -> bool:
+        if not isinstance(operand, ops.Map):
+            return False
+        if not _broadcast_compatible(operand.shape, consumer.shape):
+            return False
+        is_broadcast = operand.body in operand.function.variables
+        return is_broadcast or self.uses.get(operand, 0) <= 1 or _cheap(operand)
+
+
+def _removes(operand: ops.Map, body) -> bool:
+    """Whether inlining operand into a body let the stable rewrites remove its functions
+    (log(sigmoid(z)) became logsigmoid(z)): only then is recomputing it worth it."""
+    functions = {type(f) for f in operand.body.atoms(sp.Function)}
+    if not functions:
+        return False
+    return not any(isinstance(f, tuple(functions)) for f in body.atoms(sp.Function))
+
+
+def _constant_map(value, shape):
+    a = sp.Symbol("a0")
+    return ops.Map(sp.Lambda((a,), a), shape, value)
+
+
+def _cheap(m: ops.Map) -> bool:
+    """A Map without function calls costs less to recompute than to store and load."""
+    return not m.body.atoms(sp.Function) and sp.count_ops(m.body) <= 2
+
+
+def _broadcast_compatible(inner, outer) -> bool:
+    return all(a == b for a, b in zip(inner, outer))
+
+
+# ------------------------------------------------------------------------------------------
+# The DAG
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Graph:
+    """The canonical expression's distinct subexpressions, children before parents."""
+
+    output: object
+    nodes: list = field(default_factory=list)   # topological order, leaves first
+    labels: dict = field(default_factory=dict)  # node -> name the user gave it
+
+
+def children(node) -> tuple:
+    """The operands of a canonical node that reverse mode sends adjoints to."""
+    return _children(node)
+
+
+def build_graph(expr, canonicalizer: Canonicalizer | None = None) -> Graph:
+    """Canonicalize ``expr`` and list its nodes in topological order."""
+    canonicalizer = canonicalizer or Canonicalizer()
+    output = canonicalizer(expr)
+    order: list = []
+    seen: set = set()
+    stack = [(output, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.append((node, True))
+        for child in reversed(children(node)):
+            if child not in seen:
+                stack.append((child, False))
+    labels = {n: canonicalizer.labels[n] for n in order if n in canonicalizer.labels}
+    return Graph(output=output, nodes=order, labels=labels)

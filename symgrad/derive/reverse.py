@@ -1,0 +1,304 @@
+"""Reverse-mode differentiation over the expression DAG (backpropagation, symbolically).
+
+The algorithm of the lecture, on symbols:
+
+1. canonicalize the expression and sort its nodes topologically (``graph.build_graph``);
+2. forward: give every node a name (``_t3``) and write it in terms of its children's names;
+3. seed the output's adjoint with 1;
+4. walk the nodes in reverse order; each node adds up the contributions it received (a node
+   used in several places receives the SUM of the gradients coming back along each branch),
+   names that sum once (``_d3``, the "delta" every parameter below it shares), and hands each
+   child its contribution through the node type's rule (``rules.RULES``);
+5. a parameter's gradient is its adjoint.
+
+Nothing here knows any operation by name: the rules do.  The result is a
+:class:`Derivation`: ordered assignments (a small program) that the optimizer and the code
+generator consume, and that :func:`inline` turns back into plain SymPy expressions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+
+from symgrad import ops
+from symgrad.derive.graph import (
+    Canonicalizer,
+    _as_scalar_factor,
+    build_graph,
+    children,
+    is_matrix,
+)
+from symgrad.derive.rules import rule_for
+
+LEAVES = (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
+
+
+@dataclass
+class Derivation:
+    """The forward and backward program of one expression and its gradients.
+
+    ``assignments`` are ``(name, expression)`` pairs in execution order, each expression in
+    terms of inputs and earlier names; ``value`` and ``gradients`` are names (or constants)
+    of the program.  ``labels`` maps a name to the user's name for it (``Z2``, ``dZ2``), and
+    ``adjoints`` is the set of names that hold an adjoint.
+    """
+
+    wrt: list
+    assignments: list = field(default_factory=list)
+    value: object = None
+    gradients: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+    adjoints: set = field(default_factory=set)
+
+
+def is_leaf(node) -> bool:
+    if isinstance(node, LEAVES):
+        return True
+    return not is_matrix(node) and isinstance(node, sp.Basic) and node.is_Atom
+
+
+def _temporary(prefix: str, k: int, like):
+    if is_matrix(like):
+        return sp.MatrixSymbol(f"{prefix}{k}", *like.shape)
+    return sp.Symbol(f"{prefix}{k}", real=True)
+
+
+def rebuild(node, kids_new: list):
+    """The node with its children replaced (same operation, new operands)."""
+    if isinstance(node, ops.Map):
+        return ops.Map(node.function, node.shape, *kids_new)
+    if isinstance(node, MatrixElement):
+        return MatrixElement(kids_new[0], node.i, node.j)
+    if isinstance(node, (ops.AxisSum, ops.LogSumExp, ops.Softmax)):
+        return type(node)(kids_new[0], node.args[1])
+    if isinstance(node, ops.Named):
+        return ops.Named(node.label, kids_new[0])
+    if isinstance(node, ops.Scatter):
+        return ops.Scatter(kids_new[0], *node.args[1:])
+    if isinstance(node, sp.Piecewise):
+        it = iter(kids_new)
+        pieces = []
+        for _, cond in node.args:
+            value = next(it)
+            if not isinstance(cond, sp.logic.boolalg.BooleanAtom):
+                cond = cond.func(*[next(it) for _ in cond.args])
+            pieces.append((value, cond))
+        return sp.Piecewise(*pieces)
+    if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
+        return node.func(*kids_new, evaluate=False)
+    return node.func(*kids_new)
+
+
+def derive(expr, wrt: list, seed=None) -> Derivation:
+    """Backpropagate through ``expr`` once and return the program with every gradient.
+
+    ``seed`` is the adjoint of the output: 1 for a scalar output (the gradient), or a matrix
+    symbol of the output's shape (a vector-Jacobian product).
+
+    >>> import sympy as sp
+    >>> w, x, y = sp.symbols("w x y")
+    >>> d = derive((w * x - y) ** 2, [w])
+    >>> sp.simplify(inline(d, d.gradients[w]) - 2 * x * (w * x - y))
+    0
+    """
+    canonicalize = Canonicalizer()
+    graph = build_graph(expr, canonicalize)
+    derivation = Derivation(wrt=list(wrt))
+
+    # forward: one name per node, children before parents
+    name_of: dict = {}
+    rebuilt_of: dict = {}
+    for k, node in enumerate(graph.nodes):
+        if is_leaf(node):
+            name_of[node] = node
+            continue
+        rebuilt = rebuild(node, [name_of[c] for c in children(node)])
+        rebuilt_of[node] = rebuilt
+        if _is_transposed_symbol(rebuilt):     # X^T is a view, not a value to compute
+            name_of[node] = rebuilt
+            continue
+        if isinstance(node, ops.Named):        # a name changes nothing: alias the child
+            name_of[node] = name_of[node.arg]
+            derivation.labels.setdefault(name_of[node], node.label)
+            continue
+        name = _temporary("_t", k, node)
+        name_of[node] = name
+        derivation.assignments.append((name, rebuilt))
+    derivation.value = name_of[graph.output]
+
+    # which nodes depend on a parameter (the others need no adjoint)
+    wrt_set = set(wrt)
+    depends: set = set()
+    for node in graph.nodes:
+        if node in wrt_set or any(c in depends for c in children(node)):
+            depends.add(node)
+
+    # backward: seed with 1, then each node hands its adjoint to its children
+    contributions: dict = defaultdict(list)
+    if graph.output in depends:
+        if seed is None:
+            if is_matrix(graph.output):
+                raise ValueError("the gradient needs a scalar output; this one has shape "
+                                 f"{graph.output.shape}: use a vector-Jacobian product")
+            seed = sp.S.One
+        contributions[graph.output].append(seed)
+    for k, node in reversed(list(enumerate(graph.nodes))):
+        parts = contributions.pop(node, None)
+        if not parts:
+            continue
+        upstream = _sum(parts, node, canonicalize)
+        if not (is_leaf(upstream) or _is_transposed_symbol(upstream) or _is_broadcast(upstream)):
+            adjoint = _temporary("_d", k, node)
+            derivation.assignments.append((adjoint, upstream))
+            derivation.adjoints.add(adjoint)
+            upstream = adjoint
+        if isinstance(node, ops.Named):
+            derivation.labels.setdefault(upstream, "d" + node.label)
+        if is_leaf(node):
+            if node in wrt_set:
+                derivation.gradients[node] = upstream
+            continue
+        kids = children(node)
+        rule = rule_for(node)
+        local = rule(upstream, name_of[node], *[name_of[c] for c in kids], node=rebuilt_of[node])
+        for kid, contribution in zip(kids, local):
+            if contribution is None or kid not in depends:
+                continue
+            contribution = canonicalize(contribution)
+            if _is_zero(contribution):
+                continue
+            contributions[kid].append(contribution)
+
+    for symbol in wrt:
+        derivation.gradients.setdefault(
+            symbol, sp.ZeroMatrix(*symbol.shape) if is_matrix(symbol) else sp.S.Zero)
+    return derivation
+
+
+def _is_broadcast(e) -> bool:
+    """A Map that only repeats its operand: cheaper to fuse into its users than to store."""
+    return isinstance(e, ops.Map) and e.body in e.function.variables
+
+
+def _is_transposed_symbol(e) -> bool:
+    return isinstance(e, sp.Transpose) and isinstance(e.arg, sp.MatrixSymbol)
+
+
+def _is_zero(e) -> bool:
+    return e == 0 or isinstance(e, sp.ZeroMatrix)
+
+
+def _sum(parts: list, node, canonicalize):
+    """The adjoint of a node: the sum of what its consumers sent back."""
+    if len(parts) == 1:
+        return parts[0]
+    # A sum of reductions is the reduction of a sum: the summed operand then is the same
+    # expression as another node's adjoint, and CSE shares it.
+    reductions = [_reduction(p) for p in parts]
+    if all(r is not None for r in reductions) and len({r[0] for r in reductions}) == 1:
+        kind = reductions[0][0]
+        total = canonicalize(sp.MatAdd(*[r[1] for r in reductions]))
+        return canonicalize(_REDUCE[kind](total))
+    if is_matrix(node):
+        return canonicalize(sp.MatAdd(*parts))
+    return canonicalize(sp.Add(*parts))
+
+
+def _reduction(e):
+    """(kind, operand) if e sums a matrix (all entries, or along an axis), else None."""
+    if isinstance(e, ops.SumAll):
+        return ("all", e.arg)
+    if isinstance(e, ops.AxisSum):
+        return (f"axis{e.axis}", e.arg)
+    if _is_broadcast(e) and e.shape == (1, 1) and isinstance(e.operands[0], ops.SumAll):
+        return ("all1x1", e.operands[0].arg)
+    return None
+
+
+_REDUCE = {
+    "all": ops.SumAll,
+    "axis0": lambda m: ops.AxisSum(m, 0),
+    "axis1": lambda m: ops.AxisSum(m, 1),
+    "all1x1": lambda m: ops.broadcast(ops.SumAll(m), (1, 1)),
+}
+
+
+def inline(derivation: Derivation, expr):
+    """Replace the program's names in ``expr`` by what they stand for (a plain expression)."""
+    definitions = dict(derivation.assignments)
+    memo: dict = {}
+
+    def expand(e):
+        if e in memo:
+            return memo[e]
+        if e in definitions:
+            result = expand(definitions[e])
+        elif isinstance(e, ops.Map):
+            result = ops.Map(e.function, e.shape, *[expand(o) for o in e.operands])
+        elif isinstance(e, sp.Basic) and e.args and not isinstance(e, (sp.MatrixSymbol,)):
+            if isinstance(e, sp.Lambda):
+                result = e
+            else:
+                result = e.func(*[expand(a) if isinstance(a, sp.Basic) else a for a in e.args])
+        else:
+            result = e
+        memo[e] = result
+        return result
+
+    return expand(expr)
+
+
+# ------------------------------------------------------------------------------------------
+# Partial derivatives of a scalar body (used by the Map rule)
+# ------------------------------------------------------------------------------------------
+_PARTIALS_CACHE: dict = {}
+
+
+def scalar_partials(body: sp.Expr, variables) -> list:
+    """The partial derivatives of a scalar body with respect to each variable, by the same
+    rules, as expressions in the variables and in ``_y`` (the body's own value, so that a
+    sigmoid's derivative reads y (1 - y) and reuses the forward value).
+    """
+    key = (body, tuple(variables))
+    if key in _PARTIALS_CACHE:
+        return _PARTIALS_CACHE[key]
+    derivation = derive(body, list(variables))
+    y = MAP_OUTPUT
+    partials = []
+    for v in variables:
+        partial = inline(derivation, derivation.gradients[v])
+        if body.atoms(sp.Function) and not body.is_Symbol:
+            partial = partial.xreplace({body: y})
+        partials.append(_smallest(partial))
+    _PARTIALS_CACHE[key] = partials
+    return partials
+
+
+MAP_OUTPUT = sp.Symbol("_y", real=True)
+
+
+def _smallest(e: sp.Expr) -> sp.Expr:
+    """The shortest of a few equivalent forms (cancellations such as the cross-entropy's
+    y (1 - s) - (1 - y) s = y - s appear only after expanding)."""
+    candidates = [e]
+    try:
+        candidates.append(sp.expand(e))
+        flipped = e.replace(lambda t: isinstance(t, ops.sigmoid) and _is_negated(t.args[0]),
+                            lambda t: 1 - ops.sigmoid(-t.args[0]))
+        if flipped != e:
+            candidates.append(sp.expand(flipped))
+    except (TypeError, ValueError, RecursionError):
+        pass
+    return min(candidates, key=lambda c: (sp.count_ops(c), candidates.index(c)))
+
+
+def _is_negated(e) -> bool:
+    return e.could_extract_minus_sign()
+
+
+__all__ = ["Derivation", "derive", "inline", "scalar_partials", "rebuild", "is_leaf",
+           "MAP_OUTPUT", "MatrixExpr"]

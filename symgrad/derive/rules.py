@@ -1,0 +1,206 @@
+"""The VJP rule table: how each node type sends its upstream gradient to its inputs.
+
+A rule is called as ``rule(g, y, *x, node=node)``: ``g`` is the upstream gradient (the adjoint
+of the node's output, with the output's shape), ``y`` the node's output and ``x`` its inputs,
+all as SymPy symbols of the program; ``node`` is the canonical node itself, for the few rules
+that need its parameters (an axis, an index).  It returns one adjoint contribution per input
+(``None`` for an input that gets none).  Rules build SymPy expressions, so each rule is also
+its own documentation: ``symgrad show`` prints what it built.
+
+Elementwise functions write their derivative in terms of the output where that is cheaper
+(exp: y, tanh: 1 - y^2, sigmoid: y (1 - y)), so the backward pass reuses forward values.
+
+Tie rule for Max and Min: where the two inputs are equal, each receives half the upstream
+gradient (the convention of JAX and PyTorch; a sum of the two halves is the true one-sided
+average).  An n-ary max is applied pairwise.
+
+Add a rule with :func:`register_rule`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sympy as sp
+from sympy.codegen.cfunctions import log1p
+from sympy.matrices.expressions.matexpr import MatrixElement
+
+from symgrad import ops
+
+Rule = Callable[..., tuple]
+
+_half = sp.Rational(1, 2)
+
+
+def _map(body_of, shape, *operands):
+    """Map(Lambda(v, body_of(*v)), shape, *operands), variables named after nothing else."""
+    variables = sp.symbols(f"_r0:{len(operands)}")
+    return ops.Map(sp.Lambda(variables, body_of(*variables)), shape, *operands)
+
+
+def _broadcast(g, shape):
+    """The scalar or vector g repeated over a matrix of the given shape."""
+    return _map(lambda a: a, shape, g)
+
+
+def _reduce_to(adjoint, operand_shape, shape):
+    """Sum a Map-shaped adjoint back to the shape of a broadcast operand."""
+    if not operand_shape:
+        return ops.SumAll(adjoint)
+    rows, cols = operand_shape
+    if rows == shape[0] and cols == shape[1]:
+        return adjoint
+    if rows == 1 and cols == 1:
+        return _map(lambda a: a, (1, 1), ops.SumAll(adjoint))
+    if rows == 1:
+        return ops.AxisSum(adjoint, 0)
+    return ops.AxisSum(adjoint, 1)
+
+
+def _piecewise_rule(g, y, *x, node):
+    """Each branch's value gets the gradient where its condition selects it."""
+    contributions = []
+    for k, (_, _) in enumerate(node.args):
+        contributions.append(sp.Piecewise(*[(g if i == k else sp.S.Zero, c)
+                                            for i, (_, c) in enumerate(node.args)]))
+    return tuple(contributions) + (None,) * (len(x) - len(contributions))
+
+
+def _route(g, share):
+    """Max and Min: the first input gets g * share, the second the rest (ties split)."""
+    first = g * share
+    return (first, g - first)
+
+
+def _pow_rule(g, y, base, exponent, **_):
+    if exponent.is_number:
+        if exponent == _half:
+            return (g / (2 * y), None)
+        if exponent == -1:
+            return (-g * y**2, None)
+        return (g * exponent * base ** (exponent - 1), None)
+    return (g * exponent * base ** (exponent - 1), g * y * sp.log(base))
+
+
+def _matrix_element_rule(g, y, parent, **kw):
+    node = kw["node"]
+    shape = node.parent.shape
+    if shape[0] == 1 and shape[1] == 1:
+        return (_broadcast(g, (1, 1)),)
+    return (ops.Scatter(g, node.i, node.j, *shape),)
+
+
+def _map_rule(g, y, *operands, node):
+    """d operand_k = g o (d body / d a_k), reduced to the operand's shape if it broadcast."""
+    from symgrad.derive.reverse import scalar_partials  # the same scalar rules, on the body
+
+    from symgrad.derive.reverse import MAP_OUTPUT
+
+    variables = node.function.variables
+    partials = scalar_partials(node.body, variables)
+    shape = node.shape
+    result = []
+    for operand, partial in zip(operands, partials):
+        if partial == 0:
+            result.append(None)
+            continue
+
+        def body_of(gv, *rest, partial=partial):
+            *v, yv = rest
+            return gv * partial.xreplace({**dict(zip(variables, v)), MAP_OUTPUT: yv})
+
+        adjoint = _map(body_of, shape, g, *operands, y)
+        operand_shape = tuple(operand.shape) if hasattr(operand, "shape") else ()
+        result.append(_reduce_to(adjoint, operand_shape, shape))
+    return tuple(result)
+
+
+def _logsumexp_rule(g, y, a, **_):
+    return (_map(lambda gv, av, yv: gv * sp.exp(av - yv), a.shape, g, a, y),)
+
+
+def _softmax_rule(g, y, a, node):
+    weighted = _map(lambda gv, yv: gv * yv, a.shape, g, y)
+    if node.axis is None:
+        total = ops.SumAll(weighted)
+    else:
+        total = ops.AxisSum(weighted, node.axis)
+    return (_map(lambda yv, gv, sv: yv * (gv - sv), a.shape, y, g, total),)
+
+
+# One line per node type: rule(g, y, *inputs) -> adjoint of each input.
+RULES: dict[type, Rule] = {
+    # scalar arithmetic
+    sp.Add:   lambda g, y, a, b, **_: (g, g),
+    sp.Mul:   lambda g, y, a, b, **_: (g * b, g * a),
+    sp.Pow:   _pow_rule,
+    # scalar functions
+    sp.exp:   lambda g, y, x, **_: (g * y,),
+    sp.log:   lambda g, y, x, **_: (g / x,),
+    log1p:    lambda g, y, x, **_: (g / (1 + x),),
+    sp.sin:   lambda g, y, x, **_: (g * sp.cos(x),),
+    sp.cos:   lambda g, y, x, **_: (-g * sp.sin(x),),
+    sp.tan:   lambda g, y, x, **_: (g * (1 + y**2),),
+    sp.tanh:  lambda g, y, x, **_: (g * (1 - y**2),),
+    sp.sinh:  lambda g, y, x, **_: (g * sp.cosh(x),),
+    sp.cosh:  lambda g, y, x, **_: (g * sp.sinh(x),),
+    sp.atan:  lambda g, y, x, **_: (g / (1 + x**2),),
+    sp.asin:  lambda g, y, x, **_: (g / sp.sqrt(1 - x**2),),
+    sp.acos:  lambda g, y, x, **_: (-g / sp.sqrt(1 - x**2),),
+    sp.erf:   lambda g, y, x, **_: (g * 2 / sp.sqrt(sp.pi) * sp.exp(-x**2),),
+    sp.Abs:   lambda g, y, x, **_: (g * sp.sign(x),),
+    sp.sign:  lambda g, y, x, **_: (None,),
+    sp.Heaviside: lambda g, y, *x, **_: (None,) * len(x),
+    ops.sigmoid:    lambda g, y, x, **_: (g * y * (1 - y),),
+    ops.softplus:   lambda g, y, x, **_: (g * ops.sigmoid(x),),
+    ops.logsigmoid: lambda g, y, x, **_: (g * ops.sigmoid(-x),),
+    ops.relu:       lambda g, y, x, **_: (g * sp.Heaviside(x, 0),),
+    sp.Max:   lambda g, y, a, b, **_: _route(g, sp.Heaviside(a - b, _half)),
+    sp.Min:   lambda g, y, a, b, **_: _route(g, sp.Heaviside(b - a, _half)),
+    sp.Piecewise: _piecewise_rule,
+    # matrices
+    sp.MatMul:       lambda g, y, a, b, **_: (g @ b.T, a.T @ g),
+    sp.Transpose:    lambda g, y, a, **_: (g.T,),
+    sp.Inverse:      lambda g, y, a, **_: (-y.T @ g @ y.T,),
+    sp.Trace:        lambda g, y, a, **_: (_map(lambda gv, e: gv * e, a.shape, g,
+                                                sp.Identity(a.shape[0])),),
+    sp.Determinant:  lambda g, y, a, **_: (_map(lambda gv, yv, i: gv * yv * i, a.shape, g, y,
+                                                sp.Inverse(a).T),),
+    ops.LogDet:      lambda g, y, a, **_: (_map(lambda gv, i: gv * i, a.shape, g,
+                                                sp.Inverse(a).T),),
+    MatrixElement:   _matrix_element_rule,
+    ops.Map:         _map_rule,
+    ops.AxisSum:         lambda g, y, a, **_: (_broadcast(g, a.shape),),
+    ops.SumAll:      lambda g, y, a, **_: (_broadcast(g, a.shape),),
+    ops.LogSumExp:   _logsumexp_rule,
+    ops.LogSumExpAll: _logsumexp_rule,
+    ops.Softmax:     _softmax_rule,
+    ops.Named:       lambda g, y, a, **_: (g,),
+}
+
+
+def register_rule(node_type: type, rule: Rule) -> None:
+    """Add (or replace) the VJP rule of a node type.
+
+    ``rule(g, y, *inputs, node=node)`` returns the adjoint of each input as a SymPy
+    expression in ``g`` (upstream gradient), ``y`` (the node's output) and the inputs.
+
+    >>> import sympy as sp
+    >>> register_rule(sp.sinh, lambda g, y, x, **_: (g * sp.cosh(x),))
+    """
+    if not isinstance(node_type, type):
+        raise TypeError(f"register_rule needs a SymPy node class, got {node_type!r}")
+    RULES[node_type] = rule
+
+
+def rule_for(node) -> Rule:
+    """The rule of a node, looked up by its class (then its bases)."""
+    for cls in type(node).__mro__:
+        if cls in RULES:
+            return RULES[cls]
+    kind = type(node).__name__
+    raise NotImplementedError(
+        f"symgrad has no differentiation rule for {kind} (in {node}). Add one with "
+        f"symgrad.register_rule({kind}, lambda g, y, *inputs, **_: (...)) returning one "
+        "adjoint per input, or rewrite the model with supported operations "
+        f"(supported: {', '.join(sorted(c.__name__ for c in RULES))}).")

@@ -1,0 +1,553 @@
+"""symgrad's operations on top of SymPy.
+
+Scalars are plain SymPy expressions; matrices are SymPy matrix expressions built from
+``MatrixSymbol``.  This module adds what SymPy lacks for models:
+
+* numerically stable scalar functions (:class:`sigmoid`, :class:`softplus`,
+  :class:`logsigmoid`, :class:`relu`);
+* matrix nodes: :class:`Map` (an elementwise function of same-shaped operands, with
+  broadcasting of column vectors, row vectors and scalars), :class:`AxisSum` (along an axis),
+  :class:`SumAll`, :class:`LogSumExp`, :class:`Softmax`, :class:`LogDet` and :class:`Named`
+  (a label that names a piece of the model in printed formulas);
+* the user-facing builders: ``matrix``, ``vector``, ``dot``, ``hadamard``, ``sum``, ``mean``,
+  ``broadcast``, ``trace``, ``det``, ``logdet``, ``inv``, the elementwise functions
+  (``sigmoid``, ``tanh``, ``exp`` ... accepting scalars and matrices), ``logsumexp`` and
+  ``softmax``.
+
+>>> import symgrad as sg
+>>> x = sg.vector("x", 3)
+>>> sg.sum(sg.exp(x)).free_symbols == {x}
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import sympy as sp
+from sympy.codegen.cfunctions import log1p as _log1p
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+
+__all__ = [
+    "sigmoid", "softplus", "logsigmoid", "relu", "Map", "AxisSum", "SumAll", "LogSumExp",
+    "LogSumExpAll", "Softmax", "LogDet", "Named", "NamedScalar", "Scatter", "matrix", "vector", "dot", "hadamard", "sum",
+    "mean", "broadcast", "trace", "det", "logdet", "inv", "logsumexp", "softmax", "name",
+    "binary_cross_entropy_with_logits",
+]
+
+Shape = tuple  # (rows, cols) of SymPy integers or symbols
+
+
+# --------------------------------------------------------------------------------------
+# Scalar functions.  fdiff lets plain sympy.diff work on them (tests compare with it);
+# symgrad's own rules live in derive/rules.py.
+# --------------------------------------------------------------------------------------
+class sigmoid(sp.Function):
+    """The logistic function 1 / (1 + exp(-x)), evaluated stably for any x."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return 1 / (1 + sp.exp(-x))
+
+    def fdiff(self, argindex=1):
+        return self * (1 - self)
+
+    def _eval_rewrite_as_exp(self, x, **kwargs):
+        return 1 / (1 + sp.exp(-x))
+
+    def _eval_evalf(self, prec):
+        return self.rewrite(sp.exp)._eval_evalf(prec)
+
+
+class softplus(sp.Function):
+    """log(1 + exp(x)), evaluated without overflow for large x."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return sp.log(1 + sp.exp(x))
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+    def _eval_rewrite_as_exp(self, x, **kwargs):
+        return sp.log(1 + sp.exp(x))
+
+    def _eval_evalf(self, prec):
+        return self.rewrite(sp.exp)._eval_evalf(prec)
+
+
+class logsigmoid(sp.Function):
+    """log(sigmoid(x)) = -softplus(-x), evaluated without overflow."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return -sp.log(1 + sp.exp(-x))
+
+    def fdiff(self, argindex=1):
+        return sigmoid(-self.args[0])
+
+    def _eval_rewrite_as_exp(self, x, **kwargs):
+        return -sp.log(1 + sp.exp(-x))
+
+    def _eval_evalf(self, prec):
+        return self.rewrite(sp.exp)._eval_evalf(prec)
+
+
+class relu(sp.Function):
+    """max(x, 0); its derivative is taken as 0 at x = 0."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return sp.Max(x, 0)
+
+    def fdiff(self, argindex=1):
+        return sp.Heaviside(self.args[0], 0)
+
+    def _eval_rewrite_as_Max(self, x, **kwargs):
+        return sp.Max(x, 0)
+
+    def _eval_evalf(self, prec):
+        return sp.Max(self.args[0], 0)._eval_evalf(prec)
+
+
+log1p = _log1p
+
+# Scalar functions that may appear in the body of a Map, by the name a Map prints.
+SCALAR_FUNCTIONS: dict[str, Callable[[sp.Expr], sp.Expr]] = {
+    "sigmoid": sigmoid, "softplus": softplus, "logsigmoid": logsigmoid, "relu": relu,
+    "exp": sp.exp, "log": sp.log, "log1p": _log1p, "tanh": sp.tanh, "sin": sp.sin,
+    "cos": sp.cos, "tan": sp.tan, "sinh": sp.sinh, "cosh": sp.cosh, "atan": sp.atan,
+    "asin": sp.asin, "acos": sp.acos, "erf": sp.erf, "abs": sp.Abs,
+    "sqrt": sp.sqrt, "square": lambda x: x**2,
+}
+
+
+# --------------------------------------------------------------------------------------
+# Matrix nodes
+# --------------------------------------------------------------------------------------
+def _shape(expr) -> Shape:
+    """(rows, cols) of a matrix expression; () for a scalar."""
+    return tuple(expr.shape) if isinstance(expr, MatrixExpr) else ()
+
+
+class Map(MatrixExpr):
+    """An elementwise function of matrices: ``Map(Lambda((a, b), body), (rows, cols), A, B)``.
+
+    Each operand is a matrix of the Map's shape, a column vector (rows x 1) or a row vector
+    (1 x cols) broadcast across the other axis, a 1 x 1 matrix, or a scalar; ``body`` is a
+    scalar SymPy expression of the lambda's variables.  Chains of elementwise operations
+    (Hadamard products, sums, scalar multiples, functions) are fused into one Map, which the
+    code generator turns into one loop.
+
+    >>> import sympy as sp
+    >>> A = sp.MatrixSymbol("A", 2, 3)
+    >>> a = sp.Symbol("a")
+    >>> Map(sp.Lambda((a,), sp.exp(a)), (2, 3), A).shape
+    (2, 3)
+    """
+
+    is_commutative = False
+
+    def __new__(cls, function, shape, *operands):
+        shape = sp.Tuple(*[sp.sympify(s) for s in shape])
+        operands = [sp.sympify(o) for o in operands]
+        if len(function.variables) != len(operands):
+            raise ValueError(f"Map: {len(function.variables)} variables for {len(operands)} "
+                             "operands")
+        for operand in operands:
+            oshape = _shape(operand)
+            if oshape and not _broadcastable(oshape, tuple(shape)):
+                raise sp.ShapeError(f"Map: operand {operand} of shape {oshape} does not "
+                                    f"broadcast to {tuple(shape)}")
+        return super().__new__(cls, function, shape, *operands)
+
+    @property
+    def function(self) -> sp.Lambda:
+        return self.args[0]
+
+    @property
+    def operands(self) -> tuple:
+        return self.args[2:]
+
+    @property
+    def shape(self):
+        return tuple(self.args[1])
+
+    @property
+    def body(self) -> sp.Expr:
+        return self.function.expr
+
+    def _entry(self, i, j, **kwargs):
+        values = [o[i if o.shape[0] != 1 else 0, j if o.shape[1] != 1 else 0]
+                  if isinstance(o, MatrixExpr) else o for o in self.operands]
+        return self.function(*values)
+
+    def _eval_transpose(self):
+        operands = [o.T if isinstance(o, MatrixExpr) else o for o in self.operands]
+        return Map(self.function, self.shape[::-1], *operands)
+
+
+def _broadcastable(operand_shape: Shape, shape: Shape) -> bool:
+    rows, cols = operand_shape
+    return (rows == shape[0] or rows == 1) and (cols == shape[1] or cols == 1)
+
+
+class AxisSum(MatrixExpr):
+    """Sum of a matrix along an axis: axis 0 gives a row (1 x cols), axis 1 a column."""
+
+    def __new__(cls, arg, axis):
+        if int(axis) not in (0, 1):
+            raise ValueError(f"AxisSum: axis must be 0 or 1, got {axis}")
+        return super().__new__(cls, arg, sp.Integer(axis))
+
+    @property
+    def arg(self):
+        return self.args[0]
+
+    @property
+    def axis(self) -> int:
+        return int(self.args[1])
+
+    @property
+    def shape(self):
+        rows, cols = self.arg.shape
+        return (sp.Integer(1), cols) if self.axis == 0 else (rows, sp.Integer(1))
+
+    def _entry(self, i, j, **kwargs):
+        k = sp.Dummy("k", integer=True)
+        rows, cols = self.arg.shape
+        if self.axis == 0:
+            return sp.Sum(self.arg[k, j], (k, 0, rows - 1))
+        return sp.Sum(self.arg[i, k], (k, 0, cols - 1))
+
+
+class SumAll(sp.Expr):
+    """The sum of all entries of a matrix (a scalar)."""
+
+    def __new__(cls, arg):
+        return super().__new__(cls, arg)
+
+    @property
+    def arg(self):
+        return self.args[0]
+
+
+class LogSumExp(MatrixExpr):
+    """log(sum(exp(A), axis)) computed stably: axis 0 gives a row, axis 1 a column."""
+
+    def __new__(cls, arg, axis):
+        return super().__new__(cls, arg, sp.Integer(axis))
+
+    @property
+    def arg(self):
+        return self.args[0]
+
+    @property
+    def axis(self) -> int:
+        return int(self.args[1])
+
+    @property
+    def shape(self):
+        rows, cols = self.arg.shape
+        return (sp.Integer(1), cols) if self.axis == 0 else (rows, sp.Integer(1))
+
+
+class LogSumExpAll(sp.Expr):
+    """log(sum(exp(A))) over all entries, computed stably (a scalar)."""
+
+    def __new__(cls, arg):
+        return super().__new__(cls, arg)
+
+    @property
+    def arg(self):
+        return self.args[0]
+
+
+class Softmax(MatrixExpr):
+    """exp(A) normalised along an axis (0: each column sums to 1, 1: each row), or over all
+    entries with axis None; computed stably."""
+
+    def __new__(cls, arg, axis):
+        return super().__new__(cls, arg, sp.Integer(-1 if axis is None else axis))
+
+    @property
+    def arg(self):
+        return self.args[0]
+
+    @property
+    def axis(self) -> int | None:
+        axis = int(self.args[1])
+        return None if axis == -1 else axis
+
+    @property
+    def shape(self):
+        return self.arg.shape
+
+
+class LogDet(sp.Expr):
+    """log(det(A)) for a matrix with positive determinant, computed without overflow."""
+
+    def __new__(cls, arg):
+        return super().__new__(cls, arg)
+
+    @property
+    def arg(self):
+        return self.args[0]
+
+
+class Named(MatrixExpr):
+    """A matrix expression with a name for printed formulas (``Z2``, ``A1``); the name
+    changes nothing in the mathematics.  Its adjoint prints as ``d`` + name."""
+
+    def __new__(cls, label, arg):
+        return super().__new__(cls, sp.Symbol(str(label)), arg)
+
+    @property
+    def label(self) -> str:
+        return self.args[0].name
+
+    @property
+    def arg(self):
+        return self.args[1]
+
+    @property
+    def shape(self):
+        return self.arg.shape
+
+    def _entry(self, i, j, **kwargs):
+        return self.arg._entry(i, j, **kwargs)
+
+
+class NamedScalar(sp.Expr):
+    """A scalar expression with a name for printed formulas."""
+
+    def __new__(cls, label, arg):
+        return super().__new__(cls, sp.Symbol(str(label)), sp.sympify(arg))
+
+    @property
+    def label(self) -> str:
+        return self.args[0].name
+
+    @property
+    def arg(self):
+        return self.args[1]
+
+
+# --------------------------------------------------------------------------------------
+# Builders
+# --------------------------------------------------------------------------------------
+def _dim(value, what: str):
+    value = sp.sympify(value)
+    if value.is_number and not (value.is_integer and value > 0):
+        raise ValueError(f"{what} must be a positive integer or a SymPy symbol, got {value}")
+    return value
+
+
+def matrix(name: str, rows, cols) -> sp.MatrixSymbol:
+    """A matrix parameter or input: ``sg.matrix("W", 100, 250)``; dimensions may be SymPy
+    symbols.
+
+    >>> matrix("W", 2, 3).shape
+    (2, 3)
+    """
+    return sp.MatrixSymbol(name, _dim(rows, f"matrix {name!r} rows"),
+                           _dim(cols, f"matrix {name!r} cols"))
+
+
+def vector(name: str, n) -> sp.MatrixSymbol:
+    """A column vector (n x 1): ``sg.vector("x", 250)``.
+
+    >>> vector("x", 3).shape
+    (3, 1)
+    """
+    return sp.MatrixSymbol(name, _dim(n, f"vector {name!r} length"), 1)
+
+
+def _is_matrix(x) -> bool:
+    return isinstance(x, MatrixExpr)
+
+
+def _as_scalar(m: MatrixExpr) -> sp.Expr:
+    """A 1 x 1 matrix expression as the scalar it holds."""
+    return MatrixElement(m, 0, 0)
+
+
+def dot(u, v) -> sp.Expr:
+    """The scalar u^T v of two column vectors (or same-shaped matrices: sum of products).
+
+    >>> u, v = vector("u", 3), vector("v", 3)
+    >>> dot(u, v)
+    (u.T*v)[0, 0]
+    """
+    if not (_is_matrix(u) and _is_matrix(v)):
+        raise TypeError(f"dot needs two matrix expressions, got {u!r} and {v!r}")
+    if u.shape != v.shape:
+        raise sp.ShapeError(f"dot: shapes {u.shape} and {v.shape} differ")
+    if u.shape[1] == 1:
+        return _as_scalar(u.T @ v)
+    return SumAll(sp.HadamardProduct(u, v))
+
+
+def hadamard(*factors) -> MatrixExpr:
+    """The elementwise product of same-shaped matrices.
+
+    >>> A = matrix("A", 2, 2); B = matrix("B", 2, 2)
+    >>> hadamard(A, B).shape
+    (2, 2)
+    """
+    shapes = {f.shape for f in factors}
+    if len(shapes) != 1:
+        raise sp.ShapeError(f"hadamard: operands have different shapes {sorted(map(str, shapes))}")
+    return sp.HadamardProduct(*factors)
+
+
+def sum(A, axis: int | None = None):  # noqa: A001 - mirrors numpy.sum
+    """Sum of the entries of A: all (a scalar), along axis 0 (a row) or 1 (a column).
+
+    >>> A = matrix("A", 2, 3)
+    >>> sum(A, axis=1).shape
+    (2, 1)
+    """
+    if not _is_matrix(A):
+        return A
+    if axis is None:
+        return SumAll(A)
+    return AxisSum(A, axis)
+
+
+def mean(A, axis: int | None = None):
+    """Mean of the entries of A (all, along axis 0 or along axis 1).
+
+    >>> A = matrix("A", 2, 4)
+    >>> mean(A).args[0]
+    1/8
+    """
+    if not _is_matrix(A):
+        return A
+    rows, cols = A.shape
+    count = rows * cols if axis is None else (rows if axis == 0 else cols)
+    return sum(A, axis) * (1 / sp.sympify(count))
+
+
+def broadcast(v, shape: Sequence) -> MatrixExpr:
+    """Repeat a column vector across columns, a row vector across rows, or a scalar (or 1 x 1
+    matrix) over a whole matrix of the given shape: ``W @ X + sg.broadcast(b, (H, m))``.
+
+    >>> b = vector("b", 3)
+    >>> broadcast(b, (3, 5)).shape
+    (3, 5)
+    """
+    shape = tuple(sp.sympify(s) for s in shape)
+    if len(shape) != 2:
+        raise ValueError(f"broadcast: shape must be (rows, cols), got {shape}")
+    if _is_matrix(v) and not _broadcastable(v.shape, shape):
+        raise sp.ShapeError(f"broadcast: {v} of shape {v.shape} cannot broadcast to {shape}")
+    a = sp.Symbol("a")
+    return Map(sp.Lambda((a,), a), shape, v)
+
+
+def trace(A) -> sp.Expr:
+    """tr(A) of a square matrix."""
+    return sp.Trace(A)
+
+
+def det(A) -> sp.Expr:
+    """det(A) of a square matrix."""
+    return sp.Determinant(A)
+
+
+def logdet(A) -> sp.Expr:
+    """log(det(A)) of a square matrix with positive determinant, without overflow."""
+    if A.shape[0] != A.shape[1]:
+        raise sp.ShapeError(f"logdet: {A} is not square, its shape is {A.shape}")
+    return LogDet(A)
+
+
+def inv(A) -> MatrixExpr:
+    """The inverse of a square matrix."""
+    return sp.Inverse(A)
+
+
+def logsumexp(A, axis: int | None = None):
+    """log(sum(exp(A))) over all entries (a scalar) or along an axis, computed stably."""
+    return LogSumExpAll(A) if axis is None else LogSumExp(A, axis)
+
+
+def softmax(A, axis: int | None = None) -> MatrixExpr:
+    """exp(A) / sum(exp(A)) along an axis (0: columns sum to 1; 1: rows), stably."""
+    return Softmax(A, axis)
+
+
+def name(label: str, expr):
+    """Give a piece of the model a name for printed formulas: ``Z1 = sg.name("Z1", W1 @ X)``.
+
+    Printed gradients then call the value ``Z1`` and its adjoint ``dZ1``.
+    """
+    return Named(label, expr) if _is_matrix(expr) else NamedScalar(label, expr)
+
+
+def _elementwise(function_name: str):
+    scalar = SCALAR_FUNCTIONS[function_name]
+
+    def apply(x):
+        if _is_matrix(x):
+            a = sp.Symbol("a")
+            return Map(sp.Lambda((a,), scalar(a)), x.shape, x)
+        return scalar(sp.sympify(x))
+
+    apply.__name__ = function_name
+    apply.__qualname__ = function_name
+    apply.__doc__ = (f"{function_name} of a scalar, or of each entry of a matrix.\n\n"
+                     f">>> import sympy as sp\n>>> {function_name}(sp.Symbol('x')) is not None\n"
+                     "True\n")
+    return apply
+
+
+def binary_cross_entropy_with_logits(logits, labels):
+    """-(y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))), elementwise, in the stable form
+    y softplus(-z) + (1 - y) softplus(z)."""
+    z, y = sp.Symbol("z"), sp.Symbol("y")
+    body = y * softplus(-z) + (1 - y) * softplus(z)
+    if _is_matrix(logits):
+        return Map(sp.Lambda((z, y), body), logits.shape, logits, labels)
+    return body.subs({z: logits, y: labels}, simultaneous=True)
+
+
+# The user-facing elementwise functions (sg.sigmoid, sg.exp, ...): scalars and matrices alike.
+ELEMENTWISE = {function_name: _elementwise(function_name) for function_name in SCALAR_FUNCTIONS}
+
+
+class Scatter(MatrixExpr):
+    """A (rows x cols) matrix that is zero except for ``value`` at (i, j): the adjoint of
+    ``A[i, j]``."""
+
+    def __new__(cls, value, i, j, rows, cols):
+        return super().__new__(cls, sp.sympify(value), *map(sp.sympify, (i, j, rows, cols)))
+
+    @property
+    def value(self):
+        return self.args[0]
+
+    @property
+    def index(self) -> tuple:
+        return self.args[1], self.args[2]
+
+    @property
+    def shape(self):
+        return self.args[3], self.args[4]
+
+    def _entry(self, i, j, **kwargs):
+        return sp.Piecewise((self.value, sp.And(sp.Eq(i, self.args[1]), sp.Eq(j, self.args[2]))),
+                            (0, True))

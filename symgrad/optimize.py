@@ -1,0 +1,190 @@
+"""From a derivation to an optimized :class:`~symgrad.codegen.ir.Program`.
+
+* **Flattening with value numbering** (common-subexpression elimination): every compound
+  subexpression becomes one statement whose operands are atoms; an operation already computed
+  with the same operands is not computed again, whether it came from the forward pass or from
+  a rule's output (a sigmoid's ``1 - y`` is shared, the two identical adjoints of ``W x`` and
+  ``b`` become one).
+* **Copy propagation**: an adjoint that only passes its upstream gradient on is that gradient.
+* **Constant folding**: SymPy folds numbers as operations are rebuilt on atoms.
+* **Dead-code removal**: statements no output needs are dropped (the forward program keeps
+  only what the value needs).
+
+Canonical forms (transposes on symbols, OneMatrix products as sums, chain order) were already
+chosen when the graph was built (``derive/graph.py``).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+
+from symgrad import ops
+from symgrad.codegen.ir import Program, Statement
+from symgrad.derive.reverse import Derivation
+
+_CONSTANT_MATRICES = (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
+
+
+def is_atom(e) -> bool:
+    """Operands a statement may use directly."""
+    if isinstance(e, (sp.MatrixSymbol, *_CONSTANT_MATRICES)):
+        return True
+    if isinstance(e, sp.Transpose) and isinstance(e.arg, sp.MatrixSymbol):
+        return True
+    if isinstance(e, MatrixExpr):
+        return False
+    return isinstance(e, sp.Basic) and (e.is_Atom or (e.is_number and not e.atoms(sp.Function)
+                                                      and not isinstance(e, MatrixElement)))
+
+
+class _Flattener:
+    """Rewrites expressions into statements over atoms, each distinct operation once."""
+
+    def __init__(self):
+        self.statements: list[Statement] = []
+        self.table: dict = {}
+
+    def atom(self, e):
+        if is_atom(e):
+            return e
+        operation = self._operation(e)
+        if is_atom(operation):
+            return operation
+        if operation in self.table:
+            return self.table[operation]
+        k = len(self.statements)
+        if isinstance(operation, MatrixExpr):
+            target = sp.MatrixSymbol(f"_t{k}", *operation.shape)
+        else:
+            target = sp.Symbol(f"_t{k}", real=True)
+        self.statements.append(Statement(target, operation))
+        self.table[operation] = target
+        return target
+
+    def _operation(self, e):
+        """e as one operation over atoms (its operands flattened first)."""
+        if isinstance(e, ops.Map):
+            operands = [self.atom(o) for o in e.operands]
+            return _normalized_map(e.function, e.shape, operands)
+        if isinstance(e, (sp.Add, sp.Mul)) and len(e.args) > 2:
+            head = self.atom(e.func(*e.args[:-1]))
+            return e.func(head, self.atom(e.args[-1]))
+        if isinstance(e, sp.Mul) and len(e.args) == 2:
+            a, b = e.args
+            if _is_reciprocal(b) and not _is_reciprocal(a):   # a / b is one operation
+                return sp.Mul(self.atom(a), sp.Pow(self.atom(b.base), -1, evaluate=False),
+                              evaluate=False)
+        if isinstance(e, sp.MatMul) and len(e.args) > 2:
+            head = self.atom(sp.MatMul(*e.args[:-1]))
+            return sp.MatMul(head, self.atom(e.args[-1]))
+        if isinstance(e, sp.Transpose):
+            inner = self.atom(e.arg)
+            return sp.Transpose(inner) if not isinstance(inner, sp.Transpose) else inner.arg
+        if isinstance(e, MatrixElement):
+            return MatrixElement(self.atom(e.parent), e.i, e.j)
+        if isinstance(e, (ops.AxisSum, ops.LogSumExp, ops.Softmax)):
+            return type(e)(self.atom(e.arg), e.args[1])
+        if isinstance(e, ops.Scatter):
+            return ops.Scatter(self.atom(e.value), *e.args[1:])
+        if isinstance(e, ops.Named):
+            return self.atom(e.arg)
+        if isinstance(e, sp.Piecewise):
+            pieces = []
+            for value, cond in e.args:
+                if not isinstance(cond, sp.logic.boolalg.BooleanAtom):
+                    cond = cond.func(*[self.atom(a) for a in cond.args])
+                pieces.append((self.atom(value), cond))
+            return sp.Piecewise(*pieces)
+        args = [self.atom(a) if isinstance(a, sp.Basic) else a for a in e.args]
+        return e.func(*args)
+
+
+def _is_reciprocal(e) -> bool:
+    return isinstance(e, sp.Pow) and e.exp == -1
+
+
+def _normalized_map(function: sp.Lambda, shape, operands):
+    """The Map with variables renamed _v0, _v1, ... and repeated operands merged, so that equal
+    elementwise operations compare equal."""
+    variables, unique = [], []
+    substitution = {}
+    for v, o in zip(function.variables, operands):
+        if not isinstance(o, MatrixExpr) and o.is_number:
+            substitution[v] = o
+            continue
+        if o in unique:
+            substitution[v] = variables[unique.index(o)]
+            continue
+        fresh = sp.Symbol(f"_v{len(variables)}", real=True)
+        variables.append(fresh)
+        unique.append(o)
+        substitution[v] = fresh
+    body = function.expr.xreplace(substitution)
+    used = body.free_symbols
+    kept = [(v, o) for v, o in zip(variables, unique) if v in used]
+    if not kept:
+        # a constant: broadcast a number
+        fresh = sp.Symbol("_v0", real=True)
+        return ops.Map(sp.Lambda((fresh,), fresh), shape, body)
+    renamed = {v: sp.Symbol(f"_v{i}", real=True) for i, (v, _) in enumerate(kept)}
+    body = body.xreplace(renamed)
+    return ops.Map(sp.Lambda(tuple(renamed.values()), body), shape, *[o for _, o in kept])
+
+
+def lower(derivation: Derivation, outputs: dict, inputs: list) -> Program:
+    """Flatten, share and prune the derivation's statements for the given outputs.
+
+    ``outputs`` maps an output name (``"value"``, a parameter's name) to an expression of the
+    derivation's names.
+    """
+    flat = _Flattener()
+    resolved: dict = {}
+    labels: dict = {}
+    adjoints: set = set()
+    for name, expression in derivation.assignments:
+        atom = flat.atom(expression.xreplace(resolved))
+        resolved[name] = atom
+        if name in derivation.labels and atom not in labels and not atom.is_number:
+            labels[atom] = derivation.labels[name]
+        if name in derivation.adjoints:
+            adjoints.add(atom)
+    program_outputs = {}
+    for output_name, expression in outputs.items():
+        program_outputs[output_name] = flat.atom(sp.sympify(expression).xreplace(resolved))
+    statements = _live(flat.statements, program_outputs.values())
+    kept = {s.target for s in statements}
+    return Program(inputs=list(inputs), statements=statements, outputs=program_outputs,
+                   labels={t: label for t, label in labels.items() if t in kept},
+                   adjoints={a for a in adjoints if a in kept})
+
+
+def _live(statements: list, outputs) -> list:
+    """The statements the outputs depend on, in their original order."""
+    needed = set()
+    for o in outputs:
+        needed |= _symbols_in(o)
+    live = []
+    for statement in reversed(statements):
+        if statement.target in needed:
+            live.append(statement)
+            needed |= _symbols_in(statement.operation)
+    return live[::-1]
+
+
+def _symbols_in(e) -> set:
+    if isinstance(e, sp.MatrixSymbol):
+        return {e}
+    if isinstance(e, sp.Symbol):
+        return {e}
+    if isinstance(e, ops.Map):
+        out = set()
+        for o in e.operands:
+            out |= _symbols_in(o)
+        return out
+    if not isinstance(e, sp.Basic):
+        return set()
+    out = set()
+    for a in e.args:
+        out |= _symbols_in(a)
+    return out

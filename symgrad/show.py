@@ -1,0 +1,392 @@
+"""Readable formulas: the way a person writes gradients on a whiteboard.
+
+``sg.show(grads)`` prints each shared piece once, with a name (``delta = u ∘ h ∘ (1 - h)``),
+then each gradient in terms of the pieces (``ds/dW = delta x^T``).  Names come from
+``sg.name`` labels (``Z2`` and its adjoint ``dZ2``), else ``h`` for a shared elementwise
+value and ``delta`` for a shared adjoint.  ``sg.latex`` gives the same as LaTeX.
+
+Notation: juxtaposition is the matrix product, ``∘`` the elementwise product, ``X^T`` the
+transpose, ``sum(A, axis=1)`` row sums; a column vector added to a matrix is broadcast.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.str import StrPrinter
+
+from symgrad import ops
+
+__all__ = ["show", "latex", "FormulaPrinter", "module_docstring"]
+
+
+class _Piece(sp.Symbol):
+    """A symbol standing for a printed operand inside an elementwise body."""
+
+    is_commutative = True
+
+    def __new__(cls, text: str, matrix: bool, atomic: bool):
+        obj = super().__new__(cls, text)
+        obj.matrix = matrix
+        obj.atomic = atomic
+        return obj
+
+
+class FormulaPrinter(StrPrinter):
+    """Plain-text formulas: ``W^T delta``, ``u ∘ h ∘ (1 - h)``, ``sum(dZ1, axis=1)``."""
+
+    def __init__(self, names: dict | None = None, hadamard: str = " ∘ ", transpose: str = "^T"):
+        super().__init__()
+        self.names = names or {}
+        self.hadamard = hadamard
+        self.transpose = transpose
+
+    def _print(self, expr, **kwargs):
+        if expr in self.names:
+            return self.names[expr]
+        return super()._print(expr, **kwargs)
+
+    def _print_Symbol(self, expr):
+        return expr.name
+
+    def _print__Piece(self, expr):
+        return expr.name
+
+    def parenthesize(self, item, level, strict=False):
+        if isinstance(item, _Piece) and not item.atomic and level >= PRECEDENCE["Mul"]:
+            return f"({item.name})"
+        return super().parenthesize(item, level, strict)
+
+    def _print_MatrixSymbol(self, expr):
+        return expr.name
+
+    def _print_Transpose(self, expr):
+        inner = self._print(expr.arg)
+        atomic = isinstance(expr.arg, sp.MatrixSymbol) or expr.arg in self.names
+        return f"{inner}{self.transpose}" if atomic else f"({inner}){self.transpose}"
+
+    def _print_MatMul(self, expr):
+        parts = []
+        for a in expr.args:
+            text = self._print(a)
+            if isinstance(a, (sp.MatAdd, sp.Add)) or (isinstance(a, ops.Map)
+                                                       and a not in self.names
+                                                       and not _is_atomic_map(a)):
+                text = f"({text})"
+            parts.append(text)
+        return " ".join(parts)
+
+    def _print_MatAdd(self, expr):
+        return " + ".join(self._print(a) for a in expr.args).replace("+ -", "- ")
+
+    def _print_HadamardProduct(self, expr):
+        return self.hadamard.join(self.parenthesize(a, PRECEDENCE["Mul"]) for a in expr.args)
+
+    def _print_HadamardPower(self, expr):
+        return f"{self.parenthesize(expr.base, PRECEDENCE['Pow'])}^{self._print(expr.exp)}"
+
+    def _print_OneMatrix(self, expr):
+        return "1"
+
+    def _print_ZeroMatrix(self, expr):
+        return "0"
+
+    def _print_Identity(self, expr):
+        return "I"
+
+    def _print_Inverse(self, expr):
+        inner = self._print(expr.arg)
+        return f"{inner}^-1" if isinstance(expr.arg, sp.MatrixSymbol) else f"({inner})^-1"
+
+    def _print_Named(self, expr):
+        return expr.label
+
+    def _print_NamedScalar(self, expr):
+        return expr.label
+
+    def _print_MatrixElement(self, expr):
+        parent = expr.parent
+        if parent.shape == (1, 1):
+            return self._print(parent)
+        return f"{self._print(parent)}[{expr.i}, {expr.j}]"
+
+    def _print_AxisSum(self, expr):
+        return f"sum({self._print(expr.arg)}, axis={expr.axis})"
+
+    def _print_SumAll(self, expr):
+        return f"sum({self._print(expr.arg)})"
+
+    def _print_LogSumExp(self, expr):
+        return f"logsumexp({self._print(expr.arg)}, axis={expr.axis})"
+
+    def _print_LogSumExpAll(self, expr):
+        return f"logsumexp({self._print(expr.arg)})"
+
+    def _print_Softmax(self, expr):
+        axis = "" if expr.axis is None else f", axis={expr.axis}"
+        return f"softmax({self._print(expr.arg)}{axis})"
+
+    def _print_LogDet(self, expr):
+        return f"logdet({self._print(expr.arg)})"
+
+    def _print_Determinant(self, expr):
+        return f"det({self._print(expr.arg)})"
+
+    def _print_Trace(self, expr):
+        return f"tr({self._print(expr.arg)})"
+
+    def _print_Scatter(self, expr):
+        i, j = expr.index
+        return f"E[{i}, {j}]*{self.parenthesize(expr.value, PRECEDENCE['Mul'])}"
+
+    def _print_Map(self, expr):
+        return self._print(_readable_body(expr, self))
+
+    def _print_Mul(self, expr):
+        factors = expr.as_ordered_factors()
+        matrix_factors = [f for f in factors if _is_matrix_valued(f)]
+        if len(matrix_factors) < 2:
+            return super()._print_Mul(expr)
+        coefficient = sp.Mul(*[f for f in factors if not _is_matrix_valued(f)])
+        text = self.hadamard.join(self.parenthesize(f, PRECEDENCE["Mul"])
+                                  for f in matrix_factors)
+        if coefficient == 1:
+            return text
+        if coefficient == -1:
+            return f"-{text}"
+        return f"{self.parenthesize(coefficient, PRECEDENCE['Mul'])}*{text}"
+
+
+def _is_atomic_map(m: ops.Map) -> bool:
+    body = m.body
+    return body in m.function.variables or isinstance(body, sp.Function)
+
+
+def _is_matrix_valued(e) -> bool:
+    return any(getattr(s, "matrix", False) for s in e.atoms(_Piece)) if isinstance(e, sp.Basic) \
+        else False
+
+
+def _readable_body(m: ops.Map, printer) -> sp.Expr:
+    """The Map's body with each variable replaced by its operand's printed form."""
+    substitution = {}
+    for v, operand in zip(m.function.variables, m.operands):
+        if isinstance(operand, MatrixExpr) or not operand.is_number:
+            text = printer._print(operand)
+            atomic = _looks_atomic(text)
+            substitution[v] = _Piece(text, isinstance(operand, MatrixExpr), atomic)
+        else:
+            substitution[v] = operand
+    return m.body.xreplace(substitution)
+
+
+def _looks_atomic(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif depth == 0 and ch in " +-*/":
+            return False
+    return True
+
+
+class FormulaLatexPrinter(LatexPrinter):
+    """LaTeX with the same conventions: \\circ for elementwise products."""
+
+    def __init__(self, names: dict | None = None):
+        super().__init__()
+        self.names = names or {}
+
+    def _print(self, expr, **kwargs):
+        if expr in self.names:
+            return self.names[expr]
+        return super()._print(expr, **kwargs)
+
+    def _print_Map(self, expr):
+        text = FormulaPrinter(hadamard=r" \circ ", transpose="^{T}")._print(expr)
+        return text.replace("*", r" \cdot ")
+
+    def _print_AxisSum(self, expr):
+        return rf"\operatorname{{sum}}_{{{expr.axis}}}\left({self._print(expr.arg)}\right)"
+
+    def _print_SumAll(self, expr):
+        return rf"\operatorname{{sum}}\left({self._print(expr.arg)}\right)"
+
+    def _print_LogDet(self, expr):
+        return rf"\log\det\left({self._print(expr.arg)}\right)"
+
+    def _print_Named(self, expr):
+        return expr.label
+
+
+# ------------------------------------------------------------------------------------------
+# show: shared pieces named once
+# ------------------------------------------------------------------------------------------
+def _pieces(grads, output: str):
+    """(named pieces [(name, expression)], gradient lines [(name, expression)], names)."""
+    from symgrad.optimize import lower
+
+    derivation = getattr(grads, "derivation", None)
+    if derivation is None:
+        return [], [(f"d{output}/d{_label(w)}", g) for w, g in grads.items()], {}
+    outputs = {_label(w): derivation.gradients[w] for w in grads}
+    program = lower(derivation, outputs, list(grads))
+    uses: dict = {}
+    for s in program.statements:
+        for a in _operands(s.operation):
+            uses[a] = uses.get(a, 0) + 1
+    for atom in program.outputs.values():
+        uses[atom] = uses.get(atom, 0) + 1
+    definitions = {s.target: s.operation for s in program.statements}
+    named: dict = {}
+    counters: dict = {}
+    candidates = []
+    for s in program.statements:
+        label = program.labels.get(s.target)
+        shared = uses.get(s.target, 0) >= 2 and _worth_naming(s.operation)
+        if label or shared:
+            candidates.append((s.target, label))
+    kinds = {}
+    for target, label in candidates:
+        if label:
+            continue
+        kind = "delta" if target in program.adjoints else _kind(definitions[target])
+        kinds[target] = kind
+        counters[kind] = counters.get(kind, 0) + 1
+    seen: dict = {}
+    for target, label in candidates:
+        if label:
+            named[target] = label
+            continue
+        kind = kinds[target]
+        seen[kind] = seen.get(kind, 0) + 1
+        named[target] = kind if counters[kind] == 1 else f"{kind}{seen[kind]}"
+
+    def expand(e, top=False):
+        if not top and e in named:
+            return sp.Symbol(named[e]) if not isinstance(e, MatrixExpr) else \
+                sp.MatrixSymbol(named[e], *e.shape)
+        if e in definitions:
+            return expand(definitions[e], top=False) if not top else expand(definitions[e])
+        if isinstance(e, ops.Map):
+            return ops.Map(e.function, e.shape, *[expand(o) for o in e.operands])
+        if isinstance(e, sp.Basic) and e.args and not isinstance(e, (sp.MatrixSymbol, sp.Lambda)):
+            args = [expand(a) if isinstance(a, sp.Basic) else a for a in e.args]
+            return e.func(*args)
+        return e
+
+    pieces = [(named[t], expand(definitions[t])) for t, _ in candidates]
+    lines = [(f"d{output}/d{name}", expand(atom, top=atom not in named))
+             for name, atom in program.outputs.items()]
+    return pieces, lines, named
+
+
+def _label(w) -> str:
+    return w.name if hasattr(w, "name") else str(w)
+
+
+def _operands(operation):
+    if isinstance(operation, ops.Map):
+        return list(operation.operands)
+    out = []
+    for a in getattr(operation, "args", ()):
+        if isinstance(a, sp.Transpose):
+            out.append(a.arg)
+        elif isinstance(a, (sp.Symbol, sp.MatrixSymbol)):
+            out.append(a)
+        elif isinstance(a, sp.Basic) and not isinstance(a, sp.Lambda):
+            out.extend(_operands(a))
+    return out
+
+
+def _worth_naming(operation) -> bool:
+    if isinstance(operation, ops.Map):
+        return not (operation.body in operation.function.variables)
+    if isinstance(operation, MatrixExpr):
+        return True
+    return sp.count_ops(operation) >= 2 or bool(operation.atoms(sp.Function))
+
+
+def _kind(operation) -> str:
+    if isinstance(operation, ops.Map) and operation.body.atoms(sp.Function):
+        return "h"
+    return "z" if isinstance(operation, MatrixExpr) else "v"
+
+
+def show(grads, output: str = "f") -> str:
+    """The gradients as text, each shared piece named once.
+
+    >>> import sympy as sp, symgrad as sg
+    >>> w, x, y = sp.symbols("w x y")
+    >>> print(sg.show(sg.grad((w * x - y) ** 2, [w]), output="loss"))
+    dloss/dw = 2*x*(w*x - y)
+    """
+    if isinstance(grads, sp.Basic):
+        return FormulaPrinter().doprint(grads)
+    pieces, lines, _ = _pieces(grads, output)
+    printer = FormulaPrinter()
+    out = [f"{name} = {_tidy(printer.doprint(e))}" for name, e in pieces]
+    out += [f"{name} = {_tidy(printer.doprint(e))}" for name, e in lines]
+    return "\n".join(out)
+
+
+def _tidy(text: str) -> str:
+    return text.replace("+ -", "- ")
+
+
+def latex(grads, output: str = "f") -> str:
+    """The gradients (or one expression) as LaTeX, shared pieces named once."""
+    printer = FormulaLatexPrinter()
+    if isinstance(grads, sp.Basic):
+        return printer.doprint(grads)
+    pieces, lines, _ = _pieces(grads, output)
+    rows = [rf"{_latex_name(name)} &= {printer.doprint(e)}" for name, e in pieces + lines]
+    return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
+
+
+def _latex_name(name: str) -> str:
+    if "/" in name:
+        top, bottom = name.split("/")
+        return rf"\frac{{\partial {top[1:]}}}{{\partial {bottom[1:]}}}"
+    return {"delta": r"\delta"}.get(name, name)
+
+
+def module_docstring(name: str, expr, wrt, inputs, spec) -> str:
+    """The docstring of a generated module: the model and its derived formulas."""
+    from symgrad.compiled import Gradients
+    from symgrad.derive.reverse import derive
+
+    printer = FormulaPrinter()
+    described = []
+    for s in inputs:
+        role = "parameter" if s in wrt else "input"
+        shape = f" ({s.shape[0]} x {s.shape[1]})" if isinstance(s, MatrixExpr) else " (scalar)"
+        described.append(f"    {s.name}{shape}, {role}")
+    text = [f"{name}: generated by symgrad.", "", "Inputs:", *described, "",
+            f"Value:\n    {name} = {_tidy(printer.doprint(expr))}"]
+    if spec.value_and_grad is not None:
+        grads = Gradients({w: None for w in wrt})
+        grads.derivation = derive(expr, list(wrt))
+        pieces, lines, _ = _pieces(grads, name)
+        text += ["", "Gradients (shared pieces named once):"]
+        text += [f"    {n} = {_tidy(printer.doprint(e))}" for n, e in pieces + lines]
+    return "\n".join(text)
+
+
+def _install_printing() -> None:
+    """str() and latex() of symgrad's nodes and gradients use these printers."""
+    for cls in (ops.Map, ops.AxisSum, ops.SumAll, ops.LogSumExp, ops.LogSumExpAll, ops.Softmax,
+                ops.LogDet, ops.Named, ops.NamedScalar, ops.Scatter):
+        method = f"_print_{cls.__name__}"
+        cls._sympystr = (lambda m: lambda self, printer: getattr(FormulaPrinter(), m)(self))(
+            method)
+        if hasattr(FormulaLatexPrinter, method):
+            cls._latex = (lambda m: lambda self, printer: getattr(FormulaLatexPrinter(), m)(
+                self))(method)
+
+
+_install_printing()
