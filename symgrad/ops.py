@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 import sympy as sp
 from sympy.codegen.cfunctions import log1p as _log1p
+from sympy.core.symbol import Str
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 __all__ = [
@@ -312,7 +313,7 @@ class Named(MatrixExpr):
     changes nothing in the mathematics.  Its adjoint prints as ``d`` + name."""
 
     def __new__(cls, label, arg):
-        return super().__new__(cls, sp.Symbol(str(label)), arg)
+        return super().__new__(cls, Str(str(label)), arg)
 
     @property
     def label(self) -> str:
@@ -334,7 +335,7 @@ class NamedScalar(sp.Expr):
     """A scalar expression with a name for printed formulas."""
 
     def __new__(cls, label, arg):
-        return super().__new__(cls, sp.Symbol(str(label)), sp.sympify(arg))
+        return super().__new__(cls, Str(str(label)), sp.sympify(arg))
 
     @property
     def label(self) -> str:

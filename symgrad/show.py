@@ -37,16 +37,31 @@ class _Piece(sp.Symbol):
 class FormulaPrinter(StrPrinter):
     """Plain-text formulas: ``W^T delta``, ``u ∘ h ∘ (1 - h)``, ``sum(dZ1, axis=1)``."""
 
-    def __init__(self, names: dict | None = None, hadamard: str = " ∘ ", transpose: str = "^T"):
+    def __init__(self, names: dict | None = None, hadamard: str = " ∘ ", transpose: str = "^T",
+                 aliases: dict | None = None):
         super().__init__()
         self.names = names or {}
         self.hadamard = hadamard
         self.transpose = transpose
+        self.aliases = aliases or {}   # printed text -> the user's name for it
+        self._depth = 0
 
     def _print(self, expr, **kwargs):
         if expr in self.names:
             return self.names[expr]
-        return super()._print(expr, **kwargs)
+        self._depth += 1
+        try:
+            text = super()._print(expr, **kwargs)
+        finally:
+            self._depth -= 1
+        if self._depth > 0 and text in self.aliases:
+            return self.aliases[text]
+        return text
+
+    def _print_Pow(self, expr, rational=False):
+        if isinstance(expr.base, _Piece) and expr.base.matrix and expr.exp.is_Integer:
+            return f"{self.parenthesize(expr.base, PRECEDENCE['Pow'])}^{expr.exp}"
+        return super()._print_Pow(expr, rational)
 
     def _print_Symbol(self, expr):
         return expr.name
@@ -173,13 +188,20 @@ def _readable_body(m: ops.Map, printer) -> sp.Expr:
     """The Map's body with each variable replaced by its operand's printed form."""
     substitution = {}
     for v, operand in zip(m.function.variables, m.operands):
-        if isinstance(operand, MatrixExpr) or not operand.is_number:
+        if isinstance(operand, MatrixExpr):
             text = printer._print(operand)
-            atomic = _looks_atomic(text)
-            substitution[v] = _Piece(text, isinstance(operand, MatrixExpr), atomic)
+            substitution[v] = _Piece(text, True, _looks_atomic(text))
         else:
-            substitution[v] = operand
-    return m.body.xreplace(substitution)
+            substitution[v] = operand      # scalars (1/m) join the body's arithmetic
+    body = m.body.xreplace(substitution)
+    if getattr(printer, "aliases", None):
+        def aliased(e):
+            return isinstance(e, sp.Function) and printer._print(e) in printer.aliases
+
+        body = body.replace(aliased, lambda e: _Piece(printer.aliases[printer._print(e)],
+                                                      True, True))
+    tidy = sp.together(sp.expand(body))
+    return tidy if sp.count_ops(tidy) < sp.count_ops(body) else body
 
 
 def _looks_atomic(text: str) -> bool:
@@ -328,10 +350,19 @@ def show(grads, output: str = "f") -> str:
     if isinstance(grads, sp.Basic):
         return FormulaPrinter().doprint(grads)
     pieces, lines, _ = _pieces(grads, output)
-    printer = FormulaPrinter()
+    printer = FormulaPrinter(aliases=_aliases(grads))
     out = [f"{name} = {_tidy(printer.doprint(e))}" for name, e in pieces]
     out += [f"{name} = {_tidy(printer.doprint(e))}" for name, e in lines]
     return "\n".join(out)
+
+
+def _aliases(grads) -> dict:
+    """Printed forms of the pieces the user named (``sigmoid(Z2)`` -> ``A2``)."""
+    derivation = getattr(grads, "derivation", None)
+    if derivation is None:
+        return {}
+    printer = FormulaPrinter()
+    return {printer.doprint(expr): label for label, expr in derivation.named.items()}
 
 
 def _tidy(text: str) -> str:
@@ -371,9 +402,8 @@ def module_docstring(name: str, expr, wrt, inputs, spec) -> str:
     if spec.value_and_grad is not None:
         grads = Gradients({w: None for w in wrt})
         grads.derivation = derive(expr, list(wrt))
-        pieces, lines, _ = _pieces(grads, name)
         text += ["", "Gradients (shared pieces named once):"]
-        text += [f"    {n} = {_tidy(printer.doprint(e))}" for n, e in pieces + lines]
+        text += ["    " + line for line in show(grads, output=name).splitlines()]
     return "\n".join(text)
 
 
@@ -382,7 +412,8 @@ def _install_printing() -> None:
     for cls in (ops.Map, ops.AxisSum, ops.SumAll, ops.LogSumExp, ops.LogSumExpAll, ops.Softmax,
                 ops.LogDet, ops.Named, ops.NamedScalar, ops.Scatter):
         method = f"_print_{cls.__name__}"
-        cls._sympystr = (lambda m: lambda self, printer: getattr(FormulaPrinter(), m)(self))(
+        cls._sympystr = (lambda m: lambda self, printer: getattr(
+            printer if isinstance(printer, FormulaPrinter) else FormulaPrinter(), m)(self))(
             method)
         if hasattr(FormulaLatexPrinter, method):
             cls._latex = (lambda m: lambda self, printer: getattr(FormulaLatexPrinter(), m)(

@@ -272,7 +272,7 @@ class KernelEmitter:
     def map_body(self, e: ops.Map, i: str, j: str, depth: int) -> str:
         """Emit the loads and shared pieces of a Map's body; return its final expression."""
         for v, operand in zip(e.function.variables, e.operands):
-            self.emit(f"{v.name} = {self.load(operand, i, j, e.shape)}", depth)
+            self.emit(f"{self.scalar(v)} = {self.load(operand, i, j, e.shape)}", depth)
         replacements, (body,) = sp.cse([e.body], symbols=sp.numbered_symbols("_c"),
                                        optimizations=None)
         for symbol, value in replacements:

@@ -53,6 +53,7 @@ class Derivation:
     gradients: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)
     adjoints: set = field(default_factory=set)
+    named: dict = field(default_factory=dict)   # label -> the canonical expression it names
 
 
 def is_leaf(node) -> bool:
@@ -129,6 +130,7 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
         name_of[node] = name
         derivation.assignments.append((name, rebuilt))
     derivation.value = name_of[graph.output]
+    derivation.named = {label: named.arg for named, label in canonicalize.labels.items()}
 
     # which nodes depend on a parameter (the others need no adjoint)
     wrt_set = set(wrt)
