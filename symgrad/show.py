@@ -93,6 +93,17 @@ class FormulaPrinter(StrPrinter):
             parts.append(text)
         return " ".join(parts)
 
+    def _print_Add(self, expr, order=None):
+        # positive terms first: "A2 - Y", not "-Y + A2"
+        terms = sorted(expr.as_ordered_terms(), key=lambda t: t.could_extract_minus_sign())
+        text = self._print(terms[0])
+        for t in terms[1:]:
+            if t.could_extract_minus_sign():
+                text += " - " + self.parenthesize(-t, PRECEDENCE["Add"])
+            else:
+                text += " + " + self.parenthesize(t, PRECEDENCE["Add"])
+        return text
+
     def _print_MatAdd(self, expr):
         return " + ".join(self._print(a) for a in expr.args).replace("+ -", "- ")
 

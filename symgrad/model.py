@@ -1,0 +1,58 @@
+"""``sg.Model``: a named scalar (or matrix) output with the parameters to differentiate.
+
+A *model file* is a Python file with Model objects at module level; ``symgrad show``,
+``generate`` and ``check`` read them, and the file still runs as a script.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import sympy as sp
+
+from symgrad.compiled import CompiledFunction, Gradients, _check_wrt, compile, grad, inputs_of
+
+__all__ = ["Model"]
+
+
+class Model:
+    """A model: ``Model("window_classifier", s, wrt=[W, b, u, x])``.
+
+    Every free symbol of ``output`` that is not in ``wrt`` is a data input.
+
+    >>> import sympy as sp
+    >>> w, x, y = sp.symbols("w x y")
+    >>> m = Model("linear_regression", (w * x - y) ** 2, wrt=[w])
+    >>> [s.name for s in m.inputs]
+    ['w', 'x', 'y']
+    """
+
+    def __init__(self, name: str, output, wrt):
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"model name {name!r} must be a Python identifier (it names the "
+                             "generated module)")
+        self.name = name
+        self.output = sp.sympify(output)
+        self.wrt = _check_wrt(self.output, wrt)
+
+    @cached_property
+    def inputs(self) -> list:
+        """Parameters first (in wrt order), then data inputs sorted by name."""
+        return inputs_of(self.output, self.wrt)
+
+    @cached_property
+    def compiled(self) -> CompiledFunction:
+        """The compiled function (built on first use)."""
+        return compile(self.output, self.wrt, name=self.name)
+
+    def grad(self) -> Gradients:
+        """The gradients as SymPy expressions."""
+        return grad(self.output, self.wrt)
+
+    def show(self) -> str:
+        """The derived formulas, shared pieces named once."""
+        from symgrad.show import show
+        return show(self.grad(), output=self.name)
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, wrt=[{', '.join(str(w) for w in self.wrt)}])"
