@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import shutil
@@ -34,6 +35,8 @@ XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thread
 # timing protocol: (seconds per timing loop, repeats)
 FULL = {"loop_s": 0.2, "repeats": 7}
 QUICK = {"loop_s": 0.02, "repeats": 7}
+
+NOISY = 0.05  # flag cells where other processes used more than this share of the CPUs
 
 THREAD_LABEL = {"one": "one thread", "default": "default threads"}
 
@@ -62,14 +65,49 @@ def _loop(impl, n: int) -> float:
 
 
 def _calibrate(impl, loop_s: float) -> int:
-    """Smallest call count (roughly) whose loop takes >= loop_s; also warms up."""
+    """Call count for a loop of about loop_s (at least 1 call). Grows the count tenfold
+    until a loop takes >= loop_s / 10, then extrapolates; doubles as warm-up."""
     n = 1
     while True:
         t = _loop(impl, n)
         if t >= loop_s:
             return n
-        guess = int(n * loop_s * 1.15 / max(t, 1e-9)) + 1
-        n = max(n + 1, min(guess, n * 100))
+        if t >= loop_s / 10:
+            return max(n + 1, math.ceil(n * loop_s * 1.05 / t))
+        n *= 10
+
+
+class _CpuWatch:
+    """CPU time used by other processes (and stolen by the hypervisor) while a cell runs:
+    /proc/stat busy time minus this process's own CPU time (all its threads)."""
+
+    def __init__(self):
+        self.t0 = self._snap()
+
+    @staticmethod
+    def _snap():
+        try:
+            with open("/proc/stat") as fh:
+                f = [int(x) for x in fh.readline().split()[1:]]
+        except OSError:
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = (sum(f[:8]) - f[3] - f[4]) / hz  # user..steal minus idle, iowait
+        steal = f[7] / hz if len(f) > 7 else 0.0
+        ot = os.times()
+        return time.perf_counter(), busy, steal, ot.user + ot.system
+
+    def stop(self) -> dict:
+        t1 = self._snap()
+        if self.t0 is None or t1 is None:
+            return {}
+        wall = t1[0] - self.t0[0]
+        ncpu = os.cpu_count() or 1
+        own = t1[3] - self.t0[3]
+        steal = t1[2] - self.t0[2]
+        other = max(0.0, (t1[1] - self.t0[1]) - own - steal)
+        return {"wall_s": wall, "other_cpu_frac": other / (wall * ncpu),
+                "steal_frac": steal / (wall * ncpu)}
 
 
 def _rel_err(out, ref) -> float:
@@ -147,7 +185,7 @@ def _run_cell(wl, mode, inputs, proto, quick, cfg, P) -> dict:
             t0 = time.perf_counter()
             impl = builder(wl, mode, _copy_inputs(inputs))
             res = impl.call()
-            row["first_s"] = time.perf_counter() - t0
+            row["first_s"] = time.perf_counter() - t0 + impl.first_extra_s
             outs[name] = impl.convert(res)
             impls.append((name, impl))
         except P.Unavailable as e:
@@ -177,6 +215,7 @@ def _run_cell(wl, mode, inputs, proto, quick, cfg, P) -> dict:
             row_by[name]["reason"] = f"comparison failed: {_short(e)}"
 
     # timing: calibrate each, then interleave whole loops, rotating the order each repeat
+    watch = _CpuWatch()
     ns = {}
     for name, impl in impls:
         try:
@@ -192,10 +231,13 @@ def _run_cell(wl, mode, inputs, proto, quick, cfg, P) -> dict:
     for name, ts in samples.items():
         row_by[name].update(median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts),
                             calls_per_loop=ns[name], repeats=len(ts))
+    load = watch.stop()
     summary = ", ".join(f"{n} {row_by[n]['median_s'] * 1e6:.3g}us" for n in samples)
-    _log(f"[{cfg}] {wl.key} {mode}: {summary}")
+    noisy = load.get("other_cpu_frac", 0) + load.get("steal_frac", 0)
+    _log(f"[{cfg}] {wl.key} {mode}: {summary}"
+         + (f"  [others used {100 * noisy:.0f}% of the CPUs]" if noisy > NOISY else ""))
     return {"workload": wl.key, "family": wl.family, "title": wl.title, "mode": mode,
-            "baseline": baseline, "rows": rows}
+            "baseline": baseline, "rows": rows, "load": load}
 
 
 def _version(mod: str) -> str:

@@ -26,6 +26,7 @@ from symgrad.ops import (
     mean,
     name,
     softmax,
+    softmax_cross_entropy,
     sum,
     trace,
     vector,
@@ -52,7 +53,7 @@ abs = _ops.ELEMENTWISE["abs"]  # noqa: A001 - mirrors numpy.abs
 __all__ = [
     "grad", "compile", "Model", "CompiledFunction", "Gradients", "RULES", "register_rule", "show",
     "latex", "matrix", "vector", "dot", "hadamard", "sum", "mean", "broadcast", "trace", "det",
-    "logdet", "inv", "logsumexp", "softmax", "name", "Map", "binary_cross_entropy_with_logits",
+    "logdet", "inv", "logsumexp", "softmax", "softmax_cross_entropy", "name", "Map", "binary_cross_entropy_with_logits",
     "sigmoid", "softplus", "logsigmoid", "relu", "exp", "log", "log1p", "tanh", "sin", "cos",
     "sqrt", "square", "abs", "__version__",
 ]

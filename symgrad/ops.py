@@ -33,7 +33,7 @@ __all__ = [
     "sigmoid", "softplus", "logsigmoid", "relu", "Map", "AxisSum", "SumAll", "LogSumExp",
     "LogSumExpAll", "Softmax", "LogDet", "Named", "NamedScalar", "Scatter", "matrix", "vector", "dot", "hadamard", "sum",
     "mean", "broadcast", "trace", "det", "logdet", "inv", "logsumexp", "softmax", "name",
-    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits", "softmax_cross_entropy",
 ]
 
 Shape = tuple  # (rows, cols) of SymPy integers or symbols
@@ -552,3 +552,19 @@ class Scatter(MatrixExpr):
     def _entry(self, i, j, **kwargs):
         return sp.Piecewise((self.value, sp.And(sp.Eq(i, self.args[1]), sp.Eq(j, self.args[2]))),
                             (0, True))
+
+
+def softmax_cross_entropy(logits, labels, axis: int = 0):
+    """The summed cross-entropy -sum(Y o log softmax(Z, axis)), computed stably as
+    sum(Y o (logsumexp(Z, axis) - Z)) (labels along ``axis`` sum to 1 for one-hot Y).
+
+    >>> Z, Y = matrix("Z", 3, 4), matrix("Y", 3, 4)
+    >>> softmax_cross_entropy(Z, Y).is_commutative
+    True
+    """
+    if not (_is_matrix(logits) and _is_matrix(labels)) or logits.shape != labels.shape:
+        raise sp.ShapeError("softmax_cross_entropy needs logits and labels of the same shape")
+    z, y, lse = sp.symbols("z y l")
+    per_entry = Map(sp.Lambda((z, y, lse), y * (lse - z)), logits.shape, logits, labels,
+                    LogSumExp(logits, axis))
+    return SumAll(per_entry)

@@ -168,7 +168,12 @@ class FormulaPrinter(StrPrinter):
         return f"E[{i}, {j}]*{self.parenthesize(expr.value, PRECEDENCE['Mul'])}"
 
     def _print_Map(self, expr):
-        return self._print(_readable_body(expr, self))
+        body = _readable_body(expr, self)
+        self._depth -= 1       # the body stands for the Map itself: no alias for the whole
+        try:
+            return self._print(body)
+        finally:
+            self._depth += 1
 
     def _print_Mul(self, expr):
         factors = expr.as_ordered_factors()
@@ -207,7 +212,8 @@ def _readable_body(m: ops.Map, printer) -> sp.Expr:
     body = m.body.xreplace(substitution)
     if getattr(printer, "aliases", None):
         def aliased(e):
-            return isinstance(e, sp.Function) and printer._print(e) in printer.aliases
+            return (isinstance(e, sp.Function) and e != body
+                    and printer._print(e) in printer.aliases)
 
         body = body.replace(aliased, lambda e: _Piece(printer.aliases[printer._print(e)],
                                                       True, True))
@@ -261,6 +267,8 @@ class FormulaLatexPrinter(LatexPrinter):
 # ------------------------------------------------------------------------------------------
 def _pieces(grads, output: str):
     """(named pieces [(name, expression)], gradient lines [(name, expression)], names)."""
+    from symgrad.derive.graph import Canonicalizer
+    from symgrad.derive.reverse import _smallest
     from symgrad.optimize import lower
 
     derivation = getattr(grads, "derivation", None)
@@ -307,9 +315,13 @@ def _pieces(grads, output: str):
             return expand(definitions[e], top=False) if not top else expand(definitions[e])
         if isinstance(e, ops.Map):
             return ops.Map(e.function, e.shape, *[expand(o) for o in e.operands])
+        if isinstance(e, sp.Transpose):
+            # (a Map)^T reads better as the Map of transposed operands
+            return Canonicalizer()._transpose(expand(e.arg))
         if isinstance(e, sp.Basic) and e.args and not isinstance(e, (sp.MatrixSymbol, sp.Lambda)):
             args = [expand(a) if isinstance(a, sp.Basic) else a for a in e.args]
-            return e.func(*args)
+            result = e.func(*args)
+            return result if isinstance(result, MatrixExpr) else _smallest(result)
         return e
 
     pieces = [(named[t], expand(definitions[t])) for t, _ in candidates]

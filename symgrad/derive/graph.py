@@ -92,7 +92,7 @@ class Canonicalizer:
 
     def __call__(self, expr):
         expr = sp.sympify(expr)
-        if not is_matrix(expr) and not _has_matrix_parts(expr):
+        if not is_matrix(expr):
             expr = stabilize(expr)
         unfused = self._canon(expr)
         uses = _count_uses(unfused)
