@@ -7,9 +7,9 @@ For each function three variants are timed on the same float64 input:
   for the functions NumPy lacks, see ``NUMPY`` below),
 * ``libm``  -- ``out[i] = np.f(x[i])`` / ``math.f`` in the same ``@njit`` loop.
 
-Each time is the median of 7 repeats; a repeat runs the kernel enough times to
-take ~20 ms on an array of 2**16 elements (fits in L2, so this measures compute,
-not memory bandwidth). Usage::
+Each time is the median of 7 repeats (interleaved across the three variants);
+a repeat runs the kernel enough times to take ~20 ms on an array of 2**16
+elements (fits in L2, so this measures compute, not memory bandwidth). Usage::
 
     python bench/fastmath_speed.py [--n 65536] [--repeats 7]
 """
@@ -107,19 +107,23 @@ def _inputs(name, n, rng):
     return rng.uniform(-20.0, 20.0, n)
 
 
-def _time_per_element(fn, x, out, repeats):
-    fn(x, out)  # compile / warm up
-    t0 = time.perf_counter()
-    fn(x, out)
-    once = max(time.perf_counter() - t0, 1e-7)
-    inner = max(1, int(0.02 / once))
-    samples = []
-    for _ in range(repeats):
+def _time_per_element(fns, x, out, repeats):
+    """Median ns/element of each fn(x, out); the repeats are interleaved across
+    fns so that a background load affects all variants alike."""
+    inner = []
+    for fn in fns:
+        fn(x, out)  # compile / warm up
         t0 = time.perf_counter()
-        for _ in range(inner):
-            fn(x, out)
-        samples.append((time.perf_counter() - t0) / (inner * x.size))
-    return float(np.median(samples)) * 1e9
+        fn(x, out)
+        inner.append(max(1, int(0.02 / max(time.perf_counter() - t0, 1e-7))))
+    samples = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, k, acc in zip(fns, inner, samples, strict=True):
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn(x, out)
+            acc.append((time.perf_counter() - t0) / (k * x.size))
+    return [float(np.median(acc)) * 1e9 for acc in samples]
 
 
 def main(argv=None):
@@ -129,15 +133,16 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
 
-    print(f"ns/element, float64, n={args.n}, median of {args.repeats}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"ns/element, float64, n={args.n}, median of {args.repeats} "
+          f"({os.cpu_count()} CPUs, load average {load:.2f} at start)")
     print(f"{'function':<11} {'sg (njit)':>10} {'numpy':>8} {'libm (njit)':>12} "
           f"{'vs numpy':>9} {'vs libm':>8}")
     for name, sg_name in fm.FASTMATH_FUNCTIONS.items():
         x = _inputs(name, args.n, rng)
         out = np.empty_like(x)
-        t_sg = _time_per_element(_make_loop(getattr(fm, sg_name)), x, out, args.repeats)
-        t_np = _time_per_element(NUMPY[name], x, out, args.repeats)
-        t_lm = _time_per_element(_make_loop(LIBM[name]), x, out, args.repeats)
+        variants = [_make_loop(getattr(fm, sg_name)), NUMPY[name], _make_loop(LIBM[name])]
+        t_sg, t_np, t_lm = _time_per_element(variants, x, out, args.repeats)
         print(f"{name:<11} {t_sg:10.2f} {t_np:8.2f} {t_lm:12.2f} "
               f"{t_np / t_sg:8.1f}x {t_lm / t_sg:7.1f}x")
 

@@ -34,7 +34,7 @@ XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thread
 
 # timing protocol: (seconds per timing loop, repeats)
 FULL = {"loop_s": 0.2, "repeats": 7}
-QUICK = {"loop_s": 0.02, "repeats": 7}
+QUICK = {"loop_s": 0.01, "repeats": 7}
 
 NOISY = 0.05  # flag cells where other processes used more than this share of the CPUs
 
@@ -180,6 +180,9 @@ def _run_cell(wl, mode, inputs, proto, quick, cfg, P) -> dict:
         rows.append(row)
         if name == P.TORCH_COMPILE and quick:
             row.update(status="skipped", reason="--quick (slow to compile)")
+            continue
+        if name == P.HAND_NUMBA_PRANGE and cfg == "one":
+            row.update(status="skipped", reason="one-thread run (prange needs threads)")
             continue
         try:
             t0 = time.perf_counter()
@@ -377,6 +380,17 @@ def _best_peer(cell: dict, exclude: tuple[str, ...]):
     return min(cands, key=lambda r: r["median_s"]) if cands else None
 
 
+def _noise(cell: dict) -> float:
+    ld = cell.get("load") or {}
+    return ld.get("other_cpu_frac", 0.0) + ld.get("steal_frac", 0.0)
+
+
+def _noise_note(cell: dict) -> str:
+    x = _noise(cell)
+    return (f" (other processes / steal used {100 * x:.0f}% of the CPUs while this was timed: "
+            "treat with care)") if x > NOISY else ""
+
+
 def _table(cell: dict) -> list[str]:
     from bench.peers import SYMGRAD
 
@@ -444,7 +458,9 @@ def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float) -> 
     labels = [_cell_label(c) for c in runs[cfgs[0]]["cells"]]
     lines += ["## Summary: symgrad against the best peer", "",
               "ratio = symgrad median / best peer median (< 1: symgrad faster). Where symgrad "
-              "is unavailable the row compares hand Numba with the best other peer (marked *).",
+              "is unavailable the row compares hand Numba with the best other peer (marked *). "
+              f"! = other processes used > {100 * NOISY:.0f}% of the CPUs while that cell was "
+              "timed (shared machine): rerun before quoting.",
               ""]
     hdr = "| workload |"
     sep = "|---|"
@@ -469,7 +485,8 @@ def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float) -> 
                 line += " - | - | - |"
                 continue
             star = "" if who == SYMGRAD else "*"
-            line += (f" {_fmt_t(t)}{' (hand Numba)*' if star else ''} | {best['name']} "
+            star += " !" if _noise(c) > NOISY else ""
+            line += (f" {_fmt_t(t)}{' (hand Numba)*' if who != SYMGRAD else ''} | {best['name']} "
                      f"{_fmt_t(best['median_s'])} | {_fmt_ratio(t / best['median_s'])}{star} |")
         lines.append(line)
     lines.append("")
@@ -511,7 +528,8 @@ def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float) -> 
                 cc = cells_by_cfg[cfg].get(f"{c['workload']} {mode}")
                 if cc is None:
                     continue
-                lines += [f"**{mode}, {THREAD_LABEL[cfg]}**", ""] + _table(cc) + [""]
+                lines += [f"**{mode}, {THREAD_LABEL[cfg]}**{_noise_note(cc)}", ""]
+                lines += _table(cc) + [""]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("\n".join(lines))
 

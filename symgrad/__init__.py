@@ -11,6 +11,7 @@ x*(2*w*x - 2*y)
 from symgrad import ops as _ops
 from symgrad.compiled import CompiledFunction, Gradients, compile, grad
 from symgrad.derive.rules import RULES, register_rule
+from symgrad.generate import generate
 from symgrad.model import Model
 from symgrad.ops import (
     Map,
@@ -51,7 +52,7 @@ square = _ops.ELEMENTWISE["square"]
 abs = _ops.ELEMENTWISE["abs"]  # noqa: A001 - mirrors numpy.abs
 
 __all__ = [
-    "grad", "compile", "Model", "CompiledFunction", "Gradients", "RULES", "register_rule", "show",
+    "grad", "compile", "generate", "Model", "CompiledFunction", "Gradients", "RULES", "register_rule", "show",
     "latex", "matrix", "vector", "dot", "hadamard", "sum", "mean", "broadcast", "trace", "det",
     "logdet", "inv", "logsumexp", "softmax", "softmax_cross_entropy", "name", "Map", "binary_cross_entropy_with_logits",
     "sigmoid", "softplus", "logsigmoid", "relu", "exp", "log", "log1p", "tanh", "sin", "cos",

@@ -48,6 +48,9 @@ class sigmoid(sp.Function):
 
     nargs = 1
 
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
     @classmethod
     def eval(cls, x):
         if x.is_Number:
@@ -67,6 +70,9 @@ class softplus(sp.Function):
     """log(1 + exp(x)), evaluated without overflow for large x."""
 
     nargs = 1
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
 
     @classmethod
     def eval(cls, x):
@@ -88,6 +94,9 @@ class logsigmoid(sp.Function):
 
     nargs = 1
 
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
     @classmethod
     def eval(cls, x):
         if x.is_Number:
@@ -107,6 +116,9 @@ class relu(sp.Function):
     """max(x, 0); its derivative is taken as 0 at x = 0."""
 
     nargs = 1
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
 
     @classmethod
     def eval(cls, x):

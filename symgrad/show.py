@@ -321,7 +321,9 @@ def _pieces(grads, output: str):
         if isinstance(e, sp.Basic) and e.args and not isinstance(e, (sp.MatrixSymbol, sp.Lambda)):
             args = [expand(a) if isinstance(a, sp.Basic) else a for a in e.args]
             result = e.func(*args)
-            return result if isinstance(result, MatrixExpr) else _smallest(result)
+            if isinstance(result, sp.Expr) and not isinstance(result, MatrixExpr):
+                return _smallest(result)
+            return result
         return e
 
     pieces = [(named[t], expand(definitions[t])) for t, _ in candidates]

@@ -9,6 +9,7 @@ mpmath path is used on its own (on a smaller sample).
 import ast
 import importlib.util
 import math
+import platform
 import re
 import sys
 
@@ -301,7 +302,7 @@ def _host_has_avx2():
 
 
 needs_avx2 = pytest.mark.skipif(
-    not (_host_has_avx2() and re.match(r"x86_64|AMD64", __import__("platform").machine())),
+    not (_host_has_avx2() and re.match(r"x86_64|AMD64", platform.machine())),
     reason="checks x86 AVX2/AVX-512 packed instructions; host CPU lacks AVX2",
 )
 

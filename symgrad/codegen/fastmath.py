@@ -1,6 +1,63 @@
 """Vectorisable float64 transcendental functions for Numba-generated loops.
 
-DOCSTRING_PLACEHOLDER
+Numba from PyPI has no SVML: ``math.exp`` or ``np.tanh`` inside an ``@njit`` loop
+is a scalar libm call and the loop does not vectorise. The functions here are
+float64 -> float64 ``@njit`` functions built only from + - * /, compares
+(selects) and integer bit manipulation, with no libm call. They are compiled
+``forceinline`` so LLVM inlines them into the calling loop and vectorises it
+(ymm/zmm on AVX2/AVX-512, checked by tests/test_fastmath.py)::
+
+    @numba.njit(fastmath={"nsz", "arcp", "contract", "reassoc"}, cache=True)
+    def kernel(x, out):
+        for i in range(x.shape[0]):
+            out[i] = sg_tanh(x[i]) * 2.0 + sg_exp(-x[i])
+
+The caller's fastmath flags do not reach these bodies (see ``_sgjit``), so
+inf/nan/-0.0 are handled as below unless the *caller* declares nnan/ninf. This
+module imports only math, numba and llvmlite: its source may be copied verbatim
+into a generated module or exec'd. ``FASTMATH_FUNCTIONS`` maps math names to
+function names.
+
+Accuracy: max error in ulps of the float64 result, measured on about 20 million
+points per function (log-uniform |x| over the whole domain including
+subnormals, both signs, plus dense uniform bands around 0, 1 and the
+overflow/underflow thresholds) against x87 long double evaluations (glibc expl,
+tanhl, sinl, ...; 11 bits more precise, cross-checked against mpmath)::
+
+    function       max ulp  domain where it holds
+    sg_exp          0.98    all x (inf above 709.78; subnormal results for
+                            x < -708.4 rounded once; 0 below -745.13)
+    sg_expm1        1.42    all x
+    sg_log          0.85    x >= 0, subnormals included
+    sg_log1p        0.84    x >= -1
+    sg_tanh         2.39    all x
+    sg_sigmoid      2.36    all x (no overflow; subnormal results below -708)
+    sg_softplus     1.57    all x (= x for large x, exp(x) for very negative x)
+    sg_logsigmoid   1.57    all x (= -softplus(-x))
+    sg_sin          2.13    |x| < 2**29 (5.4e8); see below
+    sg_cos          2.31    |x| < 2**29
+
+Special values match NumPy: exp(inf) = inf, exp(-inf) = 0, log(0) = -inf,
+log(x < 0) = nan, log(inf) = inf, log1p(-1) = -inf, expm1(-inf) = -1,
+tanh(+-inf) = +-1, sigmoid(-inf) = 0, sigmoid(inf) = 1, softplus(inf) = inf,
+softplus(-inf) = 0, sin/cos(+-inf) = nan, nan -> nan everywhere, and -0.0 is
+kept by expm1, log1p, tanh and sin. Nothing overflows internally (softplus(1000)
+= 1000, sigmoid(-1000) = 0).
+
+sin/cos beyond 2**29: the Cody-Waite reduction is exact for |x| < 2**29 on any
+CPU (tested on the doubles nearest to k*pi/2). On FMA hardware (LLVM fuses the
+reduction steps) it measured <= 2 ulp also for 2**29 <= |x| < 2**51, random and
+near-multiple-of-pi/2 arguments, though that is not proven for the very closest
+approaches. Without FMA the absolute error grows like |x| * 2**-53 there
+(5e-7 at 2**32, 1e-4 at 2**40). For |x| >= 2**51 the quadrant cannot be
+formed: the result is finite and within [-1, 1] but otherwise meaningless (use
+np.sin for such arguments).
+
+Speed, ns per element (``python bench/fastmath_speed.py``; 2-core AVX-512 VM,
+Numba 0.68.1, NumPy 2.4; ``sg`` = ``out[i] = sg_f(x[i])`` in an njit loop,
+``libm`` = ``np.f(x[i])`` (or the naive math expression) in the same loop)::
+
+TIMING_TABLE
 """
 
 import math
@@ -142,7 +199,8 @@ def sg_exp(x):
     r = (xc - nf * _LN2_HI) - nf * _LN2_LO
     p = 1.0 + (r + _expm1_tail(r))
     # 2**n as two normal powers of two, so that n = 1024 (overflow) and
-    # n < -1022 (subnormal result, rounded once by the last multiply) work.
+    # n < -1022 work: p*s1 is exact, and for a subnormal result the last
+    # multiply is the only added rounding.
     n1 = n >> 1
     s1 = _bits_f64((n1 + 1023) << 52)
     s2 = _bits_f64((n - n1 + 1023) << 52)
@@ -158,7 +216,7 @@ _EXPM1_TINY = 2.0**-54
 
 @_sgjit
 def sg_expm1(x):
-    """expm1(x) = exp(x) - 1, accurate near 0; max error 1 ulp."""
+    """expm1(x) = exp(x) - 1, accurate near 0; max error 1.5 ulp."""
     x = float(x)
     xc = _EXP_HI if x > _EXP_HI else x
     xc = _EXPM1_LO if xc < _EXPM1_LO else xc
@@ -229,9 +287,11 @@ _L7 = 0.14616585424888623
 
 @_sgjit
 def _log_kernel(u, kbias, corr):
-    """log(u) + corr for finite u > 0 in the normal range, with the exponent of u
-    increased by kbias (used to undo a pre-scaling of subnormals). corr must be
-    small compared with the result's ulp scale (it is a rounding-error term)."""
+    """log(u * 2**kbias) + corr for finite normal u > 0.
+
+    kbias undoes a pre-scaling of subnormal inputs; corr is a tiny correction
+    term (|corr| <= 2**-53, a rounding error of the caller) added in with the
+    low-order parts."""
     iu = _f64_bits(u)
     tmp = iu - _SQRT_HALF_BITS
     k = tmp >> 52  # arithmetic shift: exponent such that u = 2**k * m
@@ -286,7 +346,8 @@ def _log1p_core(x):
     """log1p(x) for x > -1 finite (no special-value handling)."""
     u = 1.0 + x
     # c = (1 + x) - u exactly (Fast2Sum, larger operand first), then
-    # log1p(x) = log(u) + log(1 + c/u) = log(u) + c/u to within ulp/2**50.
+    # log1p(x) = log(u) + log(1 + c/u) = log(u) + c/u: |c/u| <= 2**-53, so the
+    # neglected -(c/u)**2/2 is far below the result's ulp.
     c = (x - (u - 1.0)) if x < 1.0 else (1.0 - (u - x))
     return _log_kernel(u, 0, c / u)
 
@@ -329,7 +390,7 @@ _TWO_OVER_PI = 0.6366197723675814
 # all). For |k| < 2**29 each k*_PIO2_i (i <= 4) is exact and every partial
 # difference x - k*(_PIO2_1 + ... + _PIO2_i) is exact whenever it is small, so
 # x - k*pi/2 keeps full relative precision even for the x closest to a
-# multiple of pi/2 (|r| ~ 2**-60) -- Cody-Waite with enough pieces.
+# multiple of pi/2 (|r| down to ~2**-60) -- Cody-Waite with enough pieces.
 _PIO2_1 = 1.5707963705062866
 _PIO2_2 = -4.371138828673793e-08
 _PIO2_3 = -1.7151245100058819e-15

@@ -271,9 +271,13 @@ class KernelEmitter:
 
     def map_body(self, e: ops.Map, i: str, j: str, depth: int) -> str:
         """Emit the loads and shared pieces of a Map's body; return its final expression."""
-        for v, operand in zip(e.function.variables, e.operands):
-            self.emit(f"{self.scalar(v)} = {self.load(operand, i, j, e.shape)}", depth)
-        replacements, (body,) = sp.cse([e.body], symbols=sp.numbered_symbols("_c"),
+        # SymPy turns Lambda((a,), a) into IdentityFunction, whose variable is a Dummy
+        # numbered from a random base per process: rename, so the text is deterministic
+        variables = [sp.Symbol(f"_v{k}", real=True) for k in range(len(e.operands))]
+        body = e.body.xreplace(dict(zip(e.function.variables, variables)))
+        for v, operand in zip(variables, e.operands):
+            self.emit(f"{v.name} = {self.load(operand, i, j, e.shape)}", depth)
+        replacements, (body,) = sp.cse([body], symbols=sp.numbered_symbols("_c"),
                                        optimizations=None)
         for symbol, value in replacements:
             self.emit(f"{symbol.name} = {self.scalar(value)}", depth)

@@ -293,7 +293,7 @@ def _smallest(e: sp.Expr) -> sp.Expr:
                             lambda t: 1 - ops.sigmoid(-t.args[0]))
         if flipped != e:
             candidates.append(sp.expand(flipped))
-    except (TypeError, ValueError, RecursionError):
+    except (TypeError, ValueError, AttributeError, RecursionError):
         pass
     return min(candidates, key=lambda c: (sp.count_ops(c), candidates.index(c)))
 

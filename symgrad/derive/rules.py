@@ -58,18 +58,28 @@ def _reduce_to(adjoint, operand_shape, shape):
 
 
 def _piecewise_rule(g, y, *x, node):
-    """Each branch's value gets the gradient where its condition selects it."""
+    """Each branch's value gets the gradient where its condition selects it; the operands of
+    the conditions get none (the derivative of a comparison is zero almost everywhere).
+    Children are, per branch, the value then the condition's operands."""
     contributions = []
-    for k, (_, _) in enumerate(node.args):
+    for k, (_, condition) in enumerate(node.args):
         contributions.append(sp.Piecewise(*[(g if i == k else sp.S.Zero, c)
                                             for i, (_, c) in enumerate(node.args)]))
-    return tuple(contributions) + (None,) * (len(x) - len(contributions))
+        if not isinstance(condition, sp.logic.boolalg.BooleanAtom):
+            contributions.extend([None] * len(condition.args))
+    return tuple(contributions)
 
 
-def _route(g, share):
-    """Max and Min: the first input gets g * share, the second the rest (ties split)."""
-    first = g * share
-    return (first, g - first)
+def _route(g, y, inputs, sign):
+    """Max (sign 1) and Min (sign -1): the gradient goes to the input that is the output; a
+    tie splits it evenly between the tied inputs."""
+    if len(inputs) == 2:
+        a, b = inputs
+        first = g * sp.Heaviside(sign * (a - b), _half)
+        return (first, g - first)
+    hits = [sp.Heaviside(sign * (x - y), 1) for x in inputs]  # 1 where x is the output
+    count = sp.Add(*hits)
+    return tuple(g * hit / count for hit in hits)
 
 
 def _pow_rule(g, y, base, exponent, **_):
@@ -131,8 +141,8 @@ def _softmax_rule(g, y, a, node):
 # One line per node type: rule(g, y, *inputs) -> adjoint of each input.
 RULES: dict[type, Rule] = {
     # scalar arithmetic
-    sp.Add:   lambda g, y, a, b, **_: (g, g),
-    sp.Mul:   lambda g, y, a, b, **_: (g * b, g * a),
+    sp.Add:   lambda g, y, *x, **_: (g,) * len(x),
+    sp.Mul:   lambda g, y, *x, **_: tuple(g * sp.Mul(*x[:i], *x[i + 1:]) for i in range(len(x))),
     sp.Pow:   _pow_rule,
     # scalar functions
     sp.exp:   lambda g, y, x, **_: (g * y,),
@@ -155,8 +165,8 @@ RULES: dict[type, Rule] = {
     ops.softplus:   lambda g, y, x, **_: (g * ops.sigmoid(x),),
     ops.logsigmoid: lambda g, y, x, **_: (g * ops.sigmoid(-x),),
     ops.relu:       lambda g, y, x, **_: (g * sp.Heaviside(x, 0),),
-    sp.Max:   lambda g, y, a, b, **_: _route(g, sp.Heaviside(a - b, _half)),
-    sp.Min:   lambda g, y, a, b, **_: _route(g, sp.Heaviside(b - a, _half)),
+    sp.Max:   lambda g, y, *x, **_: _route(g, y, x, sign=1),
+    sp.Min:   lambda g, y, *x, **_: _route(g, y, x, sign=-1),
     sp.Piecewise: _piecewise_rule,
     # matrices
     sp.MatMul:       lambda g, y, a, b, **_: (g @ b.T, a.T @ g),

@@ -1,0 +1,231 @@
+"""``sg.check``: symgrad's value and gradients against autodiff and finite differences."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+
+from symgrad.check.backends import (
+    BACKENDS,
+    Backend,
+    CompiledReference,
+    Problem,
+    SymbolicReference,
+)
+from symgrad.check.report import TOLERANCES, CheckReport, Comparison, Timing, Tolerance, compare
+from symgrad.check.sampling import (
+    bind_dimensions,
+    concrete_shape,
+    dimensions_of,
+    draws,
+    normalize,
+    sizes_at,
+)
+
+__all__ = ["check"]
+
+_ALIASES = {"fd": "finite-differences", "finite_differences": "finite-differences"}
+
+
+def check(model_or_expr, wrt: Sequence | None = None,
+          against: str | Sequence[str] | None = ("finite-differences",), points: int = 3,
+          seed: int = 0, inputs: dict | None = None, time: bool = False, *,
+          reference: str = "compiled",
+          tolerances: dict[str, tuple[Tolerance, Tolerance]] | None = None) -> CheckReport:
+    """Compare symgrad's value and gradients with autodiff frameworks and finite differences.
+
+    ``model_or_expr`` is a :class:`symgrad.Model`, or a SymPy expression with ``wrt`` (the
+    parameters; all inputs when omitted), or an ``(expr, wrt)`` pair.
+
+    ``against`` names the backends: ``"finite-differences"`` (alias ``"fd"``), ``"jax"``,
+    ``"torch"``, ``"autograd"``, a list of them, or ``"all"`` / ``None`` for every one.  A
+    backend named explicitly whose framework is not installed raises ImportError; with
+    ``"all"`` it is skipped, and the report says so.
+
+    ``points`` sets of random inputs are drawn from ``numpy.random.default_rng(seed)``, in the
+    functions' domain (see :mod:`symgrad.check.sampling`: symbolic dimensions get sizes
+    3, 4, ..., and inputs are drawn again where the value is not finite); ``inputs`` fixes
+    some or all of them (name -> value, vectors as (n,) or (n, 1)).  A matrix-valued model is
+    checked through its vector-Jacobian product with a random ``upstream``.
+
+    ``reference="compiled"`` checks the Numba module (``sg.compile``); ``"symbolic"`` checks
+    the formulas of ``sg.grad`` evaluated with NumPy, without compiling.  ``tolerances``
+    overrides the defaults of :data:`symgrad.check.report.TOLERANCES`, per backend:
+    ``{"jax": ((rtol, atol) of the value, (rtol, atol) of the gradients)}``.  ``time=True``
+    adds the median time of one value-and-gradient call per backend, on the last point.
+
+    >>> import sympy as sp
+    >>> w, x, y = sp.symbols("w x y")
+    >>> report = check((w * x - y) ** 2, [w], against="finite-differences", reference="symbolic")
+    >>> report.ok
+    True
+    """
+    if reference not in ("compiled", "symbolic"):
+        raise ValueError(f"reference must be 'compiled' or 'symbolic', got {reference!r}")
+    if not isinstance(points, int) or points < 1:
+        raise ValueError(f"points must be a positive integer, got {points!r}")
+    problem, compiled = _problem(model_or_expr, wrt)
+    names, explicit = _backend_names(against)
+    rng = np.random.default_rng(seed)
+    report = CheckReport(model=problem.name, wrt=problem.parameter_names, backends=[],
+                         points=points, reference=reference)
+    backends: list[Backend] = []
+    for name in names:
+        try:
+            backends.append(BACKENDS[name](problem, rng))
+        except ImportError as error:
+            if name in explicit:
+                raise
+            report.skipped[name] = f"not installed ({error.__cause__ or error})"
+    if reference == "compiled":
+        symgrad = CompiledReference(problem, compiled(), rng)
+    else:
+        symgrad = SymbolicReference(problem, rng)
+    tolerance = dict(TOLERANCES)
+    for name, (value_tolerance, gradient_tolerance) in (tolerances or {}).items():
+        tolerance[_ALIASES.get(name, name)] = (Tolerance(*value_tolerance),
+                                               Tolerance(*gradient_tolerance))
+
+    given = dict(inputs or {})
+    unknown = set(given) - {s.name for s in problem.inputs}
+    if unknown:
+        raise ValueError(f"inputs {sorted(unknown)} are not inputs of {problem.name} "
+                         f"(its inputs: {[s.name for s in problem.inputs]})")
+    fixed_dims = bind_dimensions(problem.inputs, given)
+    dims = dimensions_of(problem.inputs)
+    if len(given) == len(problem.inputs):
+        points = report.points = 1    # nothing random: one point says it all
+    comparisons: dict = {}
+    values = upstream = None
+    point_dims: dict = {}
+    for point in range(points):
+        point_dims = sizes_at(point, dims, fixed_dims)
+        report.sizes.append({str(d): size for d, size in point_dims.items()})
+        fixed = normalize(problem.inputs, given, point_dims, problem.elementwise)
+        if problem.output_shape:
+            upstream = rng.standard_normal(concrete_shape(
+                sp.MatrixSymbol("upstream", *problem.output_shape), point_dims))
+        values, expected = _inputs_in_domain(problem, symgrad, fixed, point_dims, rng,
+                                             upstream, point, report)
+        for backend in list(backends):
+            try:
+                result = backend.value_and_grad(values, point_dims, upstream)
+            except NotImplementedError as error:
+                if backend.name in explicit:
+                    raise
+                report.skipped[backend.name] = str(error)
+                backends.remove(backend)
+                continue
+            value_tolerance, gradient_tolerance = tolerance[backend.name]
+            quantities = [("value", result.value, expected.value, value_tolerance, None, None)]
+            quantities += [(n, result.gradients[n], expected.gradients[n], gradient_tolerance,
+                            result.compared.get(n), result.slack.get(n))
+                           for n in problem.parameter_names]
+            for quantity, got, want, tol, mask, slack in quantities:
+                key = (backend.name, quantity)
+                if key not in comparisons:
+                    comparisons[key] = Comparison(backend.name, quantity, rtol=tol.rtol,
+                                                  atol=tol.atol,
+                                                  note=result.notes.get(quantity, ""))
+                comparisons[key].add(*compare(got, want, tol, problem.elementwise, mask,
+                                              slack))
+    report.backends = [b.name for b in backends]
+    report.comparisons = [c for c in comparisons.values() if c.backend in report.backends]
+    if time:
+        report.timings = _timings(symgrad, backends, values, point_dims, upstream)
+        untimed = [b.name for b in backends if b.name == "finite-differences"]
+        report.notes.append("times are medians on the last point's inputs; torch on one "
+                            "thread" + ("; finite differences are not timed" if untimed else ""))
+    return report
+
+
+def _problem(model_or_expr, wrt):
+    """(Problem, a function returning the compiled module) from a Model or (expr, wrt)."""
+    from symgrad.compiled import _check_wrt, compile, inputs_of
+    from symgrad.derive.graph import stabilize
+    from symgrad.model import Model
+
+    if isinstance(model_or_expr, Model):
+        if wrt is not None:
+            raise ValueError(f"{model_or_expr!r} carries its own wrt; pass wrt only with an "
+                             "expression")
+        name, expr, wrt = model_or_expr.name, model_or_expr.output, model_or_expr.wrt
+
+        def compiled():
+            return model_or_expr.compiled
+    else:
+        if isinstance(model_or_expr, tuple) and len(model_or_expr) == 2 and wrt is None:
+            model_or_expr, wrt = model_or_expr
+        name, expr = "model", sp.sympify(model_or_expr)
+        if wrt is None:
+            wrt = inputs_of(expr, [])
+        wrt = _check_wrt(expr, wrt)
+
+        def compiled():
+            return compile(expr, wrt, name=name)
+    expr = sp.sympify(expr)
+    output_shape = tuple(expr.shape) if isinstance(expr, MatrixExpr) else ()
+    if output_shape == (1, 1):      # a 1 x 1 output is a scalar, as sg.compile takes it
+        expr, output_shape = MatrixElement(expr, 0, 0), ()
+    # The frameworks see the model as written, after symgrad's stable rewrites only (so that
+    # log(sigmoid(z)) stays finite for them too), not its canonical form: canonicalization is
+    # then checked along with the rules.
+    written = expr if output_shape else stabilize(expr)
+    problem = Problem(name=name, expr=written, inputs=inputs_of(expr, wrt), wrt=list(wrt),
+                      output_shape=output_shape)
+    if output_shape and any(s.name == "upstream" for s in problem.inputs):
+        raise ValueError("a model with a matrix output cannot have an input named 'upstream'")
+    return problem, compiled
+
+
+def _backend_names(against) -> tuple[list[str], set[str]]:
+    """The backends to run, in report order, and those named explicitly."""
+    if against is None:
+        against = "all"
+    if isinstance(against, str):
+        against = [against]
+    explicit = set()
+    for name in against:
+        name = _ALIASES.get(name, name)
+        if name == "all":
+            continue
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}: choose from "
+                             f"{', '.join(BACKENDS)} or 'all'")
+        explicit.add(name)
+    everything = any(name == "all" for name in against)
+    names = [n for n in BACKENDS if everything or n in explicit]
+    return names, explicit
+
+
+def _inputs_in_domain(problem, symgrad, fixed, dims, rng, upstream, point, report):
+    """Draw inputs until symgrad's value and gradients are finite (see sampling.py)."""
+    if len(fixed) == len(problem.inputs):
+        return fixed, symgrad.value_and_grad(fixed, dims, upstream)
+    tried = 0
+    for distribution, values in draws(problem.inputs, fixed, dims, rng, problem.elementwise):
+        tried += 1
+        try:
+            expected = symgrad.value_and_grad(values, dims, upstream)
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+            continue
+        if all(np.all(np.isfinite(a)) for a in [expected.value, *expected.gradients.values()]):
+            if tried > 1:
+                report.notes.append(f"point {point + 1}: inputs drawn {tried} times to keep "
+                                    f"the value and gradients finite; used {distribution}")
+            return values, expected
+    raise ValueError(f"{problem.name}: no inputs with a finite value and gradients after "
+                     f"{tried} draws; pass inputs={{name: value}} in the model's domain")
+
+
+def _timings(symgrad, backends, values, dims, upstream) -> list[Timing]:
+    reference = symgrad.seconds(values, dims, upstream)
+    timings = [Timing("symgrad", reference, 1.0)]
+    for backend in backends:
+        seconds = backend.seconds(values, dims, upstream)
+        if seconds is not None:
+            timings.append(Timing(backend.name, seconds, seconds / reference))
+    return timings

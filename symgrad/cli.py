@@ -1,0 +1,228 @@
+"""The ``symgrad`` command: ``show``, ``generate``, ``check`` and ``demo``.
+
+    symgrad show examples/window_classifier.py
+    symgrad generate examples/*.py -o generated
+    symgrad check examples/two_layer_net.py --against finite-differences,jax
+    symgrad demo
+
+Errors are one line on stderr (``symgrad: error: ...``); the exit status is 0 on success, 1
+when a command fails (or a check disagrees) and 2 for bad arguments.  ``--traceback`` shows
+the full Python traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+CHECK_BACKENDS = ("finite-differences", "jax", "torch", "autograd")
+
+
+class CommandError(Exception):
+    """A failure to report as ``symgrad: error: <message>`` and exit status 1."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="symgrad",
+        description="Symbolic gradients of SymPy models, compiled to Numba. A model file is a "
+                    "Python file with sg.Model objects at module level (see examples/).")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback of an unexpected error")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    show = commands.add_parser("show", help="print the derived gradient formulas",
+                               description="Print each model's value and derived gradients, "
+                                           "shared pieces named once.")
+    show.add_argument("files", nargs="+", metavar="FILE", help="model files")
+
+    generate = commands.add_parser(
+        "generate", help="write standalone modules (numpy + numba only)",
+        description="Write one standalone module per model, DIR/<model name>.py, and print "
+                    "its path. All models are derived before anything is written.")
+    generate.add_argument("files", nargs="+", metavar="FILE", help="model files")
+    generate.add_argument("-o", "--out", required=True, metavar="DIR", type=Path,
+                          help="output folder (created if missing)")
+    generate.add_argument("--check", action="store_true",
+                          help="write nothing; exit 1 if any module in DIR is missing or "
+                               "differs from what would be generated")
+
+    check = commands.add_parser(
+        "check", help="compare the gradients with finite differences and autodiff",
+        description="Compare each model's compiled value and gradients with other methods at "
+                    "random points; exit 1 if any disagrees.")
+    check.add_argument("files", nargs="+", metavar="FILE", help="model files")
+    check.add_argument("--against", default="finite-differences", type=_backends,
+                       metavar="LIST",
+                       help=f"comma-separated, from {', '.join(CHECK_BACKENDS)} "
+                            "(default: finite-differences)")
+    check.add_argument("--time", action="store_true", help="also time each method")
+    check.add_argument("--points", type=_positive, default=3, metavar="N",
+                       help="random points per model (default: 3)")
+    check.add_argument("--seed", type=int, default=0, metavar="S",
+                       help="random seed (default: 0)")
+
+    demo = commands.add_parser(
+        "demo", help="derive, compile, check and time the seed models",
+        description="For each seed model (examples/, or a built-in set when symgrad is "
+                    "installed without them): show the formulas, compile, check against "
+                    "finite differences, and time value-and-gradient against NumPy.")
+    demo.add_argument("files", nargs="*", metavar="FILE",
+                      help="model files to use instead of the seed models")
+    return parser
+
+
+def _backends(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CHECK_BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown method {unknown[0]!r}; choose from {', '.join(CHECK_BACKENDS)}"
+            if unknown else "give at least one method")
+    return names
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+# ------------------------------------------------------------------------------------------
+# Commands
+# ------------------------------------------------------------------------------------------
+def _load(files: Sequence[str]) -> list[tuple[str, list]]:
+    from symgrad.generate import load_models
+
+    return [(file, load_models(file)) for file in files]
+
+
+def _show(args) -> int:
+    from symgrad.generate import has_scalar_output
+    from symgrad.show import FormulaPrinter
+
+    first = True
+    for file, models in _load(args.files):
+        for model in models:
+            if not first:
+                print()
+            first = False
+            print(f"# {model.name}  ({file})")
+            print(f"{model.name} = {FormulaPrinter().doprint(model.output)}")
+            if has_scalar_output(model):
+                print(_about(file, model, model.show))
+            else:
+                print(f"(a matrix output of shape {tuple(model.output.shape)}: its module has "
+                      "forward and vjp)")
+    return 0
+
+
+def _about(file: str, model, action):
+    """Run action(); an error names the file and model it came from."""
+    try:
+        return action()
+    except Exception as exc:
+        raise CommandError(f"{file}: model {model.name}: {type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())}") from exc
+
+
+def _generate(args) -> int:
+    from symgrad.generate import plan_modules, write_modules
+
+    loaded = _load(args.files)
+    seen: dict[str, str] = {}
+    for file, models in loaded:
+        for model in models:
+            if model.name in seen:
+                raise CommandError(f"two models are named {model.name!r} ({seen[model.name]} "
+                                   f"and {file}); each names its module, so names must differ")
+            seen[model.name] = file
+    planned = {}
+    for file, models in loaded:
+        for model in models:
+            planned.update(_about(file, model, lambda m=model: plan_modules([m], args.out)))
+    if args.check:
+        stale = [path for path, text in planned.items()
+                 if not path.is_file() or path.read_text(encoding="utf-8") != text]
+        for path in stale:
+            print(f"stale: {path}")
+        if stale:
+            raise CommandError(f"{len(stale)} generated module(s) out of date: run symgrad "
+                               f"generate {' '.join(args.files)} -o {args.out}")
+        print(f"{len(planned)} generated module(s) up to date")
+        return 0
+    for path in write_modules(planned):
+        print(path)
+    return 0
+
+
+def _check(args) -> int:
+    try:
+        from symgrad.check import check
+    except ImportError as exc:
+        raise CommandError(f"symgrad.check is not available: {exc}") from exc
+    all_ok = True
+    reports = 0
+    for file, models in _load(args.files):
+        for model in models:
+            report = _about(file, model, lambda m=model: check(
+                m, against=args.against, points=args.points, seed=args.seed, time=args.time))
+            print(("\n" if reports else "") + str(report))
+            reports += 1
+            all_ok = all_ok and bool(report.ok)
+    return 0 if all_ok else 1
+
+
+def _demo(args) -> int:
+    from symgrad.demo import run_demo
+
+    return run_demo(args.files or None)
+
+
+_COMMANDS = {"show": _show, "generate": _generate, "check": _check, "demo": _demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``symgrad`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit
+    status.
+
+    >>> main(["show", "examples/branching_graph.py"])  # doctest: +SKIP
+    # branching_graph  (examples/branching_graph.py)
+    ...
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("symgrad: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `symgrad show ... | head`: the reader left; not an error worth a message (and
+        # silence the interpreter's own complaint when it flushes stdout at exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        if args.traceback:
+            raise
+        from symgrad.generate import ModelFileError, OutputError
+
+        if isinstance(exc, (CommandError, ModelFileError, OutputError)):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc} (run with --traceback for details)"
+        print(f"symgrad: error: {' '.join(message.split())}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""sg.check: symgrad's gradients against JAX, PyTorch, autograd and finite differences."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symgrad as sg
+from symgrad.check import CheckReport, check
+from symgrad.derive import reverse
+from symgrad.derive.rules import RULES
+
+ALL = ["finite-differences", "jax", "torch", "autograd"]
+
+
+def all_frameworks():
+    """Skip (never silently pass) where a framework is missing."""
+    for name in ("jax", "torch", "autograd"):
+        pytest.importorskip(name)
+
+
+# --------------------------------------------------------------------------------------
+# The seed models
+# --------------------------------------------------------------------------------------
+w, x, y, z = sp.symbols("w x y z")
+linear_regression = sg.Model("linear_regression", (w * x - y) ** 2, wrt=[w])
+branching_graph = sg.Model("branching_graph", (x + y) * sp.Max(y, z), wrt=[x, y, z])
+
+W, b, u, xv = sg.matrix("W", 4, 6), sg.vector("b", 4), sg.vector("u", 4), sg.vector("x", 6)
+window_classifier = sg.Model("window_classifier", sg.dot(u, sg.sigmoid(W @ xv + b)),
+                             wrt=[W, b, u, xv])
+
+wl, xl = sg.vector("w", 4), sg.vector("x", 4)
+bl, yl = sp.symbols("b y")
+a = sg.sigmoid(sg.dot(wl, xl) + bl)
+logistic_regression = sg.Model("logistic_regression",
+                               -(yl * sg.log(a) + (1 - yl) * sg.log(1 - a)), wrt=[wl, bl])
+
+n_x, n_h, m = sp.symbols("n_x n_h m", integer=True, positive=True)
+X, Y = sg.matrix("X", n_x, m), sg.matrix("Y", 1, m)
+W1, b1 = sg.matrix("W1", n_h, n_x), sg.vector("b1", n_h)
+W2, b2 = sg.matrix("W2", 1, n_h), sg.vector("b2", 1)
+A1 = sg.name("A1", sg.tanh(W1 @ X + sg.broadcast(b1, (n_h, m))))
+A2 = sg.name("A2", sg.sigmoid(W2 @ A1 + sg.broadcast(b2, (1, m))))
+ones = sp.OneMatrix(1, m)
+cost = -(1 / m) * sg.sum(sg.hadamard(Y, sg.log(A2)) + sg.hadamard(ones - Y, sg.log(ones - A2)))
+two_layer_net = sg.Model("two_layer_net", cost, wrt=[W1, b1, W2, b2])
+
+SEED_MODELS = [linear_regression, branching_graph, window_classifier, logistic_regression,
+               two_layer_net]
+
+
+@pytest.mark.parametrize("model", SEED_MODELS, ids=[s.name for s in SEED_MODELS])
+def test_seed_models_pass_against_all_four_backends(model):
+    all_frameworks()
+    report = check(model, against="all")
+    assert report.ok, str(report)
+    assert report.backends == ALL
+    assert {c.quantity for c in report.comparisons} == {"value", *report.wrt}
+
+
+def test_branching_graph_at_the_seed_point_matches_the_lecture():
+    report = check(branching_graph, against="finite-differences",
+                   inputs={"x": 1.0, "y": 2.0, "z": 0.0})
+    assert report.ok, str(report)
+    assert report.points == 1     # nothing random left to draw
+    value, grads = branching_graph.compiled.value_and_grad(x=1.0, y=2.0, z=0.0)
+    assert (value, grads) == (6.0, {"x": 2.0, "y": 5.0, "z": 0.0})
+
+
+# --------------------------------------------------------------------------------------
+# A wrong rule is caught, for the right parameter
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def wrong_sine_rule():
+    """d sin(x) = g sin(x) instead of g cos(x), for the duration of one test."""
+    saved = RULES[sp.sin]
+    sg.register_rule(sp.sin, lambda g, y, x, **_: (g * sp.sin(x),))
+    reverse._PARTIALS_CACHE.clear()     # derivations of Map bodies remember the old rule
+    try:
+        yield
+    finally:
+        RULES[sp.sin] = saved
+        reverse._PARTIALS_CACHE.clear()
+
+
+def test_a_wrong_rule_is_reported_for_the_parameter_it_touches(wrong_sine_rule):
+    pytest.importorskip("jax")
+    report = check(sp.sin(w) * x + y**2, [w, x, y], against=["finite-differences", "jax"])
+    assert not report.ok
+    assert {(c.backend, c.quantity) for c in report.failures} == {
+        ("finite-differences", "w"), ("jax", "w")}
+    assert report.comparison("jax", "w").abs_error > 1e-3
+    assert "FAILED: 2 of 8 comparisons" in str(report)
+
+
+def test_a_wrong_rule_inside_a_matrix_model_is_caught(wrong_sine_rule):
+    report = check(sg.sum(sg.sin(W @ xv)), [W, xv], reference="symbolic")
+    assert {c.quantity for c in report.failures} == {"W", "x"}
+
+
+def test_the_rule_table_is_restored_after_the_wrong_rule():
+    assert check(sp.sin(w) * x, [w]).ok
+
+
+# --------------------------------------------------------------------------------------
+# Frameworks that are not installed
+# --------------------------------------------------------------------------------------
+def test_a_missing_framework_is_skipped_with_a_note_when_all_are_asked(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)     # import torch now fails
+    report = check(linear_regression, against="all")
+    assert "torch" not in report.backends
+    assert "not installed" in report.skipped["torch"]
+    assert "skipped torch: not installed" in str(report)
+    assert report.ok
+
+
+def test_a_missing_framework_named_explicitly_raises_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax", None)
+    with pytest.raises(ImportError, match="jax backend of sg.check needs the 'jax' package"):
+        check(linear_regression, against=["jax"])
+
+
+def test_an_operation_a_framework_lacks_is_skipped_or_raised(monkeypatch):
+    pytest.importorskip("autograd")
+    from symgrad.check.translate import AutogradTranslator
+
+    lacking = {k: v for k, v in AutogradTranslator.functions.items() if k != "sin"}
+    monkeypatch.setattr(AutogradTranslator, "functions", lacking)
+    report = check(sp.sin(w) * x, [w], against="all", reference="symbolic")
+    assert "autograd" not in report.backends
+    assert "autograd has no sin" in report.skipped["autograd"]
+    assert "skipped autograd: autograd has no sin" in str(report)
+    with pytest.raises(NotImplementedError, match="autograd has no sin"):
+        check(sp.sin(w) * x, [w], against="autograd", reference="symbolic")
+
+
+def test_an_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown backend 'tensorflow'"):
+        check(linear_regression, against="tensorflow")
+
+
+# --------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------
+def test_to_dict_is_plain_json_with_one_entry_per_backend_and_quantity():
+    report = check(window_classifier, against="finite-differences", points=2)
+    data = report.to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert set(data) == {"model", "ok", "wrt", "backends", "reference", "points", "sizes",
+                         "comparisons", "skipped", "notes", "timings"}
+    assert data["model"] == "window_classifier"
+    assert data["ok"] is True and data["points"] == 2
+    assert data["wrt"] == ["W", "b", "u", "x"]
+    assert [c["quantity"] for c in data["comparisons"]] == ["value", "W", "b", "u", "x"]
+    assert set(data["comparisons"][0]) == {"backend", "quantity", "abs_error", "rel_error",
+                                           "rtol", "atol", "passed", "note"}
+    assert data["comparisons"][1]["note"] == "20 of 24 coordinates"
+    assert data["timings"] is None
+
+
+def test_the_printed_report_is_the_whole_table():
+    text = str(check(linear_regression, against="finite-differences"))
+    lines = text.splitlines()
+    assert lines[0] == "sg.check linear_regression: 3 points; reference symgrad (compiled)"
+    assert lines[1].split() == ["backend", "quantity", "max", "abs", "err", "max", "rel", "err",
+                                "rtol,", "atol", "result"]
+    assert lines[2].startswith("finite-differences  value")
+    assert lines[-1] == "OK"
+
+
+def test_an_empty_report_is_ok():
+    assert CheckReport(model="m", wrt=[], backends=[], points=0).ok
+
+
+def test_timing_lists_each_backend_beside_symgrad():
+    report = check(linear_regression, against=["finite-differences", "autograd"], time=True)
+    pytest.importorskip("autograd")
+    assert [t.backend for t in report.timings] == ["symgrad", "autograd"]
+    assert report.timings[0].ratio == 1.0
+    assert report.timings[1].seconds > 0
+    assert "time of value and gradient (median per call)" in str(report)
+
+
+# --------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------
+def test_the_same_seed_gives_the_same_report():
+    first = check(two_layer_net, against="finite-differences", seed=3).to_dict()
+    assert check(two_layer_net, against="finite-differences", seed=3).to_dict() == first
+
+
+def test_symbolic_dimensions_get_distinct_growing_sizes():
+    report = check(two_layer_net, against="finite-differences", points=2)
+    assert report.sizes == [{"m": 3, "n_h": 4, "n_x": 5}, {"m": 4, "n_h": 5, "n_x": 6}]
+
+
+def test_inputs_outside_the_domain_are_drawn_again():
+    report = check(sp.log(x) * w + sp.sqrt(y), [w, x], reference="symbolic")
+    assert report.ok, str(report)
+    assert any("inputs drawn" in note for note in report.notes)
+
+
+def test_given_inputs_are_kept_and_vectors_may_be_one_dimensional():
+    report = check(window_classifier, against="finite-differences",
+                   inputs={"x": np.linspace(-1, 1, 6)}, points=2)
+    assert report.ok, str(report)
+
+
+def test_scalar_models_compare_arrays_elementwise():
+    report = check(linear_regression, against="finite-differences",
+                   inputs={"x": np.linspace(-2, 2, 7), "y": np.linspace(0, 1, 7)})
+    assert report.ok, str(report)
+
+
+def test_a_matrix_output_is_checked_through_its_vector_jacobian_product():
+    report = check(sg.sigmoid(W @ xv + b), [W, b], against="finite-differences")
+    assert report.ok, str(report)
+
+
+def test_an_expression_and_its_parameters_may_come_as_a_pair():
+    assert check(((w * x - y) ** 2, [w]), reference="symbolic").wrt == ["w"]
+
+
+def test_without_wrt_every_input_is_a_parameter():
+    assert check((w * x - y) ** 2, reference="symbolic").wrt == ["w", "x", "y"]
+
+
+def test_a_model_carries_its_own_wrt():
+    with pytest.raises(ValueError, match="carries its own wrt"):
+        check(linear_regression, wrt=[x])
+
+
+def test_inputs_the_model_does_not_have_are_refused():
+    with pytest.raises(ValueError, match=r"inputs \['q'\] are not inputs"):
+        check(linear_regression, inputs={"q": 1.0})
+
+
+def test_tolerances_can_be_set_per_backend(wrong_sine_rule):
+    pytest.importorskip("jax")
+    model = (sp.sin(w) * x, [w])
+    assert not check(model, against="jax").ok
+    lenient = check(model, against="jax", tolerances={"jax": ((1e-7, 1e-10), (1e3, 1e3))})
+    assert lenient.ok
+    assert lenient.comparison("jax", "w").rtol == 1e3
