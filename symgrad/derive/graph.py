@@ -361,8 +361,8 @@ def _children(node):
             if not isinstance(c, sp.logic.boolalg.BooleanAtom):
                 out.extend(c.args)
         return tuple(out)
-    if isinstance(node, (ops.AxisSum, ops.LogSumExp, ops.Softmax)):
-        return (node.arg,)
+    if isinstance(node, (ops.AxisSum, ops.LogSumExp, ops.Softmax, sp.Inverse)):
+        return (node.arg,)     # (an Inverse is a MatPow: its args hold the exponent -1 too)
     if isinstance(node, ops.Named):
         return (node.arg,)
     if isinstance(node, ops.Scatter):

@@ -78,6 +78,8 @@ def rebuild(node, kids_new: list):
         return type(node)(kids_new[0], node.args[1])
     if isinstance(node, ops.Named):
         return ops.Named(node.label, kids_new[0])
+    if isinstance(node, sp.Inverse):
+        return sp.Inverse(kids_new[0])
     if isinstance(node, ops.Scatter):
         return ops.Scatter(kids_new[0], *node.args[1:])
     if isinstance(node, sp.Piecewise):

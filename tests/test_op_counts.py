@@ -1,0 +1,81 @@
+"""Reverse mode shares work: value-and-gradient costs a small multiple of the forward pass,
+and a long product stays linear where differentiating each variable separately is quadratic."""
+
+import pytest
+import sympy as sp
+
+import symgrad as sg
+from symgrad.compiled import build_spec
+
+from .test_random_scalar import EXPRESSIONS
+
+
+def symgrad_op_counts(expr, wrt):
+    return build_spec(expr, wrt).op_counts
+
+
+def sympy_diff_op_count(expr, wrt):
+    """What differentiating each variable separately with sympy.diff costs (no sharing)."""
+    return sum(sp.count_ops(sp.diff(expr, w)) for w in wrt)
+
+
+@pytest.mark.parametrize("n", [10, 20, 40])
+def test_product_of_n_factors_costs_linear_ops_in_symgrad(n):
+    xs = sp.symbols(f"x0:{n}")
+    counts = symgrad_op_counts(sp.Mul(*xs), list(xs))
+    assert counts["forward"] == n - 1
+    assert counts["value_and_grad"] <= 4 * (n - 1)
+
+
+def test_product_of_40_factors_sympy_diff_is_quadratic_symgrad_linear():
+    growth = {}
+    for n in (20, 40):
+        xs = sp.symbols(f"x0:{n}")
+        product = sp.Mul(*xs)
+        growth[n] = (sympy_diff_op_count(product, xs),
+                     symgrad_op_counts(product, list(xs))["value_and_grad"])
+    sympy_ratio = growth[40][0] / growth[20][0]
+    symgrad_ratio = growth[40][1] / growth[20][1]
+    assert sympy_ratio > 3.8            # (40 * 39) / (20 * 19) = 4.1: quadratic
+    assert symgrad_ratio < 2.2          # linear
+    assert growth[40][0] > 10 * growth[40][1]
+
+
+def test_seed_op_counts():
+    w, x, y = sp.symbols("w x y")
+    assert symgrad_op_counts((w * x - y) ** 2, [w]) == {"forward": 4, "value_and_grad": 6}
+    a, b, c = sp.symbols("x y z")
+    counts = symgrad_op_counts((a + b) * sp.Max(b, c), [a, b, c])
+    assert counts["forward"] == 3
+    assert counts["value_and_grad"] <= 4 * counts["forward"]
+
+
+@pytest.mark.parametrize("seed", range(0, 220, 4))
+def test_value_and_grad_costs_at_most_four_times_the_forward_pass(seed):
+    expr = EXPRESSIONS[seed]
+    wrt = sorted(expr.free_symbols, key=lambda s: s.name)
+    if not wrt:
+        pytest.skip("constant expression")
+    counts = symgrad_op_counts(expr, wrt)
+    assert counts["value_and_grad"] <= 4 * counts["forward"], (expr, counts)
+
+
+def test_shared_subexpression_is_computed_once():
+    x = sp.Symbol("x")
+    shared = sp.sin(x)
+    expr = shared * sp.cos(shared) + sp.exp(shared)
+    program = build_spec(expr, [x]).value_and_grad
+    operations = [s.operation for s in program.statements]
+    assert operations.count(sp.sin(x)) == 1       # used by the value and by every derivative
+    assert operations.count(sp.cos(x)) == 1       # d sin(x)/dx, once
+
+
+def test_window_classifier_value_and_grad_shares_the_delta():
+    d, H = 5, 4
+    x, W = sg.vector("x", 5 * d), sg.matrix("W", H, 5 * d)
+    b, u = sg.vector("b", H), sg.vector("u", H)
+    spec = build_spec(sg.dot(u, sg.sigmoid(W @ x + b)), [W, b, u, x])
+    program = spec.value_and_grad
+    maps = [s for s in program.statements if type(s.operation).__name__ == "Map"]
+    # the forward h and one delta: the deltas of W x and b are the same statement
+    assert len(maps) == 2
