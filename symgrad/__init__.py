@@ -9,6 +9,7 @@ x*(2*w*x - 2*y)
 """
 
 from symgrad import ops as _ops
+from symgrad.check import CheckReport, check
 from symgrad.compiled import CompiledFunction, Gradients, compile, grad
 from symgrad.derive.rules import RULES, register_rule
 from symgrad.generate import generate
@@ -52,9 +53,11 @@ square = _ops.ELEMENTWISE["square"]
 abs = _ops.ELEMENTWISE["abs"]  # noqa: A001 - mirrors numpy.abs
 
 __all__ = [
-    "grad", "compile", "generate", "Model", "CompiledFunction", "Gradients", "RULES", "register_rule", "show",
-    "latex", "matrix", "vector", "dot", "hadamard", "sum", "mean", "broadcast", "trace", "det",
-    "logdet", "inv", "logsumexp", "softmax", "softmax_cross_entropy", "name", "Map", "binary_cross_entropy_with_logits",
+    "grad", "compile", "generate", "check", "CheckReport", "Model", "CompiledFunction",
+    "Gradients", "RULES", "register_rule", "show", "latex",
+    "matrix", "vector", "dot", "hadamard", "sum", "mean", "broadcast", "trace", "det", "logdet",
+    "inv", "logsumexp", "softmax", "softmax_cross_entropy", "binary_cross_entropy_with_logits",
+    "name", "Map",
     "sigmoid", "softplus", "logsigmoid", "relu", "exp", "log", "log1p", "tanh", "sin", "cos",
     "sqrt", "square", "abs", "__version__",
 ]

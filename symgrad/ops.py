@@ -31,7 +31,8 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 __all__ = [
     "sigmoid", "softplus", "logsigmoid", "relu", "Map", "AxisSum", "SumAll", "LogSumExp",
-    "LogSumExpAll", "Softmax", "LogDet", "Named", "NamedScalar", "Scatter", "matrix", "vector", "dot", "hadamard", "sum",
+    "LogSumExpAll", "Softmax", "LogDet", "Named", "NamedScalar", "Scatter", "matrix", "vector",
+    "dot", "hadamard", "sum",
     "mean", "broadcast", "trace", "det", "logdet", "inv", "logsumexp", "softmax", "name",
     "binary_cross_entropy_with_logits", "softmax_cross_entropy",
 ]

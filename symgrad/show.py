@@ -12,7 +12,7 @@ transpose, ``sum(A, axis=1)`` row sums; a column vector added to a matrix is bro
 from __future__ import annotations
 
 import sympy as sp
-from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+from sympy.matrices.expressions.matexpr import MatrixExpr
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
@@ -352,7 +352,7 @@ def _operands(operation):
 
 def _worth_naming(operation) -> bool:
     if isinstance(operation, ops.Map):
-        return not (operation.body in operation.function.variables)
+        return operation.body not in operation.function.variables
     if isinstance(operation, MatrixExpr):
         return True
     return sp.count_ops(operation) >= 2 or bool(operation.atoms(sp.Function))

@@ -44,7 +44,8 @@ class Problem:
     """One model as every backend sees it.
 
     ``expr`` is the model as written (after symgrad's stable rewrites), ``inputs`` its
-    symbols (parameters first), ``wrt`` the parameters, ``output_shape`` () for a scalar.
+    symbols (parameters first), ``wrt`` the parameters, ``output_shape`` () for a scalar,
+    ``dims`` the symbols in its matrices' shapes.
     ``elementwise`` marks a scalar model of scalar inputs: arrays are independent points.
     """
 
@@ -53,6 +54,7 @@ class Problem:
     inputs: list
     wrt: list
     output_shape: tuple = ()
+    dims: list = field(default_factory=list)   # dimension symbols, sorted by name
 
     @property
     def elementwise(self) -> bool:
@@ -362,20 +364,23 @@ class CompiledReference(Backend):
         super().__init__(problem, rng)
         self.compiled = compiled
 
-    def _call(self, values, upstream):
+    def _call(self, values, dims, upstream):
         arguments = {n: (float(v) if np.ndim(v) == 0 else v) for n, v in values.items()}
+        # a dimension that no input's shape fixes is an argument of the compiled function
+        arguments.update({d.name: size for d, size in dims.items()
+                          if d.name in self.compiled.inputs})
         if self.problem.output_shape:
             return self.compiled(**arguments), self.compiled.vjp(upstream, **arguments)
         return self.compiled.value_and_grad(**arguments)
 
     def value_and_grad(self, values, dims, upstream):
-        value, grads = self._call(values, upstream)
+        value, grads = self._call(values, dims, upstream)
         shapes = self._shapes(values)
         return Result(np.asarray(value, dtype=np.float64),
                       {n: _as_array(grads[n], shapes[n]) for n in self.problem.parameter_names})
 
     def timer(self, values, dims, upstream):
-        return lambda: self._call(values, upstream)
+        return lambda: self._call(values, dims, upstream)
 
 
 class SymbolicReference(Backend):

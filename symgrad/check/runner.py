@@ -19,9 +19,9 @@ from symgrad.check.report import TOLERANCES, CheckReport, Comparison, Timing, To
 from symgrad.check.sampling import (
     bind_dimensions,
     concrete_shape,
-    dimensions_of,
     draws,
     normalize,
+    shape_symbols,
     sizes_at,
 )
 
@@ -95,7 +95,7 @@ def check(model_or_expr, wrt: Sequence | None = None,
         raise ValueError(f"inputs {sorted(unknown)} are not inputs of {problem.name} "
                          f"(its inputs: {[s.name for s in problem.inputs]})")
     fixed_dims = bind_dimensions(problem.inputs, given)
-    dims = dimensions_of(problem.inputs)
+    dims = problem.dims
     if len(given) == len(problem.inputs):
         points = report.points = 1    # nothing random: one point says it all
     comparisons: dict = {}
@@ -161,7 +161,8 @@ def _problem(model_or_expr, wrt):
             model_or_expr, wrt = model_or_expr
         name, expr = "model", sp.sympify(model_or_expr)
         if wrt is None:
-            wrt = inputs_of(expr, [])
+            dims = shape_symbols(expr)
+            wrt = [s for s in inputs_of(expr, []) if s not in dims]
         wrt = _check_wrt(expr, wrt)
 
         def compiled():
@@ -174,8 +175,10 @@ def _problem(model_or_expr, wrt):
     # log(sigmoid(z)) stays finite for them too), not its canonical form: canonicalization is
     # then checked along with the rules.
     written = expr if output_shape else stabilize(expr)
-    problem = Problem(name=name, expr=written, inputs=inputs_of(expr, wrt), wrt=list(wrt),
-                      output_shape=output_shape)
+    dims = shape_symbols(expr)
+    problem = Problem(name=name, expr=written, wrt=list(wrt), output_shape=output_shape,
+                      inputs=[s for s in inputs_of(expr, wrt) if s not in dims],
+                      dims=sorted(dims, key=lambda d: d.name))
     if output_shape and any(s.name == "upstream" for s in problem.inputs):
         raise ValueError("a model with a matrix output cannot have an input named 'upstream'")
     return problem, compiled

@@ -21,7 +21,8 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
-__all__ = ["DRAWS", "dimensions_of", "sizes_at", "bind_dimensions", "normalize", "draws"]
+__all__ = ["DRAWS", "shape_symbols", "sizes_at", "bind_dimensions", "normalize", "draws",
+           "concrete_shape"]
 
 # (name, how to draw an array of a shape, tries)
 DRAWS = [
@@ -31,11 +32,20 @@ DRAWS = [
 ]
 
 
-def dimensions_of(symbols) -> list:
-    """The dimension symbols in the shapes of the matrix inputs, sorted by name."""
-    dims = {d for s in symbols if isinstance(s, MatrixExpr)
-            for extent in s.shape for d in sp.sympify(extent).free_symbols}
-    return sorted(dims, key=lambda d: d.name)
+def shape_symbols(expr) -> set:
+    """The symbols in the shape of any matrix in the expression (inputs, OneMatrix(n, m),
+    the shape of a broadcast ...): the model's dimensions, never inputs.
+
+    >>> n = sp.Symbol("n")
+    >>> shape_symbols(sp.MatrixSymbol("X", n, 2) @ sp.OneMatrix(2, sp.Symbol("m")))
+    {m, n}
+    """
+    found: set = set()
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, MatrixExpr):
+            for extent in node.shape:
+                found |= sp.sympify(extent).free_symbols
+    return found
 
 
 def sizes_at(point: int, dims: list, fixed: dict) -> dict:

@@ -257,7 +257,7 @@ def _matrix_model(spec: ModuleSpec) -> list[str]:
             "        raise ValueError(f'upstream has shape {upstream.shape}, the output has "
             f"shape {{({rows_text}, {cols_text})}}')",
             f"    _result = _vjp_kernel(upstream, {call})",
-            f"    _result = _result if isinstance(_result, tuple) else (_result,)",
+            "    _result = _result if isinstance(_result, tuple) else (_result,)",
             f"    return {{{', '.join(vjp_reshape)}}}",
             "",
         ]

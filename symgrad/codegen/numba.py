@@ -120,6 +120,16 @@ class ScalarPrinter(NumPyPrinter):
 
     _print_Piecewise = PythonCodePrinter._print_Piecewise
 
+    # Python's own boolean operators: Numba cannot compile np.logical_and.reduce
+    def _print_And(self, expr):
+        return "(" + " and ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr):
+        return "(" + " or ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr):
+        return f"(not {self._print(expr.args[0])})"
+
     def _print_ITE(self, expr):
         return PythonCodePrinter._print_ITE(self, expr)
 

@@ -27,7 +27,6 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 from symgrad import ops
 from symgrad.derive.graph import (
     Canonicalizer,
-    _as_scalar_factor,
     build_graph,
     children,
     is_matrix,
@@ -203,7 +202,8 @@ def _sum(parts: list, node, canonicalize):
     # A sum of reductions is the reduction of a sum: the summed operand then is the same
     # expression as another node's adjoint, and CSE shares it.
     reductions = [_reduction(p) for p in parts]
-    if all(r is not None for r in reductions) and len({r[0] for r in reductions}) == 1:
+    if (all(r is not None for r in reductions) and len({r[0] for r in reductions}) == 1
+            and len({tuple(r[1].shape) for r in reductions}) == 1):
         kind = reductions[0][0]
         total = canonicalize(sp.MatAdd(*[r[1] for r in reductions]))
         return canonicalize(_REDUCE[kind](total))

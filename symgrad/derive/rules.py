@@ -102,9 +102,10 @@ def _matrix_element_rule(g, y, parent, **kw):
 
 def _map_rule(g, y, *operands, node):
     """d operand_k = g o (d body / d a_k), reduced to the operand's shape if it broadcast."""
-    from symgrad.derive.reverse import scalar_partials  # the same scalar rules, on the body
-
-    from symgrad.derive.reverse import MAP_OUTPUT
+    from symgrad.derive.reverse import (
+        MAP_OUTPUT,
+        scalar_partials,  # the same scalar rules, on the body
+    )
 
     variables = node.function.variables
     partials = scalar_partials(node.body, variables)
