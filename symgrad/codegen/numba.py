@@ -268,8 +268,36 @@ class KernelEmitter:
         self.emit(f"{target.name} = {self.scalar(e)}")
 
     def _emit_MatMul(self, target, e):
+        """BLAS for real products; the degenerate shapes get what suits them: gemv for a
+        matrix times a vector, a loop for an outer product (inner dimension 1) or a dot
+        product (a 1 x 1 result)."""
         a, b = e.args
-        self.emit(f"{target.name} = np.dot({self.name(a)}, {self.name(b)})")
+        rows, inner = a.shape
+        cols = b.shape[1]
+        if inner == 1:
+            self.emit(f"{target.name} = np.empty({self.shape(e.shape)})")
+            i, j, depth = self.loops(e.shape)
+            self.emit(f"{target.name}[{i}, {j}] = {self.load(a, i, '0', (rows, 1))} * "
+                      f"{self.load(b, '0', j, (1, cols))}", depth)
+        elif rows == 1 and cols == 1:
+            self.emit("_total = 0.0")
+            self.emit(f"for _r in range({self.dim(inner)}):")
+            self.emit(f"_total += {self.load(a, '0', '_r', (1, inner))} * "
+                      f"{self.load(b, '_r', '0', (inner, 1))}", 2)
+            self.emit(f"{target.name} = np.full((1, 1), _total)")
+        elif cols == 1:
+            self.emit(f"{target.name} = np.dot({self.name(a)}, {self.flat(b)})"
+                      f".reshape({self.shape(e.shape)})")
+        elif rows == 1:
+            self.emit(f"{target.name} = np.dot({self.flat(a)}, {self.name(b)})"
+                      f".reshape({self.shape(e.shape)})")
+        else:
+            self.emit(f"{target.name} = np.dot({self.name(a)}, {self.name(b)})")
+
+    def flat(self, vector) -> str:
+        """A row or column vector as a 1-D view (its memory is the same either way)."""
+        base = vector.arg if isinstance(vector, sp.Transpose) else vector
+        return f"{base.name}.reshape({self.dim(max(vector.shape, key=lambda d: d != 1))})"
 
     def _emit_Transpose(self, target, e):
         self.emit(f"{target.name} = {self.name(e.arg)}.T")
