@@ -443,8 +443,10 @@ class Findings:
     def __init__(self, name: str):
         self.name = name
         self.found: list[str] = []
+        self.checked = 0
 
     def record(self, problem: str | None) -> None:
+        self.checked += 1
         if problem is None:
             return
         if not CAMPAIGN:
@@ -455,9 +457,13 @@ class Findings:
                 handle.write(json.dumps({"test": self.name, "mismatch": problem}) + "\n")
 
     def verify(self) -> None:
-        if LOG and KNOWN_HITS:
+        print(f"{self.name}: {self.checked} models checked, {len(self.found)} mismatches, "
+              f"known gaps met so far {KNOWN_HITS}")
+        if LOG:
             with open(LOG, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"test": self.name, "known_gaps": KNOWN_HITS}) + "\n")
+                handle.write(json.dumps({"test": self.name, "checked": self.checked,
+                                         "mismatches": len(self.found),
+                                         "known_gaps": dict(KNOWN_HITS)}) + "\n")
         assert not self.found, (f"{len(self.found)} mismatches:\n\n"
                                 + "\n\n".join(self.found))
 

@@ -59,8 +59,14 @@ def check_names(symbols) -> None:
 
 
 def runtime_source() -> str:
-    text = (Path(__file__).with_name("runtime.py")).read_text()
-    return text[text.index(_RUNTIME_MARKER):]
+    """The code generated modules carry: fastmath.py's functions (without their module
+    docstring), then runtime.py's loads and checks."""
+    here = Path(__file__).parent
+    fast = (here / "fastmath.py").read_text()
+    fast = fast[fast.index('"""', 3) + 3:].lstrip()      # drop the module docstring
+    runtime = (here / "runtime.py").read_text()
+    return ("# --- symgrad fast math: vectorisable float64 functions -------------------------\n"
+            + fast.rstrip() + "\n\n\n" + runtime[runtime.index(_RUNTIME_MARKER):])
 
 
 def module_source(spec: ModuleSpec, version: str) -> str:
@@ -90,16 +96,47 @@ def _body(spec: ModuleSpec) -> list[str]:
 # ------------------------------------------------------------------------------------------
 # Scalar models: point kernels, a loop over broadcast arrays
 # ------------------------------------------------------------------------------------------
+# Loops are split between threads from this many elements (matrix kernels), or this many
+# element-operations (scalar models): below it, starting threads costs more than it saves.
+PARALLEL_MIN_ELEMENTS = 65536
+PARALLEL_MIN_WORK = 1 << 19
+
+SERIAL = f"@numba.njit(cache=True, fastmath={FASTMATH_FLAGS})"
+PARALLEL = f"@numba.njit(cache=True, fastmath={FASTMATH_FLAGS}, parallel=True)"
+
+
 def _kernel(name: str, arguments: list[str], program: Program, returns: list[str],
-            decorator: str, dims: dict | None = None) -> list[str]:
-    emitter = KernelEmitter(program, dims or {})
+            parallel: bool = False) -> tuple[list[str], list]:
+    """The source of one kernel, and the sizes of its loops that can run in parallel."""
+    emitter = KernelEmitter(program, {}, parallel=parallel)
     for statement in program.statements:
         emitter.statement(statement)
-    out = [decorator, f"def {name}({', '.join(arguments)}):"]
+    out = [PARALLEL if parallel else SERIAL, f"def {name}({', '.join(arguments)}):"]
     out += emitter.lines or []
     out.append(f"    return {', '.join(returns) if len(returns) > 1 else returns[0]}")
     out.append("")
-    return out
+    return out, emitter.loop_sizes
+
+
+def _kernels(name: str, arguments: list[str], program: Program, returns: list[str]):
+    """A serial kernel and, where its loops can be large, a parallel twin; returns (lines,
+    the Python condition under which the parallel twin runs, or None)."""
+    lines, sizes = _kernel(name, arguments, program, returns)
+    if not sizes:
+        return lines, None
+    work = sp.Max(*sizes)
+    if work.is_number and work < PARALLEL_MIN_ELEMENTS:
+        return lines, None
+    parallel_lines, _ = _kernel(f"{name}_parallel", arguments, program, returns, parallel=True)
+    condition = f"{sp.pycode(work)} >= {PARALLEL_MIN_ELEMENTS}" if not work.is_number else "True"
+    return lines + parallel_lines, f"{condition} and numba.get_num_threads() > 1"
+
+
+def _pick(name: str, condition: str | None) -> str:
+    """The kernel a wrapper calls: the parallel twin when the condition holds."""
+    if condition is None:
+        return name
+    return f"({name}_parallel if {condition} else {name})"
 
 
 def _output_expressions(program: Program, emitter_names: list[str]) -> list[str]:
@@ -125,28 +162,36 @@ def _output_expressions(program: Program, emitter_names: list[str]) -> list[str]
 def _scalar_model(spec: ModuleSpec) -> list[str]:
     names = [s.name for s in spec.inputs]
     args = ", ".join(names)
-    point = f'@numba.njit(cache=True, fastmath={FASTMATH_FLAGS})'
     lines: list[str] = []
     programs = [("forward", spec.forward, ["value"])]
     if spec.value_and_grad is not None:
         programs.append(("value_and_grad", spec.value_and_grad,
                          ["value"] + [p.name for p in spec.parameters]))
+    parallel_from = {}
     for kind, program, outputs in programs:
         returns = _output_expressions(program, outputs)
-        lines += _kernel(f"_{kind}_point", names, program, returns, point)
-        # the loop over broadcast inputs: scalars stay scalars (_at), arrays are flat
-        lines += [f'@numba.njit(cache=True, fastmath={FASTMATH_FLAGS})',
-                  f"def _{kind}_loop({args}, out):",
-                  "    for _n in range(out.shape[1]):"]
+        lines += _kernel(f"_{kind}_point", names, program, returns)[0]
+        # the loop over broadcast inputs: scalars stay scalars (_at), arrays are flat; the
+        # parallel twin splits the elements between threads
+        parallel_from[kind] = max(1, PARALLEL_MIN_WORK // max(1, program.op_count()))
         loads = ", ".join(f"_at({n}, _n)" for n in names)
-        if len(outputs) == 1:
-            lines.append(f"        out[0, _n] = _{kind}_point({loads})")
-        else:
-            results = ", ".join(f"_o{k}" for k in range(len(outputs)))
-            lines.append(f"        {results} = _{kind}_point({loads})")
-            for k in range(len(outputs)):
-                lines.append(f"        out[{k}, _n] = _o{k}")
-        lines.append("")
+        for suffix, decorator, loop in (("", SERIAL, "range"),
+                                        ("_parallel", PARALLEL, "numba.prange")):
+            lines += [decorator, f"def _{kind}_loop{suffix}({args}, out):",
+                      f"    for _n in {loop}(out.shape[1]):"]
+            if len(outputs) == 1:
+                lines.append(f"        out[0, _n] = _{kind}_point({loads})")
+            else:
+                results = ", ".join(f"_o{k}" for k in range(len(outputs)))
+                lines.append(f"        {results} = _{kind}_point({loads})")
+                for k in range(len(outputs)):
+                    lines.append(f"        out[{k}, _n] = _o{k}")
+            lines.append("")
+        lines += [f"def _{kind}_loop_for(size):",
+                  f"    if size >= {parallel_from[kind]} and numba.get_num_threads() > 1:",
+                  f"        return _{kind}_loop_parallel",
+                  f"    return _{kind}_loop",
+                  ""]
     float_check = " and ".join(f"type({n}) is float" for n in names)
     lines += [
         f"def forward(*, {args}):",
@@ -157,7 +202,7 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         "    if not shape:",
         "        return _forward_point(*arguments)",
         "    out = np.empty((1, int(np.prod(shape))))",
-        "    _forward_loop(*arguments, out)",
+        "    _forward_loop_for(out.shape[1])(*arguments, out)",
         "    return out[0].reshape(shape)",
         "",
     ]
@@ -177,7 +222,7 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         "        _g = _value_and_grad_point(*arguments)",
         f"        return _g[0], {{{grads}}}",
         f"    out = np.empty(({len(spec.parameters) + 1}, int(np.prod(shape))))",
-        "    _value_and_grad_loop(*arguments, out)",
+        "    _value_and_grad_loop_for(out.shape[1])(*arguments, out)",
         f"    return out[0].reshape(shape), {{{grads_array}}}",
         "",
         f"def grad(*, {args}):",
@@ -196,18 +241,22 @@ def _matrix_model(spec: ModuleSpec) -> list[str]:
                    for e in s.shape for d in sp.sympify(e).free_symbols}, key=lambda d: d.name)
     names = [s.name for s in spec.inputs]
     kernel_args = names + [d.name for d in dims]
-    decorator = f'@numba.njit(cache=True, fastmath={FASTMATH_FLAGS})'
     lines: list[str] = []
-    lines += _kernel("_forward_kernel", kernel_args, spec.forward,
-                     _output_expressions(spec.forward, ["value"]), decorator)
+    kernel, when = _kernels("_forward_kernel", kernel_args, spec.forward,
+                            _output_expressions(spec.forward, ["value"]))
+    lines += kernel
+    forward_kernel = _pick("_forward_kernel", when)
     if spec.value_and_grad is not None:
         outputs = ["value"] + [p.name for p in spec.parameters]
-        lines += _kernel("_value_and_grad_kernel", kernel_args, spec.value_and_grad,
-                         _output_expressions(spec.value_and_grad, outputs), decorator)
+        kernel, when = _kernels("_value_and_grad_kernel", kernel_args, spec.value_and_grad,
+                                _output_expressions(spec.value_and_grad, outputs))
+        lines += kernel
+        value_and_grad_kernel = _pick("_value_and_grad_kernel", when)
     if spec.vjp is not None:
-        lines += _kernel("_vjp_kernel", ["upstream"] + kernel_args, spec.vjp,
-                         _output_expressions(spec.vjp, [p.name for p in spec.parameters]),
-                         decorator)
+        kernel, when = _kernels("_vjp_kernel", ["upstream"] + kernel_args, spec.vjp,
+                                _output_expressions(spec.vjp, [p.name for p in spec.parameters]))
+        lines += kernel
+        vjp_kernel = _pick("_vjp_kernel", when)
     lines += _prepare_function(spec, dims)
     args = ", ".join(names)
     call = ", ".join(kernel_args)
@@ -216,7 +265,7 @@ def _matrix_model(spec: ModuleSpec) -> list[str]:
         f"def forward(*, {args}):",
         '    """The value of the model."""',
         f"    {call}, _shapes = _prepare({args})",
-        f"    _value = _forward_kernel({call})",
+        f"    _value = {forward_kernel}({call})",
         f"    return {value}",
         "",
     ]
@@ -232,7 +281,7 @@ def _matrix_model(spec: ModuleSpec) -> list[str]:
             f"def value_and_grad(*, {args}):",
             '    """(value, {parameter name: gradient in the parameter\'s own shape})."""',
             f"    {call}, _shapes = _prepare({args})",
-            f"    _result = _value_and_grad_kernel({call})",
+            f"    _result = {value_and_grad_kernel}({call})",
             "    _value = _result[0]",
             f"    return {value}, {{{', '.join(reshape)}}}",
             "",
@@ -256,7 +305,7 @@ def _matrix_model(spec: ModuleSpec) -> list[str]:
             f"    if upstream.shape != ({rows_text}, {cols_text}):",
             "        raise ValueError(f'upstream has shape {upstream.shape}, the output has "
             f"shape {{({rows_text}, {cols_text})}}')",
-            f"    _result = _vjp_kernel(upstream, {call})",
+            f"    _result = {vjp_kernel}(upstream, {call})",
             "    _result = _result if isinstance(_result, tuple) else (_result,)",
             f"    return {{{', '.join(vjp_reshape)}}}",
             "",

@@ -179,11 +179,13 @@ def unsupported(kind: str) -> NotImplementedError:
 class KernelEmitter:
     """Emits the body of one kernel: one method per operation."""
 
-    def __init__(self, program: Program, dims: dict):
+    def __init__(self, program: Program, dims: dict, parallel: bool = False):
         self.program = program
         self.dims = dims        # dimension symbol -> its name in the kernel
         self.lines: list[str] = []
         self.printer = ScalarPrinter()
+        self.parallel = parallel          # outer loops as numba.prange
+        self.loop_sizes: list = []        # element counts of the loops that may run in parallel
 
     # -- helpers -----------------------------------------------------------------------
     def emit(self, line: str, depth: int = 1):
@@ -241,16 +243,21 @@ class KernelEmitter:
             return f"{operand.arg.name}[{jj}, {ii}]"
         return f"{operand.name}[{ii}, {jj}]"
 
-    def loops(self, shape, depth: int = 1):
-        """Open a loop nest over shape; returns (i, j, inner depth)."""
+    def loops(self, shape, depth: int = 1, independent: bool = True):
+        """Open a loop nest over shape; returns (i, j, inner depth).  The outer loop is a
+        prange in a parallel kernel when its iterations are independent (or a reduction
+        into one scalar, which Numba handles)."""
         rows, cols = shape
+        if independent and depth == 1:
+            self.loop_sizes.append(sp.sympify(rows) * sp.sympify(cols))
+        outer = "numba.prange" if self.parallel and independent and depth == 1 else "range"
         if cols == 1:
-            self.emit(f"for _i in range({self.dim(rows)}):", depth)
+            self.emit(f"for _i in {outer}({self.dim(rows)}):", depth)
             return "_i", "0", depth + 1
         if rows == 1:
-            self.emit(f"for _j in range({self.dim(cols)}):", depth)
+            self.emit(f"for _j in {outer}({self.dim(cols)}):", depth)
             return "0", "_j", depth + 1
-        self.emit(f"for _i in range({self.dim(rows)}):", depth)
+        self.emit(f"for _i in {outer}({self.dim(rows)}):", depth)
         self.emit(f"for _j in range({self.dim(cols)}):", depth + 1)
         return "_i", "_j", depth + 2
 
@@ -323,7 +330,8 @@ class KernelEmitter:
 
     def _emit_AxisSum(self, target, e: ops.AxisSum):
         self.emit(f"{target.name} = np.zeros({self.shape(e.shape)})")
-        i, j, depth = self.loops(e.arg.shape)
+        # column sums accumulate across the outer loop: not split between threads
+        i, j, depth = self.loops(e.arg.shape, independent=e.axis == 1 or e.arg.shape[0] == 1)
         where = f"0, {j}" if e.axis == 0 else f"{i}, 0"
         self.emit(f"{target.name}[{where}] += {self.load(e.arg, i, j, e.arg.shape)}", depth)
 
@@ -362,7 +370,7 @@ class KernelEmitter:
     def _emit_LogSumExpAll(self, target, e):
         a = e.arg
         self.emit("_peak = -np.inf")
-        i, j, depth = self.loops(a.shape)
+        i, j, depth = self.loops(a.shape, independent=False)
         self.emit(f"_peak = max(_peak, {self.load(a, i, j, a.shape)})", depth)
         self.emit("_total = 0.0")
         self.emit("if np.isfinite(_peak):")
@@ -402,10 +410,10 @@ class KernelEmitter:
         self.emit(f"{target.name} = np.empty({self.shape(a.shape)})")
         if e.axis is None:
             self.emit("_peak = -np.inf")
-            i, j, depth = self.loops(a.shape)
+            i, j, depth = self.loops(a.shape, independent=False)
             self.emit(f"_peak = max(_peak, {self.load(a, i, j, a.shape)})", depth)
             self.emit("_total = 0.0")
-            i, j, depth = self.loops(a.shape)
+            i, j, depth = self.loops(a.shape, independent=False)
             self.emit(f"{target.name}[{i}, {j}] = np.exp({self.load(a, i, j, a.shape)} - _peak)",
                       depth)
             self.emit(f"_total += {target.name}[{i}, {j}]", depth)

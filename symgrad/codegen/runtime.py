@@ -1,66 +1,14 @@
-"""What every generated module carries: scalar helpers for the kernels and input checks.
+"""What every generated module carries besides the fast math functions (fastmath.py): the
+scalar-or-array load used by the loops of scalar models, and the input checks.
 
-This file's text (below the marker line) is copied into each generated module, which must
-import nothing but numpy and numba; it is also importable as a module for tests.
+This file's text (below the marker line) is copied into each generated module, after the
+code of fastmath.py; both import nothing but numpy, numba (with its llvmlite) and math.
 """
 
 # --- symgrad runtime: copied verbatim into generated modules ------------------------------
 import numba
 import numpy as np
 from numba.extending import overload
-
-_INLINE = {"inline": "always", "fastmath": {"nsz", "arcp", "contract", "reassoc"}}
-
-
-@numba.njit(**_INLINE)
-def sg_sigmoid(x):
-    # 1 / (1 + exp(-x)) never overflows in either branch
-    if x >= 0.0:
-        return 1.0 / (1.0 + np.exp(-x))
-    e = np.exp(x)
-    return e / (1.0 + e)
-
-
-@numba.njit(**_INLINE)
-def sg_softplus(x):
-    # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow at x = 1000
-    return max(x, 0.0) + np.log1p(np.exp(-abs(x)))
-
-
-@numba.njit(**_INLINE)
-def sg_logsigmoid(x):
-    return -sg_softplus(-x)
-
-
-@numba.njit(**_INLINE)
-def sg_exp(x):
-    return np.exp(x)
-
-
-@numba.njit(**_INLINE)
-def sg_log(x):
-    return np.log(x)
-
-
-@numba.njit(**_INLINE)
-def sg_log1p(x):
-    return np.log1p(x)
-
-
-@numba.njit(**_INLINE)
-def sg_tanh(x):
-    return np.tanh(x)
-
-
-@numba.njit(**_INLINE)
-def sg_sin(x):
-    return np.sin(x)
-
-
-@numba.njit(**_INLINE)
-def sg_cos(x):
-    return np.cos(x)
-
 
 def _at(x, i):
     """x[i] for an array, x itself for a scalar (resolved when Numba compiles)."""
