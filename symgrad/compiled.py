@@ -20,7 +20,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, module_source
 from symgrad.derive.reverse import Derivation, derive, inline
-from symgrad.optimize import lower
+from symgrad.optimize import fuse, lower
 
 __all__ = ["grad", "compile", "CompiledFunction", "Gradients", "build_spec"]
 
@@ -127,17 +127,17 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
                              "'upstream' (the name of vjp's argument)")
         upstream = sp.MatrixSymbol("upstream", *output_shape)
         derivation = derive(expr, wrt, seed=upstream)
-        forward = lower(derivation, {"value": derivation.value}, inputs)
-        vjp = lower(derivation, {w.name: derivation.gradients[w] for w in wrt}, inputs)
+        forward = fuse(lower(derivation, {"value": derivation.value}, inputs))
+        vjp = fuse(lower(derivation, {w.name: derivation.gradients[w] for w in wrt}, inputs))
         spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=output_shape,
                           forward=forward, vjp=vjp, upstream=upstream)
         spec.op_counts = {"forward": forward.op_count(), "vjp": vjp.op_count()}
     else:
         derivation = derive(expr, wrt)
-        forward = lower(derivation, {"value": derivation.value}, inputs)
+        forward = fuse(lower(derivation, {"value": derivation.value}, inputs))
         outputs = {"value": derivation.value}
         outputs.update({w.name: derivation.gradients[w] for w in wrt})
-        value_and_grad = lower(derivation, outputs, inputs)
+        value_and_grad = fuse(lower(derivation, outputs, inputs))
         spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=(),
                           forward=forward, value_and_grad=value_and_grad)
         spec.op_counts = {"forward": forward.op_count(),

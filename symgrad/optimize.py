@@ -188,3 +188,80 @@ def _symbols_in(e) -> set:
     for a in e.args:
         out |= _symbols_in(a)
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# Loop fusion (for code generation; printed formulas keep their named pieces)
+# ------------------------------------------------------------------------------------------
+def fuse(program: Program) -> Program:
+    """Merge elementwise work into fewer loops.
+
+    * a product with inner dimension 1 (an outer product ``delta x^T``) becomes a Map of a
+      column and a row, so it can fuse like any elementwise operation;
+    * a Map used once, by another Map of the same shape, is inlined into it (no temporary
+      matrix is written and read back).
+
+    Reductions of a Map are fused into the Map's loop by the emitter.
+    """
+    statements = [Statement(s.target, _outer_product_as_map(s.operation))
+                  for s in program.statements]
+    uses: dict = {}
+    for s in statements:
+        for operand in _operands_of(s.operation):
+            uses[operand] = uses.get(operand, 0) + 1
+    for atom in program.outputs.values():
+        for symbol in _symbols_in(atom):
+            uses[symbol] = uses.get(symbol, 0) + 2      # an output is always kept
+    definitions = {s.target: s for s in statements}
+    inlined: set = set()
+    result = []
+    for s in statements:
+        operation = s.operation
+        if isinstance(operation, ops.Map):
+            operation = _inline_single_use(operation, definitions, uses, inlined)
+        result.append(Statement(s.target, operation))
+    kept = [s for s in result if s.target not in inlined]
+    return Program(inputs=program.inputs, statements=kept, outputs=program.outputs,
+                   labels=program.labels, adjoints=program.adjoints)
+
+
+def _outer_product_as_map(operation):
+    if isinstance(operation, sp.MatMul) and operation.args[0].shape[1] == 1:
+        a, b = operation.args
+        x, y = sp.symbols("_v0 _v1", real=True)
+        return ops.Map(sp.Lambda((x, y), x * y), operation.shape, a, b)
+    return operation
+
+
+def _operands_of(operation) -> list:
+    """The program names an operation reads (a transposed name counts as its name)."""
+    return sorted(_symbols_in(operation), key=str)
+
+
+def _inline_single_use(operation: ops.Map, definitions: dict, uses: dict, inlined: set):
+    substitution, operands, variables = {}, [], []
+    for v, operand in zip(operation.function.variables, operation.operands):
+        producer = definitions.get(operand)
+        if (producer is not None and isinstance(producer.operation, ops.Map)
+                and uses.get(operand, 0) == 1
+                and tuple(producer.operation.shape) == tuple(operation.shape)):
+            inner = {iv: _variable_for(io, operands, variables)
+                     for iv, io in zip(producer.operation.function.variables,
+                                       producer.operation.operands)}
+            substitution[v] = producer.operation.body.xreplace(inner)
+            inlined.add(operand)
+        else:
+            substitution[v] = _variable_for(operand, operands, variables)
+    body = operation.body.xreplace(substitution)
+    if not inlined.intersection(operation.operands):
+        return operation
+    return _normalized_map(sp.Lambda(tuple(variables), body), operation.shape, operands)
+
+
+def _variable_for(operand, operands: list, variables: list):
+    if operand in operands:
+        return variables[operands.index(operand)]
+    fresh = sp.Symbol(f"_f{len(variables)}", real=True)
+    operands.append(operand)
+    variables.append(fresh)
+    return fresh

@@ -109,8 +109,7 @@ def _kernel(name: str, arguments: list[str], program: Program, returns: list[str
             parallel: bool = False) -> tuple[list[str], list]:
     """The source of one kernel, and the sizes of its loops that can run in parallel."""
     emitter = KernelEmitter(program, {}, parallel=parallel)
-    for statement in program.statements:
-        emitter.statement(statement)
+    emitter.emit_program(program.statements, list(program.outputs.values()))
     out = [PARALLEL if parallel else SERIAL, f"def {name}({', '.join(arguments)}):"]
     out += emitter.lines or []
     out.append(f"    return {', '.join(returns) if len(returns) > 1 else returns[0]}")

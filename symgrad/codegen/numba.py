@@ -170,6 +170,24 @@ class ScalarPrinter(NumPyPrinter):
         return f"{self._print(expr.parent)}[{int(expr.i)}, {int(expr.j)}]"
 
 
+def _names_read(operation) -> set:
+    """The program names an operation reads (a transposed name counts as its name)."""
+    if isinstance(operation, (sp.Symbol, sp.MatrixSymbol)):
+        return set()
+    if isinstance(operation, ops.Map):
+        out = set()
+        for o in operation.operands:
+            out |= _names_read(o) | ({o} if isinstance(o, (sp.Symbol, sp.MatrixSymbol)) else set())
+        return out
+    out = set()
+    for a in getattr(operation, "args", ()):
+        if isinstance(a, (sp.Symbol, sp.MatrixSymbol)):
+            out.add(a)
+        elif isinstance(a, sp.Basic) and not isinstance(a, sp.Lambda):
+            out |= _names_read(a)
+    return out
+
+
 def unsupported(kind: str) -> NotImplementedError:
     return NotImplementedError(
         f"the Numba emitter has no method for {kind}: add _emit_{kind} to "
@@ -262,6 +280,57 @@ class KernelEmitter:
         return "_i", "_j", depth + 2
 
     # -- statements --------------------------------------------------------------------
+    def emit_program(self, statements: list, outputs) -> None:
+        """Emit every statement; a row, column or total sum of a Map is accumulated in the
+        Map's own loop, and the Map's matrix is not stored when only its sums read it."""
+        uses: dict = {}
+        for s in statements:
+            for name in _names_read(s.operation):
+                uses[name] = uses.get(name, 0) + 1
+        for atom in outputs:
+            for name in _names_read(atom) | ({atom} if isinstance(atom, sp.Basic) else set()):
+                uses[name] = uses.get(name, 0) + 1
+        maps = {s.target for s in statements if isinstance(s.operation, ops.Map)}
+        sums: dict = {}
+        for s in statements:
+            if isinstance(s.operation, (ops.AxisSum, ops.SumAll)) and s.operation.arg in maps:
+                sums.setdefault(s.operation.arg, []).append(s)
+        done: set = set()
+        for s in statements:
+            if s.target in done:
+                continue
+            if s.target in sums:
+                reductions = sums[s.target]
+                self._map_with_sums(s.target, s.operation, reductions,
+                                    store=uses.get(s.target, 0) > len(reductions))
+                done |= {r.target for r in reductions}
+            else:
+                self.statement(s)
+
+    def _map_with_sums(self, target, e: ops.Map, reductions: list, store: bool):
+        rows = e.shape[0]
+        for r in reductions:
+            if isinstance(r.operation, ops.SumAll):
+                self.emit(f"{r.target.name} = 0.0")
+            else:
+                self.emit(f"{r.target.name} = np.zeros({self.shape(r.operation.shape)})")
+        if store:
+            self.emit(f"{target.name} = np.empty({self.shape(e.shape)})")
+        # column sums accumulate across rows: that loop is not split between threads
+        across_rows = any(isinstance(r.operation, ops.AxisSum) and r.operation.axis == 0
+                          and rows != 1 for r in reductions)
+        i, j, depth = self.loops(e.shape, independent=not across_rows)
+        self.emit(f"_e = {self.map_body(e, i, j, depth)}", depth)
+        if store:
+            self.emit(f"{target.name}[{i}, {j}] = _e", depth)
+        for r in reductions:
+            if isinstance(r.operation, ops.SumAll):
+                self.emit(f"{r.target.name} += _e", depth)
+            elif r.operation.axis == 0:
+                self.emit(f"{r.target.name}[0, {j}] += _e", depth)
+            else:
+                self.emit(f"{r.target.name}[{i}, 0] += _e", depth)
+
     def statement(self, s: Statement):
         kind = type(s.operation).__name__
         method = getattr(self, f"_emit_{kind}", None)
