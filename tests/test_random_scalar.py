@@ -141,3 +141,22 @@ def test_scalar_inputs_broadcast_like_ufuncs():
     assert value.shape == (2, 3)
     np.testing.assert_allclose(value, (np.array([1.0, 2, 3]) - np.array([[2.0], [0]])) ** 2)
     np.testing.assert_allclose(grads["w"], 2 * (np.array([1.0, 2, 3]) - np.array([[2.0], [0]])))
+
+
+def test_division_by_zero_and_domain_errors_follow_numpy():
+    z = sp.Symbol("z")
+    f = sg.compile(sp.log(z), [z])
+    with np.errstate(all="ignore"):
+        expected_values = np.log(np.array([0.0, -1.0, np.inf]))
+    for point, expected, slope in zip([0.0, -1.0, np.inf], expected_values, [np.inf, -1.0, 0.0]):
+        value, grads = f.value_and_grad(z=point)            # the float path
+        np.testing.assert_equal([value, grads["z"]], [expected, slope])
+    values, grads = f.value_and_grad(z=np.array([0.0, -1.0, np.inf]))   # the array path
+    np.testing.assert_equal(values, expected_values)
+    np.testing.assert_equal(grads["z"], [np.inf, -1.0, 0.0])
+
+
+def test_positional_call_returns_value_then_gradients_in_parameter_order():
+    w, x, y = sp.symbols("w x y")
+    f = sg.compile((w * x - y) ** 2, [w, y])
+    assert f.module.value_and_grad_positional(1.0, 2.0, 1.0) == (1.0, -2.0, 2.0)

@@ -17,7 +17,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.ir import Program
-from symgrad.codegen.numba import FASTMATH_FLAGS, KernelEmitter
+from symgrad.codegen.numba import FASTMATH_FLAGS, KernelEmitter, PythonScalarPrinter
 
 _RUNTIME_MARKER = "# --- symgrad runtime: copied verbatim into generated modules"
 
@@ -101,16 +101,26 @@ def _body(spec: ModuleSpec) -> list[str]:
 PARALLEL_MIN_ELEMENTS = 65536
 PARALLEL_MIN_WORK = 1 << 19
 
-SERIAL = f"@numba.njit(cache=True, fastmath={FASTMATH_FLAGS})"
-PARALLEL = f"@numba.njit(cache=True, fastmath={FASTMATH_FLAGS}, parallel=True)"
+# error_model="numpy": x / 0.0 is inf (as in NumPy), not ZeroDivisionError, and the
+# division check that would stop loops from vectorising is gone.
+SERIAL = f'@numba.njit(cache=True, fastmath={FASTMATH_FLAGS}, error_model="numpy")'
+PARALLEL = (f'@numba.njit(cache=True, fastmath={FASTMATH_FLAGS}, error_model="numpy", '
+            'parallel=True)')
+
+
+# Scalar models of at most this many operations also get a pure-Python twin of their point
+# kernel: for a handful of operations on floats, Python arithmetic beats a call into Numba.
+PYTHON_MAX_OPS = 48
 
 
 def _kernel(name: str, arguments: list[str], program: Program, returns: list[str],
-            parallel: bool = False) -> tuple[list[str], list]:
+            parallel: bool = False, python: bool = False) -> tuple[list[str], list]:
     """The source of one kernel, and the sizes of its loops that can run in parallel."""
-    emitter = KernelEmitter(program, {}, parallel=parallel)
+    printer = PythonScalarPrinter() if python else None
+    emitter = KernelEmitter(program, {}, parallel=parallel, printer=printer)
     emitter.emit_program(program.statements, list(program.outputs.values()))
-    out = [PARALLEL if parallel else SERIAL, f"def {name}({', '.join(arguments)}):"]
+    decorator = [] if python else [PARALLEL if parallel else SERIAL]
+    out = decorator + [f"def {name}({', '.join(arguments)}):"]
     out += emitter.lines or []
     out.append(f"    return {', '.join(returns) if len(returns) > 1 else returns[0]}")
     out.append("")
@@ -167,9 +177,13 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         programs.append(("value_and_grad", spec.value_and_grad,
                          ["value"] + [p.name for p in spec.parameters]))
     parallel_from = {}
+    python = {}
     for kind, program, outputs in programs:
         returns = _output_expressions(program, outputs)
         lines += _kernel(f"_{kind}_point", names, program, returns)[0]
+        python[kind] = program.op_count() <= PYTHON_MAX_OPS
+        if python[kind]:
+            lines += _kernel(f"_{kind}_python", names, program, returns, python=True)[0]
         # the loop over broadcast inputs: scalars stay scalars (_at), arrays are flat; the
         # parallel twin splits the elements between threads
         parallel_from[kind] = max(1, PARALLEL_MIN_WORK // max(1, program.op_count()))
@@ -192,11 +206,23 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
                   f"    return _{kind}_loop",
                   ""]
     float_check = " and ".join(f"type({n}) is float" for n in names)
+
+    def on_floats(kind: str, indent: str) -> list[str]:
+        """The call for all-float inputs: the Python twin if there is one, with the Numba
+        kernel where math raises (math.log(-1.0) raises, np.log gives nan)."""
+        if not python[kind]:
+            return [f"{indent}_g = _{kind}_point({args})"]
+        return [f"{indent}try:",
+                f"{indent}    _g = _{kind}_python({args})",
+                f"{indent}except (ArithmeticError, ValueError):",
+                f"{indent}    _g = _{kind}_point({args})"]
+
     lines += [
         f"def forward(*, {args}):",
         '    """The value (a float, or an array of the inputs\' broadcast shape)."""',
         f"    if {float_check}:",
-        f"        return _forward_point({args})",
+        *on_floats("forward", "        "),
+        "        return _g",
         f"    arguments, shape = _broadcast_scalars(INPUTS, ({args},))",
         "    if not shape:",
         "        return _forward_point(*arguments)",
@@ -214,7 +240,7 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         f"def value_and_grad(*, {args}):",
         '    """(value, {parameter name: gradient}), elementwise over broadcast inputs."""',
         f"    if {float_check}:",
-        f"        _g = _value_and_grad_point({args})",
+        *on_floats("value_and_grad", "        "),
         f"        return _g[0], {{{grads}}}",
         f"    arguments, shape = _broadcast_scalars(INPUTS, ({args},))",
         "    if not shape:",
@@ -227,6 +253,15 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         f"def grad(*, {args}):",
         '    """{parameter name: gradient}."""',
         f"    return value_and_grad({', '.join(f'{n}={n}' for n in names)})[1]",
+        "",
+        f"def value_and_grad_positional({args}):",
+        '    """(value, gradient of each parameter in PARAMETERS order): value_and_grad without',
+        '    keywords or a dict, for the smallest models where those cost more than the math."""',
+        f"    if {float_check}:",
+        *on_floats("value_and_grad", "        "),
+        "        return _g",
+        f"    _value, _grads = value_and_grad({', '.join(f'{n}={n}' for n in names)})",
+        "    return (_value, *[_grads[p] for p in PARAMETERS])",
         "",
     ]
     return lines

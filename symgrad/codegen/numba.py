@@ -11,6 +11,8 @@ copied); each Map is one loop nest without temporaries; reductions are loops.
 
 from __future__ import annotations
 
+import math
+
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 from sympy.printing.numpy import NumPyPrinter
@@ -170,6 +172,43 @@ class ScalarPrinter(NumPyPrinter):
         return f"{self._print(expr.parent)}[{int(expr.i)}, {int(expr.j)}]"
 
 
+class PythonScalarPrinter(ScalarPrinter):
+    """Scalar code for plain Python floats (the ``math`` module): for small scalar models a
+    pure-Python evaluation costs less than a call into Numba."""
+
+    _PYTHON = {"sg_exp": "math.exp", "sg_log": "math.log", "sg_log1p": "math.log1p",
+               "sg_tanh": "math.tanh", "sg_sin": "math.sin", "sg_cos": "math.cos",
+               "sg_sigmoid": "_py_sigmoid", "sg_softplus": "_py_softplus",
+               "sg_logsigmoid": "_py_logsigmoid"}
+
+    def _runtime(self, name, expr):
+        return f"{self._PYTHON[RUNTIME_FUNCTIONS[name]]}({self._print(expr.args[0])})"
+
+    def _print_Function(self, expr):
+        name = type(expr).__name__
+        if name in RUNTIME_FUNCTIONS:
+            return self._runtime(name, expr)
+        return super()._print_Function(expr)
+
+    def _module_format(self, fqn, register=True):
+        fqn = fqn.replace("numpy.", "np.")
+        if fqn.startswith("np.") and hasattr(math, fqn[3:]):
+            return "math." + fqn[3:]
+        return fqn
+
+    def _print_sign(self, expr):
+        return f"_py_sign({self._print(expr.args[0])})"
+
+    def _print_Pow(self, expr, rational=False):
+        return super()._print_Pow(expr, rational).replace("np.sqrt", "math.sqrt")
+
+    def _print_Pi(self, expr):
+        return "math.pi"
+
+    def _print_Exp1(self, expr):
+        return "math.e"
+
+
 def _names_read(operation) -> set:
     """The program names an operation reads (a transposed name counts as its name)."""
     if isinstance(operation, (sp.Symbol, sp.MatrixSymbol)):
@@ -197,11 +236,12 @@ def unsupported(kind: str) -> NotImplementedError:
 class KernelEmitter:
     """Emits the body of one kernel: one method per operation."""
 
-    def __init__(self, program: Program, dims: dict, parallel: bool = False):
+    def __init__(self, program: Program, dims: dict, parallel: bool = False,
+                 printer: ScalarPrinter | None = None):
         self.program = program
         self.dims = dims        # dimension symbol -> its name in the kernel
         self.lines: list[str] = []
-        self.printer = ScalarPrinter()
+        self.printer = printer or ScalarPrinter()
         self.parallel = parallel          # outer loops as numba.prange
         self.loop_sizes: list = []        # element counts of the loops that may run in parallel
 

@@ -6,9 +6,31 @@ code of fastmath.py; both import nothing but numpy, numba (with its llvmlite) an
 """
 
 # --- symgrad runtime: copied verbatim into generated modules ------------------------------
+import math
+
 import numba
 import numpy as np
 from numba.extending import overload
+
+def _py_sigmoid(x):
+    # the pure-Python twins of the fast functions, for small models called with floats
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def _py_softplus(x):
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def _py_logsigmoid(x):
+    return -_py_softplus(-x)
+
+
+def _py_sign(x):
+    return math.copysign(1.0, x) if x != 0.0 else 0.0
+
 
 def _at(x, i):
     """x[i] for an array, x itself for a scalar (resolved when Numba compiles)."""
