@@ -12,6 +12,7 @@ import numba
 import numpy as np
 from numba.extending import overload
 
+
 def _py_sigmoid(x):
     # the pure-Python twins of the fast functions, for small models called with floats
     if x >= 0.0:
