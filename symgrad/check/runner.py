@@ -72,7 +72,54 @@ def check(model_or_expr, wrt: Sequence | None = None,
     rng = np.random.default_rng(seed)
     report = CheckReport(model=problem.name, wrt=problem.parameter_names, backends=[],
                          points=points, reference=reference)
-    backends: list[Backend] = []
+    backends = _backends(problem, names, explicit, rng, report)
+    symgrad = (CompiledReference(problem, compiled(), rng) if reference == "compiled"
+               else SymbolicReference(problem, rng))
+    tolerance = _tolerances(tolerances)
+    given = dict(inputs or {})
+    unknown = set(given) - {s.name for s in problem.inputs}
+    if unknown:
+        raise ValueError(f"inputs {sorted(unknown)} are not inputs of {problem.name} "
+                         f"(its inputs: {[s.name for s in problem.inputs]})")
+    fixed_dims = bind_dimensions(problem.inputs, given)
+    if len(given) == len(problem.inputs):
+        points = report.points = 1    # nothing random: one point says it all
+
+    comparisons: dict = {}
+    for point in range(points):
+        dims = sizes_at(point, problem.dims, fixed_dims)
+        report.sizes.append({str(d): size for d, size in dims.items()})
+        fixed = normalize(problem.inputs, given, dims, problem.elementwise)
+        upstream = None
+        if problem.output_shape:
+            upstream = rng.standard_normal(concrete_shape(
+                sp.MatrixSymbol("upstream", *problem.output_shape), dims))
+        values, expected = _inputs_in_domain(problem, symgrad, fixed, dims, rng, upstream,
+                                             point, report)
+        for backend in list(backends):
+            try:
+                result = backend.value_and_grad(values, dims, upstream)
+            except NotImplementedError as error:   # an operation the framework lacks
+                if backend.name in explicit:
+                    raise
+                report.skipped[backend.name] = str(error)
+                backends.remove(backend)
+                continue
+            _compare_point(problem, backend.name, result, expected, tolerance[backend.name],
+                           comparisons)
+    report.backends = [b.name for b in backends]
+    report.comparisons = [c for c in comparisons.values() if c.backend in report.backends]
+    if time:
+        report.timings = _timings(symgrad, backends, values, dims, upstream)
+        untimed = any(b.name == "finite-differences" for b in backends)
+        report.notes.append("times are medians on the last point's inputs; torch on one "
+                            "thread" + ("; finite differences are not timed" if untimed else ""))
+    return report
+
+
+def _backends(problem, names, explicit, rng, report) -> list[Backend]:
+    """The backends that can run here; a missing framework asked for by name raises."""
+    backends = []
     for name in names:
         try:
             backends.append(BACKENDS[name](problem, rng))
@@ -80,66 +127,30 @@ def check(model_or_expr, wrt: Sequence | None = None,
             if name in explicit:
                 raise
             report.skipped[name] = f"not installed ({error.__cause__ or error})"
-    if reference == "compiled":
-        symgrad = CompiledReference(problem, compiled(), rng)
-    else:
-        symgrad = SymbolicReference(problem, rng)
+    return backends
+
+
+def _tolerances(overrides) -> dict:
     tolerance = dict(TOLERANCES)
-    for name, (value_tolerance, gradient_tolerance) in (tolerances or {}).items():
+    for name, (value_tolerance, gradient_tolerance) in (overrides or {}).items():
         tolerance[_ALIASES.get(name, name)] = (Tolerance(*value_tolerance),
                                                Tolerance(*gradient_tolerance))
+    return tolerance
 
-    given = dict(inputs or {})
-    unknown = set(given) - {s.name for s in problem.inputs}
-    if unknown:
-        raise ValueError(f"inputs {sorted(unknown)} are not inputs of {problem.name} "
-                         f"(its inputs: {[s.name for s in problem.inputs]})")
-    fixed_dims = bind_dimensions(problem.inputs, given)
-    dims = problem.dims
-    if len(given) == len(problem.inputs):
-        points = report.points = 1    # nothing random: one point says it all
-    comparisons: dict = {}
-    values = upstream = None
-    point_dims: dict = {}
-    for point in range(points):
-        point_dims = sizes_at(point, dims, fixed_dims)
-        report.sizes.append({str(d): size for d, size in point_dims.items()})
-        fixed = normalize(problem.inputs, given, point_dims, problem.elementwise)
-        if problem.output_shape:
-            upstream = rng.standard_normal(concrete_shape(
-                sp.MatrixSymbol("upstream", *problem.output_shape), point_dims))
-        values, expected = _inputs_in_domain(problem, symgrad, fixed, point_dims, rng,
-                                             upstream, point, report)
-        for backend in list(backends):
-            try:
-                result = backend.value_and_grad(values, point_dims, upstream)
-            except NotImplementedError as error:
-                if backend.name in explicit:
-                    raise
-                report.skipped[backend.name] = str(error)
-                backends.remove(backend)
-                continue
-            value_tolerance, gradient_tolerance = tolerance[backend.name]
-            quantities = [("value", result.value, expected.value, value_tolerance, None, None)]
-            quantities += [(n, result.gradients[n], expected.gradients[n], gradient_tolerance,
-                            result.compared.get(n), result.slack.get(n))
-                           for n in problem.parameter_names]
-            for quantity, got, want, tol, mask, slack in quantities:
-                key = (backend.name, quantity)
-                if key not in comparisons:
-                    comparisons[key] = Comparison(backend.name, quantity, rtol=tol.rtol,
-                                                  atol=tol.atol,
-                                                  note=result.notes.get(quantity, ""))
-                comparisons[key].add(*compare(got, want, tol, problem.elementwise, mask,
-                                              slack))
-    report.backends = [b.name for b in backends]
-    report.comparisons = [c for c in comparisons.values() if c.backend in report.backends]
-    if time:
-        report.timings = _timings(symgrad, backends, values, point_dims, upstream)
-        untimed = [b.name for b in backends if b.name == "finite-differences"]
-        report.notes.append("times are medians on the last point's inputs; torch on one "
-                            "thread" + ("; finite differences are not timed" if untimed else ""))
-    return report
+
+def _compare_point(problem, backend: str, result, expected, tolerance, comparisons) -> None:
+    """Fold one point's value and gradients by a backend into the comparisons."""
+    value_tolerance, gradient_tolerance = tolerance
+    quantities = [("value", result.value, expected.value, value_tolerance, None, None)]
+    quantities += [(n, result.gradients[n], expected.gradients[n], gradient_tolerance,
+                    result.compared.get(n), result.slack.get(n))
+                   for n in problem.parameter_names]
+    for quantity, got, want, tol, mask, slack in quantities:
+        key = (backend, quantity)
+        if key not in comparisons:
+            comparisons[key] = Comparison(backend, quantity, rtol=tol.rtol, atol=tol.atol,
+                                          note=result.notes.get(quantity, ""))
+        comparisons[key].add(*compare(got, want, tol, problem.elementwise, mask, slack))
 
 
 def _problem(model_or_expr, wrt):

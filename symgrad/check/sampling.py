@@ -37,8 +37,8 @@ def shape_symbols(expr) -> set:
     the shape of a broadcast ...): the model's dimensions, never inputs.
 
     >>> n = sp.Symbol("n")
-    >>> shape_symbols(sp.MatrixSymbol("X", n, 2) @ sp.OneMatrix(2, sp.Symbol("m")))
-    {m, n}
+    >>> sorted(shape_symbols(sp.MatrixSymbol("X", n, 2) @ sp.OneMatrix(2, sp.Symbol("m"))), key=str)
+    [m, n]
     """
     found: set = set()
     for node in sp.preorder_traversal(expr):
