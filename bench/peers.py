@@ -823,6 +823,21 @@ def build_symgrad(wl, mode, inp):
                 first_extra_s=0.0 if now else secs)
 
 
+def _generated_module(wl):
+    """sg.generate the workload's module into a temporary folder and import it."""
+    import symgrad as sg
+
+    d = tempfile.mkdtemp(prefix="symgrad_bench_")
+    modname = f"bench_gen_{wl.key.replace('-', '_').lower()}"
+    path = os.path.join(d, modname + ".py")
+    expr, wrt = wl.symgrad_model()
+    sg.generate(expr, wrt=wrt, path=path)
+    spec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def build_symgrad_generated(wl, mode, inp):
     """sg.generate a standalone module once per workload into a temp dir and import it."""
     import symgrad as sg
@@ -830,26 +845,27 @@ def build_symgrad_generated(wl, mode, inp):
     if not hasattr(sg, "generate"):
         raise Unavailable("symgrad.generate does not exist")
 
-    def make():
-        d = tempfile.mkdtemp(prefix="symgrad_bench_")
-        modname = f"bench_gen_{wl.key.replace('-', '_').lower()}"
-        path = os.path.join(d, modname + ".py")
-        expr, wrt = wl.symgrad_model()
-        sg.generate(expr, wrt=wrt, path=path)
-        spec = importlib.util.spec_from_file_location(modname, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-
-    mod, secs, now = _shared(("generate", wl.key), make)
+    mod, secs, now = _shared(("generate", wl.key), lambda: _generated_module(wl))
     fn = mod.value_and_grad if mode == "vg" else mod.forward
     return Impl(fn, (), dict(inp), convert=_symgrad_conv(wl, mode),
+                first_extra_s=0.0 if now else secs)
+
+
+def build_symgrad_positional(wl, mode, inp):
+    """The generated module's positional call (scalar models): value_and_grad without
+    keywords or a dict, returning (value, gradient of each parameter)."""
+    mod, secs, now = _shared(("generate", wl.key), lambda: _generated_module(wl))
+    if mode != "vg" or not hasattr(mod, "value_and_grad_positional"):
+        raise Unavailable("positional call: value and gradient of scalar models only")
+    args = tuple(inp[name] for name in mod.INPUTS)
+    return Impl(mod.value_and_grad_positional, args, {}, convert=_np_out(wl, mode),
                 first_extra_s=0.0 if now else secs)
 
 
 # =========================================================================== registry
 SYMGRAD = "symgrad"
 SYMGRAD_GEN = "symgrad generated"
+SYMGRAD_POSITIONAL = "symgrad positional"
 HAND_NUMBA = "hand Numba"
 HAND_NUMBA_PRANGE = "hand Numba prange"
 TORCH_COMPILE = "torch.compile"
@@ -858,6 +874,7 @@ TORCH_COMPILE = "torch.compile"
 PEERS: list[tuple[str, Callable]] = [
     (SYMGRAD, build_symgrad),
     (SYMGRAD_GEN, build_symgrad_generated),
+    (SYMGRAD_POSITIONAL, build_symgrad_positional),
     (HAND_NUMBA, build_numba),
     (HAND_NUMBA_PRANGE, build_numba_parallel),
     ("hand NumPy", build_numpy),
@@ -868,7 +885,7 @@ PEERS: list[tuple[str, Callable]] = [
     ("SymPy lambdify cse", build_lambdify),
 ]
 
-SYMGRAD_NAMES = (SYMGRAD, SYMGRAD_GEN)
+SYMGRAD_NAMES = (SYMGRAD, SYMGRAD_GEN, SYMGRAD_POSITIONAL)
 
 
 def applicable(name: str, wl) -> bool:
