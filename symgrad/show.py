@@ -83,6 +83,9 @@ class FormulaPrinter(StrPrinter):
         return f"{inner}{self.transpose}" if atomic else f"({inner}){self.transpose}"
 
     def _print_MatMul(self, expr):
+        if expr.args and expr.args[0] == -1:
+            rest = sp.MatMul(*expr.args[1:]) if len(expr.args) > 2 else expr.args[1]
+            return f"-{self.parenthesize(rest, PRECEDENCE['Mul'])}"
         parts = []
         for a in expr.args:
             text = self._print(a)
@@ -105,7 +108,14 @@ class FormulaPrinter(StrPrinter):
         return text
 
     def _print_MatAdd(self, expr):
-        return " + ".join(self._print(a) for a in expr.args).replace("+ -", "- ")
+        positive = [t for t in expr.args if not _negated(t)]
+        negative = [t for t in expr.args if _negated(t)]
+        text = " + ".join(self._print(t) for t in positive) if positive else ""
+        for t in negative:
+            inner = self._print(_negate(t))
+            inner = f"({inner})" if isinstance(_negate(t), sp.MatAdd) else inner
+            text = f"{text} - {inner}" if text else f"-{inner}"
+        return text
 
     def _print_HadamardProduct(self, expr):
         return self.hadamard.join(self.parenthesize(a, PRECEDENCE["Mul"]) for a in expr.args)
@@ -188,6 +198,19 @@ class FormulaPrinter(StrPrinter):
         if coefficient == -1:
             return f"-{text}"
         return f"{self.parenthesize(coefficient, PRECEDENCE['Mul'])}*{text}"
+
+
+def _negated(term) -> bool:
+    """A term printed after a minus sign: -X, -2 X."""
+    return (isinstance(term, sp.MatMul) and term.args[0].is_number
+            and term.args[0].is_negative)
+
+
+def _negate(term):
+    coefficient, *rest = term.args
+    if coefficient == -1:
+        return sp.MatMul(*rest) if len(rest) > 1 else rest[0]
+    return sp.MatMul(-coefficient, *rest)
 
 
 def _is_atomic_map(m: ops.Map) -> bool:
