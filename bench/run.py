@@ -456,6 +456,14 @@ def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float) -> 
                      f"threads {json.dumps(m['threads'])}, worker {m['worker_wall_s']:.0f} s")
     lines.append("")
 
+    all_cells = [c for cfg in cfgs for c in runs[cfg]["cells"]]
+    n_noisy = sum(_noise(c) > NOISY for c in all_cells)
+    if n_noisy:
+        lines += [f"**Warning: {n_noisy} of {len(all_cells)} cells were timed while other "
+                  f"processes (or hypervisor steal) used > {100 * NOISY:.0f}% of the CPUs. "
+                  "Those numbers, the default-threads ones above all (thread pools stall "
+                  "when a core is taken), are not reliable: rerun on a quiet machine.**", ""]
+
     # ---- summary: symgrad vs best peer
     cells_by_cfg = {cfg: {_cell_label(c): c for c in runs[cfg]["cells"]} for cfg in cfgs}
     labels = [_cell_label(c) for c in runs[cfgs[0]]["cells"]]

@@ -1,0 +1,46 @@
+"""The parallel twin of each loop kernel computes what the serial kernel computes."""
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symgrad as sg
+
+from .test_seeds import load_example
+
+
+def test_scalar_model_parallel_loop_matches_serial_loop():
+    q, r = sp.symbols("q r")
+    f = sg.compile(sp.sin(q) * sp.exp(-r**2) + sg.softplus(q * r), [q, r])
+    rng = np.random.default_rng(0)
+    qs, rs = rng.normal(size=5000), rng.normal(size=5000)
+    serial, parallel = np.empty((3, 5000)), np.empty((3, 5000))
+    f.module._value_and_grad_loop(qs, rs, serial)
+    f.module._value_and_grad_loop_parallel(qs, rs, parallel)
+    np.testing.assert_array_equal(serial, parallel)          # elementwise: same bits
+
+
+def test_matrix_model_parallel_kernel_matches_serial_kernel():
+    f = load_example("two_layer_net").two_layer_net.compiled
+    module = f.module
+    rng = np.random.default_rng(1)
+    m, n_h, n_x = 300, 8, 5
+    arguments = (rng.normal(size=(n_h, n_x)), rng.normal(size=(n_h, 1)),
+                 rng.normal(size=(1, n_h)), rng.normal(size=(1, 1)),
+                 rng.normal(size=(n_x, m)), (rng.random((1, m)) > 0.5).astype(float),
+                 m, n_h, n_x)
+    serial = module._value_and_grad_kernel(*arguments)
+    parallel = module._value_and_grad_kernel_parallel(*arguments)
+    assert len(serial) == len(parallel) == 5
+    for a, b in zip(serial, parallel):
+        # sums may be added in another order on several threads: equal to rounding
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("size, parallel", [(10, False), (1 << 23, True)])
+def test_scalar_model_picks_threads_only_for_large_work(size, parallel):
+    x = sp.Symbol("x")
+    f = sg.compile(sp.exp(x), [x])
+    loop = f.module._value_and_grad_loop_for(size)
+    many_threads = __import__("numba").get_num_threads() > 1
+    assert (loop is f.module._value_and_grad_loop_parallel) == (parallel and many_threads)
