@@ -36,7 +36,8 @@ __all__ = ["Problem", "Result", "Backend", "FrameworkBackend", "JaxBackend", "To
 # random, without repetition, from the check's seeded generator); smaller ones are done whole.
 MAX_FD_COORDINATES = 20
 
-_FD_STEP = np.finfo(np.float64).eps ** (1 / 3)
+_EPS = np.finfo(np.float64).eps
+_FD_STEP = _EPS ** (1 / 3)
 
 
 @dataclass
@@ -267,10 +268,10 @@ class FiniteDifferences(Backend):
     The step for a coordinate x is h = eps^(1/3) max(1, |x|) (the step that balances the
     truncation error, O(h^2), against rounding, O(eps / h)); each quotient divides by the
     step actually taken, (x + h) - (x - h).  With D(h) and D(h/2) the result is
-    D(h/2) + (D(h/2) - D(h)) / 3, whose O(h^2) error term cancels, and |D(h/2) - D(h)| / 3
-    (an upper estimate of what is left) is added to that entry's tolerance: on models whose
-    higher derivatives are huge (cosh(cosh(cosh(y)))) the differences themselves are only
-    that good.
+    D(h/2) + (D(h/2) - D(h)) / 3, whose O(h^2) error term cancels; |D(h/2) - D(h)| / 3 (an
+    upper estimate of what is left) and the rounding error of the quotients (2 eps |f| / h)
+    are added to that entry's tolerance: on models whose higher derivatives are huge
+    (cosh(cosh(cosh(y)))) the differences themselves are only that good.
 
     An elementwise model is differenced on all points at once; a matrix parameter on every
     coordinate when it has at most ``MAX_FD_COORDINATES``, else on that many drawn at random.
@@ -329,17 +330,20 @@ class FiniteDifferences(Backend):
         return result
 
     def _extrapolated(self, objective, name, x, index):
-        """(Richardson's D(h/2) + (D(h/2) - D(h)) / 3, its error estimate)."""
-        coarse = self._difference(objective, name, x, index, 1.0)
-        fine = self._difference(objective, name, x, index, 0.5)
+        """(Richardson's D(h/2) + (D(h/2) - D(h)) / 3, its error estimate: the size of that
+        correction plus the rounding error of the quotients, eps |f| / h each)."""
+        coarse, rounding = self._difference(objective, name, x, index, 1.0)
+        fine, fine_rounding = self._difference(objective, name, x, index, 0.5)
         with np.errstate(all="ignore"):
             correction = (fine - coarse) / 3
-        return fine + correction, np.abs(np.nan_to_num(correction, nan=0.0))
+            estimate = np.abs(correction) + rounding / 3 + 4 * fine_rounding / 3
+        return fine + correction, np.nan_to_num(estimate, nan=0.0, posinf=0.0)
 
     @staticmethod
     def _difference(objective, name, x, index, fraction):
         """(f(x + h) - f(x - h)) / ((x + h) - (x - h)) at one coordinate (index) or at every
-        point of an elementwise model (index None), with h the step times fraction."""
+        point of an elementwise model (index None), with h the step times fraction; and the
+        rounding error of that quotient, 2 eps max |f(x +- h)| / ((x + h) - (x - h))."""
         if index is None:
             step = fraction * _FD_STEP * np.maximum(1.0, np.abs(x))
             plus, minus = x + step, x - step
@@ -351,7 +355,9 @@ class FiniteDifferences(Backend):
             minus[index] = x[index] - step
             taken = plus[index] - minus[index]
         with np.errstate(all="ignore"):
-            return (objective(**{name: plus}) - objective(**{name: minus})) / taken
+            above, below = objective(**{name: plus}), objective(**{name: minus})
+            rounding = 2 * _EPS * np.maximum(np.abs(above), np.abs(below)) / np.abs(taken)
+            return (above - below) / taken, rounding
 
 
 class CompiledReference(Backend):

@@ -387,9 +387,9 @@ def _prepare_function(spec: ModuleSpec, dims: list) -> list[str]:
                          f"f{message!r})")
     shapes = []
     for s in spec.inputs:
-        if isinstance(s, MatrixExpr):
-            shapes.append(f"{s.name}.shape[:1] if _{s.name}_1d and {s.name}.shape[1] == 1 else "
-                          f"({s.name}.shape[1:] if _{s.name}_1d else None)")
+        # only a vector can arrive 1-D: its gradient then goes back 1-D
+        if isinstance(s, MatrixExpr) and 1 in (s.shape[0], s.shape[1]):
+            shapes.append(f"({s.name}.shape[0] * {s.name}.shape[1],) if _{s.name}_1d else None")
         else:
             shapes.append("None")
     outputs = names + [d.name for d in dims]
