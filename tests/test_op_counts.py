@@ -76,6 +76,8 @@ def test_window_classifier_value_and_grad_shares_the_delta():
     b, u = sg.vector("b", H), sg.vector("u", H)
     spec = build_spec(sg.dot(u, sg.sigmoid(W @ x + b)), [W, b, u, x])
     program = spec.value_and_grad
-    maps = [s for s in program.statements if type(s.operation).__name__ == "Map"]
-    # the forward h and one delta: the deltas of W x and b are the same statement
-    assert len(maps) == 2
+    maps = [s.operation for s in program.statements if type(s.operation).__name__ == "Map"]
+    # the deltas of W x and of b are one statement: the only Map that reads u
+    assert len([m for m in maps if u in m.operands]) == 1
+    # and nothing else is elementwise but h = sigmoid(W x + b) and the outer product delta x^T
+    assert len(maps) == 3
