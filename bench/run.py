@@ -36,32 +36,41 @@ XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thread
 FULL = {"loop_s": 0.2, "repeats": 7}
 QUICK = {"loop_s": 0.01, "repeats": 5}  # indicative only
 
+LOOP_BUDGET = 5  # a timing loop stops early after 5x its planned length (see _loop)
 NOISY = 0.05  # flag cells where other processes used more than this share of the CPUs
 
 THREAD_LABEL = {"one": "one thread", "default": "default threads"}
 
 
 # =========================================================================== worker side
-def _loop(impl, n: int) -> float:
+def _loop(impl, n: int, budget_s: float | None = None) -> tuple[float, int]:
+    """Time n calls; returns (seconds, calls made). The calls run in up to 10 chunks and
+    the loop stops after the chunk that passes budget_s (a machine that slows down mid-run
+    must not turn a 0.2 s loop into minutes); seconds / calls stays the per-call time."""
     fn, a, kw = impl.fn, impl.args, impl.kwargs
-    rng = range(n)
+    chunks = min(n, 10)
+    base, extra = divmod(n, chunks)
+    done = 0
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        if kw:
-            t0 = time.perf_counter()
-            for _ in rng:
-                fn(*a, **kw)
-            t1 = time.perf_counter()
-        else:
-            t0 = time.perf_counter()
-            for _ in rng:
-                fn(*a)
-            t1 = time.perf_counter()
+        t0 = time.perf_counter()
+        for c in range(chunks):
+            m = base + (1 if c < extra else 0)
+            if kw:
+                for _ in range(m):
+                    fn(*a, **kw)
+            else:
+                for _ in range(m):
+                    fn(*a)
+            done += m
+            if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                break
+        t1 = time.perf_counter()
     finally:
         if gc_was:
             gc.enable()
-    return t1 - t0
+    return t1 - t0, done
 
 
 def _calibrate(impl, loop_s: float) -> int:
@@ -69,9 +78,9 @@ def _calibrate(impl, loop_s: float) -> int:
     until a loop takes >= loop_s / 10, then extrapolates; doubles as warm-up."""
     n = 1
     while True:
-        t = _loop(impl, n)
+        t, done = _loop(impl, n, budget_s=LOOP_BUDGET * loop_s)
         if t >= loop_s:
-            return n
+            return n if done == n else max(1, math.ceil(loop_s * done / t))
         if t >= loop_s / 10:
             return max(n + 1, math.ceil(n * loop_s * 1.05 / t))
         n *= 10
@@ -181,7 +190,7 @@ def _run_cell(wl, mode, inputs, proto, quick, cfg, P) -> dict:
         if name == P.TORCH_COMPILE and quick:
             row.update(status="skipped", reason="--quick (slow to compile)")
             continue
-        if name == P.SYMGRAD_GEN and quick and cfg == "default":
+        if name in (P.SYMGRAD_GEN, P.SYMGRAD_POSITIONAL) and quick and cfg == "default":
             row.update(status="skipped", reason="--quick (run in the one-thread run only)")
             continue
         if name == P.HAND_NUMBA_PRANGE and cfg == "one":
@@ -233,7 +242,8 @@ def _run_cell(wl, mode, inputs, proto, quick, cfg, P) -> dict:
     for r in range(proto["repeats"]):
         k = r % max(len(timed), 1)
         for name, impl in timed[k:] + timed[:k]:
-            samples[name].append(_loop(impl, ns[name]) / ns[name])
+            t, done = _loop(impl, ns[name], budget_s=LOOP_BUDGET * proto["loop_s"])
+            samples[name].append(t / done)
     for name, ts in samples.items():
         row_by[name].update(median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts),
                             calls_per_loop=ns[name], repeats=len(ts))
@@ -542,7 +552,10 @@ def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float) -> 
                 lines += [f"**{mode}, {THREAD_LABEL[cfg]}**{_noise_note(cc)}", ""]
                 lines += _table(cc) + [""]
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text("\n".join(lines))
+    notes = BENCH_DIR / "NOTES.md"      # the hand-written analysis of the latest full run
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
+    out_path.write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
