@@ -44,10 +44,15 @@ Shape = tuple  # (rows, cols) of SymPy integers or symbols
 # Scalar functions.  fdiff lets plain sympy.diff work on them (tests compare with it);
 # symgrad's own rules live in derive/rules.py.
 # --------------------------------------------------------------------------------------
-class sigmoid(sp.Function):
-    """The logistic function 1 / (1 + exp(-x)), evaluated stably for any x."""
+class _ScalarFunction(sp.Function):
+    """A real function of one argument defined by a closed form: ``closed_form(x)`` gives
+    its value at numbers, its numerical evaluation and its rewriting."""
 
     nargs = 1
+
+    @staticmethod
+    def closed_form(x):
+        raise NotImplementedError
 
     def _eval_is_real(self):
         return self.args[0].is_real
@@ -55,85 +60,66 @@ class sigmoid(sp.Function):
     @classmethod
     def eval(cls, x):
         if x.is_Number:
-            return 1 / (1 + sp.exp(-x))
+            return cls.closed_form(x)
+
+    def _eval_evalf(self, prec):
+        return self.closed_form(self.args[0])._eval_evalf(prec)
+
+
+class sigmoid(_ScalarFunction):
+    """The logistic function 1 / (1 + exp(-x)), evaluated stably for any x."""
+
+    @staticmethod
+    def closed_form(x):
+        return 1 / (1 + sp.exp(-x))
 
     def fdiff(self, argindex=1):
         return self * (1 - self)
 
     def _eval_rewrite_as_exp(self, x, **kwargs):
-        return 1 / (1 + sp.exp(-x))
-
-    def _eval_evalf(self, prec):
-        return self.rewrite(sp.exp)._eval_evalf(prec)
+        return self.closed_form(x)
 
 
-class softplus(sp.Function):
+class softplus(_ScalarFunction):
     """log(1 + exp(x)), evaluated without overflow for large x."""
 
-    nargs = 1
-
-    def _eval_is_real(self):
-        return self.args[0].is_real
-
-    @classmethod
-    def eval(cls, x):
-        if x.is_Number:
-            return sp.log(1 + sp.exp(x))
+    @staticmethod
+    def closed_form(x):
+        return sp.log(1 + sp.exp(x))
 
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
 
     def _eval_rewrite_as_exp(self, x, **kwargs):
-        return sp.log(1 + sp.exp(x))
-
-    def _eval_evalf(self, prec):
-        return self.rewrite(sp.exp)._eval_evalf(prec)
+        return self.closed_form(x)
 
 
-class logsigmoid(sp.Function):
+class logsigmoid(_ScalarFunction):
     """log(sigmoid(x)) = -softplus(-x), evaluated without overflow."""
 
-    nargs = 1
-
-    def _eval_is_real(self):
-        return self.args[0].is_real
-
-    @classmethod
-    def eval(cls, x):
-        if x.is_Number:
-            return -sp.log(1 + sp.exp(-x))
+    @staticmethod
+    def closed_form(x):
+        return -sp.log(1 + sp.exp(-x))
 
     def fdiff(self, argindex=1):
         return sigmoid(-self.args[0])
 
     def _eval_rewrite_as_exp(self, x, **kwargs):
-        return -sp.log(1 + sp.exp(-x))
-
-    def _eval_evalf(self, prec):
-        return self.rewrite(sp.exp)._eval_evalf(prec)
+        return self.closed_form(x)
 
 
-class relu(sp.Function):
+class relu(_ScalarFunction):
     """max(x, 0); its derivative is taken as 0 at x = 0."""
 
-    nargs = 1
-
-    def _eval_is_real(self):
-        return self.args[0].is_real
-
-    @classmethod
-    def eval(cls, x):
-        if x.is_Number:
-            return sp.Max(x, 0)
+    @staticmethod
+    def closed_form(x):
+        return sp.Max(x, 0)
 
     def fdiff(self, argindex=1):
         return sp.Heaviside(self.args[0], 0)
 
     def _eval_rewrite_as_Max(self, x, **kwargs):
-        return sp.Max(x, 0)
-
-    def _eval_evalf(self, prec):
-        return sp.Max(self.args[0], 0)._eval_evalf(prec)
+        return self.closed_form(x)
 
 
 log1p = _log1p
