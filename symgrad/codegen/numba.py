@@ -55,9 +55,10 @@ class ScalarPrinter(NumPyPrinter):
         return self.names.get(expr, expr.name)
 
     def _print_Function(self, expr):
+        # sigmoid, softplus, logsigmoid (symgrad's own classes) reach here by class hierarchy
         name = type(expr).__name__
         if name in RUNTIME_FUNCTIONS:
-            return f"{RUNTIME_FUNCTIONS[name]}({self._print(expr.args[0])})"
+            return self._runtime(name, expr)
         return super()._print_Function(expr)
 
     def _runtime(self, name, expr):
@@ -80,15 +81,6 @@ class ScalarPrinter(NumPyPrinter):
 
     def _print_cos(self, expr):
         return self._runtime("cos", expr)
-
-    def _print_sigmoid(self, expr):
-        return self._runtime("sigmoid", expr)
-
-    def _print_softplus(self, expr):
-        return self._runtime("softplus", expr)
-
-    def _print_logsigmoid(self, expr):
-        return self._runtime("logsigmoid", expr)
 
     def _print_relu(self, expr):
         return f"max({self._print(expr.args[0])}, 0.0)"
@@ -183,12 +175,6 @@ class PythonScalarPrinter(ScalarPrinter):
 
     def _runtime(self, name, expr):
         return f"{self._PYTHON[RUNTIME_FUNCTIONS[name]]}({self._print(expr.args[0])})"
-
-    def _print_Function(self, expr):
-        name = type(expr).__name__
-        if name in RUNTIME_FUNCTIONS:
-            return self._runtime(name, expr)
-        return super()._print_Function(expr)
 
     def _module_format(self, fqn, register=True):
         fqn = fqn.replace("numpy.", "np.")

@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import sympy as sp
-from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad import ops
 from symgrad.derive.graph import (
@@ -305,4 +305,4 @@ def _is_negated(e) -> bool:
 
 
 __all__ = ["Derivation", "derive", "inline", "scalar_partials", "rebuild", "is_leaf",
-           "MAP_OUTPUT", "MatrixExpr"]
+           "MAP_OUTPUT"]
