@@ -319,7 +319,7 @@ def _has(mod: str) -> bool:
 
 
 # =========================================================================== parent side
-def _worker_env(cfg: str, cache_dir: str) -> dict:
+def _worker_env(cfg: str, cache_dir: str, quick: bool) -> dict:
     env = dict(os.environ)
     for k in (*THREAD_VARS, "XLA_FLAGS"):
         env.pop(k, None)
@@ -329,7 +329,11 @@ def _worker_env(cfg: str, cache_dir: str) -> dict:
         env["XLA_FLAGS"] = XLA_ONE_THREAD
     env["JAX_ENABLE_X64"] = "1"
     env["JAX_PLATFORMS"] = "cpu"
-    env["TORCHINDUCTOR_CACHE_DIR"] = cache_dir  # cold torch.compile: honest first-call times
+    # cold caches, so first-call times include compilation: torch.compile (inductor) and
+    # symgrad's own module/Numba cache (sg.compile); hand Numba uses no disk cache
+    env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache_dir, "inductor")
+    if not quick:  # --quick keeps the user's symgrad cache (time); first calls then warm
+        env["SYMGRAD_CACHE_DIR"] = os.path.join(cache_dir, "symgrad")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     return env
 
@@ -435,8 +439,9 @@ def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float) -> 
         "# symgrad benchmark results",
         "",
         f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by "
-        f"`python -m bench.run {' '.join(argv)}` in {wall_s:.0f} s"
-        + (" (**--quick**: short loops, no torch.compile; indicative only)"
+        f"`{' '.join(['python -m bench.run', *argv])}` in {wall_s:.0f} s"
+        + (" (**--quick**: short loops, no torch.compile, symgrad's disk cache kept; "
+           "indicative only)"
            if any_meta["quick"] else "") + ".",
         "",
         "## Machine and software",
@@ -454,7 +459,8 @@ def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float) -> 
         "repeats of whole loops are interleaved across implementations (order rotated each "
         "repeat); median and min-max of the per-call time over the repeats. First call = "
         "build (jit / trace / compile objects, input conversion) + first call, cold (no "
-        "on-disk caches). Errors: max over value and gradients of max|a - r| / max|r| "
+        "on-disk caches: fresh inductor and symgrad cache folders per run). Errors: max over "
+        "value and gradients of max|a - r| / max|r| "
         "against the reference (symgrad, or hand Numba while symgrad is unavailable). "
         "Ratios are time / reference time.",
         "",
@@ -591,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             if a.only:
                 cmd += ["--only", a.only]
             _log(f"== {THREAD_LABEL[cfg]}: {' '.join(cmd[1:])}")
-            proc = subprocess.run(cmd, env=_worker_env(cfg, os.path.join(tmp, "inductor")),
+            proc = subprocess.run(cmd, env=_worker_env(cfg, os.path.join(tmp, "caches"), a.quick),
                                   cwd=REPO_ROOT, check=False)
             if proc.returncode != 0 or not os.path.exists(js):
                 _log(f"worker for {cfg} failed with exit code {proc.returncode}")

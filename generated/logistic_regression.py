@@ -10,7 +10,7 @@ Value:
     logistic_regression = -y*log(sigmoid(b + w^T x)) - (1 - y)*log(1 - sigmoid(b + w^T x))
 
 Gradients (shared pieces named once):
-    dlogistic_regression/dw = x*(sigmoid(b + w^T x) - y)
+    dlogistic_regression/dw = (sigmoid(b + w^T x) - y)*x
     dlogistic_regression/db = sigmoid(b + w^T x) - y
 
 Operation counts after CSE: forward 14, value and gradient 23.

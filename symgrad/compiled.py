@@ -119,8 +119,8 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     check_names(inputs)
     output_shape = tuple(expr.shape) if isinstance(expr, MatrixExpr) else ()
     if output_shape == (1, 1):
-        from sympy.matrices.expressions.matexpr import MatrixElement
-        expr, output_shape = MatrixElement(expr, 0, 0), ()
+        from symgrad.ops import Entry
+        expr, output_shape = Entry(expr, 0, 0), ()
     if output_shape:
         if any(s.name == "upstream" for s in inputs):
             raise ValueError("a model with a matrix output cannot have an input named "

@@ -379,9 +379,18 @@ def _is_matrix(x) -> bool:
     return isinstance(x, MatrixExpr)
 
 
+class Entry(MatrixElement):
+    """``A[i, j]`` that stays an entry: SymPy's ``doit`` (called by ``c * W``) would expand a
+    plain MatrixElement of a product into an explicit ``Sum`` over indices."""
+
+    def doit(self, **hints):
+        parent = self.parent.doit(**hints) if hints.get("deep", True) else self.parent
+        return Entry(parent, self.i, self.j)
+
+
 def _as_scalar(m: MatrixExpr) -> sp.Expr:
     """A 1 x 1 matrix expression as the scalar it holds."""
-    return MatrixElement(m, 0, 0)
+    return Entry(m, 0, 0)
 
 
 def dot(u, v) -> sp.Expr:

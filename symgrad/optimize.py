@@ -82,7 +82,7 @@ class _Flattener:
             inner = self.atom(e.arg)
             return sp.Transpose(inner) if not isinstance(inner, sp.Transpose) else inner.arg
         if isinstance(e, MatrixElement):
-            return MatrixElement(self.atom(e.parent), e.i, e.j)
+            return ops.Entry(self.atom(e.parent), e.i, e.j)
         if isinstance(e, (ops.AxisSum, ops.LogSumExp, ops.Softmax)):
             return type(e)(self.atom(e.arg), e.args[1])
         if isinstance(e, ops.Scatter):

@@ -12,7 +12,7 @@ transpose, ``sum(A, axis=1)`` row sums; a column vector added to a matrix is bro
 from __future__ import annotations
 
 import sympy as sp
-from sympy.matrices.expressions.matexpr import MatrixExpr
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
@@ -28,7 +28,7 @@ class _Piece(sp.Symbol):
     is_commutative = True
 
     def __new__(cls, text: str, matrix: bool, atomic: bool):
-        obj = super().__new__(cls, text)
+        obj = super().__new__(cls, text, real=True)   # real: Max and Min accept it
         obj.matrix = matrix
         obj.atomic = atomic
         return obj
@@ -230,8 +230,12 @@ def _readable_body(m: ops.Map, printer) -> sp.Expr:
         if isinstance(operand, MatrixExpr):
             text = printer._print(operand)
             substitution[v] = _Piece(text, True, _looks_atomic(text))
+        elif operand.is_number or (all(d.is_integer for d in operand.free_symbols)
+                                   and not operand.atoms(MatrixElement, ops.SumAll)):
+            substitution[v] = operand      # constants such as 1/m join the body's arithmetic
         else:
-            substitution[v] = operand      # scalars (1/m) join the body's arithmetic
+            text = printer._print(operand)
+            substitution[v] = _Piece(text, False, _looks_atomic(text))
     body = m.body.xreplace(substitution)
     if getattr(printer, "aliases", None):
         def aliased(e):
@@ -240,7 +244,10 @@ def _readable_body(m: ops.Map, printer) -> sp.Expr:
 
         body = body.replace(aliased, lambda e: _Piece(printer.aliases[printer._print(e)],
                                                       True, True))
-    tidy = sp.together(sp.expand(body))
+    try:
+        tidy = sp.together(sp.expand(body))
+    except (TypeError, ValueError):      # e.g. Max of arguments SymPy cannot order
+        return body
     return tidy if sp.count_ops(tidy) < sp.count_ops(body) else body
 
 

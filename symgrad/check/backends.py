@@ -29,7 +29,8 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 from symgrad.check.translate import TRANSLATORS, Translated, require, translate
 
 __all__ = ["Problem", "Result", "Backend", "FrameworkBackend", "JaxBackend", "TorchBackend",
-           "AutogradBackend", "FiniteDifferences", "CompiledReference", "SymbolicReference",
+           "AutogradBackend", "FiniteDifferences", "CompiledReference", "CompiledFloats",
+           "SymbolicReference",
            "BACKENDS", "median_time", "MAX_FD_COORDINATES"]
 
 # Central differences on at most this many coordinates of each matrix parameter (drawn at
@@ -89,7 +90,12 @@ def _objective_of(value, upstream, xp):
 
 
 def _as_array(x, shape) -> np.ndarray:
-    return np.array(np.broadcast_to(np.asarray(x, dtype=np.float64), shape))
+    """x as a float64 array of the shape: reshaped where it has as many entries (a
+    one-element result of a scalar), else broadcast (a gradient that is a constant)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == int(np.prod(shape)):
+        return np.array(x.reshape(shape))
+    return np.array(np.broadcast_to(x, shape))
 
 
 class Backend:
@@ -361,32 +367,61 @@ class FiniteDifferences(Backend):
 
 
 class CompiledReference(Backend):
-    """symgrad's compiled module: ``f.value_and_grad``, or ``f`` and ``f.vjp``."""
+    """symgrad's compiled module: ``f.value_and_grad``, or ``f`` and ``f.vjp``.
+
+    An elementwise model is called with arrays (a scalar as a one-element array), so that
+    its Numba loop computes; what Python floats take (a pure-Python twin of the kernel, for
+    small models) is checked against that by :class:`CompiledFloats`, and timed.
+    """
 
     name = "symgrad"
     framework = None
+    floats = False      # call an elementwise model with Python floats
 
     def __init__(self, problem: Problem, compiled, rng=None):
         super().__init__(problem, rng)
         self.compiled = compiled
 
-    def _call(self, values, dims, upstream):
-        arguments = {n: (float(v) if np.ndim(v) == 0 else v) for n, v in values.items()}
+    def _arguments(self, values, dims, floats):
+        if self.problem.elementwise and not floats:
+            arguments = {n: np.reshape(v, (1,)) if np.ndim(v) == 0 else v
+                         for n, v in values.items()}
+        else:
+            arguments = {n: (float(v) if np.ndim(v) == 0 else v) for n, v in values.items()}
         # a dimension that no input's shape fixes is an argument of the compiled function
         arguments.update({d.name: size for d, size in dims.items()
                           if d.name in self.compiled.inputs})
+        return arguments
+
+    def _call(self, arguments, upstream):
         if self.problem.output_shape:
             return self.compiled(**arguments), self.compiled.vjp(upstream, **arguments)
         return self.compiled.value_and_grad(**arguments)
 
     def value_and_grad(self, values, dims, upstream):
-        value, grads = self._call(values, dims, upstream)
+        value, grads = self._call(self._arguments(values, dims, self.floats), upstream)
+        shape = np.broadcast_shapes(*[np.shape(v) for v in values.values()]) \
+            if self.problem.elementwise and values else np.shape(value)
         shapes = self._shapes(values)
-        return Result(np.asarray(value, dtype=np.float64),
+        return Result(_as_array(value, shape),
                       {n: _as_array(grads[n], shapes[n]) for n in self.problem.parameter_names})
 
     def timer(self, values, dims, upstream):
-        return lambda: self._call(values, dims, upstream)
+        # timed as it is called: floats where the inputs are scalars
+        scalars = all(np.ndim(v) == 0 for v in values.values())
+        arguments = self._arguments(values, dims, floats=scalars)
+        return lambda: self._call(arguments, upstream)
+
+
+class CompiledFloats(CompiledReference):
+    """The compiled elementwise model called with Python floats: the path (a pure-Python twin
+    of the kernel, for small models) that ``f.value_and_grad(w=1.0, ...)`` takes."""
+
+    name = "symgrad-floats"
+    floats = True
+
+    def timer(self, values, dims, upstream):
+        return None     # the reference is timed on this path already
 
 
 class SymbolicReference(Backend):

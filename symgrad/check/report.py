@@ -55,6 +55,7 @@ TOLERANCES: dict[str, tuple[Tolerance, Tolerance]] = {
     "jax": (Tolerance(1e-7, 1e-10), Tolerance(1e-7, 1e-10)),
     "torch": (Tolerance(1e-7, 1e-10), Tolerance(1e-7, 1e-10)),
     "autograd": (Tolerance(1e-7, 1e-10), Tolerance(1e-7, 1e-10)),
+    "symgrad-floats": (Tolerance(1e-7, 1e-10), Tolerance(1e-7, 1e-10)),
 }
 
 

@@ -11,6 +11,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 from symgrad.check.backends import (
     BACKENDS,
     Backend,
+    CompiledFloats,
     CompiledReference,
     Problem,
     SymbolicReference,
@@ -51,8 +52,10 @@ def check(model_or_expr, wrt: Sequence | None = None,
     some or all of them (name -> value, vectors as (n,) or (n, 1)).  A matrix-valued model is
     checked through its vector-Jacobian product with a random ``upstream``.
 
-    ``reference="compiled"`` checks the Numba module (``sg.compile``); ``"symbolic"`` checks
-    the formulas of ``sg.grad`` evaluated with NumPy, without compiling.  ``tolerances``
+    ``reference="compiled"`` checks the Numba module (``sg.compile``; for a scalar model its
+    array path is the reference, and what Python floats take is compared with it as
+    ``"symgrad-floats"``); ``"symbolic"`` checks the formulas of ``sg.grad`` evaluated with
+    NumPy, without compiling.  ``tolerances``
     overrides the defaults of :data:`symgrad.check.report.TOLERANCES`, per backend:
     ``{"jax": ((rtol, atol) of the value, (rtol, atol) of the gradients)}``.  ``time=True``
     adds the median time of one value-and-gradient call per backend, on the last point.
@@ -73,10 +76,15 @@ def check(model_or_expr, wrt: Sequence | None = None,
     report = CheckReport(model=problem.name, wrt=problem.parameter_names, backends=[],
                          points=points, reference=reference)
     backends = _backends(problem, names, explicit, rng, report)
-    symgrad = (CompiledReference(problem, compiled(), rng) if reference == "compiled"
-               else SymbolicReference(problem, rng))
-    tolerance = _tolerances(tolerances)
     given = dict(inputs or {})
+    if reference == "compiled":
+        symgrad = CompiledReference(problem, compiled(), rng)
+        if problem.elementwise and all(np.ndim(v) == 0 for v in given.values()):
+            # the path that floats take is code of its own (a Python twin): check it too
+            backends.append(CompiledFloats(problem, symgrad.compiled, rng))
+    else:
+        symgrad = SymbolicReference(problem, rng)
+    tolerance = _tolerances(tolerances)
     unknown = set(given) - {s.name for s in problem.inputs}
     if unknown:
         raise ValueError(f"inputs {sorted(unknown)} are not inputs of {problem.name} "

@@ -140,7 +140,9 @@ class ScalarPrinter(NumPyPrinter):
             return "(" + " * ".join([b] * int(exponent)) + ")"
         if exponent.is_Integer and -4 <= exponent <= -2:
             return "(1.0 / (" + " * ".join([b] * int(-exponent)) + "))"
-        return f"({b} ** {self._print(sp.Float(exponent) if exponent.is_Rational else exponent)})"
+        exponent = sp.Float(exponent) if exponent.is_Rational else exponent
+        power = self._print(exponent) if exponent.is_Atom else f"({self._print(exponent)})"
+        return f"({b} ** {power})"
 
     def _print_Rational(self, expr):
         return repr(float(expr))
@@ -359,7 +361,8 @@ class KernelEmitter:
 
     def statement(self, s: Statement):
         kind = type(s.operation).__name__
-        method = getattr(self, f"_emit_{kind}", None)
+        method = next((getattr(self, f"_emit_{c.__name__}") for c in type(s.operation).__mro__
+                       if hasattr(self, f"_emit_{c.__name__}")), None)
         if method is None:
             if s.is_matrix:
                 raise unsupported(kind)

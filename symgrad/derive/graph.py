@@ -125,7 +125,7 @@ class Canonicalizer:
             return expr
         if isinstance(expr, MatrixElement):
             parent = self._canon(expr.parent)
-            return MatrixElement(parent, expr.i, expr.j)
+            return ops.Entry(parent, expr.i, expr.j)
         if isinstance(expr, sp.Determinant):
             return sp.Determinant(self._canon(expr.arg))
         if isinstance(expr, sp.Trace):
@@ -177,6 +177,9 @@ class Canonicalizer:
             return sp.Inverse(self._canon(expr.arg))
         if isinstance(expr, sp.MatPow) and expr.exp == -1:
             return sp.Inverse(self._canon(expr.base))
+        if isinstance(expr, sp.MatPow) and expr.exp.is_Integer and expr.exp > 0:
+            # SymPy writes A @ A as A**2: a product again
+            return self._chain([self._canon(expr.base)] * int(expr.exp))
         if isinstance(expr, ops.Scatter):
             return ops.Scatter(self._canon(expr.value), *expr.args[1:])
         raise NotImplementedError(_unsupported_message(expr))
@@ -324,8 +327,8 @@ def _unsupported_message(expr) -> str:
     kind = type(expr).__name__
     return (f"symgrad has no rule for {kind} (in {expr}). Supported nodes are listed in "
             "symgrad.RULES; add one with symgrad.register_rule("
-            f"{kind}, vjp) where vjp(node, upstream, output, *inputs) returns one adjoint per "
-            "input, or rewrite the model with supported operations.")
+            f"{kind}, lambda g, y, *inputs, **_: (...)) returning one adjoint per input, or "
+            "rewrite the model with supported operations.")
 
 
 # ------------------------------------------------------------------------------------------
@@ -394,7 +397,7 @@ class _Fuser:
         if isinstance(expr, ops.Named):
             return ops.Named(expr.label, self(expr.arg))
         if isinstance(expr, MatrixElement):
-            return MatrixElement(self(expr.parent), expr.i, expr.j)
+            return ops.Entry(self(expr.parent), expr.i, expr.j)
         if isinstance(expr, (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):
             return expr
         if isinstance(expr, (ops.AxisSum, ops.LogSumExp, ops.Softmax)):

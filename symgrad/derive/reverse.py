@@ -72,7 +72,7 @@ def rebuild(node, kids_new: list):
     if isinstance(node, ops.Map):
         return ops.Map(node.function, node.shape, *kids_new)
     if isinstance(node, MatrixElement):
-        return MatrixElement(kids_new[0], node.i, node.j)
+        return ops.Entry(kids_new[0], node.i, node.j)
     if isinstance(node, (ops.AxisSum, ops.LogSumExp, ops.Softmax)):
         return type(node)(kids_new[0], node.args[1])
     if isinstance(node, ops.Named):
