@@ -110,6 +110,7 @@ SCALARS = [
     ("inverse_trigonometry", sp.atan(z) + sp.asin(z / 4) + sp.acos(z / 4),
      np.arctan(zv) + np.arcsin(zv / 4) + np.arccos(zv / 4)),
     ("constants", sp.pi * z + sp.E + sp.exp(-2), np.pi * zv + np.e + np.exp(-2)),
+    ("real_and_imaginary_parts", sp.re(z) + sp.im(z), zv),
 ]
 
 

@@ -7,7 +7,10 @@
   (:mod:`symgrad.check.translate`) and differentiated by the framework's own autodiff;
 * ``finite-differences``: the model translated to NumPy, and central differences with the
   step h = eps^(1/3) max(1, |x|) for each coordinate (eps the float64 machine epsilon) and
-  h / 2, combined by Richardson extrapolation.
+  h / 2, combined by Richardson extrapolation;
+* ``symgrad-floats``: a compiled scalar model called with Python floats, the path of its own
+  (a pure-Python twin of the kernel) that ``f.value_and_grad(w=1.0, ...)`` takes, against
+  the Numba kernel that arrays take.
 
 Every backend answers ``value_and_grad(values, dims, upstream)`` with a :class:`Result`
 (NumPy arrays).  For a scalar model the gradient is that of the value itself (elementwise
@@ -30,8 +33,7 @@ from symgrad.check.translate import TRANSLATORS, Translated, require, translate
 
 __all__ = ["Problem", "Result", "Backend", "FrameworkBackend", "JaxBackend", "TorchBackend",
            "AutogradBackend", "FiniteDifferences", "CompiledReference", "CompiledFloats",
-           "SymbolicReference",
-           "BACKENDS", "median_time", "MAX_FD_COORDINATES"]
+           "SymbolicReference", "BACKENDS", "median_time", "MAX_FD_COORDINATES"]
 
 # Central differences on at most this many coordinates of each matrix parameter (drawn at
 # random, without repetition, from the check's seeded generator); smaller ones are done whole.

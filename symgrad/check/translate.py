@@ -352,6 +352,13 @@ class Translator(Printer):
     def _print_relu(self, expr):
         return self._call("relu", expr)
 
+    def _print_re(self, expr):
+        # models are real: SymPy writes re() where it cannot tell (|exp(z)| is exp(re(z)))
+        return f"{self.xp}.real({self._print(expr.args[0])})"
+
+    def _print_im(self, expr):
+        return f"(0.0 * {self._print(expr.args[0])})"
+
     def _print_Heaviside(self, expr):
         # symgrad's convention: H(0) is the second argument, 1/2 when there is none
         x = self._print(expr.args[0])
