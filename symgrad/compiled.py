@@ -55,6 +55,28 @@ def dimensions_of(expr) -> set:
     return dims
 
 
+def shape_symbols(expr) -> set:
+    """The symbols in the shape of any matrix in the expression (inputs, OneMatrix(n, m),
+    the shape of a broadcast ...): the model's dimensions, never inputs to differentiate.
+
+    >>> n = sp.Symbol("n")
+    >>> sorted(shape_symbols(sp.MatrixSymbol("X", n, 2) @ sp.OneMatrix(2, sp.Symbol("m"))), key=str)
+    [m, n]
+    """
+    found: set = set()
+    for node in sp.preorder_traversal(sp.sympify(expr)):
+        if isinstance(node, MatrixExpr):
+            for extent in node.shape:
+                found |= sp.sympify(extent).free_symbols
+    return found
+
+
+def free_dimensions(expr) -> set:
+    """Dimensions that no matrix symbol's shape fixes (m in ``u.T @ OneMatrix(n, m)``): the
+    compiled function takes them as integer arguments."""
+    return shape_symbols(expr) - dimensions_of(expr)
+
+
 def inputs_of(expr, wrt: list) -> list:
     """Parameters (wrt, in order), then every other free symbol, sorted by name."""
     expr = sp.sympify(expr)
@@ -64,7 +86,7 @@ def inputs_of(expr, wrt: list) -> list:
                                                  if isinstance(s, sp.Symbol)}
     data = sorted((s for s in symbols if s not in wrt and s not in dims),
                   key=lambda s: s.name)
-    clash = [w for w in wrt if w in dims]
+    clash = [w for w in wrt if w in dims or w in shape_symbols(expr)]
     if clash:
         raise ValueError(f"{clash[0]} is a matrix dimension and cannot be differentiated")
     return list(wrt) + data
@@ -130,6 +152,7 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
         forward = fuse(lower(derivation, {"value": derivation.value}, inputs))
         vjp = fuse(lower(derivation, {w.name: derivation.gradients[w] for w in wrt}, inputs))
         spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=output_shape,
+                          free_dimensions=free_dimensions(expr),
                           forward=forward, vjp=vjp, upstream=upstream)
         spec.op_counts = {"forward": forward.op_count(), "vjp": vjp.op_count()}
     else:
@@ -139,6 +162,7 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
         outputs.update({w.name: derivation.gradients[w] for w in wrt})
         value_and_grad = fuse(lower(derivation, outputs, inputs))
         spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=(),
+                          free_dimensions=free_dimensions(expr),
                           forward=forward, value_and_grad=value_and_grad)
         spec.op_counts = {"forward": forward.op_count(),
                           "value_and_grad": value_and_grad.op_count()}

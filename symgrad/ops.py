@@ -142,6 +142,16 @@ def _shape(expr) -> Shape:
     return tuple(expr.shape) if isinstance(expr, MatrixExpr) else ()
 
 
+def map_variables(count: int, names: list[str] | None = None) -> tuple:
+    """Real symbols for the variables of a Map's body: ``a0, a1, ...`` or the given names.
+
+    >>> map_variables(2)
+    (a0, a1)
+    """
+    names = names or [f"a{k}" for k in range(count)]
+    return tuple(sp.Symbol(name, real=True) for name in names)
+
+
 class Map(MatrixExpr):
     """An elementwise function of matrices: ``Map(Lambda((a, b), body), (rows, cols), A, B)``.
 
@@ -163,6 +173,14 @@ class Map(MatrixExpr):
     def __new__(cls, function, shape, *operands):
         shape = sp.Tuple(*[sp.sympify(s) for s in shape])
         operands = [sp.sympify(o) for o in operands]
+        if any(not v.is_real for v in function.variables):
+            # entries of symgrad's matrices are real: with plain symbols SymPy would keep
+            # complex forms (|exp(a)| = exp(re(a))) that have no place in real code
+            function = sp.Lambda(map_variables(len(function.variables),
+                                               [v.name for v in function.variables]),
+                                 function.expr.xreplace(
+                                     {v: sp.Symbol(v.name, real=True)
+                                      for v in function.variables}))
         if len(function.variables) != len(operands):
             raise ValueError(f"Map: {len(function.variables)} variables for {len(operands)} "
                              "operands")
@@ -233,8 +251,11 @@ class AxisSum(MatrixExpr):
         return sp.Sum(self.arg[i, k], (k, 0, cols - 1))
 
 
-class SumAll(sp.Expr):
-    """The sum of all entries of a matrix (a scalar)."""
+class _Reduction(sp.Expr):
+    """A real scalar computed from a matrix: SymPy must know it is real, or it refuses it
+    where only real values are allowed (Heaviside) and keeps re() and im() of it."""
+
+    is_real = True
 
     def __new__(cls, arg):
         return super().__new__(cls, arg)
@@ -242,6 +263,10 @@ class SumAll(sp.Expr):
     @property
     def arg(self):
         return self.args[0]
+
+
+class SumAll(_Reduction):
+    """The sum of all entries of a matrix (a scalar)."""
 
 
 class LogSumExp(MatrixExpr):
@@ -264,15 +289,8 @@ class LogSumExp(MatrixExpr):
         return (sp.Integer(1), cols) if self.axis == 0 else (rows, sp.Integer(1))
 
 
-class LogSumExpAll(sp.Expr):
+class LogSumExpAll(_Reduction):
     """log(sum(exp(A))) over all entries, computed stably (a scalar)."""
-
-    def __new__(cls, arg):
-        return super().__new__(cls, arg)
-
-    @property
-    def arg(self):
-        return self.args[0]
 
 
 class Softmax(MatrixExpr):
@@ -296,15 +314,8 @@ class Softmax(MatrixExpr):
         return self.arg.shape
 
 
-class LogDet(sp.Expr):
+class LogDet(_Reduction):
     """log(det(A)) for a matrix with positive determinant, computed without overflow."""
-
-    def __new__(cls, arg):
-        return super().__new__(cls, arg)
-
-    @property
-    def arg(self):
-        return self.args[0]
 
 
 class Named(MatrixExpr):
@@ -330,11 +341,11 @@ class Named(MatrixExpr):
         return self.arg._entry(i, j, **kwargs)
 
 
-class NamedScalar(sp.Expr):
+class NamedScalar(_Reduction):
     """A scalar expression with a name for printed formulas."""
 
     def __new__(cls, label, arg):
-        return super().__new__(cls, Str(str(label)), sp.sympify(arg))
+        return sp.Expr.__new__(cls, Str(str(label)), sp.sympify(arg))
 
     @property
     def label(self) -> str:
@@ -463,7 +474,7 @@ def broadcast(v, shape: Sequence) -> MatrixExpr:
         raise ValueError(f"broadcast: shape must be (rows, cols), got {shape}")
     if _is_matrix(v) and not _broadcastable(v.shape, shape):
         raise sp.ShapeError(f"broadcast: {v} of shape {v.shape} cannot broadcast to {shape}")
-    a = sp.Symbol("a")
+    (a,) = map_variables(1, ["a"])
     return Map(sp.Lambda((a,), a), shape, v)
 
 
@@ -512,7 +523,7 @@ def _elementwise(function_name: str):
 
     def apply(x):
         if _is_matrix(x):
-            a = sp.Symbol("a")
+            (a,) = map_variables(1, ["a"])
             return Map(sp.Lambda((a,), scalar(a)), x.shape, x)
         return scalar(sp.sympify(x))
 

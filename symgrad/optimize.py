@@ -219,7 +219,9 @@ def fuse(program: Program) -> Program:
         operation = s.operation
         if isinstance(operation, ops.Map):
             operation = _inline_single_use(operation, definitions, uses, inlined)
-        result.append(Statement(s.target, operation))
+        # a later consumer inlines this Map as it is now, with what it inlined itself
+        definitions[s.target] = Statement(s.target, operation)
+        result.append(definitions[s.target])
     kept = [s for s in result if s.target not in inlined]
     return Program(inputs=program.inputs, statements=kept, outputs=program.outputs,
                    labels=program.labels, adjoints=program.adjoints)

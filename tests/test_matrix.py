@@ -149,6 +149,32 @@ def test_vectors_accept_1d_and_column_arrays_and_keep_the_shape_given():
     np.testing.assert_allclose(column["x"][:, 0], flat["x"])
 
 
+def test_arrays_of_any_layout_and_real_dtype_give_the_same_gradients():
+    """The compiled entry takes float64 arrays as they are and converts the others (other
+    dtypes, other layouts, lists through the checked path): one answer for all of them."""
+    f = sg.compile(sg.dot(a, sg.tanh(A @ x)), [a, x, A])
+    reference_value, reference = f.value_and_grad(a=v["a"], x=v["x"], A=v["A"])
+    integers = {"a": np.arange(N), "x": np.arange(N) % 3, "A": np.eye(N, dtype=np.int32)}
+    variants = [
+        {"a": v["a"], "x": v["x"], "A": np.asfortranarray(v["A"])},
+        {"a": v["a"], "x": np.stack([v["x"], v["x"]], axis=1)[:, 0], "A": v["A"]},  # strided
+        {"a": list(v["a"]), "x": tuple(v["x"]), "A": v["A"].tolist()},
+    ]
+    for inputs in variants:
+        value, grads = f.value_and_grad(**inputs)
+        assert value == pytest.approx(reference_value, rel=1e-14)
+        for name in reference:
+            np.testing.assert_allclose(grads[name], reference[name], rtol=1e-14)
+    value, grads = f.value_and_grad(**integers)
+    expected_value, expected = f.value_and_grad(
+        **{k: np.asarray(w, dtype=np.float64) for k, w in integers.items()})
+    assert value == expected_value
+    for name in expected:
+        np.testing.assert_array_equal(grads[name], expected[name])
+    float32 = {k: np.asarray(w, dtype=np.float32) for k, w in integers.items()}
+    assert f.value_and_grad(**float32)[0] == expected_value
+
+
 def test_row_vector_parameter_keeps_its_shape():
     r = sg.matrix("r", 1, N)
     f = sg.compile(MatrixElement(r @ x, 0, 0), [r])

@@ -16,9 +16,8 @@ examples in all (half scalar, 45% matrix, 5% compiled), random ones, and instead
 at the first mismatch collects every one and reports them together at the end (also appended,
 one JSON object a line, to ``$SYMGRAD_HYPOTHESIS_LOG`` when set).
 
-Gaps of symgrad's core that are known (and reported) are listed in KNOWN_GAPS, each with a
-strict xfail test at the end of this file: models that would run into one are rejected, and
-counted, until the core closes it.
+Each gap of symgrad's core that the random models found has its minimal model and a
+regression test at the end of this file.
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 
@@ -42,8 +39,6 @@ from sympy.matrices.expressions.matexpr import MatrixElement  # noqa: E402
 import symgrad as sg  # noqa: E402
 from symgrad import ops  # noqa: E402
 from symgrad.check import check  # noqa: E402
-from symgrad.check.sampling import shape_symbols  # noqa: E402
-from symgrad.derive.graph import stabilize  # noqa: E402
 
 CAMPAIGN = int(os.environ.get("SYMGRAD_HYPOTHESIS_EXAMPLES", "0"))
 TOTAL = CAMPAIGN or 300
@@ -104,24 +99,11 @@ TERNARY = {
     "piecewise_and": lambda a, b, c: sp.Piecewise((a * b, sp.And(b > 0, c < 1)), (c, True)),
 }
 
-# ------------------------------------------------------------------------------------------
-# Known gaps of symgrad's core, each with a strict xfail test at the end of this file that
-# says what is wrong (the gaps found and closed before are plain regression tests there).
-# Each is detected at import: while it is open, models that would show it are rejected before
-# the check (``avoid``), and an example that runs into one anyway is rejected by the exception
-# it raises (``shows``); a campaign counts them (KNOWN_HITS).  Once the core closes one, the
-# property covers it again and its xfail test passes, failing the run until it is removed.
-# ------------------------------------------------------------------------------------------
-def _works(build) -> bool:
-    try:
-        return bool(build())
-    except Exception:  # noqa: BLE001 - any failure means the gap is still open
-        return False
-
-
+# The minimal models of gaps the random models found and the core has closed: regression
+# tests at the end of this file.
 _n, _m = sp.symbols("n m", integer=True, positive=True)
-_x, _y = sp.symbols("x y")
-_u, _M, _A = sg.vector("u", _n), sg.matrix("M", _n, _m), sg.matrix("A", 2, 2)
+_x, _y, _c = sp.symbols("x y c")
+_u, _v, _M, _A = sg.vector("u", _n), sg.vector("v", 2), sg.matrix("M", _n, _m), sg.matrix("A", 2, 2)
 _SPD = _A + 3 * sp.Identity(2)
 
 EQUAL_SIDES_MODEL = (sp.Piecewise((_y, sp.sin(_x) > sp.sin(_x)), (sp.sin(_x), True)), [_x, _y])
@@ -129,61 +111,7 @@ FREE_DIMENSION_MODEL = (MatrixElement(_u.T @ sp.OneMatrix(_n, _m), 0, 1), [_u])
 HEAVISIDE_OF_REDUCTION_MODEL = (ops.relu(ops.relu(sg.mean(_M))), [_M])
 INVERSE_SQUARED_MODEL = (sg.sum(sg.inv(_SPD) @ sg.inv(_SPD)), [_A])
 ABS_OF_EXP_MODEL = (sg.sum(sg.abs(sg.exp(_A))), [_A])
-_c = sp.Symbol("c")
-SINGLETON_SOFTMAX_MODEL = (
-    MatrixElement(_c * sg.vector("v", 2).T @ sg.softplus(sg.softmax(sg.vector("v", 2), 1)), 0, 0),
-    [sg.vector("v", 2)])
-
-EQUAL_SIDES = _works(lambda: check(*EQUAL_SIDES_MODEL, reference="symbolic").ok)
-FREE_DIMENSION = _works(lambda: check(*FREE_DIMENSION_MODEL).ok)
-HEAVISIDE_OF_REDUCTION = _works(lambda: check(*HEAVISIDE_OF_REDUCTION_MODEL,
-                                              reference="symbolic").ok)
-INVERSE_SQUARED = _works(lambda: check(*INVERSE_SQUARED_MODEL, reference="symbolic").ok)
-ABS_OF_EXP = _works(lambda: check(*ABS_OF_EXP_MODEL, reference="symbolic").ok)
-SINGLETON_SOFTMAX = _works(lambda: check(*SINGLETON_SOFTMAX_MODEL).ok)
-
-
-def _parts(expr):
-    """Every subexpression, inside Map bodies too."""
-    return sp.preorder_traversal(expr)
-
-
-@dataclass
-class Gap:
-    name: str
-    open: bool
-    shows: Callable[[BaseException], bool] = lambda error: False
-    avoid: Callable[[sp.Basic], bool] = lambda expr: False
-    compiled_only: bool = False
-
-
-KNOWN_GAPS = [
-    Gap("a condition with equal sides", not EQUAL_SIDES,    # equal once stabilized, too
-        avoid=lambda expr: any(isinstance(p, sp.core.relational.Relational) and p.lhs == p.rhs
-                               for e in (expr, stabilize(expr)) for p in _parts(e))),
-    Gap("a dimension that no input fixes, compiled", not FREE_DIMENSION, compiled_only=True,
-        avoid=lambda expr: bool(shape_symbols(expr) - {
-            d for m in expr.atoms(sp.MatrixSymbol) for extent in m.shape
-            for d in extent.free_symbols})),
-    Gap("Heaviside of a reduction", not HEAVISIDE_OF_REDUCTION,
-        shows=lambda e: "Function defined only for Real Values" in str(e)),
-    Gap("a negative matrix power", not INVERSE_SQUARED,
-        shows=lambda e: "no rule for MatPow" in str(e)),
-    Gap("re() from fusing Abs(exp(.))", not ABS_OF_EXP,
-        shows=lambda e: "no differentiation rule for re" in str(e)),
-    Gap("an undefined temporary in compiled code", not SINGLETON_SOFTMAX, compiled_only=True,
-        shows=lambda e: "NameError: name '_t" in str(e)),
-]
-
-
-def known_gap(reference: str, error: BaseException | None = None, expr=None) -> str | None:
-    """The open gap that this exception shows, or that this model would run into."""
-    for gap in KNOWN_GAPS:
-        if not gap.open or (gap.compiled_only and reference != "compiled"):
-            continue
-        if (error is not None and gap.shows(error)) or (expr is not None and gap.avoid(expr)):
-            return gap.name
-    return None
+SINGLETON_SOFTMAX_MODEL = (MatrixElement(_c * _v.T @ sg.softplus(sg.softmax(_v, 1)), 0, 0), [_v])
 
 
 CONSTANTS = [sp.Integer(2), sp.Integer(3), sp.Rational(1, 2), sp.Integer(-1),
@@ -409,27 +337,16 @@ def mismatch(expr, wrt, seed: int, reference: str) -> str | None:
     """None when symgrad agrees with JAX and finite differences on expr, else what differs."""
     header = (f"{_text(expr)}\nsrepr: {sp.srepr(expr)}\n"
               f"wrt {wrt}, reference {reference}, seed {seed}")
-    gap = known_gap(reference, expr=expr)
-    if gap is not None:
-        KNOWN_HITS[gap] = KNOWN_HITS.get(gap, 0) + 1
-        reject()
     try:
         report = check(expr, wrt, against=("jax", "finite-differences"), points=2, seed=seed,
                        reference=reference)
-    except Exception as error:  # noqa: BLE001 - any crash is a finding, but for known gaps
+    except Exception as error:  # noqa: BLE001 - any crash is a finding
         if "no inputs with a finite value" in str(error):
             reject()    # overflow wherever we looked: not a gradient question
-        gap = known_gap(reference, error=error)
-        if gap is not None:
-            KNOWN_HITS[gap] = KNOWN_HITS.get(gap, 0) + 1
-            reject()
         return f"{header}\n{traceback.format_exc(limit=-3)}"
     if report.ok:
         return None
     return f"{header}\n{report}"
-
-
-KNOWN_HITS: dict[str, int] = {}
 
 
 def _text(expr) -> str:
@@ -461,13 +378,11 @@ class Findings:
                 handle.write(json.dumps({"test": self.name, "mismatch": problem}) + "\n")
 
     def verify(self) -> None:
-        print(f"{self.name}: {self.checked} models checked, {len(self.found)} mismatches, "
-              f"known gaps met so far {KNOWN_HITS}")
+        print(f"{self.name}: {self.checked} models checked, {len(self.found)} mismatches")
         if LOG:
             with open(LOG, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"test": self.name, "checked": self.checked,
-                                         "mismatches": len(self.found),
-                                         "known_gaps": dict(KNOWN_HITS)}) + "\n")
+                                         "mismatches": len(self.found)}) + "\n")
         assert not self.found, (f"{len(self.found)} mismatches:\n\n"
                                 + "\n\n".join(self.found))
 
@@ -588,62 +503,35 @@ def test_a_map_with_max_prints_and_compiles():
     assert check(model, [A], against="finite-differences").ok
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "symgrad core bug (a wrong gradient, silently): derive() rebuilds a Piecewise over its "
-    "temporaries, which are real=True symbols, so SymPy decides sin(x) > sin(x) (False) and "
-    "drops that piece; the rule then sees one piece fewer than graph.children lists and the "
-    "branch gradients go to the wrong children; minimal: "
-    "sg.grad(Piecewise((y, sin(x) > sin(x)), (sin(x), True)), [x]) gives 0, not cos(x); the "
-    "random models also reach it through the stable rewrites (log(exp(y)) becomes y on one "
-    "side only); rebuild conditions with evaluate=False"))
 def test_a_condition_with_equal_sides_keeps_its_gradient():
+    """Was (a wrong gradient): over real temporaries SymPy decided sin(x) > sin(x) and
+    dropped that piece, so the branch gradients went to the wrong children."""
     assert check(*EQUAL_SIDES_MODEL, against="jax", reference="symbolic").ok
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "symgrad core bug: a dimension that no input's shape fixes (m in (u^T OneMatrix(n, m))[0, 1]"
-    " with u n x 1, or n and m in logsumexp(broadcast(c, (n, m)))) becomes a scalar input of "
-    "the compiled function, converted to float, and Numba then fails on np.empty((1, m)) "
-    "(TypingError); minimal: sg.compile(MatrixElement(u.T @ OneMatrix(n, m), 0, 1), [u])"
-    ".value_and_grad(u=np.ones(3), m=4); bind such dimensions as integers"))
 def test_compiled_dimension_that_no_input_fixes():
+    """Was: m in u^T OneMatrix(n, m) became a float input, and Numba failed on np.empty."""
     assert check(*FREE_DIMENSION_MODEL, against="finite-differences").ok
+    f = sg.compile(*FREE_DIMENSION_MODEL)
+    with pytest.raises(TypeError, match="'m' is a matrix dimension"):
+        f.value_and_grad(u=[1.0, 2.0], m=3.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "symgrad core bug: reverse.inline (used by sg.grad, and by sg.compile through the module "
-    "docstring) rebuilds relu's derivative Heaviside(t, 0) with t replaced by what it stands "
-    "for, e.g. relu(sum(A)/(m n)); SymPy cannot tell that SumAll is real, so Heaviside.eval "
-    "raises 'Function defined only for Real Values'; minimal: "
-    "sg.grad(relu(relu(sg.mean(A))), [A]) for A = sg.matrix('A', n, m) with symbolic n, m "
-    "(declaring SumAll, LogSumExpAll, LogDet and NamedScalar real would do)"))
 def test_relu_of_a_relu_of_a_mean_has_a_gradient():
+    """Was: SymPy could not tell that a sum of entries is real and refused Heaviside of it."""
     assert check(*HEAVISIDE_OF_REDUCTION_MODEL, against="jax", reference="symbolic").ok
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "symgrad core gap: SymPy writes inv(X) @ inv(X) as MatPow(X, -2); the canonical form "
-    "takes positive powers and -1 only ('no rule for MatPow'); minimal: "
-    "sg.grad(sg.sum(sg.inv(A) @ sg.inv(A)), [A]); a negative power -k could be the inverse "
-    "of the k-fold product"))
 def test_an_inverse_squared_has_a_gradient():
+    """Was: SymPy writes inv(X) @ inv(X) as X**-2, which the canonical form refused."""
     assert check(*INVERSE_SQUARED_MODEL, against="jax", reference="symbolic").ok
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "symgrad core bug: fusing sg.abs(sg.exp(A)) builds the Map body Abs(exp(a0)) over a plain "
-    "(complex) symbol, which SymPy rewrites to exp(re(a0)); there is no rule for re "
-    "(NotImplementedError); minimal: sg.grad(sg.sum(sg.abs(sg.exp(A))), [A]); declaring the "
-    "Map variables real=True would avoid it (symgrad's models are real)"))
 def test_abs_of_exp_has_a_gradient():
+    """Was: over a plain symbol SymPy fused |exp(a)| into exp(re(a)), which has no rule."""
     assert check(*ABS_OF_EXP_MODEL, against="jax", reference="symbolic").ok
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "symgrad core bug: the compiled kernel uses a temporary it never assigns (Numba: "
-    "NameError: name '_t6' is not defined) for a softmax along an axis of length one (its "
-    "Jacobian is zero) under a scalar factor; minimal: sg.compile(MatrixElement(c * v.T @ "
-    "sg.softplus(sg.softmax(v, 1)), 0, 0), [v]).value_and_grad(v=np.ones(2), c=0.5) for "
-    "v = sg.vector('v', 2); sg.grad of the same model is right"))
 def test_a_softmax_over_one_entry_compiles():
+    """Was: a Map inlined into another kept a use of a temporary inlined into it before."""
     assert check(*SINGLETON_SOFTMAX_MODEL, against="finite-differences").ok

@@ -21,6 +21,8 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
+from symgrad.compiled import shape_symbols
+
 __all__ = ["DRAWS", "shape_symbols", "sizes_at", "bind_dimensions", "normalize", "draws",
            "concrete_shape"]
 
@@ -30,22 +32,6 @@ DRAWS = [
     ("uniform(0.5, 2)", lambda rng, shape: rng.uniform(0.5, 2.0, shape), 4),
     ("uniform(0.1, 0.9)", lambda rng, shape: rng.uniform(0.1, 0.9, shape), 4),
 ]
-
-
-def shape_symbols(expr) -> set:
-    """The symbols in the shape of any matrix in the expression (inputs, OneMatrix(n, m),
-    the shape of a broadcast ...): the model's dimensions, never inputs.
-
-    >>> n = sp.Symbol("n")
-    >>> sorted(shape_symbols(sp.MatrixSymbol("X", n, 2) @ sp.OneMatrix(2, sp.Symbol("m"))), key=str)
-    [m, n]
-    """
-    found: set = set()
-    for node in sp.preorder_traversal(expr):
-        if isinstance(node, MatrixExpr):
-            for extent in node.shape:
-                found |= sp.sympify(extent).free_symbols
-    return found
 
 
 def sizes_at(point: int, dims: list, fixed: dict) -> dict:

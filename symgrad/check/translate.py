@@ -489,13 +489,13 @@ class Translator(Printer):
 
     def _print_MatPow(self, expr):
         exponent = expr.exp
-        if exponent == -1:
-            return f"{self.xp}.linalg.inv({self._print(expr.base)})"
-        if not (exponent.is_Integer and exponent > 0):
+        if not (exponent.is_Integer and exponent != 0):
             raise NotImplementedError(f"matrix power {exponent} (in {expr}) for "
-                                      f"{self.framework}: only positive integers and -1")
+                                      f"{self.framework}: only nonzero integers")
         base = self._print(expr.base)
-        return " @ ".join([base] * int(exponent))
+        if exponent < 0:
+            base = f"{self.xp}.linalg.inv({base})"
+        return "(" + " @ ".join([base] * abs(int(exponent))) + ")"
 
     def _print_Map(self, expr: ops.Map):
         """The body printed over the operands' arrays: the framework broadcasts (n, 1),

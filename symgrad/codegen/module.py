@@ -36,10 +36,12 @@ class ModuleSpec:
     upstream: sp.MatrixSymbol | None = None
     docstring: str = ""
     op_counts: dict = field(default_factory=dict)
+    free_dimensions: set = field(default_factory=set)   # integer inputs: see _prepare
 
     @property
     def is_scalar_model(self) -> bool:
-        return not any(isinstance(s, MatrixExpr) for s in self.inputs) and not self.output_shape
+        return not any(isinstance(s, MatrixExpr) for s in self.inputs) \
+            and not self.output_shape and not self.free_dimensions
 
 
 def check_names(symbols) -> None:
@@ -143,13 +145,6 @@ def _kernels(name: str, arguments: list[str], program: Program, returns: list[st
     return lines + parallel_lines, f"{condition} and numba.get_num_threads() > 1"
 
 
-def _pick(name: str, condition: str | None) -> str:
-    """The kernel a wrapper calls: the parallel twin when the condition holds."""
-    if condition is None:
-        return name
-    return f"({name}_parallel if {condition} else {name})"
-
-
 def _output_expressions(program: Program, emitter_names: list[str]) -> list[str]:
     from symgrad.codegen.numba import ScalarPrinter
     printer = ScalarPrinter()
@@ -180,12 +175,15 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
                          ["value"] + [p.name for p in spec.parameters]))
     parallel_from = {}
     python = {}
+    python_body = {}    # kind -> the Python twin's statements, for the positional call
     for kind, program, outputs in programs:
         returns = _output_expressions(program, outputs)
         lines += _kernel(f"_{kind}_point", names, program, returns)[0]
         python[kind] = program.op_count() <= PYTHON_MAX_OPS
         if python[kind]:
-            lines += _kernel(f"_{kind}_python", names, program, returns, python=True)[0]
+            twin = _kernel(f"_{kind}_python", names, program, returns, python=True)[0]
+            lines += twin
+            python_body[kind] = [line for line in twin[1:] if line]
         # the loop over broadcast inputs: scalars stay scalars (_at), arrays are flat; the
         # parallel twin splits the elements between threads
         parallel_from[kind] = max(1, PARALLEL_MIN_WORK // max(1, program.op_count()))
@@ -218,6 +216,15 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
                 f"{indent}    _g = _{kind}_python({args})",
                 f"{indent}except (ArithmeticError, ValueError):",
                 f"{indent}    _g = _{kind}_point({args})"]
+
+    def positional_on_floats() -> list[str]:
+        """The Python twin's statements themselves: a second call costs as much as the
+        arithmetic of the smallest models."""
+        if not python["value_and_grad"]:
+            return [f"        return _value_and_grad_point({args})"]
+        return (["        try:"] + ["        " + line for line in python_body["value_and_grad"]]
+                + ["        except (ArithmeticError, ValueError):",
+                   f"            return _value_and_grad_point({args})"])
 
     lines += [
         f"def forward(*, {args}):",
@@ -260,8 +267,7 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         '    """(value, gradient of each parameter in PARAMETERS order): value_and_grad without',
         '    keywords or a dict, for the smallest models where those cost more than the math."""',
         f"    if {float_check}:",
-        *on_floats("value_and_grad", "        "),
-        "        return _g",
+        *positional_on_floats(),
         f"    _value, _grads = value_and_grad({', '.join(f'{n}={n}' for n in names)})",
         "    return (_value, *[_grads[p] for p in PARAMETERS])",
         "",
@@ -270,7 +276,10 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
-# Matrix models: one kernel per program; checks and dimension binding in Python
+# Matrix models: one kernel per program, entered through a compiled entry that converts the
+# inputs, checks their shapes and binds the dimensions (so a call with float64 arrays costs
+# one dispatch into Numba); any input the entry cannot take goes through the checked Python
+# path (_prepare), which converts it or says what is wrong with it.
 # ------------------------------------------------------------------------------------------
 def _matrix_model(spec: ModuleSpec) -> list[str]:
     dims = sorted({d for s in spec.inputs if isinstance(s, MatrixExpr)
@@ -278,48 +287,218 @@ def _matrix_model(spec: ModuleSpec) -> list[str]:
     names = [s.name for s in spec.inputs]
     kernel_args = names + [d.name for d in dims]
     lines: list[str] = []
-    kernel, when = _kernels("_forward_kernel", kernel_args, spec.forward,
-                            _output_expressions(spec.forward, ["value"]))
-    lines += kernel
-    forward_kernel = _pick("_forward_kernel", when)
+    entries = [("forward", spec.forward, ["value"], [])]
     if spec.value_and_grad is not None:
-        outputs = ["value"] + [p.name for p in spec.parameters]
-        kernel, when = _kernels("_value_and_grad_kernel", kernel_args, spec.value_and_grad,
-                                _output_expressions(spec.value_and_grad, outputs))
-        lines += kernel
-        value_and_grad_kernel = _pick("_value_and_grad_kernel", when)
+        entries.append(("value_and_grad", spec.value_and_grad,
+                        ["value"] + [p.name for p in spec.parameters], []))
     if spec.vjp is not None:
-        kernel, when = _kernels("_vjp_kernel", ["upstream"] + kernel_args, spec.vjp,
-                                _output_expressions(spec.vjp, [p.name for p in spec.parameters]))
+        entries.append(("vjp", spec.vjp, [p.name for p in spec.parameters], ["upstream"]))
+    threaded = set()    # kinds whose entry takes the thread count (see _entry_function)
+    for kind, program, outputs, extra in entries:
+        kernel, when = _kernels(f"_{kind}_kernel", extra + kernel_args, program,
+                                _output_expressions(program, outputs))
         lines += kernel
-        vjp_kernel = _pick("_vjp_kernel", when)
+        lines += _entry_function(spec, kind, extra, when, outputs, dims)
+        if when is not None:
+            threaded.add(kind)
     lines += _prepare_function(spec, dims)
+    lines += _wrappers(spec, dims, threaded)
+    return lines
+
+
+def _orientation(rows, cols) -> str:
+    """How an entry takes an input of this shape: a vector may arrive 1-D."""
+    if cols == 1:
+        return "_as_column"
+    if rows == 1:
+        return "_as_row"
+    return "_as_matrix"
+
+
+def _entry_function(spec: ModuleSpec, kind: str, extra: list[str], when: str | None,
+                    outputs: list[str], dims: list) -> list[str]:
+    names = [s.name for s in spec.inputs]
+    # the thread count comes from the caller: numba.get_num_threads() in compiled code
+    # would keep Numba from caching the entry
+    threads = [] if when is None else ["_threads"]
+    lines = [SERIAL, f"def _{kind}_entry({', '.join(extra + names + threads)}):"]
+    converted = {}
+    for s in spec.inputs:
+        if isinstance(s, MatrixExpr):
+            converted[s.name] = f"_{s.name}"
+            lines.append(f"    _{s.name} = {_orientation(*s.shape)}({s.name})")
+        else:
+            converted[s.name] = s.name
+    for s in spec.inputs:
+        if s in spec.free_dimensions:
+            lines += [f"    if {s.name} < 0:", f"        raise ValueError({s.name!r})"]
+    for name, _axis, actual, binding, expected, _ in _shape_steps(spec, converted):
+        if binding is not None:
+            lines.append(f"    {binding}")
+        if expected is not None:
+            lines += [f"    if {actual} != {expected}:", f"        raise ValueError({name!r})"]
+    if extra:       # the upstream adjoint of a matrix output
+        rows, cols = (sp.pycode(sp.sympify(d)) for d in spec.output_shape)
+        lines += [f"    _upstream = {_orientation(*spec.output_shape)}(upstream)",
+                  f"    if _upstream.shape[0] != {rows} or _upstream.shape[1] != {cols}:",
+                  "        raise ValueError('upstream')"]
+    arguments = ", ".join(["_upstream"] * len(extra) + [converted[n] for n in names]
+                          + [d.name for d in dims])
+    if when is None:
+        lines.append(f"    _result = _{kind}_kernel({arguments})")
+    else:
+        when = when.replace("numba.get_num_threads()", "_threads")
+        lines += [f"    if {when}:",
+                  f"        _result = _{kind}_kernel_parallel({arguments})",
+                  "    else:",
+                  f"        _result = _{kind}_kernel({arguments})"]
+    if kind == "forward":
+        lines.append("    return _result")
+    else:
+        results = [f"_result[{k}]" for k in range(len(outputs))] if len(outputs) > 1 \
+            else ["_result"]
+        inputs = {s.name: s for s in spec.inputs}
+        returned = [f"_like({r}, {o})" if isinstance(inputs.get(o), MatrixExpr) else r
+                    for r, o in zip(results, outputs)]
+        lines.append(f"    return {', '.join(returned)}{',' if len(returned) == 1 else ''}")
+    lines.append("")
+    return lines
+
+
+def _shape_steps(spec: ModuleSpec, array_of: dict):
+    """For each axis of each matrix input: (input, axis, the extent read, the line that binds
+    a dimension from it or None, the expected extent to check or None, the message's
+    explanation of that extent)."""
+    bound: dict = {}       # dimension symbol -> input name
+    for s in spec.inputs:
+        if not isinstance(s, MatrixExpr):
+            continue
+        for axis, extent in enumerate(s.shape):
+            extent = sp.sympify(extent)
+            actual = f"{array_of[s.name]}.shape[{axis}]"
+            binding = None
+            unbound = [d for d in extent.free_symbols if d not in bound]
+            if len(unbound) == 1 and sp.Poly(extent, unbound[0]).degree() == 1:
+                d = unbound[0]
+                coefficient = sp.Poly(extent, d).coeff_monomial(d)
+                offset = extent - coefficient * d
+                solved = f"({actual} - {sp.pycode(offset)}) // {sp.pycode(coefficient)}" \
+                    if (coefficient != 1 or offset != 0) else actual
+                binding = f"{d.name} = {solved}"
+                bound[d] = s.name
+                if extent == d:         # read as it is: nothing to check
+                    yield s.name, axis, actual, binding, None, ""
+                    continue
+            origin = ", ".join(f"{d.name} = {{{d.name}}} from {bound[d]!r}"
+                               for d in sorted(extent.free_symbols, key=lambda d: d.name))
+            yield s.name, axis, actual, binding, sp.pycode(extent), \
+                f"expected {extent}" + (f" ({origin})" if origin else "")
+
+
+def _prepare_function(spec: ModuleSpec, dims: list) -> list[str]:
+    """_prepare(inputs) -> (inputs as float64 2-D arrays and floats..., dimensions..., shapes
+    to give the gradients back in): the checked path, whose errors name the input."""
+    names = [s.name for s in spec.inputs]
+    lines = [f"def _prepare({', '.join(names)}):"]
+    for s in spec.inputs:
+        if s in spec.free_dimensions:
+            lines.append(f"    {s.name} = _dimension_input({s.name!r}, {s.name})")
+        elif not isinstance(s, MatrixExpr):
+            lines.append(f"    {s.name} = _real_scalar({s.name!r}, {s.name})")
+        else:
+            rows, cols = s.shape
+            lines.append(f"    {s.name}, _{s.name}_1d = _matrix_input({s.name!r}, {s.name}, "
+                         f"{_hint(rows)!r}, {_hint(cols)!r})")
+    for name, axis, actual, binding, expected, message in _shape_steps(
+            spec, {n: n for n in names}):
+        if binding is not None:
+            lines.append(f"    {binding}")
+        if expected is not None:
+            lines += [f"    if {actual} != {expected}:",
+                      f"        raise _dimension_error({name!r}, {axis}, {name}.shape, "
+                      + (f"f{message!r})" if "{" in message else f"{message!r})")]
+    shapes = []
+    for s in spec.inputs:
+        # only a vector can arrive 1-D: its gradient then goes back 1-D
+        if isinstance(s, MatrixExpr) and 1 in (s.shape[0], s.shape[1]):
+            shapes.append(f"({s.name}.shape[0] * {s.name}.shape[1],) if _{s.name}_1d else None")
+        else:
+            shapes.append("None")
+    lines.append(f"    return {', '.join(names + [d.name for d in dims])}, "
+                 f"({', '.join(shapes)},)")
+    lines.append("")
+    return lines
+
+
+def _fast_gate(spec: ModuleSpec, extra: list[str]) -> str:
+    """The Python test that sends a call straight to the compiled entry."""
+    tests = [f"type({n}) is _ndarray" for n in extra]
+    for s in spec.inputs:
+        if s in spec.free_dimensions:
+            tests.append(f"type({s.name}) is int")
+        elif isinstance(s, MatrixExpr):
+            tests.append(f"type({s.name}) is _ndarray")
+        else:
+            tests.append(f"type({s.name}) is float")
+    return " and ".join(tests) or "True"
+
+
+def _wrappers(spec: ModuleSpec, dims: list, threaded: set) -> list[str]:
+    names = [s.name for s in spec.inputs]
     args = ", ".join(names)
-    call = ", ".join(kernel_args)
+
+    def entry_call(kind: str, arguments: str) -> str:
+        threads = ", numba.get_num_threads()" if kind in threaded else ""
+        return f"_{kind}_entry({arguments}{threads})"
+
+    prepared = ", ".join(names + [d.name for d in dims])
     value = "float(_value)" if not spec.output_shape else "_value"
-    lines += [
+    direct = {}         # parameter -> its gradient from the entry as it is
+    reshaped = {}       # parameter -> its gradient on the checked path (1-D inputs come back 1-D)
+    offset = 0 if spec.value_and_grad is None else 1
+    for k, p in enumerate(spec.parameters):
+        r = f"_result[{k + offset}]"
+        if isinstance(p, MatrixExpr):
+            i = names.index(p.name)
+            direct[p.name] = r
+            reshaped[p.name] = f"{r}.reshape(_shapes[{i}]) if _shapes[{i}] is not None else {r}"
+        else:
+            direct[p.name] = reshaped[p.name] = f"float({r})"
+
+    def as_dict(table):
+        return "{" + ", ".join(f"{n!r}: {e}" for n, e in table.items()) + "}"
+
+    def fast_then_checked(call, returns, extra=()):
+        """Lines that try the entry on the inputs as they are, then on checked ones."""
+        return [
+            f"    if {_fast_gate(spec, list(extra))}:",
+            "        try:",
+            f"            _result = {call}",
+            "        except Exception:  # noqa: BLE001 - the checked path below says what is wrong",
+            "            pass",
+            "        else:",
+            f"            return {returns}",
+        ]
+
+    value_call = entry_call("forward", args)
+    lines = [
         f"def forward(*, {args}):",
         '    """The value of the model."""',
-        f"    {call}, _shapes = _prepare({args})",
-        f"    _value = {forward_kernel}({call})",
+        *fast_then_checked(value_call, value.replace("_value", "_result")),
+        f"    {prepared}, _shapes = _prepare({args})",
+        f"    _value = {value_call}",
         f"    return {value}",
         "",
     ]
-    reshape = []
-    for k, p in enumerate(spec.parameters):
-        if isinstance(p, MatrixExpr):
-            reshape.append(f"{p.name!r}: _result[{k + 1}].reshape(_shapes[{names.index(p.name)}]) "
-                           f"if _shapes[{names.index(p.name)}] is not None else _result[{k + 1}]")
-        else:
-            reshape.append(f"{p.name!r}: float(_result[{k + 1}])")
     if spec.value_and_grad is not None:
+        call = entry_call("value_and_grad", args)
         lines += [
             f"def value_and_grad(*, {args}):",
             '    """(value, {parameter name: gradient in the parameter\'s own shape})."""',
-            f"    {call}, _shapes = _prepare({args})",
-            f"    _result = {value_and_grad_kernel}({call})",
-            "    _value = _result[0]",
-            f"    return {value}, {{{', '.join(reshape)}}}",
+            *fast_then_checked(call, f"float(_result[0]), {as_dict(direct)}"),
+            f"    {prepared}, _shapes = _prepare({args})",
+            f"    _result = {call}",
+            f"    return float(_result[0]), {as_dict(reshaped)}",
             "",
             f"def grad(*, {args}):",
             '    """{parameter name: gradient in the parameter\'s own shape}."""',
@@ -327,23 +506,20 @@ def _matrix_model(spec: ModuleSpec) -> list[str]:
             "",
         ]
     if spec.vjp is not None:
-        rows, cols = spec.output_shape
-        vjp_reshape = [r.replace(f"_result[{k + 1}]", f"_result[{k}]")
-                       for k, r in enumerate(reshape)]
-        rows_text = _dim_text(rows)
-        cols_text = _dim_text(cols)
+        rows_text, cols_text = (_dim_text(d) for d in spec.output_shape)
+        call = entry_call("vjp", f"upstream, {args}")
         lines += [
             f"def vjp(upstream, *, {args}):",
             '    """{parameter name: upstream-weighted gradient}: the adjoint of each parameter',
             "    when the output's adjoint is ``upstream`` (an array of the output's shape).\"\"\"",
-            f"    {call}, _shapes = _prepare({args})",
+            *fast_then_checked(call, as_dict(direct), extra=["upstream"]),
+            f"    {prepared}, _shapes = _prepare({args})",
             f"    upstream, _ = _matrix_input('upstream', upstream, {rows_text}, {cols_text})",
             f"    if upstream.shape != ({rows_text}, {cols_text}):",
             "        raise ValueError(f'upstream has shape {upstream.shape}, the output has "
             f"shape {{({rows_text}, {cols_text})}}')",
-            f"    _result = {vjp_kernel}(upstream, {call})",
-            "    _result = _result if isinstance(_result, tuple) else (_result,)",
-            f"    return {{{', '.join(vjp_reshape)}}}",
+            f"    _result = {call}",
+            f"    return {as_dict(reshaped)}",
             "",
         ]
     return lines
@@ -352,50 +528,6 @@ def _matrix_model(spec: ModuleSpec) -> list[str]:
 def _dim_text(d) -> str:
     d = sp.sympify(d)
     return str(int(d)) if d.is_Integer else f"int({sp.pycode(d)})"
-
-
-def _prepare_function(spec: ModuleSpec, dims: list) -> list[str]:
-    """_prepare(inputs) -> (arrays..., dims..., shapes): checks and dimension binding."""
-    names = [s.name for s in spec.inputs]
-    lines = [f"def _prepare({', '.join(names)}):"]
-    bound: dict = {}       # dimension symbol -> (input name, axis)
-    for s in spec.inputs:
-        if not isinstance(s, MatrixExpr):
-            lines.append(f"    {s.name} = _real_scalar({s.name!r}, {s.name})")
-            continue
-        rows, cols = s.shape
-        lines.append(f"    {s.name}, _{s.name}_1d = _matrix_input({s.name!r}, {s.name}, "
-                     f"{_hint(rows)!r}, {_hint(cols)!r})")
-        for axis, extent in enumerate((rows, cols)):
-            extent = sp.sympify(extent)
-            actual = f"{s.name}.shape[{axis}]"
-            unbound = [d for d in extent.free_symbols if d not in bound]
-            if len(unbound) == 1 and sp.Poly(extent, unbound[0]).degree() == 1:
-                d = unbound[0]
-                coefficient = sp.Poly(extent, d).coeff_monomial(d)
-                offset = extent - coefficient * d
-                solved = f"({actual} - {sp.pycode(offset)}) // {sp.pycode(coefficient)}" \
-                    if (coefficient != 1 or offset != 0) else actual
-                lines.append(f"    {d.name} = {solved}")
-                bound[d] = (s.name, axis)
-            expected = sp.pycode(extent)
-            origin = ", ".join(f"{d.name} = {{{d.name}}} from {bound[d][0]!r}"
-                               for d in sorted(extent.free_symbols, key=lambda d: d.name))
-            message = f"expected {extent}" + (f" ({origin})" if origin else "")
-            lines.append(f"    if {actual} != {expected}:")
-            lines.append(f"        raise _dimension_error({s.name!r}, {axis}, {s.name}.shape, "
-                         f"f{message!r})")
-    shapes = []
-    for s in spec.inputs:
-        # only a vector can arrive 1-D: its gradient then goes back 1-D
-        if isinstance(s, MatrixExpr) and 1 in (s.shape[0], s.shape[1]):
-            shapes.append(f"({s.name}.shape[0] * {s.name}.shape[1],) if _{s.name}_1d else None")
-        else:
-            shapes.append("None")
-    outputs = names + [d.name for d in dims]
-    lines.append(f"    return {', '.join(outputs)}, ({', '.join(shapes)},)")
-    lines.append("")
-    return lines
 
 
 def _hint(extent):

@@ -143,14 +143,14 @@ class Canonicalizer:
             return result
         if isinstance(expr, sp.Piecewise):
             return sp.Piecewise(*[(self._canon(e), self._canon_condition(c))
-                                  for e, c in expr.args])
+                                  for e, c in expr.args], evaluate=False)
         return expr.func(*args, evaluate=False) if isinstance(expr, (sp.Add, sp.Mul, sp.Pow)) \
             else expr.func(*args)
 
     def _canon_condition(self, cond):
         if isinstance(cond, sp.logic.boolalg.BooleanAtom):
             return cond
-        return cond.func(*[self._canon(a) for a in cond.args])
+        return cond.func(*[self._canon(a) for a in cond.args], evaluate=False)
 
     def _canon_matrix(self, expr):
         if isinstance(expr, (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):
@@ -180,6 +180,10 @@ class Canonicalizer:
         if isinstance(expr, sp.MatPow) and expr.exp.is_Integer and expr.exp > 0:
             # SymPy writes A @ A as A**2: a product again
             return self._chain([self._canon(expr.base)] * int(expr.exp))
+        if isinstance(expr, sp.MatPow) and expr.exp.is_Integer and expr.exp < 0:
+            # and inv(A) @ inv(A) as A**-2: the product of the inverse with itself
+            inverse = sp.Inverse(self._canon(expr.base))
+            return self._chain([inverse] * int(-expr.exp))
         if isinstance(expr, ops.Scatter):
             return ops.Scatter(self._canon(expr.value), *expr.args[1:])
         raise NotImplementedError(_unsupported_message(expr))
@@ -188,7 +192,7 @@ class Canonicalizer:
     def _map(self, combine, shape, operands):
         """A Map that combines the operands (matrices or scalars) elementwise."""
         canon = [self._canon(o) for o in operands]
-        variables = sp.symbols(f"a0:{len(canon)}")
+        variables = ops.map_variables(len(canon))
         body = combine(*variables)
         return ops.Map(sp.Lambda(variables, body), shape, *canon)
 
@@ -272,7 +276,7 @@ class Canonicalizer:
     def _broadcast(self, arg, shape):
         if tuple(arg.shape) == tuple(shape):
             return arg
-        a = sp.Symbol("a0")
+        (a,) = ops.map_variables(1)
         return ops.Map(sp.Lambda((a,), a), shape, arg)
 
     def _ordered_product(self, factors):
@@ -422,7 +426,7 @@ class _Fuser:
 
         def fresh():
             counter[0] += 1
-            return sp.Symbol(f"a{counter[0] - 1}")
+            return ops.map_variables(1, [f"a{counter[0] - 1}"])[0]
 
         def add_operand(operand):
             # the same operand twice becomes one variable
@@ -491,7 +495,7 @@ def _removes(operand: ops.Map, body) -> bool:
 
 
 def _constant_map(value, shape):
-    a = sp.Symbol("a0")
+    (a,) = ops.map_variables(1)
     return ops.Map(sp.Lambda((a,), a), shape, value)
 
 

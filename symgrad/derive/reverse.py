@@ -87,9 +87,11 @@ def rebuild(node, kids_new: list):
         for _, cond in node.args:
             value = next(it)
             if not isinstance(cond, sp.logic.boolalg.BooleanAtom):
-                cond = cond.func(*[next(it) for _ in cond.args])
+                # unevaluated: over real temporaries SymPy would decide t > t and drop the
+                # piece, and the pieces would no longer line up with the node's children
+                cond = cond.func(*[next(it) for _ in cond.args], evaluate=False)
             pieces.append((value, cond))
-        return sp.Piecewise(*pieces)
+        return sp.Piecewise(*pieces, evaluate=False)
     if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
         return node.func(*kids_new, evaluate=False)
     return node.func(*kids_new)

@@ -34,7 +34,7 @@ _half = sp.Rational(1, 2)
 
 def _map(body_of, shape, *operands):
     """Map(Lambda(v, body_of(*v)), shape, *operands), variables named after nothing else."""
-    variables = sp.symbols(f"_r0:{len(operands)}")
+    variables = ops.map_variables(len(operands), [f"_r{k}" for k in range(len(operands))])
     return ops.Map(sp.Lambda(variables, body_of(*variables)), shape, *operands)
 
 
