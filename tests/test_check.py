@@ -10,6 +10,7 @@ import pytest
 import sympy as sp
 
 import symgrad as sg
+from symgrad import ops
 from symgrad.check import CheckReport, check
 from symgrad.derive import reverse
 from symgrad.derive.rules import RULES
@@ -253,3 +254,19 @@ def test_tolerances_can_be_set_per_backend(wrong_sine_rule):
     lenient = check(model, against="jax", tolerances={"jax": ((1e-7, 1e-10), (1e3, 1e3))})
     assert lenient.ok
     assert lenient.comparison("jax", "w").rtol == 1e3
+
+
+def test_finite_differences_say_when_they_cannot_be_trusted():
+    """In sin(cosh(cosh(D))) a step of 1e-5 turns the sine by half a radian: the differences
+    are off by 40% and say so in a note, rather than blaming symgrad (which JAX confirms)."""
+    D = sg.matrix("D", 3, 3)
+    a = sp.Symbol("a")
+    model = sg.logsumexp(sg.sin(ops.Map(sp.Lambda((a,), sp.cosh(sp.cosh(a))), (3, 3), D)))
+    report = check(model, [D], against=("jax", "finite-differences"), points=2, seed=26,
+                   reference="symbolic")
+    rows = {(c.backend, c.quantity): c for c in report.comparisons}
+    assert rows["jax", "D"].passed and rows["jax", "D"].rel_error < 1e-9
+    assert rows["finite-differences", "D"].rel_error > 0.1
+    assert "uncertain" in rows["finite-differences", "D"].note
+    well_behaved = check(sg.logsumexp(sg.sin(D)), [D], against="finite-differences", seed=26)
+    assert not any(c.note for c in well_behaved.comparisons)

@@ -7,7 +7,7 @@
   (:mod:`symgrad.check.translate`) and differentiated by the framework's own autodiff;
 * ``finite-differences``: the model translated to NumPy, and central differences with the
   step h = eps^(1/3) max(1, |x|) for each coordinate (eps the float64 machine epsilon) and
-  h / 2, combined by Richardson extrapolation;
+  h / 2, combined by Richardson extrapolation (and h / 4 for the error estimate);
 * ``symgrad-floats``: a compiled scalar model called with Python floats, the path of its own
   (a pure-Python twin of the kernel) that ``f.value_and_grad(w=1.0, ...)`` takes, against
   the Numba kernel that arrays take.
@@ -34,6 +34,10 @@ from symgrad.check.translate import TRANSLATORS, Translated, require, translate
 __all__ = ["Problem", "Result", "Backend", "FrameworkBackend", "JaxBackend", "TorchBackend",
            "AutogradBackend", "FiniteDifferences", "CompiledReference", "CompiledFloats",
            "SymbolicReference", "BACKENDS", "median_time", "MAX_FD_COORDINATES"]
+
+# Finite differences whose own error estimate passes this fraction of the gradient's size
+# get a note in the report, next to their result.
+UNCERTAIN = 1e-4
 
 # Central differences on at most this many coordinates of each matrix parameter (drawn at
 # random, without repetition, from the check's seeded generator); smaller ones are done whole.
@@ -335,16 +339,31 @@ class FiniteDifferences(Backend):
             result.gradients[name] = gradient
             result.slack[name] = slack
             result.compared[name] = compared
+        for name, slack in result.slack.items():
+            scale = np.nanmax(np.abs(result.gradients[name]), initial=1.0)
+            if np.max(slack, initial=0.0) > UNCERTAIN * scale:
+                # a pass there says little: the differences themselves are that rough
+                uncertain = f"differences uncertain by up to {np.max(slack):.1e}"
+                result.notes[name] = "; ".join(filter(None, [result.notes.get(name),
+                                                             uncertain]))
         return result
 
     def _extrapolated(self, objective, name, x, index):
         """(Richardson's D(h/2) + (D(h/2) - D(h)) / 3, its error estimate: the size of that
-        correction plus the rounding error of the quotients, eps |f| / h each)."""
+        correction, how far D(h/4) is from D(h/2), and the rounding error of the quotients,
+        eps |f| / h each).
+
+        The D(h/4) term is tiny (h^2 times the third derivative) where the differences behave
+        as their Taylor series says, and large where they do not: in sin(cosh(cosh(x))) a
+        step of 1e-5 turns the sine's argument by half a radian, and D(h) and D(h/2) can
+        agree by chance."""
         coarse, rounding = self._difference(objective, name, x, index, 1.0)
         fine, fine_rounding = self._difference(objective, name, x, index, 0.5)
+        finer, finer_rounding = self._difference(objective, name, x, index, 0.25)
         with np.errstate(all="ignore"):
             correction = (fine - coarse) / 3
-            estimate = np.abs(correction) + rounding / 3 + 4 * fine_rounding / 3
+            estimate = (np.abs(correction) + np.abs(finer - fine) + finer_rounding
+                        + rounding / 3 + 4 * fine_rounding / 3)
         return fine + correction, np.nan_to_num(estimate, nan=0.0, posinf=0.0)
 
     @staticmethod

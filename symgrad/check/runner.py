@@ -158,6 +158,8 @@ def _compare_point(problem, backend: str, result, expected, tolerance, compariso
         if key not in comparisons:
             comparisons[key] = Comparison(backend, quantity, rtol=tol.rtol, atol=tol.atol,
                                           note=result.notes.get(quantity, ""))
+        elif result.notes.get(quantity) and not comparisons[key].note:
+            comparisons[key].note = result.notes[quantity]      # seen at a later point only
         comparisons[key].add(*compare(got, want, tol, problem.elementwise, mask, slack))
 
 
