@@ -118,31 +118,19 @@ PYTHON_MAX_OPS = 48
 
 
 def _kernel(name: str, arguments: list[str], program: Program, returns: list[str],
-            parallel: bool = False, python: bool = False) -> tuple[list[str], list]:
+            parallel: bool = False, python: bool = False,
+            prologue: list[str] = ()) -> tuple[list[str], list]:
     """The source of one kernel, and the sizes of its loops that can run in parallel."""
     printer = PythonScalarPrinter() if python else None
     emitter = KernelEmitter(program, {}, parallel=parallel, printer=printer)
     emitter.emit_program(program.statements, list(program.outputs.values()))
     decorator = [] if python else [PARALLEL if parallel else SERIAL]
     out = decorator + [f"def {name}({', '.join(arguments)}):"]
+    out += list(prologue)
     out += emitter.lines or []
     out.append(f"    return {', '.join(returns) if len(returns) > 1 else returns[0]}")
     out.append("")
     return out, emitter.loop_sizes
-
-
-def _kernels(name: str, arguments: list[str], program: Program, returns: list[str]):
-    """A serial kernel and, where its loops can be large, a parallel twin; returns (lines,
-    the Python condition under which the parallel twin runs, or None)."""
-    lines, sizes = _kernel(name, arguments, program, returns)
-    if not sizes:
-        return lines, None
-    work = sp.Max(*sizes)
-    if work.is_number and work < PARALLEL_MIN_ELEMENTS:
-        return lines, None
-    parallel_lines, _ = _kernel(f"{name}_parallel", arguments, program, returns, parallel=True)
-    condition = f"{sp.pycode(work)} >= {PARALLEL_MIN_ELEMENTS}" if not work.is_number else "True"
-    return lines + parallel_lines, f"{condition} and numba.get_num_threads() > 1"
 
 
 def _output_expressions(program: Program, emitter_names: list[str]) -> list[str]:
@@ -284,8 +272,6 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
 def _matrix_model(spec: ModuleSpec) -> list[str]:
     dims = sorted({d for s in spec.inputs if isinstance(s, MatrixExpr)
                    for e in s.shape for d in sp.sympify(e).free_symbols}, key=lambda d: d.name)
-    names = [s.name for s in spec.inputs]
-    kernel_args = names + [d.name for d in dims]
     lines: list[str] = []
     entries = [("forward", spec.forward, ["value"], [])]
     if spec.value_and_grad is not None:
@@ -293,76 +279,94 @@ def _matrix_model(spec: ModuleSpec) -> list[str]:
                         ["value"] + [p.name for p in spec.parameters], []))
     if spec.vjp is not None:
         entries.append(("vjp", spec.vjp, [p.name for p in spec.parameters], ["upstream"]))
-    threaded = set()    # kinds whose entry takes the thread count (see _entry_function)
+    threaded = set()    # kinds with a parallel twin, called through _{kind}_call
     for kind, program, outputs, extra in entries:
-        kernel, when = _kernels(f"_{kind}_kernel", extra + kernel_args, program,
-                                _output_expressions(program, outputs))
-        lines += kernel
-        lines += _entry_function(spec, kind, extra, when, outputs, dims)
-        if when is not None:
-            threaded.add(kind)
+        lines += _entry_kernels(spec, kind, program, outputs, extra, threaded)
     lines += _prepare_function(spec, dims)
     lines += _wrappers(spec, dims, threaded)
     return lines
 
 
-def _orientation(rows, cols) -> str:
-    """How an entry takes an input of this shape: a vector may arrive 1-D."""
-    if cols == 1:
-        return "_as_column"
-    if rows == 1:
-        return "_as_row"
-    return "_as_matrix"
+def _entry_kernels(spec: ModuleSpec, kind: str, program: Program, outputs: list[str],
+                   extra: list[str], threaded: set) -> list[str]:
+    """A kernel that takes the inputs as the caller gives them, and its parallel twin where
+    its loops can be large.
 
-
-def _entry_function(spec: ModuleSpec, kind: str, extra: list[str], when: str | None,
-                    outputs: list[str], dims: list) -> list[str]:
+    The kernel reads vectors 1-D or 2-D, checks every shape and binds the dimensions, then
+    computes; a shape it cannot take raises, and the caller's checked path says what is
+    wrong.  A serial kernel with a twin raises _Threads when the twin should run (the
+    thread count comes from the caller: numba.get_num_threads() in compiled code would keep
+    Numba from caching the kernel), and ``_{kind}_call`` then calls the twin; so the
+    slow-to-compile twin compiles only when a call needs it."""
     names = [s.name for s in spec.inputs]
-    # the thread count comes from the caller: numba.get_num_threads() in compiled code
-    # would keep Numba from caching the entry
-    threads = [] if when is None else ["_threads"]
-    lines = [SERIAL, f"def _{kind}_entry({', '.join(extra + names + threads)}):"]
-    converted = {}
+    parameters = [f"_in_{n}" for n in extra + names]
+    prologue = _entry_prologue(spec, extra)
+    inputs = {s.name: s for s in spec.inputs}
+    returns = _output_expressions(program, outputs)
+    if kind != "forward":
+        # a gradient in its input's own shape (1-D for a 1-D vector)
+        returns = [f"{r}.reshape(_in_{o}.shape)" if isinstance(inputs.get(o), MatrixExpr)
+                   else r for r, o in zip(returns, outputs)]
+        if len(returns) == 1:
+            returns = [returns[0] + ","]
+    name = f"_{kind}_kernel"
+    lines, sizes = _kernel(name, parameters, program, returns, prologue=prologue)
+    work = sp.Max(*sizes) if sizes else None
+    if work is None or (work.is_number and work < PARALLEL_MIN_ELEMENTS):
+        return lines
+    threaded.add(kind)
+    condition = f"{sp.pycode(work)} >= {PARALLEL_MIN_ELEMENTS}" if not work.is_number else "True"
+    signal = [f"    if {condition} and _threads > 1:", "        raise _Threads"]
+    lines, _ = _kernel(name, parameters + ["_threads"], program, returns,
+                       prologue=prologue + signal)
+    parallel, _ = _kernel(f"{name}_parallel", parameters, program, returns, parallel=True,
+                          prologue=prologue)
+    arguments = ", ".join(extra + names)
+    return lines + parallel + [
+        f"def _{kind}_call({arguments}):",
+        "    try:",
+        f"        return {name}({arguments}, numba.get_num_threads())",
+        "    except _Threads:",
+        f"        return {name}_parallel({arguments})",
+        ""]
+
+
+def _entry_prologue(spec: ModuleSpec, extra: list[str]) -> list[str]:
+    """The kernel's first lines: its inputs as 2-D arrays, their shapes checked, the
+    dimensions bound."""
+    lines = []
     for s in spec.inputs:
+        source = f"_in_{s.name}"
         if isinstance(s, MatrixExpr):
-            converted[s.name] = f"_{s.name}"
-            lines.append(f"    _{s.name} = {_orientation(*s.shape)}({s.name})")
+            lines.append(f"    {s.name} = {_as_2d(source, *s.shape)}")
         else:
-            converted[s.name] = s.name
+            lines.append(f"    {s.name} = {source}")
     for s in spec.inputs:
         if s in spec.free_dimensions:
             lines += [f"    if {s.name} < 0:", f"        raise ValueError({s.name!r})"]
-    for name, _axis, actual, binding, expected, _ in _shape_steps(spec, converted):
+    for name, _axis, actual, binding, expected, _ in _shape_steps(
+            spec, {s.name: s.name for s in spec.inputs}):
         if binding is not None:
             lines.append(f"    {binding}")
         if expected is not None:
             lines += [f"    if {actual} != {expected}:", f"        raise ValueError({name!r})"]
     if extra:       # the upstream adjoint of a matrix output
         rows, cols = (sp.pycode(sp.sympify(d)) for d in spec.output_shape)
-        lines += [f"    _upstream = {_orientation(*spec.output_shape)}(upstream)",
-                  f"    if _upstream.shape[0] != {rows} or _upstream.shape[1] != {cols}:",
+        lines += [f"    upstream = {_as_2d('_in_upstream', *spec.output_shape)}",
+                  f"    if upstream.shape[0] != {rows} or upstream.shape[1] != {cols}:",
                   "        raise ValueError('upstream')"]
-    arguments = ", ".join(["_upstream"] * len(extra) + [converted[n] for n in names]
-                          + [d.name for d in dims])
-    if when is None:
-        lines.append(f"    _result = _{kind}_kernel({arguments})")
-    else:
-        when = when.replace("numba.get_num_threads()", "_threads")
-        lines += [f"    if {when}:",
-                  f"        _result = _{kind}_kernel_parallel({arguments})",
-                  "    else:",
-                  f"        _result = _{kind}_kernel({arguments})"]
-    if kind == "forward":
-        lines.append("    return _result")
-    else:
-        results = [f"_result[{k}]" for k in range(len(outputs))] if len(outputs) > 1 \
-            else ["_result"]
-        inputs = {s.name: s for s in spec.inputs}
-        returned = [f"_like({r}, {o})" if isinstance(inputs.get(o), MatrixExpr) else r
-                    for r, o in zip(results, outputs)]
-        lines.append(f"    return {', '.join(returned)}{',' if len(returned) == 1 else ''}")
-    lines.append("")
     return lines
+
+
+def _as_2d(name: str, rows, cols) -> str:
+    """How an entry reads an input of this shape: a vector may arrive 1-D or 2-D, and the
+    same reshape reads both (a 2-D array of another shape fails it, and the checked path
+    then says what is wrong)."""
+    if cols == 1:
+        return f"{name}.reshape(({name}.shape[0], 1))"
+    if rows == 1:
+        return f"{name}.reshape((1, {name}.shape[-1]))"
+    return name
 
 
 def _shape_steps(spec: ModuleSpec, array_of: dict):
@@ -431,14 +435,16 @@ def _prepare_function(spec: ModuleSpec, dims: list) -> list[str]:
 
 
 def _fast_gate(spec: ModuleSpec, extra: list[str]) -> str:
-    """The Python test that sends a call straight to the compiled entry."""
-    tests = [f"type({n}) is _ndarray" for n in extra]
+    """The Python test that sends a call straight to the compiled entry: C-contiguous float64
+    arrays, floats and ints as such (the entry then compiles once, for these types)."""
+    arrays = extra + [s.name for s in spec.inputs
+                      if isinstance(s, MatrixExpr) and s not in spec.free_dimensions]
+    tests = [f"type({n}) is _ndarray and {n}.dtype is _float64 and {n}.flags.c_contiguous"
+             for n in arrays]
     for s in spec.inputs:
         if s in spec.free_dimensions:
             tests.append(f"type({s.name}) is int")
-        elif isinstance(s, MatrixExpr):
-            tests.append(f"type({s.name}) is _ndarray")
-        else:
+        elif not isinstance(s, MatrixExpr):
             tests.append(f"type({s.name}) is float")
     return " and ".join(tests) or "True"
 
@@ -448,8 +454,8 @@ def _wrappers(spec: ModuleSpec, dims: list, threaded: set) -> list[str]:
     args = ", ".join(names)
 
     def entry_call(kind: str, arguments: str) -> str:
-        threads = ", numba.get_num_threads()" if kind in threaded else ""
-        return f"_{kind}_entry({arguments}{threads})"
+        return f"_{kind}_call({arguments})" if kind in threaded else \
+            f"_{kind}_kernel({arguments})"
 
     prepared = ", ".join(names + [d.name for d in dims])
     value = "float(_value)" if not spec.output_shape else "_value"

@@ -44,79 +44,13 @@ def _at_overload(x, i):
     return lambda x, i: x
 
 
-# -- the compiled entry of a matrix model: its inputs as C-contiguous float64 matrices ------
-# Resolved when Numba compiles, for each array type a caller passes: a float64 C-contiguous
-# 2-D array passes as it is; integer, boolean and float32 arrays are converted, other layouts
-# copied, and a 1-D array of a vector input viewed as a column (or row).  Any other type has
-# no implementation, and the caller falls back to the checked path, which names the input.
+# -- the compiled entry of a matrix model takes these as they are --------------------------
 _ndarray = np.ndarray
+_float64 = np.dtype(np.float64)
 
 
-def _as_matrix(a):
-    """a as a 2-D float64 C-contiguous array."""
-
-
-def _as_column(a):
-    """a as an n x 1 float64 C-contiguous array (a 1-D array is a column)."""
-
-
-def _as_row(a):
-    """a as a 1 x n float64 C-contiguous array (a 1-D array is a row)."""
-
-
-def _float_c(a):
-    """a as a float64 C-contiguous array of the same shape."""
-
-
-def _convertible(a, dims) -> bool:
-    return (isinstance(a, numba.types.Array) and a.ndim in dims
-            and isinstance(a.dtype, (numba.types.Float, numba.types.Integer,
-                                     numba.types.Boolean)))
-
-
-@overload(_float_c, inline="always")
-def _float_c_overload(a):
-    if a.dtype == numba.types.float64 and a.layout == "C":
-        return lambda a: a
-    if a.dtype == numba.types.float64:
-        return lambda a: np.ascontiguousarray(a)
-    return lambda a: np.ascontiguousarray(a).astype(np.float64)
-
-
-@overload(_as_matrix, inline="always")
-def _as_matrix_overload(a):
-    if _convertible(a, (2,)):
-        return lambda a: _float_c(a)
-    return None
-
-
-@overload(_as_column, inline="always")
-def _as_column_overload(a):
-    if not _convertible(a, (1, 2)):
-        return None
-    if a.ndim == 2:
-        return lambda a: _float_c(a)
-    return lambda a: _float_c(a).reshape((a.shape[0], 1))
-
-
-@overload(_as_row, inline="always")
-def _as_row_overload(a):
-    if not _convertible(a, (1, 2)):
-        return None
-    if a.ndim == 2:
-        return lambda a: _float_c(a)
-    return lambda a: _float_c(a).reshape((1, a.shape[0]))
-
-
-def _like(gradient, a):
-    """The gradient of an input in that input's own shape (1-D for a 1-D vector)."""
-
-
-@overload(_like, inline="always")
-def _like_overload(gradient, a):
-    if isinstance(a, numba.types.Array) and a.ndim == 1:
-        return lambda gradient, a: np.ascontiguousarray(gradient).reshape(a.shape[0])
-    return lambda gradient, a: gradient
+class _Threads(Exception):
+    """Raised by the serial entry of a kernel when its parallel twin should run instead."""
 
 
 def _real_array(name, value):
