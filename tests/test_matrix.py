@@ -94,6 +94,19 @@ def test_window_classifier_gradient_is_a_matrix_product_not_an_array_expression(
     assert dW.shape == example.W.shape
 
 
+def test_elementwise_work_on_one_shape_shares_one_loop():
+    """The batched window classifier's value, dZ, db and du all need sigmoid(Z + b): one loop
+    computes it once per element, as a hand-written kernel would."""
+    from symgrad.codegen.module import module_source
+
+    model = load_example("window_classifier").window_classifier_batched
+    source = module_source(build_spec(model.output, model.wrt), "test")
+    kernel = source[source.index("def _value_and_grad_kernel("):]
+    kernel = kernel[:kernel.index("\n\n")]
+    assert kernel.count("sg_sigmoid(") == 1
+    assert kernel.count("for _j in") == 1
+
+
 def test_latex_and_jupyter_show_formulas():
     example = load_example("window_classifier")
     grads = example.window_classifier.grad()

@@ -309,8 +309,11 @@ class KernelEmitter:
 
     # -- statements --------------------------------------------------------------------
     def emit_program(self, statements: list, outputs) -> None:
-        """Emit every statement; a row, column or total sum of a Map is accumulated in the
-        Map's own loop, and the Map's matrix is not stored when only its sums read it."""
+        """Emit every statement.  A row, column or total sum of a Map is accumulated in the
+        Map's own loop, and the Map's matrix is not stored when only its sums read it; Maps
+        of one shape that do not wait on each other's sums share one loop (statements
+        between them that they do not read move after it), and the pieces their bodies
+        share are computed once."""
         uses: dict = {}
         for s in statements:
             for name in _names_read(s.operation):
@@ -323,17 +326,94 @@ class KernelEmitter:
         for s in statements:
             if isinstance(s.operation, (ops.AxisSum, ops.SumAll)) and s.operation.arg in maps:
                 sums.setdefault(s.operation.arg, []).append(s)
-        done: set = set()
-        for s in statements:
-            if s.target in done:
-                continue
-            if s.target in sums:
-                reductions = sums[s.target]
-                self._map_with_sums(s.target, s.operation, reductions,
-                                    store=uses.get(s.target, 0) > len(reductions))
-                done |= {r.target for r in reductions}
-            else:
+        summed = {r.target for rs in sums.values() for r in rs}
+        pending = [s for s in statements if s.target not in summed]
+        while pending:
+            s = pending.pop(0)
+            if not isinstance(s.operation, ops.Map):
                 self.statement(s)
+                continue
+            group = [s] + self._loop_partners(s, pending, sums)
+            units = [(m.target, m.operation, sums.get(m.target, []),
+                      uses.get(m.target, 0) > len(sums.get(m.target, [])))
+                     for m in group]
+            if len(units) == 1 and not units[0][2]:
+                self.statement(s)
+            elif len(units) == 1:
+                self._map_with_sums(*units[0])
+            else:
+                self._maps_in_one_loop(units)
+
+    def _loop_partners(self, first, pending: list, sums: dict) -> list:
+        """The later Maps of first's shape that can share its loop, taken out of pending:
+        each reads nothing that the loop would not have ready (a statement it passes over,
+        a sum the loop is still accumulating, a transposed member)."""
+        shape = tuple(first.operation.shape)
+        members = {first.target}
+        waiting = {r.target for r in sums.get(first.target, [])}
+        partners = []
+        for s in list(pending):
+            read = _names_read(s.operation)
+            if isinstance(s.operation, ops.Map) and tuple(s.operation.shape) == shape \
+                    and not read & waiting \
+                    and not any(isinstance(o, sp.Transpose) and o.arg in members
+                                for o in s.operation.operands):
+                partners.append(s)
+                members.add(s.target)
+                waiting |= {r.target for r in sums.get(s.target, [])}
+                pending.remove(s)
+            else:       # emitted after the loop, with the sums that come with it
+                waiting |= {s.target} | {r.target for r in sums.get(s.target, [])}
+        return partners
+
+    def _maps_in_one_loop(self, units: list) -> None:
+        """One loop nest for several Maps of one shape (each with its sums, stored or not):
+        their operands are loaded once, and their bodies go through one CSE."""
+        shape = units[0][1].shape
+        for target, e, reductions, store in units:
+            for r in reductions:
+                if isinstance(r.operation, ops.SumAll):
+                    self.emit(f"{r.target.name} = 0.0")
+                else:
+                    self.emit(f"{r.target.name} = np.zeros({self.shape(r.operation.shape)})")
+            if store:
+                self.emit(f"{target.name} = np.empty({self.shape(e.shape)})")
+        across_rows = any(isinstance(r.operation, ops.AxisSum) and r.operation.axis == 0
+                          and shape[0] != 1 for _, _, reductions, _ in units for r in reductions)
+        i, j, depth = self.loops(shape, independent=not across_rows)
+        loads: dict = {}            # load expression -> variable
+        values: dict = {}           # member target -> its element, as a SymPy expression
+        bodies = []
+        for target, e, _, _ in units:
+            variables = {}
+            for v, operand in zip(e.function.variables, e.operands):
+                if operand in values:               # a member's element of this iteration
+                    variables[v] = values[operand]
+                    continue
+                text = self.load(operand, i, j, e.shape)
+                if text not in loads:
+                    loads[text] = sp.Symbol(f"_v{len(loads)}", real=True)
+                variables[v] = loads[text]
+            body = e.body.xreplace(variables)
+            values[target] = body
+            bodies.append(body)
+        for text, v in loads.items():
+            self.emit(f"{v.name} = {text}", depth)
+        replacements, bodies = sp.cse(bodies, symbols=sp.numbered_symbols("_c"),
+                                      optimizations=None)
+        for symbol, value in replacements:
+            self.emit(f"{symbol.name} = {self.scalar(value)}", depth)
+        for k, ((target, _, reductions, store), body) in enumerate(zip(units, bodies)):
+            self.emit(f"_e{k} = {self.scalar(body)}", depth)
+            if store:
+                self.emit(f"{target.name}[{i}, {j}] = _e{k}", depth)
+            for r in reductions:
+                if isinstance(r.operation, ops.SumAll):
+                    self.emit(f"{r.target.name} += _e{k}", depth)
+                elif r.operation.axis == 0:
+                    self.emit(f"{r.target.name}[0, {j}] += _e{k}", depth)
+                else:
+                    self.emit(f"{r.target.name}[{i}, 0] += _e{k}", depth)
 
     def _map_with_sums(self, target, e: ops.Map, reductions: list, store: bool):
         rows = e.shape[0]
