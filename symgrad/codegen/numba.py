@@ -334,8 +334,13 @@ class KernelEmitter:
                 self.statement(s)
                 continue
             group = [s] + self._loop_partners(s, pending, sums)
+            # a member whose only readers are its sums and later members (which take its
+            # element in the loop itself) is not stored
+            readers = {m.target: sum(m.target in _names_read(later.operation)
+                                     for later in group[k + 1:])
+                       for k, m in enumerate(group)}
             units = [(m.target, m.operation, sums.get(m.target, []),
-                      uses.get(m.target, 0) > len(sums.get(m.target, [])))
+                      uses.get(m.target, 0) > len(sums.get(m.target, [])) + readers[m.target])
                      for m in group]
             if len(units) == 1 and not units[0][2]:
                 self.statement(s)
