@@ -107,6 +107,22 @@ def test_elementwise_work_on_one_shape_shares_one_loop():
     assert kernel.count("for _j in") == 1
 
 
+def test_a_layer_writes_over_the_product_it_no_longer_needs():
+    """Z1 = W1 X, A1 = tanh(Z1 + b1) and dZ1 share one n_h x m array: the product into dW2,
+    the last other reader of A1, runs before dZ1 overwrites it (and the values stay right:
+    the seed tests compare this model with hand-written NumPy)."""
+    from symgrad.codegen.module import module_source
+
+    model = load_example("two_layer_net").two_layer_net
+    source = module_source(build_spec(model.output, model.wrt), "test")
+    for kernel in ("_forward_kernel(", "_value_and_grad_kernel("):
+        body = source[source.index(f"def {kernel}"):]
+        body = body[:body.index("\n\n")]
+        assert "np.empty((n_h, m))" not in body
+    body = source[source.index("def _value_and_grad_kernel("):]
+    assert body.index("_t4.T") < body.index("_t12 = _t4")
+
+
 def test_latex_and_jupyter_show_formulas():
     example = load_example("window_classifier")
     grads = example.window_classifier.grad()

@@ -321,6 +321,15 @@ class KernelEmitter:
         for atom in outputs:
             for name in _names_read(atom) | ({atom} if isinstance(atom, sp.Basic) else set()):
                 uses[name] = uses.get(name, 0) + 1
+        # readers not yet emitted, per name (an output's never ends); with the arrays this
+        # kernel allocated itself (not inputs, not views of them), it lets a Map write over
+        # an operand that nothing after it reads (see _buffer_for)
+        self._remaining = dict(uses)
+        for atom in outputs:
+            for name in _names_read(atom) | ({atom} if isinstance(atom, sp.Basic) else set()):
+                self._remaining[name] = float("inf")
+        self._fresh = {s.target for s in statements if isinstance(s.operation, (sp.MatMul,
+                                                                                ops.Map))}
         maps = {s.target for s in statements if isinstance(s.operation, ops.Map)}
         sums: dict = {}
         for s in statements:
@@ -331,8 +340,9 @@ class KernelEmitter:
         while pending:
             s = pending.pop(0)
             if not isinstance(s.operation, ops.Map):
-                self.statement(s)
+                self._emit_and_count(s)
                 continue
+            self._hoist_last_readers(s, pending, sums)
             group = [s] + self._loop_partners(s, pending, sums)
             # a member whose only readers are its sums and later members (which take its
             # element in the loop itself) is not stored
@@ -348,6 +358,37 @@ class KernelEmitter:
                 self._map_with_sums(*units[0])
             else:
                 self._maps_in_one_loop(units)
+            for m in group:
+                self._count_read(m)
+                for r in sums.get(m.target, []):
+                    self._count_read(r)
+
+    def _emit_and_count(self, s) -> None:
+        self.statement(s)
+        self._count_read(s)
+
+    def _count_read(self, s) -> None:
+        for name in _names_read(s.operation):
+            self._remaining[name] = self._remaining.get(name, 1) - 1
+
+    def _hoist_last_readers(self, s, pending: list, sums: dict) -> None:
+        """Before the Map s, emit the other readers of an operand that s could write over,
+        when they can run now (a product reading A1 before dZ1 = ... A1 ... overwrites it):
+        then the Map needs no new array."""
+        waiting = {q.target for q in pending} | {s.target}
+        waiting |= {r.target for q in [s, *pending] for r in sums.get(q.target, [])}
+        for operand in s.operation.operands:
+            if operand not in self._fresh or tuple(operand.shape) != tuple(s.operation.shape) \
+                    or self._remaining.get(operand, 0) <= 1:
+                continue
+            readers = [q for q in pending if operand in _names_read(q.operation)]
+            if len(readers) != self._remaining[operand] - 1 or any(
+                    isinstance(q.operation, ops.Map) or _names_read(q.operation) & waiting
+                    for q in readers):
+                continue
+            for q in readers:
+                pending.remove(q)
+                self._emit_and_count(q)
 
     def _loop_partners(self, first, pending: list, sums: dict) -> list:
         """The later Maps of first's shape that can share its loop, taken out of pending:
@@ -382,7 +423,7 @@ class KernelEmitter:
                 else:
                     self.emit(f"{r.target.name} = np.zeros({self.shape(r.operation.shape)})")
             if store:
-                self.emit(f"{target.name} = np.empty({self.shape(e.shape)})")
+                self.emit(f"{target.name} = {self._buffer_for(e)}")
         across_rows = any(isinstance(r.operation, ops.AxisSum) and r.operation.axis == 0
                           and shape[0] != 1 for _, _, reductions, _ in units for r in reductions)
         i, j, depth = self.loops(shape, independent=not across_rows)
@@ -428,7 +469,7 @@ class KernelEmitter:
             else:
                 self.emit(f"{r.target.name} = np.zeros({self.shape(r.operation.shape)})")
         if store:
-            self.emit(f"{target.name} = np.empty({self.shape(e.shape)})")
+            self.emit(f"{target.name} = {self._buffer_for(e)}")
         # column sums accumulate across rows: that loop is not split between threads
         across_rows = any(isinstance(r.operation, ops.AxisSum) and r.operation.axis == 0
                           and rows != 1 for r in reductions)
@@ -492,8 +533,21 @@ class KernelEmitter:
     def _emit_Transpose(self, target, e):
         self.emit(f"{target.name} = {self.name(e.arg)}.T")
 
+    def _buffer_for(self, e: ops.Map) -> str:
+        """Where a Map's matrix goes: over an operand of its own shape that this kernel
+        allocated and that nothing else reads (each entry is loaded before the same entry is
+        stored), else a new array.  Fewer large arrays per call: a 16 MB temporary freed and
+        allocated again each call costs more in page faults than the loop that fills it."""
+        remaining = getattr(self, "_remaining", {})
+        for operand in e.operands:
+            if operand in getattr(self, "_fresh", ()) and remaining.get(operand, 0) == 1 \
+                    and tuple(operand.shape) == tuple(e.shape):
+                self._fresh = self._fresh - {operand}
+                return operand.name
+        return f"np.empty({self.shape(e.shape)})"
+
     def _emit_Map(self, target, e: ops.Map):
-        self.emit(f"{target.name} = np.empty({self.shape(e.shape)})")
+        self.emit(f"{target.name} = {self._buffer_for(e)}")
         i, j, depth = self.loops(e.shape)
         self.emit(f"{target.name}[{i}, {j}] = {self.map_body(e, i, j, depth)}", depth)
 
