@@ -409,3 +409,22 @@ def test_source_works_copied_into_cached_module(tmp_path):
         del sys.modules["sg_generated_copy"]
     expected = apply("tanh", x) * 2.0 + apply("exp", -x) + apply("log1p", np.abs(x))
     np.testing.assert_allclose(out, expected, rtol=1e-15, atol=0)
+
+
+@needs_avx2
+def test_a_compiled_scalar_model_vectorises_across_points():
+    """The point kernel is inlined into the loop over points, so the loop runs wide."""
+    import sympy as sp
+
+    import symgrad as sg
+
+    q, w = sp.symbols("q w")
+    f = sg.compile(sp.sin(q) * sp.cos(w) + sp.exp(-q * q) * w, [q, w])
+    q_values, w_values = np.linspace(-2.0, 2.0, 1000), np.linspace(0.5, 1.5, 1000)
+    value, grads = f.value_and_grad(q=q_values, w=w_values)
+    np.testing.assert_allclose(value, np.sin(q_values) * np.cos(w_values)
+                               + np.exp(-q_values**2) * w_values, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(grads["w"], -np.sin(q_values) * np.sin(w_values)
+                               + np.exp(-q_values**2), rtol=1e-13, atol=1e-15)
+    loop = f.module._value_and_grad_loop
+    _assert_vectorised(loop.inspect_asm(loop.signatures[0]), "value-and-gradient loop")

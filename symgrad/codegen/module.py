@@ -110,6 +110,8 @@ PARALLEL_MIN_WORK = 1 << 22
 SERIAL = f'@numba.njit(cache=True, fastmath={FASTMATH_FLAGS}, error_model="numpy")'
 PARALLEL = (f'@numba.njit(cache=True, fastmath={FASTMATH_FLAGS}, error_model="numpy", '
             'parallel=True)')
+INLINED = (f'@numba.njit(cache=True, fastmath={FASTMATH_FLAGS}, error_model="numpy", '
+           'inline="always")')
 
 
 # Scalar models of at most this many operations also get a pure-Python twin of their point
@@ -118,13 +120,13 @@ PYTHON_MAX_OPS = 48
 
 
 def _kernel(name: str, arguments: list[str], program: Program, returns: list[str],
-            parallel: bool = False, python: bool = False,
+            parallel: bool = False, python: bool = False, inline: bool = False,
             prologue: list[str] = ()) -> tuple[list[str], list]:
     """The source of one kernel, and the sizes of its loops that can run in parallel."""
     printer = PythonScalarPrinter() if python else None
     emitter = KernelEmitter(program, {}, parallel=parallel, printer=printer)
     emitter.emit_program(program.statements, list(program.outputs.values()))
-    decorator = [] if python else [PARALLEL if parallel else SERIAL]
+    decorator = [] if python else [INLINED if inline else PARALLEL if parallel else SERIAL]
     out = decorator + [f"def {name}({', '.join(arguments)}):"]
     out += list(prologue)
     out += emitter.lines or []
@@ -166,7 +168,8 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
     python_body = {}    # kind -> the Python twin's statements, for the positional call
     for kind, program, outputs in programs:
         returns = _output_expressions(program, outputs)
-        lines += _kernel(f"_{kind}_point", names, program, returns)[0]
+        # inlined into the loops below, so that LLVM vectorises them across points
+        lines += _kernel(f"_{kind}_point", names, program, returns, inline=True)[0]
         python[kind] = program.op_count() <= PYTHON_MAX_OPS
         if python[kind]:
             twin = _kernel(f"_{kind}_python", names, program, returns, python=True)[0]
