@@ -354,8 +354,6 @@ class KernelEmitter:
                      for m in group]
             if len(units) == 1 and not units[0][2]:
                 self.statement(s)
-            elif len(units) == 1:
-                self._map_with_sums(*units[0])
             else:
                 self._maps_in_one_loop(units)
             for m in group:
@@ -413,8 +411,8 @@ class KernelEmitter:
         return partners
 
     def _maps_in_one_loop(self, units: list) -> None:
-        """One loop nest for several Maps of one shape (each with its sums, stored or not):
-        their operands are loaded once, and their bodies go through one CSE."""
+        """One loop nest for Maps of one shape, each with its sums, stored or not (only its
+        sums read it): their operands are loaded once, their bodies go through one CSE."""
         shape = units[0][1].shape
         for target, e, reductions, store in units:
             for r in reductions:
@@ -460,30 +458,6 @@ class KernelEmitter:
                     self.emit(f"{r.target.name}[0, {j}] += _e{k}", depth)
                 else:
                     self.emit(f"{r.target.name}[{i}, 0] += _e{k}", depth)
-
-    def _map_with_sums(self, target, e: ops.Map, reductions: list, store: bool):
-        rows = e.shape[0]
-        for r in reductions:
-            if isinstance(r.operation, ops.SumAll):
-                self.emit(f"{r.target.name} = 0.0")
-            else:
-                self.emit(f"{r.target.name} = np.zeros({self.shape(r.operation.shape)})")
-        if store:
-            self.emit(f"{target.name} = {self._buffer_for(e)}")
-        # column sums accumulate across rows: that loop is not split between threads
-        across_rows = any(isinstance(r.operation, ops.AxisSum) and r.operation.axis == 0
-                          and rows != 1 for r in reductions)
-        i, j, depth = self.loops(e.shape, independent=not across_rows)
-        self.emit(f"_e = {self.map_body(e, i, j, depth)}", depth)
-        if store:
-            self.emit(f"{target.name}[{i}, {j}] = _e", depth)
-        for r in reductions:
-            if isinstance(r.operation, ops.SumAll):
-                self.emit(f"{r.target.name} += _e", depth)
-            elif r.operation.axis == 0:
-                self.emit(f"{r.target.name}[0, {j}] += _e", depth)
-            else:
-                self.emit(f"{r.target.name}[{i}, 0] += _e", depth)
 
     def statement(self, s: Statement):
         kind = type(s.operation).__name__
