@@ -535,3 +535,11 @@ def test_abs_of_exp_has_a_gradient():
 def test_a_softmax_over_one_entry_compiles():
     """Was: a Map inlined into another kept a use of a temporary inlined into it before."""
     assert check(*SINGLETON_SOFTMAX_MODEL, against="finite-differences").ok
+
+
+def test_a_map_never_writes_over_a_partner_in_its_loop():
+    """Was: exp(Z - logsumexp(Z)) shared a loop with the gradient that reads it and was not
+    stored, yet the gradient chose its array to write over (NameError when Numba compiled)."""
+    B = sg.matrix("B", 3, 2)
+    model = ops.LogSumExpAll(sp.HadamardProduct(2 * B, ops.Named("Z1", B)))
+    assert check(model, [B], against="finite-differences", seed=124).ok

@@ -421,7 +421,8 @@ class KernelEmitter:
                 else:
                     self.emit(f"{r.target.name} = np.zeros({self.shape(r.operation.shape)})")
             if store:
-                self.emit(f"{target.name} = {self._buffer_for(e)}")
+                # not over a member of this loop: that one is written in the loop too
+                self.emit(f"{target.name} = {self._buffer_for(e, {u[0] for u in units})}")
         across_rows = any(isinstance(r.operation, ops.AxisSum) and r.operation.axis == 0
                           and shape[0] != 1 for _, _, reductions, _ in units for r in reductions)
         i, j, depth = self.loops(shape, independent=not across_rows)
@@ -507,7 +508,7 @@ class KernelEmitter:
     def _emit_Transpose(self, target, e):
         self.emit(f"{target.name} = {self.name(e.arg)}.T")
 
-    def _buffer_for(self, e: ops.Map) -> str:
+    def _buffer_for(self, e: ops.Map, exclude: set = frozenset()) -> str:
         """Where a Map's matrix goes: over an operand of its own shape that this kernel
         allocated and that nothing else reads (each entry is loaded before the same entry is
         stored), else a new array.  Fewer large arrays per call: a 16 MB temporary freed and
@@ -515,7 +516,7 @@ class KernelEmitter:
         remaining = getattr(self, "_remaining", {})
         for operand in e.operands:
             if operand in getattr(self, "_fresh", ()) and remaining.get(operand, 0) == 1 \
-                    and tuple(operand.shape) == tuple(e.shape):
+                    and operand not in exclude and tuple(operand.shape) == tuple(e.shape):
                 self._fresh = self._fresh - {operand}
                 return operand.name
         return f"np.empty({self.shape(e.shape)})"
