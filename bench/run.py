@@ -429,7 +429,8 @@ def _table(cell: dict) -> list[str]:
     return out
 
 
-def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float) -> None:
+def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float,
+                 generated: str | None = None) -> None:
     from bench.peers import HAND_NUMBA, HAND_NUMBA_PRANGE, PEERS, SYMGRAD, SYMGRAD_NAMES
 
     cfgs = list(runs)
@@ -438,7 +439,7 @@ def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float) -> 
     lines = [
         "# symgrad benchmark results",
         "",
-        f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by "
+        f"Generated {generated or datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by "
         f"`{' '.join(['python -m bench.run', *argv])}` in {wall_s:.0f} s"
         + (" (**--quick**: short loops, no torch.compile, symgrad's disk cache kept; "
            "indicative only)"
@@ -573,12 +574,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated workloads, e.g. W2a,W3 (W3 = all W3-m*)")
     ap.add_argument("--threads", choices=("one", "default", "both"), default="both")
     ap.add_argument("--out", default=str(BENCH_DIR / "RESULTS.md"))
+    ap.add_argument("--render", action="store_true",
+                    help="rewrite the report from its .json (after editing bench/NOTES.md); "
+                         "times nothing")
     ap.add_argument("--worker", choices=("one", "default"), help=argparse.SUPPRESS)
     ap.add_argument("--json-out", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
 
     if a.worker:
         run_worker(a.worker, a.quick, a.only, a.json_out)
+        return 0
+
+    if a.render:
+        out = Path(a.out)
+        saved = json.loads(out.with_suffix(".json").read_text())
+        write_report(saved["runs"], out, saved["argv"], saved["wall_s"], saved["generated"])
+        _log(f"rewrote {out} from {out.with_suffix('.json')}")
         return 0
 
     from bench.workloads import select
@@ -608,8 +619,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     wall = time.perf_counter() - t0
     out = Path(a.out)
-    write_report(runs, out, argv, wall)
-    out.with_suffix(".json").write_text(json.dumps(runs, indent=1))
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    write_report(runs, out, argv, wall, generated)
+    out.with_suffix(".json").write_text(json.dumps(
+        {"generated": generated, "argv": argv, "wall_s": wall, "runs": runs}, indent=1))
     _log(f"wrote {out} and {out.with_suffix('.json')} in {wall:.0f} s")
     return 0
 
