@@ -232,6 +232,7 @@ class KernelEmitter:
         self.printer = printer or ScalarPrinter()
         self.parallel = parallel          # outer loops as numba.prange
         self.loop_sizes: list = []        # element counts of the loops that may run in parallel
+        self.uses_blas = False            # whether a product goes to BLAS (np.dot)
 
     # -- helpers -----------------------------------------------------------------------
     def emit(self, line: str, depth: int = 1):
@@ -492,12 +493,15 @@ class KernelEmitter:
                       f"{self.load(b, '_r', '0', (inner, 1))}", 2)
             self.emit(f"{target.name} = np.full((1, 1), _total)")
         elif cols == 1:
+            self.uses_blas = True
             self.emit(f"{target.name} = np.dot({self.name(a)}, {self.flat(b)})"
                       f".reshape({self.shape(e.shape)})")
         elif rows == 1:
+            self.uses_blas = True
             self.emit(f"{target.name} = np.dot({self.flat(a)}, {self.name(b)})"
                       f".reshape({self.shape(e.shape)})")
         else:
+            self.uses_blas = True
             self.emit(f"{target.name} = np.dot({self.name(a)}, {self.name(b)})")
 
     def flat(self, vector) -> str:
