@@ -86,7 +86,8 @@ def inputs_of(expr, wrt: list) -> list:
                                                  if isinstance(s, sp.Symbol)}
     data = sorted((s for s in symbols if s not in wrt and s not in dims),
                   key=lambda s: s.name)
-    clash = [w for w in wrt if w in dims or w in shape_symbols(expr)]
+    dims |= shape_symbols(expr)      # dimensions no input fixes stay inputs (integers)
+    clash = [w for w in wrt if w in dims]
     if clash:
         raise ValueError(f"{clash[0]} is a matrix dimension and cannot be differentiated")
     return list(wrt) + data
@@ -140,6 +141,7 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     inputs = inputs_of(expr, wrt)
     check_names(inputs)
     output_shape = tuple(expr.shape) if isinstance(expr, MatrixExpr) else ()
+    free = free_dimensions(expr)
     if output_shape == (1, 1):
         from symgrad.ops import Entry
         expr, output_shape = Entry(expr, 0, 0), ()
@@ -152,7 +154,7 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
         forward = fuse(lower(derivation, {"value": derivation.value}, inputs))
         vjp = fuse(lower(derivation, {w.name: derivation.gradients[w] for w in wrt}, inputs))
         spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=output_shape,
-                          free_dimensions=free_dimensions(expr),
+                          free_dimensions=free,
                           forward=forward, vjp=vjp, upstream=upstream)
         spec.op_counts = {"forward": forward.op_count(), "vjp": vjp.op_count()}
     else:
@@ -162,7 +164,7 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
         outputs.update({w.name: derivation.gradients[w] for w in wrt})
         value_and_grad = fuse(lower(derivation, outputs, inputs))
         spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=(),
-                          free_dimensions=free_dimensions(expr),
+                          free_dimensions=free,
                           forward=forward, value_and_grad=value_and_grad)
         spec.op_counts = {"forward": forward.op_count(),
                           "value_and_grad": value_and_grad.op_count()}

@@ -268,10 +268,10 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
-# Matrix models: one kernel per program, entered through a compiled entry that converts the
-# inputs, checks their shapes and binds the dimensions (so a call with float64 arrays costs
-# one dispatch into Numba); any input the entry cannot take goes through the checked Python
-# path (_prepare), which converts it or says what is wrong with it.
+# Matrix models: one kernel per program, which opens by checking its inputs' shapes and
+# binding the dimensions (so a call with float64 arrays costs one dispatch into Numba); any
+# input the kernel cannot take goes through the checked Python path (_prepare), which
+# converts it or says what is wrong with it.
 # ------------------------------------------------------------------------------------------
 def _matrix_model(spec: ModuleSpec) -> list[str]:
     dims = sorted({d for s in spec.inputs if isinstance(s, MatrixExpr)
@@ -353,11 +353,14 @@ def _entry_prologue(spec: ModuleSpec, extra: list[str]) -> list[str]:
     for s in spec.inputs:
         if s in spec.free_dimensions:
             lines += [f"    if {s.name} < 0:", f"        raise ValueError({s.name!r})"]
-    for name, _axis, actual, binding, expected, _ in _shape_steps(
+    # the axis that _as_2d makes 1 needs no check
+    fixed = {(s.name, 1 if s.shape[1] == 1 else 0) for s in spec.inputs
+             if isinstance(s, MatrixExpr) and 1 in (s.shape[0], s.shape[1])}
+    for name, axis, actual, binding, expected, _ in _shape_steps(
             spec, {s.name: s.name for s in spec.inputs}):
         if binding is not None:
             lines.append(f"    {binding}")
-        if expected is not None:
+        if expected is not None and (name, axis) not in fixed:
             lines += [f"    if {actual} != {expected}:", f"        raise ValueError({name!r})"]
     if extra:       # the upstream adjoint of a matrix output
         rows, cols = (sp.pycode(sp.sympify(d)) for d in spec.output_shape)
@@ -368,7 +371,7 @@ def _entry_prologue(spec: ModuleSpec, extra: list[str]) -> list[str]:
 
 
 def _as_2d(name: str, rows, cols) -> str:
-    """How an entry reads an input of this shape: a vector may arrive 1-D or 2-D, and the
+    """How a kernel reads an input of this shape: a vector may arrive 1-D or 2-D, and the
     same reshape reads both (a 2-D array of another shape fails it, and the checked path
     then says what is wrong)."""
     if cols == 1:
@@ -444,10 +447,9 @@ def _prepare_function(spec: ModuleSpec, dims: list) -> list[str]:
 
 
 def _fast_gate(spec: ModuleSpec, extra: list[str]) -> str:
-    """The Python test that sends a call straight to the compiled entry: C-contiguous float64
-    arrays, floats and ints as such (the entry then compiles once, for these types)."""
-    arrays = extra + [s.name for s in spec.inputs
-                      if isinstance(s, MatrixExpr) and s not in spec.free_dimensions]
+    """The Python test that sends a call straight to the kernel: C-contiguous float64 arrays,
+    floats and ints as such (the kernel then compiles once, for these types)."""
+    arrays = extra + [s.name for s in spec.inputs if isinstance(s, MatrixExpr)]
     tests = [f"type({n}) is _ndarray and {n}.dtype is _float64 and {n}.flags.c_contiguous"
              for n in arrays]
     for s in spec.inputs:
@@ -468,7 +470,7 @@ def _wrappers(spec: ModuleSpec, dims: list, threaded: set) -> list[str]:
 
     prepared = ", ".join(names + [d.name for d in dims])
     value = "float(_value)" if not spec.output_shape else "_value"
-    direct = {}         # parameter -> its gradient from the entry as it is
+    direct = {}         # parameter -> its gradient from the kernel as it is
     reshaped = {}       # parameter -> its gradient on the checked path (1-D inputs come back 1-D)
     offset = 0 if spec.value_and_grad is None else 1
     for k, p in enumerate(spec.parameters):
@@ -484,7 +486,7 @@ def _wrappers(spec: ModuleSpec, dims: list, threaded: set) -> list[str]:
         return "{" + ", ".join(f"{n!r}: {e}" for n, e in table.items()) + "}"
 
     def fast_then_checked(call, returns, extra=()):
-        """Lines that try the entry on the inputs as they are, then on checked ones."""
+        """Lines that try the kernel on the inputs as they are, then on checked ones."""
         return [
             f"    if {_fast_gate(spec, list(extra))}:",
             "        try:",

@@ -233,6 +233,10 @@ class KernelEmitter:
         self.parallel = parallel          # outer loops as numba.prange
         self.loop_sizes: list = []        # element counts of the loops that may run in parallel
         self.uses_blas = False            # whether a product goes to BLAS (np.dot)
+        # per name, the readers not yet emitted, and the arrays this kernel allocated itself:
+        # set by emit_program, they let a Map write over a dead operand (_buffer_for)
+        self._remaining: dict = {}
+        self._fresh: set = set()
 
     # -- helpers -----------------------------------------------------------------------
     def emit(self, line: str, depth: int = 1):
@@ -319,16 +323,13 @@ class KernelEmitter:
         for s in statements:
             for name in _names_read(s.operation):
                 uses[name] = uses.get(name, 0) + 1
-        for atom in outputs:
+        for atom in outputs:        # an output is read after the kernel: always stored
             for name in _names_read(atom) | ({atom} if isinstance(atom, sp.Basic) else set()):
-                uses[name] = uses.get(name, 0) + 1
-        # readers not yet emitted, per name (an output's never ends); with the arrays this
-        # kernel allocated itself (not inputs, not views of them), it lets a Map write over
-        # an operand that nothing after it reads (see _buffer_for)
+                uses[name] = float("inf")
+        # readers not yet emitted, per name; with the arrays this kernel allocated itself
+        # (not inputs, not views of them), it lets a Map write over an operand that nothing
+        # after it reads (see _buffer_for)
         self._remaining = dict(uses)
-        for atom in outputs:
-            for name in _names_read(atom) | ({atom} if isinstance(atom, sp.Basic) else set()):
-                self._remaining[name] = float("inf")
         self._fresh = {s.target for s in statements if isinstance(s.operation, (sp.MatMul,
                                                                                 ops.Map))}
         maps = {s.target for s in statements if isinstance(s.operation, ops.Map)}
@@ -517,9 +518,8 @@ class KernelEmitter:
         allocated and that nothing else reads (each entry is loaded before the same entry is
         stored), else a new array.  Fewer large arrays per call: a 16 MB temporary freed and
         allocated again each call costs more in page faults than the loop that fills it."""
-        remaining = getattr(self, "_remaining", {})
         for operand in e.operands:
-            if operand in getattr(self, "_fresh", ()) and remaining.get(operand, 0) == 1 \
+            if operand in self._fresh and self._remaining.get(operand, 0) == 1 \
                     and operand not in exclude and tuple(operand.shape) == tuple(e.shape):
                 self._fresh = self._fresh - {operand}
                 return operand.name

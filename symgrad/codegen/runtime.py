@@ -44,13 +44,13 @@ def _at_overload(x, i):
     return lambda x, i: x
 
 
-# -- the compiled entry of a matrix model takes these as they are --------------------------
+# -- what a matrix model's kernel takes as it is (see module.py, _fast_gate) ----------------
 _ndarray = np.ndarray
 _float64 = np.dtype(np.float64)
 
 
 class _Threads(Exception):
-    """Raised by the serial entry of a kernel when its parallel twin should run instead."""
+    """Raised by a serial kernel when its parallel twin should run instead."""
 
 
 def _real_array(name, value):
