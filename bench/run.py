@@ -338,6 +338,75 @@ def _worker_env(cfg: str, cache_dir: str, quick: bool) -> dict:
     return env
 
 
+# ==================================================== generated module, fresh process
+FIRST_CALL_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import {module} as m
+t1 = time.perf_counter()
+args = {args}
+t2 = time.perf_counter()
+m.{function}(**args)
+t3 = time.perf_counter()
+print(json.dumps({{"import_s": t1 - t0, "first_call_s": t3 - t2}}))
+"""
+# a one-line cached Numba function: the floor any Numba-compiled module starts from
+FLOOR_MODULE = "import numba\n\n\n@numba.njit(cache=True)\ndef add(a, b):\n    return a + b\n"
+FIRST_CALL_CASES = (
+    ("generated/window_classifier.py: value_and_grad", "window_classifier",
+     "value_and_grad",
+     "dict(W=np.full((100, 250), 0.01), b=np.zeros(100), u=np.ones(100), x=np.ones(250))"),
+    ("floor: one-line @numba.njit(cache=True) function", "floor_module", "add",
+     "dict(a=1.0, b=2.0)"),
+)
+
+
+def fresh_process_first_calls(repeats: int = 5) -> list[dict]:
+    """Import a module and make its first call in fresh processes: once with a cold Numba
+    cache (it compiles and writes the cache), then `repeats` times with the warm cache.
+    Runs on a copy of the module in a temporary folder, so the repository's cache is not
+    touched and the cold run is really cold."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench_first_call_") as tmp:
+        shutil.copy(REPO_ROOT / "generated" / "window_classifier.py", tmp)
+        Path(tmp, "floor_module.py").write_text(FLOOR_MODULE)
+        env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+        env["PYTHONPATH"] = tmp
+        for label, module, function, args in FIRST_CALL_CASES:
+            script = FIRST_CALL_SCRIPT.format(module=module, function=function, args=args)
+            runs = []
+            for _ in range(1 + repeats):
+                out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp,
+                                     capture_output=True, text=True, check=True)
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            warm = [r["first_call_s"] for r in runs[1:]]
+            results.append({"label": label, "cold_s": runs[0]["first_call_s"],
+                            "warm_median_s": statistics.median(warm), "warm_min_s": min(warm),
+                            "warm_max_s": max(warm),
+                            "import_s": statistics.median(r["import_s"] for r in runs[1:])})
+            _log(f"first call, fresh process: {label}: cold {runs[0]['first_call_s']:.2f} s, "
+                 f"warm {statistics.median(warm):.3f} s")
+    return results
+
+
+def _first_call_lines(first_calls: list[dict]) -> list[str]:
+    if not first_calls:
+        return []
+    lines = ["## First call in a fresh process", "",
+             "`python -c 'import module; module.f(...)'` with the Numba cache cold (once) and "
+             "warm (median and min-max of 5 processes); import time (numpy, numba and the "
+             "module) is not in the first call. The floor row is a module holding one "
+             "one-line cached function: what Numba itself takes to load a cached function "
+             "in a new process (its CPU target, and scipy.linalg for BLAS, load on the first "
+             "call, whatever the function).", "",
+             "| module | cold cache | warm cache | import |", "|---|---:|---:|---:|"]
+    for r in first_calls:
+        lines.append(f"| {r['label']} | {r['cold_s']:.2f} s | {r['warm_median_s']:.3f} s "
+                     f"({r['warm_min_s']:.3f}-{r['warm_max_s']:.3f}) | {r['import_s']:.2f} s |")
+    return lines + [""]
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -430,7 +499,7 @@ def _table(cell: dict) -> list[str]:
 
 
 def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float,
-                 generated: str | None = None) -> None:
+                 generated: str | None = None, first_calls: list | None = None) -> None:
     from bench.peers import HAND_NUMBA, HAND_NUMBA_PRANGE, PEERS, SYMGRAD, SYMGRAD_NAMES
 
     cfgs = list(runs)
@@ -519,6 +588,8 @@ def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float,
         lines.append(line)
     lines.append("")
 
+    lines += _first_call_lines(first_calls or [])
+
     # ---- peers relative to hand Numba (the BENCHMARKS.md layout)
     peer_names = [n for n, _ in PEERS if n != HAND_NUMBA]
     for cfg in cfgs:
@@ -588,7 +659,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.render:
         out = Path(a.out)
         saved = json.loads(out.with_suffix(".json").read_text())
-        write_report(saved["runs"], out, saved["argv"], saved["wall_s"], saved["generated"])
+        write_report(saved["runs"], out, saved["argv"], saved["wall_s"], saved["generated"],
+                     saved.get("first_calls"))
         _log(f"rewrote {out} from {out.with_suffix('.json')}")
         return 0
 
@@ -617,12 +689,14 @@ def main(argv: list[str] | None = None) -> int:
                 runs[cfg] = json.load(fh)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    first_calls = fresh_process_first_calls()
     wall = time.perf_counter() - t0
     out = Path(a.out)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    write_report(runs, out, argv, wall, generated)
+    write_report(runs, out, argv, wall, generated, first_calls)
     out.with_suffix(".json").write_text(json.dumps(
-        {"generated": generated, "argv": argv, "wall_s": wall, "runs": runs}, indent=1))
+        {"generated": generated, "argv": argv, "wall_s": wall, "runs": runs,
+         "first_calls": first_calls}, indent=1))
     _log(f"wrote {out} and {out.with_suffix('.json')} in {wall:.0f} s")
     return 0
 

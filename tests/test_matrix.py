@@ -120,7 +120,67 @@ def test_a_layer_writes_over_the_product_it_no_longer_needs():
         body = body[:body.index("\n\n")]
         assert "np.empty((n_h, m))" not in body
     body = source[source.index("def _value_and_grad_kernel("):]
-    assert body.index("_t4.T") < body.index("_t12 = _t4")
+    assert body.index("_t15 = ") < body.index("_t12 = _t4")
+
+
+def _kernel_source(expr, wrt, kernel="_value_and_grad_kernel"):
+    from symgrad.codegen.module import module_source
+
+    source = module_source(build_spec(expr, wrt), "test")
+    body = source[source.index(f"def {kernel}("):]
+    return body[:body.index("\n\n")]
+
+
+@pytest.fixture(scope="module")
+def four_matrix_vector_products():
+    n, k = sp.symbols("n k", integer=True, positive=True)
+    Am, u, w = sg.matrix("A", n, k), sg.vector("u", n), sg.vector("w", k)
+    cs = [sg.vector(f"c{q}", k if q % 2 == 0 else n) for q in range(4)]
+    s = sg.sum(sg.hadamard(cs[0], sg.tanh(Am.T @ u))) + sg.sum(sg.hadamard(cs[1], Am @ w)) \
+        + sg.sum(sg.hadamard(cs[2].T, sg.sin(u.T @ Am))) + sg.sum(sg.hadamard(cs[3].T, w.T @ Am.T))
+    return sg.compile(s, [Am, u, w])
+
+
+@pytest.mark.parametrize("n, k", [(7, 9), (8, 40), (5, 33), (1, 6), (3, 2)])
+def test_matrix_vector_products_as_loops_agree_with_numpy(four_matrix_vector_products, n, k):
+    """A v, A^T u, u^T A and v^T A^T: a dot product per stored row or a scaled-row update,
+    four rows at a time with the remainder rows on their own (sizes not multiples of 4)."""
+    f = four_matrix_vector_products
+    assert "np.dot" not in f.source
+    r = np.random.default_rng(n * k)
+    A0, u0, w0 = r.normal(size=(n, k)), r.normal(size=n), r.normal(size=k)
+    c0 = [r.normal(size=k if q % 2 == 0 else n) for q in range(4)]
+    given = {"A": A0, "u": u0, "w": w0, **{f"c{q}": c0[q] for q in range(4)}}
+    value, grads = f.value_and_grad(**given)
+    expected = c0[0] @ np.tanh(A0.T @ u0) + c0[1] @ (A0 @ w0) + c0[2] @ np.sin(u0 @ A0) \
+        + c0[3] @ (A0 @ w0)
+    assert value == pytest.approx(expected, rel=1e-12)
+    g = c0[0] * (1 - np.tanh(A0.T @ u0) ** 2)
+    h = c0[2] * np.cos(u0 @ A0)
+    np.testing.assert_allclose(grads["A"], np.outer(u0, g) + np.outer(c0[1] + c0[3], w0)
+                               + np.outer(u0, h), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(grads["u"], A0 @ g + A0 @ h, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(grads["w"], A0.T @ (c0[1] + c0[3]), rtol=1e-12, atol=1e-14)
+
+
+def test_short_known_rows_go_to_blas():
+    """Rows of 16 known entries: LLVM would vectorise the loops with gathers (5-10x
+    slower than BLAS), so that product stays with BLAS; long rows become loops."""
+    Xs, w = sg.matrix("X", 1024, 16), sg.vector("w", 16)
+    assert "np.dot(X, w" in _kernel_source(sg.sum(sg.square(Xs @ w)), [w], "_forward_kernel")
+    Xl, wl = sg.matrix("X", 100, 250), sg.vector("w", 250)
+    assert "np.dot" not in _kernel_source(sg.sum(sg.square(Xl @ wl)), [wl], "_forward_kernel")
+
+
+def test_a_row_vector_times_a_layer_is_summed_in_the_layer_loop():
+    """Z2 = W2 tanh(W1 X + b1): the forward never stores tanh(...), it adds each entry,
+    weighted by W2, into Z2 as it goes; a row sum (db1) goes through a local variable."""
+    model = load_example("two_layer_net").two_layer_net
+    forward = _kernel_source(model.output, model.wrt, "_forward_kernel")
+    assert forward.count("for _i in") == 1 and "+= _e0 * W2[0, _i]" in forward
+    assert "_t4[_i, _j] =" not in forward          # A1 is not stored in the forward pass
+    backward = _kernel_source(model.output, model.wrt)
+    assert "_acc0 += _e0" in backward
 
 
 def test_latex_and_jupyter_show_formulas():

@@ -35,6 +35,21 @@ def test_matrix_model_parallel_kernel_matches_serial_kernel():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
 
 
+def test_matrix_vector_loops_in_the_parallel_kernel_match_the_serial_kernel():
+    """A w splits its rows between threads (dot products per row); A^T u, an update of
+    the whole result per row, stays on one thread in both kernels."""
+    n, k = sp.symbols("n k", integer=True, positive=True)
+    A, w, u = sg.matrix("A", n, k), sg.vector("w", k), sg.vector("u", n)
+    f = sg.compile(sg.sum(sg.tanh(A @ w)) + sg.sum(sg.sin(A.T @ u)), [A, w, u])
+    assert "numba.prange(n // 4)" in f.source
+    rng = np.random.default_rng(2)
+    arguments = (rng.normal(size=(1031, 1030)), rng.normal(size=1030), rng.normal(size=1031))
+    serial = f.module._value_and_grad_kernel(*arguments, 1)
+    parallel = f.module._value_and_grad_kernel_parallel(*arguments)
+    for a, b in zip(serial, parallel):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
 def test_a_kernel_that_calls_blas_has_no_parallel_twin():
     """BLAS takes the threads for its products; loops on Numba's threads beside its spinning
     threads ran slower than on one."""
