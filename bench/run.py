@@ -36,6 +36,11 @@ XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thread
 FULL = {"loop_s": 0.2, "repeats": 7}
 QUICK = {"loop_s": 0.01, "repeats": 5}  # indicative only
 
+# default threads: a pause before each timing loop, so that the thread pools of the library
+# timed before (OpenBLAS in numpy and again in scipy, OpenMP in torch, Eigen in JAX), which
+# spin for a while after their last job, are asleep: with two cores, one library's
+# spinning threads beside another's working ones slowed BLAS-bound loops up to 9x
+SETTLE_S = 0.15
 LOOP_BUDGET = 5  # a timing loop stops early after 5x its planned length (see _loop)
 NOISY = 0.05  # flag cells where other processes used more than this share of the CPUs
 
@@ -242,6 +247,8 @@ def _run_cell(wl, mode, inputs, proto, quick, cfg, P) -> dict:
     for r in range(proto["repeats"]):
         k = r % max(len(timed), 1)
         for name, impl in timed[k:] + timed[:k]:
+            if cfg == "default" and not quick:
+                time.sleep(SETTLE_S)
             t, done = _loop(impl, ns[name], budget_s=LOOP_BUDGET * proto["loop_s"])
             samples[name].append(t / done)
     for name, ts in samples.items():
@@ -395,7 +402,8 @@ def _first_call_lines(first_calls: list[dict]) -> list[str]:
         return []
     lines = ["## First call in a fresh process", "",
              "`python -c 'import module; module.f(...)'` with the Numba cache cold (once) and "
-             "warm (median and min-max of 5 processes); import time (numpy, numba and the "
+             "warm (median and min-max of 5 processes, 3 with --quick); import time (numpy, "
+             "numba and the "
              "module) is not in the first call. The floor row is a module holding one "
              "one-line cached function: what Numba itself takes to load a cached function "
              "in a new process (its CPU target, and scipy.linalg for BLAS, load on the first "
@@ -532,7 +540,8 @@ def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float,
         "on-disk caches: fresh inductor and symgrad cache folders per run). Errors: max over "
         "value and gradients of max|a - r| / max|r| "
         "against the reference (symgrad, or hand Numba while symgrad is unavailable). "
-        "Ratios are time / reference time.",
+        "Ratios are time / reference time. With default threads each timing loop starts "
+        f"after a {SETTLE_S} s pause (the previous library's spinning threads go to sleep).",
         "",
     ]
     for cfg in cfgs:
@@ -689,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[cfg] = json.load(fh)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    first_calls = fresh_process_first_calls()
+    first_calls = fresh_process_first_calls(repeats=3 if a.quick else 5)
     wall = time.perf_counter() - t0
     out = Path(a.out)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
