@@ -403,8 +403,8 @@ def _first_call_lines(first_calls: list[dict]) -> list[str]:
     lines = ["## First call in a fresh process", "",
              "`python -c 'import module; module.f(...)'` with the Numba cache cold (once) and "
              "warm (median and min-max of 5 processes, 3 with --quick); import time (numpy, "
-             "numba and the "
-             "module) is not in the first call. The floor row is a module holding one "
+             "numba and the module) is not in the first call. The floor row is a module "
+             "holding one "
              "one-line cached function: what Numba itself takes to load a cached function "
              "in a new process (its CPU target, and scipy.linalg for BLAS, load on the first "
              "call, whatever the function).", "",
