@@ -238,10 +238,14 @@ def _vector_times_map(operation, maps: set):
     return None
 
 
+def _stored(matrix):
+    """The array behind a matrix operand: the operand itself, or what it transposes."""
+    return matrix.arg if isinstance(matrix, sp.Transpose) else matrix
+
+
 def _is_array(matrix) -> bool:
     """Whether a matrix operand is an array of the kernel, or the transpose of one."""
-    return isinstance(matrix.arg if isinstance(matrix, sp.Transpose) else matrix,
-                      sp.MatrixSymbol)
+    return isinstance(_stored(matrix), sp.MatrixSymbol)
 
 
 def _loops_suit(matrix) -> bool:
@@ -253,8 +257,7 @@ def _loops_suit(matrix) -> bool:
     entries (dot products along rows) or 16 (row updates) the loops tie or beat BLAS."""
     if not _is_array(matrix):
         return False
-    stored = matrix.arg if isinstance(matrix, sp.Transpose) else matrix
-    row_length = sp.sympify(stored.shape[1])
+    row_length = sp.sympify(_stored(matrix).shape[1])
     shortest = 16 if isinstance(matrix, sp.Transpose) else 32
     return not (row_length.is_Integer and int(row_length) < shortest)
 
@@ -390,7 +393,7 @@ class KernelEmitter:
                 sums.setdefault(s.operation.arg, []).append(s)
             elif (pair := _vector_times_map(s.operation, maps)) is not None:
                 vector, matrix = pair
-                stored = vector.arg if isinstance(vector, sp.Transpose) else vector
+                stored = _stored(vector)
                 # the vector must be ready when the loop starts (and not filled by a loop)
                 if stored not in maps and (stored not in defined_before
                                            or stored in defined_before[matrix]):
@@ -655,8 +658,8 @@ class KernelEmitter:
 
     def flat(self, vector) -> str:
         """A row or column vector as a 1-D view (its memory is the same either way)."""
-        base = vector.arg if isinstance(vector, sp.Transpose) else vector
-        return f"{base.name}.reshape({self.dim(max(vector.shape, key=lambda d: d != 1))})"
+        length = max(vector.shape, key=lambda d: d != 1)
+        return f"{_stored(vector).name}.reshape({self.dim(length)})"
 
     def _emit_Transpose(self, target, e):
         self.emit(f"{target.name} = {self.name(e.arg)}.T")
