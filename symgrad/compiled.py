@@ -7,8 +7,10 @@ not compile again.  The folder is ``$SYMGRAD_CACHE_DIR`` or ``~/.cache/symgrad``
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
+import pickle
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -31,10 +33,15 @@ def _version() -> str:
 
 
 def _check_wrt(expr, wrt) -> list:
+    """``wrt`` as a list of distinct symbols of the model, or an error naming the entry:
+    not a symbol, listed twice, not in the model, or a symbol that only shares its name with
+    one of the model's (other assumptions make it another symbol, whose gradient would be 0).
+    """
     if isinstance(wrt, (sp.Symbol, sp.MatrixSymbol)):
         wrt = [wrt]
     if not isinstance(wrt, Sequence) or isinstance(wrt, str):
         raise TypeError(f"wrt must be a list of SymPy symbols or matrix symbols, got {wrt!r}")
+    present = sp.sympify(expr).free_symbols
     out = []
     for w in wrt:
         if not isinstance(w, (sp.Symbol, sp.MatrixSymbol)):
@@ -42,8 +49,26 @@ def _check_wrt(expr, wrt) -> list:
                             "MatrixSymbol: differentiate with respect to symbols only")
         if w in out:
             raise ValueError(f"wrt lists {w} twice")
+        if w not in present:
+            namesakes = [s for s in present if getattr(s, "name", None) == w.name]
+            if namesakes:
+                other = namesakes[0]
+                raise ValueError(
+                    f"wrt entry {w.name!r} is not the model's {w.name!r}: one is "
+                    f"{_described(w)}, the other {_described(other)}; SymPy takes them for "
+                    "two different symbols: pass the model's own symbol")
+            raise ValueError(f"wrt entry {w.name!r} does not appear in the model")
         out.append(w)
     return out
+
+
+def _described(symbol) -> str:
+    if isinstance(symbol, sp.MatrixSymbol):
+        return f"a {symbol.shape[0]} x {symbol.shape[1]} matrix"
+    assumptions = {k: v for k, v in symbol._assumptions_orig.items()} \
+        if hasattr(symbol, "_assumptions_orig") else {}
+    return ("a symbol with " + ", ".join(f"{k}={v}" for k, v in sorted(assumptions.items()))
+            if assumptions else "a symbol with no assumptions")
 
 
 def dimensions_of(expr) -> set:
@@ -132,6 +157,31 @@ def grad(expr, wrt) -> Gradients:
     return result
 
 
+def internal_symbols(inputs: list, dimensions: set) -> dict:
+    """The user's symbol -> symgrad's own: dimensions become ``dim_0, dim_1, ...`` (with their
+    assumptions) and inputs ``in_0, in_1, ...`` in order (matrix inputs keep their shapes, in
+    the new dimensions).  Generated code names only these, so no user text reaches it and no
+    user name can collide with another or with symgrad's own names; two dimensions that
+    merely share a name stay two dimensions.
+
+    >>> n = sp.Symbol("n", integer=True)
+    >>> table = internal_symbols([sp.MatrixSymbol("X", n, 2), sp.Symbol("y")], {n})
+    >>> [(str(k), str(v), v.shape if hasattr(v, "shape") else None) for k, v in table.items()]
+    [('n', 'dim_0', None), ('X', 'in_0', (dim_0, 2)), ('y', 'in_1', None)]
+    """
+    table: dict = {}
+    order = sorted(dimensions, key=lambda d: (d.name, sorted(d.assumptions0.items())))
+    for k, d in enumerate(order):
+        table[d] = sp.Symbol(f"dim_{k}", **d.assumptions0)
+    for k, s in enumerate(x for x in inputs if x not in table):
+        if isinstance(s, sp.MatrixSymbol):
+            shape = [sp.sympify(e).xreplace(table) for e in s.shape]
+            table[s] = sp.MatrixSymbol(f"in_{k}", *shape)
+        else:
+            table[s] = sp.Symbol(f"in_{k}", **s.assumptions0)
+    return table
+
+
 def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     """Derive, optimize and describe the module for expr (see :func:`compile`)."""
     from symgrad.show import module_docstring
@@ -142,19 +192,26 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     check_names(inputs)
     output_shape = tuple(expr.shape) if isinstance(expr, MatrixExpr) else ()
     free = free_dimensions(expr)
+    dims = shape_symbols(expr) | {d for w in wrt if isinstance(w, MatrixExpr)
+                                  for e in w.shape for d in sp.sympify(e).free_symbols}
+    table = internal_symbols(inputs, dims)
+    public = {ours: user.name for user, ours in table.items()}
+    user_expr, user_wrt, user_inputs = expr, wrt, inputs
+    expr = expr.xreplace(table)
+    wrt = [table[w] for w in wrt]
+    inputs = [table[s] for s in inputs]
+    free = {table[d] for d in free}
+    output_shape = tuple(sp.sympify(e).xreplace(table) for e in output_shape)
     if output_shape == (1, 1):
         from symgrad.ops import Entry
         expr, output_shape = Entry(expr, 0, 0), ()
     if output_shape:
-        if any(s.name == "upstream" for s in inputs):
-            raise ValueError("a model with a matrix output cannot have an input named "
-                             "'upstream' (the name of vjp's argument)")
         upstream = sp.MatrixSymbol("upstream", *output_shape)
         derivation = derive(expr, wrt, seed=upstream)
         forward = fuse(lower(derivation, {"value": derivation.value}, inputs))
         vjp = fuse(lower(derivation, {w.name: derivation.gradients[w] for w in wrt}, inputs))
         spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=output_shape,
-                          free_dimensions=free,
+                          free_dimensions=free, public=public, internal=table,
                           forward=forward, vjp=vjp, upstream=upstream)
         spec.op_counts = {"forward": forward.op_count(), "vjp": vjp.op_count()}
     else:
@@ -164,11 +221,11 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
         outputs.update({w.name: derivation.gradients[w] for w in wrt})
         value_and_grad = fuse(lower(derivation, outputs, inputs))
         spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=(),
-                          free_dimensions=free,
+                          free_dimensions=free, public=public, internal=table,
                           forward=forward, value_and_grad=value_and_grad)
         spec.op_counts = {"forward": forward.op_count(),
                           "value_and_grad": value_and_grad.op_count()}
-    spec.docstring = module_docstring(name, expr, wrt, inputs, spec)
+    spec.docstring = module_docstring(name, user_expr, user_wrt, user_inputs, spec)
     return spec
 
 
@@ -192,6 +249,30 @@ def write_atomically(path: Path, text: str) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def drop_damaged_numba_cache(path: Path) -> list[Path]:
+    """Delete the Numba cache files of the module at ``path`` that cannot be read back (a
+    crash while writing, a full disk, a damaged copy), so that Numba compiles those kernels
+    again instead of failing on their first call; return what was deleted.  Numba writes an
+    index (.nbi: a pickled version, then a pickled table) per kernel and a pickled .nbc file
+    per compiled signature."""
+    damaged = []
+    for file in sorted((path.parent / "__pycache__").glob(f"{path.stem}.*.nb[ic]")):
+        try:
+            with open(file, "rb") as handle:
+                pickle.load(handle)
+                if file.suffix == ".nbi":
+                    pickle.loads(handle.read())
+        except Exception:  # noqa: BLE001 - whatever the damage, the file is rebuilt
+            damaged.append(file)
+    for file in damaged:
+        # an index without its data, or data without its index, is rebuilt as a pair
+        kernel = file.name.split(".nb")[0].rsplit(".", 1)[0] if file.suffix == ".nbc" \
+            else file.name[:-len(".nbi")]
+        for partner in [file, *file.parent.glob(glob.escape(kernel) + "*.nb[ic]")]:
+            partner.unlink(missing_ok=True)
+    return damaged
 
 
 def load_module(path: Path, name: str) -> ModuleType:
@@ -223,8 +304,8 @@ class CompiledFunction:
         self.source = source
         self.module = module
         self.path = path
-        self.inputs = tuple(s.name for s in spec.inputs)
-        self.parameters = tuple(s.name for s in spec.parameters)
+        self.inputs = tuple(spec.public_name(s) for s in spec.inputs)
+        self.parameters = tuple(spec.public_name(s) for s in spec.parameters)
         self.op_counts = dict(spec.op_counts)
         self.forward = module.forward
         if spec.value_and_grad is not None:
@@ -263,7 +344,8 @@ def compile(expr, wrt, name: str = "model") -> CompiledFunction:  # noqa: A001 -
     source = module_source(spec, _version())
     module_name = module_name_for(source)
     path = cache_dir() / f"{module_name}.py"
-    if not path.exists() or path.read_text(encoding="utf-8") != source:
+    if not path.exists() or path.read_text(encoding="utf-8", errors="replace") != source:
         write_atomically(path, source)
+    drop_damaged_numba_cache(path)
     module = load_module(path, module_name)
     return CompiledFunction(spec, source, module, path)

@@ -279,14 +279,21 @@ def generate(model, path: PathLike | None = None, *, wrt: Sequence | None = None
         if wrt is None:
             raise TypeError("generate(expr, ...) needs wrt=[the symbols to differentiate]")
         if name is None:
-            stem = Path(path).stem if path is not None and not Path(path).is_dir() else ""
+            to_folder = path is not None and (Path(path).is_dir()
+                                              or str(path).endswith(("/", os.sep)))
+            stem = Path(path).stem if path is not None and not to_folder else ""
             name = stem if stem.isidentifier() else "model"
         model = Model(name, model, wrt)
     if path is None:
         path = Path(f"{model.name}.py")
+    folder = Path(path).is_dir() or str(path).endswith(("/", os.sep))
     path = Path(path)
-    if path.is_dir():
+    if folder:      # an existing folder, or one to make ("out/")
         path = path / f"{model.name}.py"
+    elif path.suffix != ".py":
+        raise ValueError(f"generate: {str(path)!r} is neither a folder nor a .py file: give a "
+                         "file name ending in .py, or a folder (an existing one, or a path "
+                         "ending with '/')")
     planned = {path: module_text(model)}
     return write_modules(planned)[0]
 

@@ -433,6 +433,27 @@ def hadamard(*factors) -> MatrixExpr:
     return sp.HadamardProduct(*factors)
 
 
+def _axis(axis, A, where: str, allow_none: bool = True):
+    """The axis of a reduction over the matrix A, as 0 or 1: negative axes count from the
+    end as in NumPy (-1 is 1, -2 is 0); anything else is an error naming it.
+
+    >>> _axis(-1, matrix("A", 2, 3), "sum")
+    1
+    """
+    if axis is None and allow_none:
+        return None
+    if isinstance(axis, bool) or not isinstance(axis, (int, sp.Integer)) \
+            and not (hasattr(axis, "__index__") and not isinstance(axis, float)):
+        raise TypeError(f"{where}: axis must be an integer (0, 1, -1 or -2)"
+                        + (" or None" if allow_none else "") + f", got {axis!r}")
+    index = int(axis.__index__()) if not isinstance(axis, sp.Integer) else int(axis)
+    if not -2 <= index <= 1:
+        shape = tuple(A.shape) if _is_matrix(A) else ()
+        raise ValueError(f"{where}: axis {axis!r} is out of range for {A} of shape {shape} "
+                         "(a matrix has axes 0 and 1, or -2 and -1)")
+    return index % 2
+
+
 def sum(A, axis: int | None = None):  # noqa: A001 - mirrors numpy.sum
     """Sum of the entries of A: all (a scalar), along axis 0 (a row) or 1 (a column).
 
@@ -440,6 +461,7 @@ def sum(A, axis: int | None = None):  # noqa: A001 - mirrors numpy.sum
     >>> sum(A, axis=1).shape
     (2, 1)
     """
+    axis = _axis(axis, A, "sum")
     if not _is_matrix(A):
         return A
     if axis is None:
@@ -454,6 +476,7 @@ def mean(A, axis: int | None = None):
     >>> mean(A).args[0]
     1/8
     """
+    axis = _axis(axis, A, "mean")
     if not _is_matrix(A):
         return A
     rows, cols = A.shape
@@ -502,12 +525,13 @@ def inv(A) -> MatrixExpr:
 
 def logsumexp(A, axis: int | None = None):
     """log(sum(exp(A))) over all entries (a scalar) or along an axis, computed stably."""
+    axis = _axis(axis, A, "logsumexp")
     return LogSumExpAll(A) if axis is None else LogSumExp(A, axis)
 
 
 def softmax(A, axis: int | None = None) -> MatrixExpr:
     """exp(A) / sum(exp(A)) along an axis (0: columns sum to 1; 1: rows), stably."""
-    return Softmax(A, axis)
+    return Softmax(A, _axis(axis, A, "softmax"))
 
 
 def name(label: str, expr):
@@ -583,6 +607,7 @@ def softmax_cross_entropy(logits, labels, axis: int = 0):
     """
     if not (_is_matrix(logits) and _is_matrix(labels)) or logits.shape != labels.shape:
         raise sp.ShapeError("softmax_cross_entropy needs logits and labels of the same shape")
+    axis = _axis(axis, logits, "softmax_cross_entropy", allow_none=False)
     z, y, lse = sp.symbols("z y l")
     per_entry = Map(sp.Lambda((z, y, lse), y * (lse - z)), logits.shape, logits, labels,
                     LogSumExp(logits, axis))

@@ -159,7 +159,7 @@ def test_to_dict_is_plain_json_with_one_entry_per_backend_and_quantity():
     data = report.to_dict()
     assert json.loads(json.dumps(data)) == data
     assert set(data) == {"model", "ok", "wrt", "backends", "reference", "points", "sizes",
-                         "comparisons", "skipped", "notes", "timings"}
+                         "comparisons", "skipped", "uncompared", "notes", "timings"}
     assert data["model"] == "window_classifier"
     assert data["ok"] is True and data["points"] == 2
     assert data["wrt"] == ["W", "b", "u", "x"]
@@ -180,8 +180,10 @@ def test_the_printed_report_is_the_whole_table():
     assert lines[-1] == "OK"
 
 
-def test_an_empty_report_is_ok():
-    assert CheckReport(model="m", wrt=[], backends=[], points=0).ok
+def test_an_empty_report_is_not_ok():
+    """Nothing compared proves nothing: an empty report (every backend skipped) is not ok."""
+    report = CheckReport(model="m", wrt=["w"], backends=[], points=0)
+    assert not report.ok and report.uncompared == ["value", "w"]
 
 
 def test_timing_lists_each_backend_beside_symgrad():

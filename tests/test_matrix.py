@@ -47,7 +47,7 @@ def closed_form_cases():
 def test_matrix_cookbook_identity(case):
     _, expr, wrt, expected = case
     f = sg.compile(expr, [wrt])
-    inputs = {s.name: v[s.name] for s in f.spec.inputs}
+    inputs = {name: v[name] for name in f.inputs}
     _, grads = f.value_and_grad(**inputs)
     np.testing.assert_allclose(grads[wrt.name], expected, rtol=1e-10, atol=1e-12)
 
@@ -97,10 +97,8 @@ def test_window_classifier_gradient_is_a_matrix_product_not_an_array_expression(
 def test_elementwise_work_on_one_shape_shares_one_loop():
     """The batched window classifier's value, dZ, db and du all need sigmoid(Z + b): one loop
     computes it once per element, as a hand-written kernel would."""
-    from symgrad.codegen.module import module_source
-
     model = load_example("window_classifier").window_classifier_batched
-    source = module_source(build_spec(model.output, model.wrt), "test")
+    source = _readable_source(build_spec(model.output, model.wrt))
     kernel = source[source.index("def _value_and_grad_kernel("):]
     kernel = kernel[:kernel.index("\n\n")]
     assert kernel.count("sg_sigmoid(") == 1
@@ -111,10 +109,8 @@ def test_a_layer_writes_over_the_product_it_no_longer_needs():
     """Z1 = W1 X, A1 = tanh(Z1 + b1) and dZ1 share one n_h x m array: the product into dW2,
     the last other reader of A1, runs before dZ1 overwrites it (and the values stay right:
     the seed tests compare this model with hand-written NumPy)."""
-    from symgrad.codegen.module import module_source
-
     model = load_example("two_layer_net").two_layer_net
-    source = module_source(build_spec(model.output, model.wrt), "test")
+    source = _readable_source(build_spec(model.output, model.wrt))
     for kernel in ("_forward_kernel(", "_value_and_grad_kernel("):
         body = source[source.index(f"def {kernel}"):]
         body = body[:body.index("\n\n")]
@@ -123,10 +119,20 @@ def test_a_layer_writes_over_the_product_it_no_longer_needs():
     assert body.index("_t15 = ") < body.index("_t12 = _t4")
 
 
-def _kernel_source(expr, wrt, kernel="_value_and_grad_kernel"):
+def _readable_source(spec) -> str:
+    """The module's text with symgrad's input and dimension names (in_0, dim_0) replaced by
+    the user's, so that assertions read like the model."""
+    import re
+
     from symgrad.codegen.module import module_source
 
-    source = module_source(build_spec(expr, wrt), "test")
+    names = {s.name: name for s, name in spec.public.items()}
+    return re.sub(r"\b(?:in|dim)_\d+\b", lambda m: names.get(m.group(), m.group()),
+                  module_source(spec, "test"))
+
+
+def _kernel_source(expr, wrt, kernel="_value_and_grad_kernel"):
+    source = _readable_source(build_spec(expr, wrt))
     body = source[source.index(f"def {kernel}("):]
     return body[:body.index("\n\n")]
 

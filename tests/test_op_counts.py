@@ -64,8 +64,9 @@ def test_shared_subexpression_is_computed_once():
     x = sp.Symbol("x")
     shared = sp.sin(x)
     expr = shared * sp.cos(shared) + sp.exp(shared)
-    program = build_spec(expr, [x]).value_and_grad
-    operations = [s.operation for s in program.statements]
+    spec = build_spec(expr, [x])
+    operations = [s.operation for s in spec.value_and_grad.statements]
+    x = spec.internal[x]                          # the code's name for x
     assert operations.count(sp.sin(x)) == 1       # used by the value and by every derivative
     assert operations.count(sp.cos(x)) == 1       # d sin(x)/dx, once
 
@@ -78,6 +79,6 @@ def test_window_classifier_value_and_grad_shares_the_delta():
     program = spec.value_and_grad
     maps = [s.operation for s in program.statements if type(s.operation).__name__ == "Map"]
     # the deltas of W x and of b are one statement: the only Map that reads u
-    assert len([m for m in maps if u in m.operands]) == 1
+    assert len([m for m in maps if spec.internal[u] in m.operands]) == 1
     # and nothing else is elementwise but h = sigmoid(W x + b) and the outer product delta x^T
     assert len(maps) == 3

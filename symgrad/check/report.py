@@ -123,9 +123,12 @@ class CheckReport:
     """The result of :func:`symgrad.check`: ``report.ok``, ``print(report)``,
     ``report.to_dict()``.
 
+    A report is ok only when every comparison passed and the value and every parameter were
+    compared at least once: a check whose backends were all skipped proves nothing.
+
     >>> report = CheckReport(model="m", wrt=["w"], backends=["jax"], points=1)
-    >>> report.ok
-    True
+    >>> report.ok, report.uncompared
+    (False, ['value', 'w'])
     """
 
     model: str
@@ -140,9 +143,15 @@ class CheckReport:
     timings: list[Timing] | None = None
 
     @property
+    def uncompared(self) -> list[str]:
+        """The value and the parameters that no backend compared (all skipped, or none)."""
+        compared = {c.quantity for c in self.comparisons}
+        return [q for q in ["value", *self.wrt] if q not in compared]
+
+    @property
     def ok(self) -> bool:
-        """Whether every comparison passed."""
-        return all(c.passed for c in self.comparisons)
+        """Whether every comparison passed and nothing went uncompared."""
+        return all(c.passed for c in self.comparisons) and not self.uncompared
 
     @property
     def failures(self) -> list[Comparison]:
@@ -167,6 +176,7 @@ class CheckReport:
             "sizes": [dict(s) for s in self.sizes],
             "comparisons": [asdict(c) for c in self.comparisons],
             "skipped": dict(self.skipped),
+            "uncompared": self.uncompared,
             "notes": list(self.notes),
             "timings": None if self.timings is None else [asdict(t) for t in self.timings],
         }
@@ -198,8 +208,12 @@ class CheckReport:
             lines.append(f"skipped {backend}: {reason}")
         lines.extend(self.notes)
         failed = len(self.failures)
-        lines.append("OK" if not failed else
-                     f"FAILED: {failed} of {len(self.comparisons)} comparisons")
+        if self.uncompared:
+            lines.append(f"NOT OK: nothing compared {', '.join(self.uncompared)} (every "
+                         "backend that could was skipped)")
+        lines.append("OK" if not failed and not self.uncompared else
+                     f"FAILED: {failed} of {len(self.comparisons)} comparisons" if failed else
+                     "NOT OK")
         return "\n".join(lines)
 
 

@@ -120,6 +120,19 @@ FASTMATH_FUNCTIONS = {
 _sgjit = numba.njit(fastmath={"contract"}, error_model="numpy", forceinline=True)
 
 
+@_sgjit
+def sg_max(a, b):
+    """The larger of a and b, NaN if either is NaN (as np.maximum and JAX): Python's max
+    and the hardware's maxsd answer by argument order."""
+    return a if a > b or a != a else b
+
+
+@_sgjit
+def sg_min(a, b):
+    """The smaller of a and b, NaN if either is NaN (as np.minimum and JAX)."""
+    return a if a < b or a != a else b
+
+
 @intrinsic
 def _f64_bits(typingctx, x):
     """Reinterpret the bits of a float64 as an int64 (no numeric conversion)."""

@@ -82,8 +82,11 @@ class ScalarPrinter(NumPyPrinter):
     def _print_cos(self, expr):
         return self._runtime("cos", expr)
 
+    # NaN-propagating max and min (fastmath.py, runtime.py), as NumPy and JAX
+    _MAX, _MIN = "sg_max", "sg_min"
+
     def _print_relu(self, expr):
-        return f"max({self._print(expr.args[0])}, 0.0)"
+        return f"{self._MAX}({self._print(expr.args[0])}, 0.0)"
 
     def _print_erf(self, expr):
         return f"math.erf({self._print(expr.args[0])})"
@@ -100,10 +103,10 @@ class ScalarPrinter(NumPyPrinter):
         return f"(1.0 if {x} > 0.0 else ({at_zero} if {x} == 0.0 else 0.0))"
 
     def _print_Max(self, expr):
-        return self._minmax("max", expr.args)
+        return self._minmax(self._MAX, expr.args)
 
     def _print_Min(self, expr):
-        return self._minmax("min", expr.args)
+        return self._minmax(self._MIN, expr.args)
 
     def _minmax(self, f, args):
         printed = [self._print(a) for a in args]
@@ -187,8 +190,19 @@ class PythonScalarPrinter(ScalarPrinter):
     def _print_sign(self, expr):
         return f"_py_sign({self._print(expr.args[0])})"
 
+    _MAX, _MIN = "_py_max", "_py_min"
+
     def _print_Pow(self, expr, rational=False):
-        return super()._print_Pow(expr, rational).replace("np.sqrt", "math.sqrt")
+        base, exponent = expr.args
+        printed = super()._print_Pow(expr, rational).replace("np.sqrt", "math.sqrt")
+        if " ** " in printed and not (exponent.is_Integer or exponent.is_Float and
+                                      float(exponent).is_integer()):
+            # Python's ** gives a complex number for a negative base and a fractional
+            # exponent; math.pow raises there, and the caller falls back to the kernel,
+            # which gives nan as NumPy does
+            exponent = sp.Float(exponent) if exponent.is_Rational else exponent
+            return f"math.pow({self._print(base)}, {self._print(exponent)})"
+        return printed
 
     def _print_Pi(self, expr):
         return "math.pi"
@@ -696,8 +710,18 @@ class KernelEmitter:
         return self.scalar(body)
 
     def _emit_AxisSum(self, target, e: ops.AxisSum):
+        if tuple(e.shape) == (1, 1):
+            # a vector summed whole: a scalar reduction, which a parallel loop splits into
+            # per-thread partials (an array entry there would be written by every thread)
+            self.emit("_total = 0.0")
+            i, j, depth = self.loops(e.arg.shape)
+            self.emit(f"_total += {self.load(e.arg, i, j, e.arg.shape)}", depth)
+            self.emit(f"{target.name} = np.full((1, 1), _total)")
+            return
         self.emit(f"{target.name} = np.zeros({self.shape(e.shape)})")
-        # column sums accumulate across the outer loop: not split between threads
+        # the outer loop may be split between threads when each of its iterations writes
+        # entries of its own: row sums (one per row), column sums of a single row; column
+        # sums of a matrix accumulate across the outer loop and stay on one thread
         i, j, depth = self.loops(e.arg.shape, independent=e.axis == 1 or e.arg.shape[0] == 1)
         where = f"0, {j}" if e.axis == 0 else f"{i}, 0"
         self.emit(f"{target.name}[{where}] += {self.load(e.arg, i, j, e.arg.shape)}", depth)
@@ -738,7 +762,7 @@ class KernelEmitter:
         a = e.arg
         self.emit("_peak = -np.inf")
         i, j, depth = self.loops(a.shape, independent=False)
-        self.emit(f"_peak = max(_peak, {self.load(a, i, j, a.shape)})", depth)
+        self.emit(f"_peak = sg_max(_peak, {self.load(a, i, j, a.shape)})", depth)
         self.emit("_total = 0.0")
         self.emit("if np.isfinite(_peak):")
         i, j, depth = self.loops(a.shape, 2)
@@ -763,7 +787,7 @@ class KernelEmitter:
         self.emit("_peak = -np.inf", 2)
         self.emit(f"for _r in range({inner}):", 2)
         i, j = index("_k", "_r")
-        self.emit(f"_peak = max(_peak, {self.load(a, i, j, a.shape)})", 3)
+        self.emit(f"_peak = sg_max(_peak, {self.load(a, i, j, a.shape)})", 3)
         self.emit("if not np.isfinite(_peak):", 2)
         self.emit(f"{target.name}[{out('_k')}] = _peak", 3)
         self.emit("continue", 3)
@@ -778,7 +802,7 @@ class KernelEmitter:
         if e.axis is None:
             self.emit("_peak = -np.inf")
             i, j, depth = self.loops(a.shape, independent=False)
-            self.emit(f"_peak = max(_peak, {self.load(a, i, j, a.shape)})", depth)
+            self.emit(f"_peak = sg_max(_peak, {self.load(a, i, j, a.shape)})", depth)
             self.emit("_total = 0.0")
             i, j, depth = self.loops(a.shape, independent=False)
             self.emit(f"{target.name}[{i}, {j}] = np.exp({self.load(a, i, j, a.shape)} - _peak)",
@@ -792,7 +816,7 @@ class KernelEmitter:
         self.emit(f"for _k in range({outer}):")
         self.emit("_peak = -np.inf", 2)
         self.emit(f"for _r in range({inner}):", 2)
-        self.emit(f"_peak = max(_peak, {self.load(a, i, j, a.shape)})", 3)
+        self.emit(f"_peak = sg_max(_peak, {self.load(a, i, j, a.shape)})", 3)
         self.emit("_total = 0.0", 2)
         self.emit(f"for _r in range({inner}):", 2)
         self.emit(f"{target.name}[{i}, {j}] = np.exp({self.load(a, i, j, a.shape)} - _peak)", 3)

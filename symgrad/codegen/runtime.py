@@ -30,7 +30,16 @@ def _py_logsigmoid(x):
 
 
 def _py_sign(x):
-    return math.copysign(1.0, x) if x != 0.0 else 0.0
+    return math.copysign(1.0, x) if x != 0.0 and x == x else x + 0.0   # 0.0 and nan stay
+
+
+def _py_max(a, b):
+    # NaN if either is NaN, whatever the order (as np.maximum; Python's max is not)
+    return a if a > b or a != a else b
+
+
+def _py_min(a, b):
+    return a if a < b or a != a else b
 
 
 def _at(x, i):
@@ -85,6 +94,9 @@ def _dimension_input(name, value):
                         f"got {value!r}")
     if value < 0:
         raise ValueError(f"input {name!r} is a matrix dimension: got {value}, which is negative")
+    if value > 2**63 - 1:
+        raise ValueError(f"input {name!r} is a matrix dimension: got {value}, above the "
+                         "largest 64-bit integer")
     return int(value)
 
 

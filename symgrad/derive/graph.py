@@ -130,7 +130,9 @@ class Canonicalizer:
             return sp.Determinant(self._canon(expr.arg))
         if isinstance(expr, sp.Trace):
             return sp.Trace(self._canon(expr.arg))
-        if isinstance(expr, (ops.SumAll, ops.LogSumExpAll, ops.LogDet)):
+        if isinstance(expr, ops.SumAll):
+            return self._sum_all(self._canon(expr.arg))
+        if isinstance(expr, (ops.LogSumExpAll, ops.LogDet)):
             return type(expr)(self._canon(expr.arg))
         if isinstance(expr, sp.log) and isinstance(expr.args[0], sp.Determinant):
             return ops.LogDet(self._canon(expr.args[0].arg))
@@ -221,7 +223,24 @@ class Canonicalizer:
         rows, cols = arg.shape
         if (axis == 0 and rows == 1) or (axis == 1 and cols == 1):
             return arg
+        if _constant_along(arg, axis):
+            # the same entry repeated along the axis: its extent times one copy, in closed
+            # form (a free dimension m is then a factor, never a loop of m steps)
+            reduced = (sp.S.One, cols) if axis == 0 else (rows, sp.S.One)
+            return self._map(lambda c, a: c * a, reduced, [arg.shape[axis], _collapse(arg, axis)])
         return ops.AxisSum(arg, axis)
+
+    def _sum_all(self, arg):
+        """The sum of all entries, with every axis along which the entries repeat taken out
+        as a factor (closed form, as in _sum)."""
+        factor = sp.S.One
+        for axis in (0, 1):
+            if arg.shape[axis] != 1 and _constant_along(arg, axis):
+                factor = factor * arg.shape[axis]
+                arg = _collapse(arg, axis)
+        if factor == 1:
+            return ops.SumAll(arg)
+        return sp.Mul(factor, ops.SumAll(arg), evaluate=False)
 
     def _matmul(self, expr):
         scalars = [a for a in expr.args if not is_matrix(a)]
@@ -325,6 +344,23 @@ def _has_matrix_parts(expr) -> bool:
     return any(isinstance(a, (MatrixExpr, MatrixElement, ops.SumAll, ops.LogDet, ops.LogSumExpAll,
                               sp.Trace, sp.Determinant))
                for a in sp.preorder_traversal(expr))
+
+
+def _constant_along(arg, axis: int) -> bool:
+    """Whether a Map's entries repeat along the axis: every matrix operand broadcasts there
+    or is itself such a Map (a broadcast inside an elementwise function)."""
+    return isinstance(arg, ops.Map) and all(
+        not is_matrix(o) or o.shape[axis] == 1 or _constant_along(o, axis)
+        for o in arg.operands)
+
+
+def _collapse(arg, axis: int):
+    """One copy of a matrix whose entries repeat along the axis (see _constant_along)."""
+    if arg.shape[axis] == 1:
+        return arg
+    shape = (sp.S.One, arg.shape[1]) if axis == 0 else (arg.shape[0], sp.S.One)
+    return ops.Map(arg.function, shape, *[_collapse(o, axis) if is_matrix(o) else o
+                                          for o in arg.operands])
 
 
 def _unsupported_message(expr) -> str:

@@ -1,0 +1,510 @@
+"""Trust: no user text in generated code, no name collisions, no races, fresh results, NumPy's
+NaN rules on both call paths, arguments validated where they are written, no model that
+crashes symgrad, and no check that passes vacuously.
+
+Each test states a general property and runs it over the cases that once broke it.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symgrad as sg
+from symgrad.compiled import build_spec, drop_damaged_numba_cache
+
+# ------------------------------------------------------------------------------------------
+# 1. No user text reaches generated code outside escaped docstrings
+# ------------------------------------------------------------------------------------------
+SENTINEL = "SYMGRAD_SENTINEL"
+
+
+def hostile_names(marker) -> list[str]:
+    """Names that would run code (touching ``marker``) if pasted into a module."""
+    touch = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    return [
+        f'np.__dict__[{touch} or "n"]',
+        f'n"""\n{touch}\n"""',
+        "{" + touch + "}",
+        f"n')\n{touch}\n('",
+        'a\\"\x00b',
+        f"n\\\n{touch}",
+    ]
+
+
+def code_identifiers(source: str) -> set[str]:
+    """Every identifier of a module: names, arguments, attributes, functions, imports."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add(node.asname or node.name)
+        elif isinstance(node, ast.keyword) and node.arg:
+            names.add(node.arg)
+    return names
+
+
+def strings_outside_docstring(source: str) -> list[str]:
+    tree = ast.parse(source)
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.FunctionDef)) and n.body
+                  and isinstance(n.body[0], ast.Expr)
+                  and isinstance(n.body[0].value, ast.Constant)}
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
+            and isinstance(n.value, str) and id(n) not in docstrings]
+
+
+def test_hostile_dimension_names_and_labels_never_run_and_never_become_code(tmp_path):
+    marker = tmp_path / SENTINEL
+    for k, hostile in enumerate(hostile_names(marker)):
+        n = sp.Symbol(hostile, integer=True, positive=True)
+        X, w = sg.matrix("X", n, 3), sg.vector("w", 3)
+        model = sg.name(hostile, sg.tanh(X @ w))
+        expr = sg.sum(sg.square(model))
+        f = sg.compile(expr, [w], name=hostile)
+        value, grads = f.value_and_grad(X=np.ones((4, 3)), w=np.full(3, 0.1))
+        assert value == pytest.approx(4 * math.tanh(0.3) ** 2)
+        path = sg.generate(sg.Model("hostile", expr, [w]), tmp_path / f"m{k}.py")
+        for source in (f.source, path.read_text()):
+            identifiers = code_identifiers(source)     # parses, or fails here
+            assert not any(hostile in name or SENTINEL in name for name in identifiers)
+            # the name may be quoted in a message, never as code
+            assert all(hostile not in text or text.startswith(("expected", "input"))
+                       or hostile in text.split("from")[0] for text in
+                       strings_outside_docstring(source))
+        # a wrong shape reports the dimension by the user's name, as data
+        with pytest.raises(ValueError) as error:
+            f.value_and_grad(X=np.ones((4, 2)), w=np.full(3, 0.1))
+        assert "X" in str(error.value)
+        subprocess.run([sys.executable, "-c", f"import runpy; runpy.run_path({str(path)!r})"],
+                       check=True, capture_output=True)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["np.x", "a b", "1x", "class", "_i", "x-y", "ｘ", ""])
+def test_input_names_that_cannot_be_keyword_arguments_are_refused_by_name(name):
+    x = sp.Symbol(name)
+    with pytest.raises(ValueError, match=re.escape(repr(name))):
+        sg.compile(x ** 2 + sp.Symbol("y"), [x])
+
+
+def test_model_and_file_names_are_checked(tmp_path):
+    w = sp.Symbol("w")
+    with pytest.raises(ValueError, match="identifier"):
+        sg.Model("../../evil", w ** 2, [w])
+    with pytest.raises(ValueError, match="neither a folder nor a .py file"):
+        sg.generate(w ** 2, wrt=[w], path=tmp_path / "model.sh")
+
+
+def test_generate_into_a_folder_path_writes_into_the_folder(tmp_path):
+    w = sp.Symbol("w")
+    path = sg.generate(sg.Model("lr", w ** 2, [w]), str(tmp_path / "newdir") + "/")
+    assert path == tmp_path / "newdir" / "lr.py" and path.is_file()
+    assert (tmp_path / "newdir").is_dir()
+
+
+# ------------------------------------------------------------------------------------------
+# 2. Names never collide
+# ------------------------------------------------------------------------------------------
+API_AND_BUILTIN_NAMES = ["value", "grad", "out", "float", "max", "INPUTS", "np", "math",
+                         "numba", "type", "int", "range", "upstream", "in_0", "dim_0", "shape",
+                         "arguments", "PARAMETERS", "sg_exp", "forward", "overload"]
+
+
+def test_scalar_inputs_may_take_any_identifier():
+    symbols = [sp.Symbol(n) for n in API_AND_BUILTIN_NAMES]
+    weights = range(1, len(symbols) + 1)
+    expr = sum(k * s ** 2 for k, s in zip(weights, symbols)) + sp.sin(symbols[0] * symbols[1])
+    f = sg.compile(expr, symbols[::2])
+    point = {s.name: 0.1 * (k + 1) for k, s in enumerate(symbols)}
+    value, grads = f.value_and_grad(**point)
+    exact = sp.lambdify(symbols, expr)(*[point[s.name] for s in symbols])
+    assert value == pytest.approx(exact, rel=1e-14)
+    for s in symbols[::2]:
+        expected = float(sp.diff(expr, s).subs({t: point[t.name] for t in symbols}))
+        assert grads[s.name] == pytest.approx(expected, rel=1e-13)
+    arrays = {n: np.full(3, v) for n, v in point.items()}
+    values, _ = f.value_and_grad(**arrays)
+    np.testing.assert_allclose(values, value, rtol=1e-14)
+    assert f.module.value_and_grad_positional(*[point[n] for n in f.inputs])[0] == \
+        pytest.approx(value, rel=1e-14)
+
+
+def test_matrix_inputs_may_take_any_identifier_vjp_included():
+    n = sp.Symbol("n", integer=True, positive=True)
+    value, out, upstream = sg.matrix("value", n, 3), sg.vector("out", 3), sg.vector("upstream", n)
+    f = sg.compile(sg.dot(upstream, sg.tanh(value @ out)), [value, out, upstream])
+    rng = np.random.default_rng(0)
+    V, o, u = rng.normal(size=(5, 3)), rng.normal(size=3), rng.normal(size=5)
+    v, g = f.value_and_grad(value=V, out=o, upstream=u)
+    assert v == pytest.approx(u @ np.tanh(V @ o), rel=1e-13)
+    np.testing.assert_allclose(g["upstream"], np.tanh(V @ o), rtol=1e-13)
+    layer = sg.compile(sg.tanh(value @ out) + upstream, [out, upstream])     # a matrix output
+    up = rng.normal(size=5)
+    grads = layer.vjp(up, value=V, out=o, upstream=u)
+    np.testing.assert_allclose(grads["upstream"], up)
+    np.testing.assert_allclose(grads["out"], V.T @ (up * (1 - np.tanh(V @ o) ** 2)),
+                               rtol=1e-13)
+
+
+def test_dimensions_sharing_a_name_with_each_other_or_an_input_stay_apart():
+    n_int, n_plain = sp.Symbol("n", integer=True), sp.Symbol("n")
+    A, B = sg.matrix("A", n_int, 2), sg.matrix("B", n_plain, 3)
+    n_input = sp.Symbol("n", positive=True)          # a scalar input named like them
+    expr = n_input * sg.sum(A) + sg.sum(sg.square(B))
+    f = sg.compile(expr, [A, B, n_input])
+    rng = np.random.default_rng(1)
+    A0, B0 = rng.normal(size=(4, 2)), rng.normal(size=(6, 3))     # n = 4 and n = 6
+    value, grads = f.value_and_grad(A=A0, B=B0, n=2.5)
+    assert value == pytest.approx(2.5 * A0.sum() + (B0 ** 2).sum(), rel=1e-13)
+    np.testing.assert_allclose(grads["A"], np.full((4, 2), 2.5))
+    assert grads["n"] == pytest.approx(A0.sum(), rel=1e-13)
+    under = sp.Symbol("_i", integer=True)             # a dimension named like a loop index
+    C = sg.matrix("C", under, under)
+    g = sg.compile(sg.sum(sg.square(C)), [C])
+    np.testing.assert_allclose(g.grad(C=np.eye(3))["C"], 2 * np.eye(3))
+
+
+def test_two_inputs_equal_under_nfkc_are_refused_with_one_error_naming_both():
+    x, fullwidth = sp.Symbol("x"), sp.Symbol("ｘ")
+    with pytest.raises(ValueError, match="'ｘ'.*'x'"):
+        sg.compile(x + fullwidth, [x])
+    with pytest.raises(ValueError, match="two different symbols are both named 'x'"):
+        sg.compile(x + sp.Symbol("x", positive=True), [x])
+
+
+# ------------------------------------------------------------------------------------------
+# 3. Parallel code is race-free by construction
+# ------------------------------------------------------------------------------------------
+def racy_updates(source: str) -> list[str]:
+    """Augmented assignments to an array entry, inside a prange loop, whose index does not
+    depend on the loop's variable: every thread would add into the same entry."""
+    found = []
+    for loop in ast.walk(ast.parse(source)):
+        if not (isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call)
+                and ast.unparse(loop.iter.func) == "numba.prange"):
+            continue
+        derived = {loop.target.id}
+        for node in ast.walk(loop):       # names computed from the loop variable (_p4 = 4 * _q)
+            if isinstance(node, ast.Assign) and \
+                    {n.id for n in ast.walk(node.value) if isinstance(n, ast.Name)} & derived:
+                derived |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        for node in ast.walk(loop):
+            if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Subscript):
+                index = {n.id for n in ast.walk(node.target.slice) if isinstance(n, ast.Name)}
+                if not index & derived:     # the same entries in every outer iteration
+                    found.append(ast.unparse(node))
+    return found
+
+
+def reduction_models():
+    n, m = sp.symbols("n m", integer=True, positive=True)
+    A, B = sg.matrix("A", n, m), sg.matrix("B", n, m)
+    r, c = sg.matrix("r", 1, m), sg.vector("c", n)
+    v = sg.vector("v", m)
+    return {
+        "row vector summed whole": (sg.sum(sg.exp(sg.sum(r, axis=1))), [r]),
+        "column vector summed whole": (sg.sum(sg.exp(sg.sum(c, axis=0))), [c]),
+        "row sums of an input": (sg.sum(sg.sin(sg.sum(A, axis=1))), [A]),
+        "column sums of an input": (sg.sum(sg.sin(sg.sum(A, axis=0))), [A]),
+        "column sums of column sums": (sg.sum(sg.exp(sg.sum(sg.sum(A, axis=0), axis=1))), [A]),
+        "row sums in a fused map": (sg.sum(sg.square(sg.sum(sg.tanh(A), axis=1))), [A]),
+        "column sums in a fused map": (sg.sum(sg.square(sg.sum(sg.tanh(A), axis=0))), [A]),
+        "total of a fused map": (sg.sum(sg.hadamard(sg.tanh(A), B)), [A, B]),
+        "matrix-vector products": (sg.sum(sg.tanh(A @ v)) + sg.sum(sg.sin(A.T @ c)), [A, v, c]),
+        "a vector times a map": (sg.dot(c, sg.sigmoid(A @ v + c)), [A, v, c]),
+        "log-sum-exp": (sg.logsumexp(A) + sg.sum(sg.logsumexp(A, axis=0)), [A]),
+    }
+
+
+@pytest.fixture(scope="module")
+def compiled_reductions():
+    return {k: sg.compile(e, w) for k, (e, w) in reduction_models().items()}
+
+
+def test_no_parallel_loop_adds_into_an_entry_that_other_iterations_share(compiled_reductions):
+    for name, f in compiled_reductions.items():
+        assert racy_updates(f.source) == [], name
+
+
+def test_the_parallel_kernels_agree_with_the_serial_ones_call_after_call(compiled_reductions):
+    import numba
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread: the parallel kernels cannot race here")
+    rng = np.random.default_rng(3)
+    sizes = {"n": 256, "m": 512}
+    parallel_runs = 0
+    for name, f in compiled_reductions.items():
+        module = f.module
+        if not hasattr(module, "_value_and_grad_kernel_parallel"):
+            continue
+        inputs = []
+        for s in f.spec.inputs:
+            shape = tuple(int(sp.sympify(e).subs(
+                {d: sizes[f.spec.public_name(d)] for d in sp.sympify(e).free_symbols}))
+                for e in s.shape)
+            inputs.append(rng.normal(size=shape) * 0.1)
+        serial = module._value_and_grad_kernel(*inputs, 1)
+        for _ in range(30):
+            parallel = module._value_and_grad_kernel_parallel(*inputs)
+            for a, b in zip(serial, parallel):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=name)
+        parallel_runs += 1
+    assert parallel_runs >= 5
+
+
+# ------------------------------------------------------------------------------------------
+# 4. Results are fresh arrays
+# ------------------------------------------------------------------------------------------
+def test_no_result_shares_memory_with_an_input_or_another_result():
+    x, y = sg.vector("x", 4), sg.vector("y", 4)
+    X = sg.matrix("X", 3, 3)
+    cases = [
+        (sg.dot(x, y), [x, y], {"x": np.arange(4.0), "y": np.ones(4)}),
+        (sg.dot(x, x), [x], {"x": np.arange(4.0)}),
+        (sg.sum(X) + sg.trace(X), [X], {"X": np.eye(3)}),
+        (sg.sum(sg.hadamard(X, X.T)), [X], {"X": np.arange(9.0).reshape(3, 3)}),
+    ]
+    for expr, wrt, inputs in cases:
+        f = sg.compile(expr, wrt)
+        for call in (inputs, {k: v.tolist() for k, v in inputs.items()}):
+            _, grads = f.value_and_grad(**call)
+            arrays = list(grads.values()) + [v for v in inputs.values()]
+            for i, a in enumerate(grads.values()):
+                for b in arrays[i + 1:]:
+                    assert not np.shares_memory(a, b), expr
+    layer = sg.compile(X, [X])                          # the output is the input itself
+    X0 = np.eye(3)
+    assert not np.shares_memory(layer(X=X0), X0)
+    up = np.ones((3, 3))
+    assert not np.shares_memory(layer.vjp(up, X=X0)["X"], up)
+
+
+# ------------------------------------------------------------------------------------------
+# 5. Floating point follows NumPy and JAX
+# ------------------------------------------------------------------------------------------
+def test_nan_propagates_through_max_min_relu_abs_whatever_the_order():
+    x = sp.Symbol("x")
+    nan = float("nan")
+    for expr in (sp.Max(1.0, x), sp.Max(x, -1.0), sp.Min(x, 2.0), sp.Min(3.0, x), sg.relu(x),
+                 sp.Abs(x), sp.Max(x, 2.0, x ** 2)):
+        f = sg.compile(expr, [x])
+        assert math.isnan(f(x=nan)), expr
+        assert np.isnan(f(x=np.array([nan, nan]))).all(), expr
+    A = sg.matrix("A", 2, 3)
+    cases = [(sg.logsumexp(A), lambda a: np.log(np.exp(a).sum())),
+             (sg.sum(sg.logsumexp(A, axis=0)), lambda a: np.log(np.exp(a).sum(0)).sum()),
+             (sg.sum(sg.softmax(A, axis=1)), lambda a: (np.exp(a) / np.exp(a).sum(1,
+                                                        keepdims=True)).sum()),
+             (sg.sum(sg.relu(A)), lambda a: np.maximum(a, 0).sum())]
+    for expr, reference in cases:
+        f = sg.compile(expr, [A])
+        for a in (np.full((2, 3), nan), np.array([[nan, 1, 2], [3, 4, 5]]),
+                  np.array([[1, 2, nan], [3, 4, 5]]), np.array([[np.inf, 1, 2], [3, 4, 5]])):
+            with np.errstate(invalid="ignore", over="ignore"):
+                expected = reference(a)
+            np.testing.assert_equal(f(A=a), expected, err_msg=str(expr))
+
+
+SPECIAL_POINTS = [-8.0, -1.0, -0.0, 0.0, 0.5, 2.0, math.inf, -math.inf, math.nan]
+
+
+def random_scalar_model(rng: random.Random, x, y, depth: int = 3):
+    """A random expression over x and y with no domain guards: negative bases, logs of
+    negative numbers, divisions by zero and NaN are all possible."""
+    if depth == 0 or rng.random() < 0.2:
+        return rng.choice([x, y, sp.Rational(rng.randint(-3, 3), 2) or sp.S.One])
+    a = random_scalar_model(rng, x, y, depth - 1)
+    b = random_scalar_model(rng, x, y, depth - 1)
+    build = rng.choice([
+        lambda: a + b, lambda: a * b, lambda: a / b, lambda: a - b,
+        lambda: a ** sp.Rational(3, 2), lambda: a ** rng.choice([2, 3, -1, -2]),
+        lambda: sp.Abs(a) ** b, lambda: sp.log(a), lambda: sp.sqrt(a), lambda: sp.exp(a),
+        lambda: sp.Max(a, b), lambda: sp.Min(a, b), lambda: sg.relu(a), lambda: sp.tanh(a),
+        lambda: sp.sin(a), lambda: sg.sigmoid(a), lambda: sg.softplus(a), lambda: sp.atan(a),
+        lambda: sp.Piecewise((a, x > y), (b, True)),
+    ])
+    return build()
+
+
+def test_the_float_path_and_the_array_path_agree_on_special_points():
+    """Python floats go through a pure-Python twin; arrays through the Numba kernel: the same
+    values (NaN where NumPy gives NaN, never a complex number) and the same gradients."""
+    x, y = sp.symbols("x y")
+    rng = random.Random(7)
+    models = []
+    while len(models) < 8:
+        try:
+            expr = random_scalar_model(rng, x, y)
+        except ValueError:          # SymPy refused a piece (Max of zoo): draw again
+            continue
+        if expr.free_symbols == {x, y} and not expr.has(sp.zoo, sp.nan, sp.I):
+            models.append(expr)
+    grid = [(a, b) for a in SPECIAL_POINTS for b in SPECIAL_POINTS]
+    xs, ys = (np.array(v) for v in zip(*grid))
+    for expr in models:
+        f = sg.compile(expr, [x, y])
+        with np.errstate(all="ignore"):
+            values, grads = f.value_and_grad(x=xs, y=ys)
+            for k, (a, b) in enumerate(grid):
+                value, grad = f.value_and_grad(x=a, y=b)
+                assert isinstance(value, float), (expr, a, b, value)
+                same(value, values[k], f"{expr} at {a, b}")
+                for name in ("x", "y"):
+                    assert isinstance(grad[name], float)
+                    same(grad[name], grads[name][k], f"d/d{name} {expr} at {a, b}")
+
+
+def same(got: float, want: float, where: str) -> None:
+    """Equal to rounding (math's functions and symgrad's fast ones differ in the last bits,
+    which a cancellation such as 1 - tanh(y)^2 at y = -8 magnifies), with NaN, inf and
+    their signs exactly alike."""
+    assert math.isnan(got) == math.isnan(want), where
+    if math.isinf(want) or math.isinf(got):
+        assert got == want, where
+    elif not math.isnan(want):
+        assert got == pytest.approx(want, rel=1e-8, abs=1e-12), where
+
+
+# ------------------------------------------------------------------------------------------
+# 6. Arguments are validated where they are written
+# ------------------------------------------------------------------------------------------
+def test_axes_count_from_the_end_as_in_numpy_and_out_of_range_is_an_error():
+    A = sg.matrix("A", 2, 3)
+    for builder in (sg.sum, sg.mean, sg.logsumexp, sg.softmax):
+        assert builder(A, axis=-1) == builder(A, axis=1)
+        assert builder(A, axis=-2) == builder(A, axis=0)
+        for bad in (5, 2, -3):
+            with pytest.raises(ValueError, match=rf"axis {bad} is out of range.*\(2, 3\)"):
+                builder(A, axis=bad)
+        with pytest.raises(TypeError, match="axis must be an integer"):
+            builder(A, axis=1.0)
+    with pytest.raises(ValueError, match="axis 3"):
+        sg.softmax_cross_entropy(A, sg.matrix("Y", 2, 3), axis=3)
+
+
+def test_wrt_entries_that_are_not_the_models_symbols_are_errors_naming_them():
+    x = sp.Symbol("x")
+    for api in (sg.grad, sg.compile):
+        with pytest.raises(ValueError, match="'x' is not the model's 'x'.*positive=True"):
+            api(x ** 2, [sp.Symbol("x", positive=True)])
+        with pytest.raises(ValueError, match="'z' does not appear in the model"):
+            api(x ** 2, [x, sp.Symbol("z")])
+        with pytest.raises(ValueError, match="twice"):
+            api(x ** 2, [x, x])
+        with pytest.raises(TypeError, match="not a sympy.Symbol"):
+            api(x ** 2, [x + 1])
+
+
+# ------------------------------------------------------------------------------------------
+# 7. No model crashes symgrad
+# ------------------------------------------------------------------------------------------
+def test_constant_models_and_models_without_inputs_work():
+    x = sp.Symbol("x")
+    assert sg.compile(sp.Integer(3), []).value_and_grad() == (3.0, {})
+    assert sg.compile(sp.Integer(0), []).value_and_grad() == (0.0, {})
+    f = sg.compile(x ** 2, [])                 # inputs, nothing to differentiate
+    assert f.value_and_grad(x=3.0) == (9.0, {})
+    values, grads = f.value_and_grad(x=np.arange(3.0))
+    np.testing.assert_array_equal(values, [0.0, 1.0, 4.0]) and grads == {}
+    assert sg.compile(sg.sum(sp.OneMatrix(2, 3)), []).value_and_grad() == (6.0, {})
+    constant_layer = sg.compile(2 * sp.Identity(2), [])
+    np.testing.assert_array_equal(constant_layer(), 2 * np.eye(2))
+    assert constant_layer.vjp(np.ones((2, 2))) == {}
+
+
+def test_a_damaged_numba_cache_entry_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(tmp_path))
+    W, x = sg.matrix("W", 3, 4), sg.vector("x", 4)
+    script = ("import numpy as np, symgrad as sg\n"
+              "W, x = sg.matrix('W', 3, 4), sg.vector('x', 4)\n"
+              "f = sg.compile(sg.sum(sg.tanh(W @ x)), [W])\n"
+              "print(f.value_and_grad(W=np.ones((3, 4)), x=np.ones(4))[0])\n")
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True).stdout
+    files = sorted((tmp_path / "__pycache__").glob("*.nb[ic]"))
+    assert files
+    for file in files:
+        file.write_bytes(b"\x13 damaged")
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout == first
+    assert drop_damaged_numba_cache(sg.compile(sg.sum(sg.tanh(W @ x)), [W]).path) == []
+
+
+# ------------------------------------------------------------------------------------------
+# 8. sg.check cannot pass vacuously
+# ------------------------------------------------------------------------------------------
+def test_a_check_that_compared_nothing_is_not_ok():
+    w = sp.Symbol("w")
+    report = sg.check(sg.Model("m", w ** 2, [w]), against=["finite-differences"])
+    assert report.ok and report.uncompared == []
+    report.comparisons.clear()          # as when every backend was skipped
+    assert not report.ok and report.uncompared == ["value", "w"]
+    assert "NOT OK" in str(report) and "w" in str(report)
+
+
+# ------------------------------------------------------------------------------------------
+# 9. Printed formulas say what the code computes
+# ------------------------------------------------------------------------------------------
+def test_an_elementwise_reciprocal_does_not_print_as_an_inverse():
+    M = sg.matrix("M", 3, 3)
+    reciprocal = sg.grad(sg.sum(sg.log(M)), [M])
+    inverse = sg.grad(sg.logdet(M), [M])
+    assert "M^∘-1" in sg.show(reciprocal) and r"M^{\circ -1}" in sg.latex(reciprocal)
+    assert "∘" not in sg.show(inverse)
+
+
+def test_every_module_the_suite_builds_parses():
+    """conftest.py parses the source of every module that sg.compile and sg.generate build
+    in this session; here, one more of each kind and the record's size."""
+    from .conftest import PARSED_MODULES
+
+    x = sp.Symbol("x")
+    before = len(PARSED_MODULES)
+    build_spec(x ** 2, [x])
+    sg.compile(x ** 3, [x])
+    assert len(PARSED_MODULES) > before
+
+
+def test_a_free_dimension_enters_in_closed_form_never_as_a_loop():
+    n, m = sp.symbols("n m", integer=True, positive=True)
+    v, u = sg.vector("v", n), sg.vector("u", n)
+    W = sg.matrix("W", n, 3)
+    cases = [
+        (sg.sum(v.T @ sp.OneMatrix(n, m)), [v], lambda M: (M * 6.0, {"v": np.full(3, M)})),
+        (sg.sum(sg.tanh(sg.broadcast(u, (n, m)))) + sg.sum(sp.OneMatrix(m, n) @ W), [u, W],
+         lambda M: (M * 3 * math.tanh(0.5) + M * 9,
+                    {"u": np.full(3, M * (1 - math.tanh(0.5) ** 2)), "W": np.full((3, 3), M)})),
+    ]
+    inputs = {"v": np.array([1.0, 2.0, 3.0]), "u": np.full(3, 0.5), "W": np.ones((3, 3))}
+    for expr, wrt, exact in cases:
+        f = sg.compile(expr, wrt)
+        free = next(s.name for s, name in f.spec.public.items() if name == "m")
+        loops = re.findall(r"range\(([^)]*)\)", f.source)
+        assert not [extent for extent in loops if free in extent], expr
+        for M in (0, 4, 2 ** 40):
+            given = {k: inputs[k] for k in f.inputs if k != "m"}
+            value, grads = f.value_and_grad(**given, m=M)
+            want_value, want_grads = exact(M)
+            assert value == pytest.approx(want_value, rel=1e-14)
+            for name, want in want_grads.items():
+                np.testing.assert_allclose(grads[name], want, rtol=1e-14)
+        with pytest.raises(ValueError, match="'m'.*negative"):
+            f.value_and_grad(**{k: inputs[k] for k in f.inputs if k != "m"}, m=-1)
