@@ -320,3 +320,10 @@ def test_readme_picture_is_committed_and_carries_the_seed_numbers():
     reds = collections.Counter(t for t, fill in texts if fill == RED)
     greens = collections.Counter(t for t, fill in texts if fill == GREEN)
     assert reds["5"] == 1 and reds["3"] == 2 and greens["6"] == 1 and greens["3"] == 1
+
+
+def test_cli_graph_has_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["graph", "--help"])
+    assert exit_.value.code == 0
+    assert "usage: symgrad graph" in capsys.readouterr().out
