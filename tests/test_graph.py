@@ -165,7 +165,7 @@ def test_save_rejects_an_unknown_extension(tmp_path):
         sg.graph(BRANCHING).save(tmp_path / "g.jpeg")
 
 
-HOSTILE = 'a"<b>{c}|\\ & d\ne]; evil [label="x'
+HOSTILE = 'a"<b>{c}|\\N \'q\' & d\ne]; évil [label="x'
 
 
 @needs_dot
@@ -179,13 +179,13 @@ def test_hostile_names_are_escaped():
     assert first in texts and second in texts        # shown as written, newline as a break
     assert second + "M" in texts
     assert 'f"<>{}' in texts
-    assert "evil [" not in G.source.replace(escape("evil ["), "")
+    assert "évil [" not in G.source.replace(escape("évil ["), "")
 
 
-def test_escape_leaves_no_markup():
-    text = escape('<b>"x" & {y}\n\x00z')
+def test_escape_leaves_no_markup_and_no_graphviz_escapes():
+    text = escape('<b>"x" & {y}\n\x00z\\N')
     assert "<" not in text.replace("<br/>", "") and '"' not in text and "\x00" not in text
-    assert text == "&lt;b&gt;&quot;x&quot; &amp; {y}<br/>z"
+    assert text == r"&lt;b&gt;&quot;x&quot; &amp; {y}<br/>z\\N"
 
 
 # ------------------------------------------------------------------------------------------

@@ -144,14 +144,16 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def escape(text: str) -> str:
-    """User text for an HTML-like Graphviz label: markup characters as entities, line
-    breaks as ``<br/>``, other control characters dropped (XML has no place for them).
+    r"""User text for an HTML-like Graphviz label: markup characters as entities, line
+    breaks as ``<br/>``, backslashes doubled (Graphviz reads ``\N`` in a label as the node's
+    id), other control characters dropped (XML has no place for them).
 
-    >>> escape('a<b> & "c"\\n{d}')
-    'a&lt;b&gt; &amp; &quot;c&quot;<br/>{d}'
+    >>> print(escape('a<b> & "c" \\N\n{d}'))
+    a&lt;b&gt; &amp; &quot;c&quot; \\N<br/>{d}
     """
     text = _CONTROL.sub("", str(text).replace("\r\n", "\n").replace("\r", "\n"))
-    return "<br/>".join(html.escape(line, quote=True) for line in text.split("\n"))
+    return "<br/>".join(html.escape(line, quote=True).replace("\\", "\\\\")
+                        for line in text.split("\n"))
 
 
 def _font(text: str, colour: str | None = None, size: int | None = None) -> str:
