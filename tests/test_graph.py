@@ -327,3 +327,14 @@ def test_cli_graph_has_help(capsys):
         main(["graph", "--help"])
     assert exit_.value.code == 0
     assert "usage: symgrad graph" in capsys.readouterr().out
+
+
+def test_points_may_be_keyed_by_symbol():
+    walk = sg.graph(BRANCHING, at={x: 1, y: 2, z: 0}).walk
+    assert walk.node("y").gradient == 5.0
+
+
+def test_a_tie_in_max_splits_the_gradient_in_half():
+    walk = sg.graph(BRANCHING, at={"x": 1, "y": 2, "z": 2}).walk
+    from_max = {e.tail.name: e.gradient for e in walk.edges if e.head.text == "max"}
+    assert from_max == {"y": 1.5, "z": 1.5}        # upstream x + y = 3, halved
