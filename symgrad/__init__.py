@@ -33,6 +33,8 @@ from symgrad.ops import (
     trace,
     vector,
 )
+from symgrad.present.explain import explain
+from symgrad.present.graph import graph
 from symgrad.show import latex, show
 
 __version__ = "0.1.0"
@@ -54,7 +56,7 @@ abs = _ops.ELEMENTWISE["abs"]  # noqa: A001 - mirrors numpy.abs
 
 __all__ = [
     "grad", "compile", "generate", "check", "CheckReport", "Model", "CompiledFunction",
-    "Gradients", "RULES", "register_rule", "show", "latex",
+    "Gradients", "RULES", "register_rule", "show", "latex", "graph", "explain",
     "matrix", "vector", "dot", "hadamard", "sum", "mean", "broadcast", "trace", "det", "logdet",
     "inv", "logsumexp", "softmax", "softmax_cross_entropy", "binary_cross_entropy_with_logits",
     "name", "Map",

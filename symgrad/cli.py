@@ -1,8 +1,9 @@
-"""The ``symgrad`` command: ``show``, ``generate``, ``check`` and ``demo``.
+"""The ``symgrad`` command: ``show``, ``generate``, ``check``, ``graph`` and ``demo``.
 
     symgrad show examples/window_classifier.py
     symgrad generate examples/*.py -o generated
     symgrad check examples/two_layer_net.py --against finite-differences,jax
+    symgrad graph examples/branching_graph.py --at x=1 --at y=2 --at z=0 -o graph.svg
     symgrad demo
 
 Errors are one line on stderr (``symgrad: error: ...``); the exit status is 0 on success, 1
@@ -67,6 +68,25 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0, metavar="S",
                        help="random seed (default: 0)")
 
+    graph = commands.add_parser(
+        "graph", help="draw the computation graph with values and gradients",
+        description="Draw a model's computation graph the way the backpropagation lecture "
+                    "does: inputs at the left, forward values above the edges, gradients "
+                    "below, the output seeded with 1. Layout by Graphviz's dot program.")
+    graph.add_argument("file", metavar="FILE", help="a model file")
+    graph.add_argument("-o", "--out", required=True, metavar="PATH", type=Path,
+                       help="the picture: .svg, .png, .pdf (or .dot for the DOT text)")
+    graph.add_argument("--model", metavar="NAME",
+                       help="which model of the file (needed when it has several)")
+    graph.add_argument("--at", action="append", default=[], metavar="NAME=VALUE",
+                       type=_assignment,
+                       help="an input's value: a number, comma-separated numbers (a vector) "
+                            "or a .npy file; repeat for each input")
+    graph.add_argument("--random", type=int, metavar="SEED",
+                       help="draw the inputs that --at does not give from a standard normal "
+                            "distribution with this seed (symbolic dimensions get size 3 "
+                            "unless --at sets them)")
+
     demo = commands.add_parser(
         "demo", help="derive, compile, check and time the seed models",
         description="For each seed model (examples/, or a built-in set when symgrad is "
@@ -85,6 +105,27 @@ def _backends(text: str) -> list[str]:
             f"unknown method {unknown[0]!r}; choose from {', '.join(CHECK_BACKENDS)}"
             if unknown else "give at least one method")
     return names
+
+
+def _assignment(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` of ``--at``: a number, numbers separated by commas, or a .npy file."""
+    name, sep, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    if value.endswith(".npy"):
+        import numpy as np
+
+        try:
+            return name, np.load(value)
+        except (OSError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"{name}: cannot read {value}: {exc}") from None
+    try:
+        numbers = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{name}={value}: not a number, comma-separated numbers or a .npy file") from None
+    return name, numbers[0] if len(numbers) == 1 and "," not in value else numbers
 
 
 def _positive(text: str) -> int:
@@ -182,13 +223,63 @@ def _check(args) -> int:
     return 0 if all_ok else 1
 
 
+def _graph(args) -> int:
+    from symgrad.present.graph import FORMATS, graph
+
+    if args.out.suffix.lower() not in FORMATS:
+        raise CommandError(f"cannot tell the picture's format from {args.out}: end it with "
+                           f"{', '.join(FORMATS)}")
+    (file, models), = _load([args.file])
+    if args.model is not None:
+        chosen = [m for m in models if m.name == args.model]
+        if not chosen:
+            raise CommandError(f"{file} has no model named {args.model!r} (models: "
+                               f"{', '.join(m.name for m in models)})")
+        model = chosen[0]
+    elif len(models) == 1:
+        model = models[0]
+    else:
+        raise CommandError(f"{file} has {len(models)} models ({', '.join(m.name for m in models)})"
+                           "; choose one with --model NAME")
+    at = dict(args.at)
+    if args.random is not None:
+        at = _random_inputs(model, at, args.random)
+    picture = _about(file, model, lambda: graph(model, at=at or None))
+    print(picture.save(args.out))
+    return 0
+
+
+def _random_inputs(model, given: dict, seed: int) -> dict:
+    """Standard normal values for the inputs not given (dimensions not given: size 3)."""
+    import numpy as np
+    import sympy as sp
+    from sympy.matrices.expressions.matexpr import MatrixExpr
+
+    from symgrad.compiled import shape_symbols
+
+    rng = np.random.default_rng(seed)
+    dims = {d: int(given[d.name]) if d.name in given else 3
+            for d in sorted(shape_symbols(model.output), key=lambda d: d.name)}
+    at = dict(given)
+    for symbol in model.inputs:
+        if symbol.name in at:
+            continue
+        shape = tuple(int(sp.sympify(e).xreplace(dims)) for e in symbol.shape) \
+            if isinstance(symbol, MatrixExpr) else ()
+        at[symbol.name] = rng.standard_normal(shape)
+    for d, size in dims.items():
+        at.setdefault(d.name, size)
+    return at
+
+
 def _demo(args) -> int:
     from symgrad.demo import run_demo
 
     return run_demo(args.files or None)
 
 
-_COMMANDS = {"show": _show, "generate": _generate, "check": _check, "demo": _demo}
+_COMMANDS = {"show": _show, "generate": _generate, "check": _check, "graph": _graph,
+             "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

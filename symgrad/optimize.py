@@ -156,7 +156,7 @@ def lower(derivation: Derivation, outputs: dict, inputs: list) -> Program:
     kept = {s.target for s in statements}
     return Program(inputs=list(inputs), statements=statements, outputs=program_outputs,
                    labels={t: label for t, label in labels.items() if t in kept},
-                   adjoints={a for a in adjoints if a in kept})
+                   adjoints={a for a in adjoints if a in kept}, names=resolved)
 
 
 def _live(statements: list, outputs) -> list:

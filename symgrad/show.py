@@ -315,17 +315,10 @@ class FormulaLatexPrinter(LatexPrinter):
 # ------------------------------------------------------------------------------------------
 # show: shared pieces named once
 # ------------------------------------------------------------------------------------------
-def _pieces(grads, output: str):
-    """(named pieces [(name, expression)], gradient lines [(name, expression)], names)."""
-    from symgrad.derive.graph import Canonicalizer
-    from symgrad.derive.reverse import _smallest
-    from symgrad.optimize import lower
-
-    derivation = getattr(grads, "derivation", None)
-    if derivation is None:
-        return [], [(f"d{output}/d{_label(w)}", g) for w, g in grads.items()], {}
-    outputs = {_label(w): derivation.gradients[w] for w in grads}
-    program = lower(derivation, outputs, list(grads))
+def piece_names(program) -> tuple[dict, list]:
+    """The names ``show`` gives a lowered program's pieces: ``({target: name}, [(target,
+    label or None)])``; a piece is named by ``sg.name`` (``Z1``, ``dZ1``) or, when shared and
+    worth naming, ``h`` (an elementwise value), ``delta`` (an adjoint), ``z`` or ``v``."""
     uses: dict = {}
     for s in program.statements:
         for a in _operands(s.operation):
@@ -356,6 +349,22 @@ def _pieces(grads, output: str):
         kind = kinds[target]
         seen[kind] = seen.get(kind, 0) + 1
         named[target] = kind if counters[kind] == 1 else f"{kind}{seen[kind]}"
+    return named, candidates
+
+
+def _pieces(grads, output: str):
+    """(named pieces [(name, expression)], gradient lines [(name, expression)], names)."""
+    from symgrad.derive.graph import Canonicalizer
+    from symgrad.derive.reverse import _smallest
+    from symgrad.optimize import lower
+
+    derivation = getattr(grads, "derivation", None)
+    if derivation is None:
+        return [], [(f"d{output}/d{_label(w)}", g) for w, g in grads.items()], {}
+    outputs = {_label(w): derivation.gradients[w] for w in grads}
+    program = lower(derivation, outputs, list(grads))
+    named, candidates = piece_names(program)
+    definitions = {s.target: s.operation for s in program.statements}
 
     def expand(e, top=False):
         if not top and e in named:

@@ -44,6 +44,7 @@ class Program:
     outputs: dict = field(default_factory=dict)   # output name -> atom
     labels: dict = field(default_factory=dict)    # target -> the user's name for it
     adjoints: set = field(default_factory=set)    # targets that hold an adjoint
+    names: dict = field(default_factory=dict)     # derivation name -> its atom here (lower)
 
     @property
     def dimensions(self) -> list:

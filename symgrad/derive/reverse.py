@@ -37,6 +37,25 @@ LEAVES = (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
 
 @dataclass
+class Walk:
+    """The backward walk as the lecture draws it, for pictures and explanations
+    (``sg.graph``, ``sg.explain``); the program itself never reads it.
+
+    ``nodes`` are the canonical nodes, children before parents; ``values`` maps a node to its
+    name in the program (a leaf to itself), ``operations`` a compound node to the node over
+    its children's names (what its rule saw), ``adjoints`` a node to its summed adjoint, and
+    ``sent`` lists ``(node, child, contribution)`` in the order the walk sent them (a child
+    used twice appears twice: its adjoint is the sum).
+    """
+
+    nodes: list = field(default_factory=list)
+    values: dict = field(default_factory=dict)
+    operations: dict = field(default_factory=dict)
+    adjoints: dict = field(default_factory=dict)
+    sent: list = field(default_factory=list)
+
+
+@dataclass
 class Derivation:
     """The forward and backward program of one expression and its gradients.
 
@@ -53,6 +72,7 @@ class Derivation:
     labels: dict = field(default_factory=dict)
     adjoints: set = field(default_factory=set)
     named: dict = field(default_factory=dict)   # label -> the canonical expression it names
+    walk: Walk = field(default_factory=Walk)
 
 
 def is_leaf(node) -> bool:
@@ -134,6 +154,7 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
         derivation.assignments.append((name, rebuilt))
     derivation.value = name_of[graph.output]
     derivation.named = {label: named.arg for named, label in canonicalize.labels.items()}
+    derivation.walk = Walk(nodes=graph.nodes, values=name_of, operations=rebuilt_of)
 
     # which nodes depend on a parameter (the others need no adjoint)
     wrt_set = set(wrt)
@@ -163,6 +184,7 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
             upstream = adjoint
         if isinstance(node, ops.Named):
             derivation.labels.setdefault(upstream, "d" + node.label)
+        derivation.walk.adjoints[node] = upstream
         if is_leaf(node):
             if node in wrt_set:
                 derivation.gradients[node] = upstream
@@ -174,6 +196,7 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
             if contribution is None or kid not in depends:
                 continue
             contribution = canonicalize(contribution)
+            derivation.walk.sent.append((node, kid, contribution))
             if _is_zero(contribution):
                 continue
             contributions[kid].append(contribution)
@@ -306,5 +329,5 @@ def _is_negated(e) -> bool:
     return e.could_extract_minus_sign()
 
 
-__all__ = ["Derivation", "derive", "inline", "scalar_partials", "rebuild", "is_leaf",
+__all__ = ["Derivation", "Walk", "derive", "inline", "scalar_partials", "rebuild", "is_leaf",
            "MAP_OUTPUT"]
