@@ -208,6 +208,16 @@ def load_module(path: Path, name: str) -> ModuleType:
     return module
 
 
+def _batchable_inputs(spec: ModuleSpec) -> tuple:
+    """The data inputs of a scalar model that have a symbolic dimension (X of shape n_x x m):
+    the ones a call may pass as Dask arrays chunked along that dimension."""
+    if spec.value_and_grad is None or spec.is_scalar_model:
+        return ()
+    return tuple(s.name for s in spec.inputs if isinstance(s, MatrixExpr)
+                 and s not in spec.parameters and not all(sp.sympify(e).is_number
+                                                          for e in s.shape))
+
+
 class CompiledFunction:
     """A model compiled to Numba: ``f(**inputs)`` is the value; ``f.value_and_grad``,
     ``f.grad`` (scalar outputs) and ``f.vjp`` (matrix outputs) the derivatives.
@@ -218,8 +228,10 @@ class CompiledFunction:
     come back in the shape given.
     """
 
-    def __init__(self, spec: ModuleSpec, source: str, module: ModuleType, path: Path):
+    def __init__(self, spec: ModuleSpec, source: str, module: ModuleType, path: Path,
+                 expression=None):
         self.spec = spec
+        self.expression = expression        # the model, for splitting it over Dask chunks
         self.source = source
         self.module = module
         self.path = path
@@ -232,6 +244,15 @@ class CompiledFunction:
             self.grad = module.grad
         if spec.vjp is not None:
             self.vjp = module.vjp
+        batchable = _batchable_inputs(spec)
+        if batchable and expression is not None:
+            # data that may come as Dask arrays: such calls go to symgrad.interop.dask, which
+            # imports Dask only when one arrives
+            from symgrad.interop.dask import dask_aware
+            self.forward = dask_aware(self, "forward", module.forward, batchable)
+            self.value_and_grad = dask_aware(self, "value_and_grad", module.value_and_grad,
+                                             batchable)
+            self.grad = dask_aware(self, "grad", module.grad, batchable)
 
     def __call__(self, **inputs):
         return self.forward(**inputs)
@@ -266,4 +287,4 @@ def compile(expr, wrt, name: str = "model") -> CompiledFunction:  # noqa: A001 -
     if not path.exists() or path.read_text(encoding="utf-8") != source:
         write_atomically(path, source)
     module = load_module(path, module_name)
-    return CompiledFunction(spec, source, module, path)
+    return CompiledFunction(spec, source, module, path, expression=sp.sympify(expr))
