@@ -38,6 +38,8 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
+from symgrad.codegen.module import check_names
+
 __all__ = ["is_dask_collection", "dask_aware", "evaluate", "build_graph", "loaded_modules"]
 
 # A chunk task adds this many partial results at a time on the way to the total.
@@ -56,17 +58,25 @@ def is_dask_collection(value) -> bool:
 def dask_aware(function, kind: str, method, batchable: tuple):
     """``method`` (the module's forward, value_and_grad or grad) with calls whose inputs in
     ``batchable`` are Dask collections sent to :func:`evaluate`; other calls go straight
-    through."""
-    ndarray = np.ndarray
+    through.
 
-    def call(**inputs):
-        for name in batchable:
-            value = inputs.get(name)
-            if type(value) is not ndarray and is_dask_collection(value):
-                return evaluate(function, kind, inputs)
-        return method(**inputs)
-
-    call.__name__ = call.__qualname__ = method.__name__
+    The wrapper takes the same keyword arguments as ``method`` (the model's input names, which
+    :func:`symgrad.codegen.module.check_names` made plain identifiers): a ``**inputs`` wrapper
+    would cost each in-memory call several hundred nanoseconds more (measured on the batched
+    linear regression, 2.7 us a call: +0.7 us with ``**inputs``, +0.12 us like this).
+    """
+    names = list(function.inputs)
+    check_names([sp.Symbol(n) for n in names])
+    test = " or ".join(f"(type({n}) is not _ndarray and _is_dask({n}))" for n in batchable)
+    as_dict = ", ".join(f"{n!r}: {n}" for n in names)
+    source = (f"def {kind}(*, {', '.join(names)}):\n"
+              f"    if {test}:\n"
+              f"        return _evaluate(_function, {kind!r}, {{{as_dict}}})\n"
+              f"    return _method({', '.join(f'{n}={n}' for n in names)})\n")
+    namespace = {"_ndarray": np.ndarray, "_is_dask": is_dask_collection, "_evaluate": evaluate,
+                 "_function": function, "_method": method}
+    exec(compile(source, f"<symgrad {kind} over Dask arrays>", "exec"), namespace)  # noqa: S102
+    call = namespace[kind]
     call.__doc__ = method.__doc__
     return call
 
