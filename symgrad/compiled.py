@@ -225,7 +225,9 @@ class CompiledFunction:
     Inputs are passed by symbol name.  Scalars may be floats or arrays (broadcast like NumPy
     ufuncs, one fused loop); matrices are float64 arrays (other real dtypes are converted,
     complex and non-numeric inputs are refused); vectors accept (n,) or (n, 1) and gradients
-    come back in the shape given.
+    come back in the shape given.  Data given as Dask arrays chunked along a symbolic
+    dimension is evaluated chunk by chunk on the active Dask scheduler when the model is a
+    sum over that dimension (see :mod:`symgrad.interop.dask`).
     """
 
     def __init__(self, spec: ModuleSpec, source: str, module: ModuleType, path: Path,

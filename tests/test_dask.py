@@ -153,6 +153,42 @@ def test_default_schedulers_give_the_call_in_memory(scheduler):
     assert_same_call(got, f.value_and_grad(**inputs))
 
 
+def _split_models():
+    """Models that are sums over the m columns of X in the less common ways."""
+    K, D = 3, 4
+    X, Y = sg.matrix("X", D, m), sg.matrix("Y", K, m)
+    W, b, v = sg.matrix("W", K, D), sg.vector("b", K), sg.vector("v", D)
+    lam, c = sp.symbols("lam c")
+    Z = W @ X + sg.broadcast(b, (K, m))
+    return {
+        # logsumexp across classes, not examples; m as a number in the penalty
+        "softmax regression, penalty times m": (
+            sg.softmax_cross_entropy(Z, Y, axis=0) / m
+            + lam * m * sg.sum(sg.hadamard(W, W)) / 1000, [W, b]),
+        # a matrix sum over the examples (X X^T) inside a trace
+        "trace of W X X^T W^T / m": (sg.trace(W @ (X @ X.T) @ W.T) / m, [W]),
+        # a sum along the batch axis, then a dot product; a constant term
+        "dot(v, row sums of tanh X) + c v.v + 3": (
+            sg.dot(v, sg.sum(sg.tanh(X), axis=1)) / m + c * sg.dot(v, v) + 3, [v, c]),
+        # a parameter times the sum: its gradient is the sum itself
+        "c sum(log1p(Z^2)) + c^2": (c * sg.sum(sg.log1p(sg.square(Z))) + c**2, [W, b, c]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_split_models()))
+def test_models_that_split_in_other_ways_give_the_call_in_memory(name):
+    expr, wrt = _split_models()[name]
+    f = sg.compile(expr, wrt=wrt)
+    rng = np.random.default_rng(6)
+    values = {"X": rng.normal(size=(4, SIZE)), "Y": rng.normal(size=(3, SIZE)),
+              "W": rng.normal(size=(3, 4)), "b": rng.normal(size=3), "v": rng.normal(size=4),
+              "lam": 0.3, "c": 1.7}
+    inputs = {k: values[k] for k in f.inputs}
+    with dask.config.set(scheduler="sync"):
+        got = f.value_and_grad(**dict(inputs, X=da.from_array(values["X"], chunks=(4, CHUNKS))))
+    assert_same_call(got, f.value_and_grad(**inputs))
+
+
 def test_parameters_travel_in_one_key_per_call(least_squares_case):
     f, _, dask_inputs = least_squares_case
     total, _ = build_graph(f, "value_and_grad", dask_inputs)
