@@ -42,7 +42,7 @@ from symgrad.codegen.module import check_names
 
 __all__ = ["is_dask_collection", "dask_aware", "evaluate", "build_graph", "loaded_modules"]
 
-# A chunk task adds this many partial results at a time on the way to the total.
+# Each addition in the tree adds this many partial results (of chunks, or of additions).
 SPLIT_EVERY = 8
 
 
@@ -382,8 +382,9 @@ def build_graph(function, kind: str, inputs: dict):
         if kind == "forward":
             return float(result)
         value, grads = float(result[0]), result[1]
-        grads = {n: float(g) if not isinstance(symbols[n], MatrixExpr) else g
-                 for n, g in grads.items()}
+        # a gradient straight from a kernel may be a read-only view of a chunk (see _read_only)
+        grads = {n: float(g) if not isinstance(symbols[n], MatrixExpr) else
+                 g if g.flags.writeable else g.copy() for n, g in grads.items()}
         return grads if kind == "grad" else (value, grads)
 
     return partials[0], finish
