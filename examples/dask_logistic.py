@@ -43,7 +43,8 @@ def make_data(rows: int, chunk_rows: int, seed: int = 0):
     rng = da.random.default_rng(seed)
     Xd = rng.normal(size=(rows, D), chunks=(chunk_rows, D))
     uniform = rng.random(size=(rows, 1), chunks=(chunk_rows, 1))
-    yd = da.map_blocks(_labels, Xd, uniform, true_w, true_b, dtype=float)[:, 0]
+    yd = da.map_blocks(_labels, Xd, uniform, true_w, true_b, dtype=float,
+                       chunks=uniform.chunks)[:, 0]
     return Xd, yd, true_w, true_b
 
 
