@@ -12,6 +12,7 @@ from symgrad import ops as _ops
 from symgrad.check import CheckReport, check
 from symgrad.compiled import CompiledFunction, Gradients, compile, grad
 from symgrad.derive.rules import RULES, register_rule
+from symgrad.derive.split import NotSplittable
 from symgrad.generate import generate
 from symgrad.model import Model
 from symgrad.ops import (
@@ -57,6 +58,7 @@ abs = _ops.ELEMENTWISE["abs"]  # noqa: A001 - mirrors numpy.abs
 __all__ = [
     "grad", "compile", "generate", "check", "CheckReport", "Model", "CompiledFunction",
     "Gradients", "RULES", "register_rule", "show", "latex", "graph", "explain",
+    "NotSplittable",
     "matrix", "vector", "dot", "hadamard", "sum", "mean", "broadcast", "trace", "det", "logdet",
     "inv", "logsumexp", "softmax", "softmax_cross_entropy", "binary_cross_entropy_with_logits",
     "name", "Map",

@@ -289,6 +289,16 @@ def load_module(path: Path, name: str) -> ModuleType:
     return module
 
 
+def _batchable_inputs(spec: ModuleSpec) -> tuple:
+    """The data inputs of a scalar model that have a symbolic dimension (X of shape n_x x m):
+    the ones a call may pass as Dask arrays chunked along that dimension."""
+    if spec.value_and_grad is None or spec.is_scalar_model:
+        return ()
+    return tuple(spec.public_name(s) for s in spec.inputs if isinstance(s, MatrixExpr)
+                 and s not in spec.parameters and not all(sp.sympify(e).is_number
+                                                          for e in s.shape))
+
+
 class CompiledFunction:
     """A model compiled to Numba: ``f(**inputs)`` is the value; ``f.value_and_grad``,
     ``f.grad`` (scalar outputs) and ``f.vjp`` (matrix outputs) the derivatives.
@@ -296,11 +306,15 @@ class CompiledFunction:
     Inputs are passed by symbol name.  Scalars may be floats or arrays (broadcast like NumPy
     ufuncs, one fused loop); matrices are float64 arrays (other real dtypes are converted,
     complex and non-numeric inputs are refused); vectors accept (n,) or (n, 1) and gradients
-    come back in the shape given.
+    come back in the shape given.  Data given as Dask arrays chunked along a symbolic
+    dimension is evaluated chunk by chunk on the active Dask scheduler when the model is a
+    sum over that dimension (see :mod:`symgrad.interop.dask`).
     """
 
-    def __init__(self, spec: ModuleSpec, source: str, module: ModuleType, path: Path):
+    def __init__(self, spec: ModuleSpec, source: str, module: ModuleType, path: Path,
+                 expression=None):
         self.spec = spec
+        self.expression = expression        # the model, for splitting it over Dask chunks
         self.source = source
         self.module = module
         self.path = path
@@ -313,6 +327,15 @@ class CompiledFunction:
             self.grad = module.grad
         if spec.vjp is not None:
             self.vjp = module.vjp
+        batchable = _batchable_inputs(spec)
+        if batchable and expression is not None:
+            # data that may come as Dask arrays: such calls go to symgrad.interop.dask, which
+            # imports Dask only when one arrives
+            from symgrad.interop.dask import dask_aware
+            self.forward = dask_aware(self, "forward", module.forward, batchable)
+            self.value_and_grad = dask_aware(self, "value_and_grad", module.value_and_grad,
+                                             batchable)
+            self.grad = dask_aware(self, "grad", module.grad, batchable)
 
     def __call__(self, **inputs):
         return self.forward(**inputs)
@@ -348,4 +371,4 @@ def compile(expr, wrt, name: str = "model") -> CompiledFunction:  # noqa: A001 -
         write_atomically(path, source)
     drop_damaged_numba_cache(path)
     module = load_module(path, module_name)
-    return CompiledFunction(spec, source, module, path)
+    return CompiledFunction(spec, source, module, path, expression=sp.sympify(expr))

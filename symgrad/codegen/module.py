@@ -47,6 +47,17 @@ class ModuleSpec:
     def public_name(self, symbol) -> str:
         return self.public.get(symbol, symbol.name)
 
+    @property
+    def user_inputs(self) -> list:
+        """The inputs as the user's own symbols, in the order of ``inputs``."""
+        theirs = {ours: user for user, ours in self.internal.items()}
+        return [theirs.get(s, s) for s in self.inputs]
+
+    @property
+    def user_parameters(self) -> list:
+        theirs = {ours: user for user, ours in self.internal.items()}
+        return [theirs.get(s, s) for s in self.parameters]
+
     def display(self, expr) -> str:
         """An expression of symgrad's symbols, written with the user's names (for messages)."""
         expr = sp.sympify(expr)
