@@ -1,0 +1,99 @@
+"""symgrad functions inside PyTorch and JAX.
+
+``f.to_torch()`` (:mod:`symgrad.interop.torch`) and ``f.to_jax()`` (:mod:`symgrad.interop.jax`)
+wrap a :class:`~symgrad.compiled.CompiledFunction` so that the frameworks' autodiff calls
+symgrad's compiled gradient (scalar outputs) or vector-Jacobian product (matrix outputs) for
+the backward pass.  Neither framework is imported until a wrapper is made.
+
+This module holds what both wrappers share: which inputs a call names, the shape of the
+output for given input shapes, and summing a broadcast gradient back to an input's shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+__all__ = ["check_names", "is_elementwise", "output_shape", "sum_to_shape"]
+
+
+def check_names(function, given) -> None:
+    """Raise ``TypeError`` naming an unknown or a missing input.
+
+    ``given`` are the keyword names of one call; the model's inputs must all be there, and
+    the only other names allowed are its free dimensions (integers).
+    """
+    inputs = function.inputs
+    dimensions = {d.name for d in function.spec.free_dimensions}
+    unknown = [n for n in given if n not in inputs and n not in dimensions]
+    if unknown:
+        raise TypeError(f"unknown input {unknown[0]!r}; this model takes "
+                        f"{', '.join(inputs + tuple(sorted(dimensions)))}")
+    missing = [n for n in inputs + tuple(sorted(dimensions)) if n not in given]
+    if missing:
+        raise TypeError(f"missing input {missing[0]!r}; this model takes "
+                        f"{', '.join(inputs + tuple(sorted(dimensions)))}")
+
+
+def sum_to_shape(gradient: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum a gradient that has the broadcast shape of a call back to one input's shape
+    (what NumPy broadcasting did forwards, summed backwards).
+
+    >>> sum_to_shape(np.ones((2, 3)), (3,)).tolist()
+    [2.0, 2.0, 2.0]
+    >>> sum_to_shape(np.ones((2, 3)), (2, 1)).tolist()
+    [[3.0], [3.0]]
+    """
+    gradient = np.asarray(gradient)
+    shape = tuple(shape)
+    if gradient.shape == shape:
+        return gradient
+    leading = gradient.ndim - len(shape)
+    if leading > 0:
+        gradient = gradient.sum(axis=tuple(range(leading)))
+    kept = tuple(k for k, n in enumerate(shape) if n == 1 and gradient.shape[k] != 1)
+    if kept:
+        gradient = gradient.sum(axis=kept, keepdims=True)
+    return gradient.reshape(shape)
+
+
+def is_elementwise(function) -> bool:
+    """Whether the model has only scalar inputs: it then broadcasts its inputs like a NumPy
+    ufunc and returns per-element values and gradients."""
+    return not any(isinstance(s, sp.MatrixSymbol) for s in function.spec.inputs)
+
+
+def output_shape(function, shapes: dict, dimensions: dict) -> tuple:
+    """The shape of ``function``'s value for inputs of the given shapes.
+
+    Scalar inputs broadcast (an elementwise model); otherwise a scalar output is ``()`` and a
+    matrix output's symbolic dimensions are bound from the inputs that have them (a vector
+    may be given as ``(n,)`` or ``(n, 1)``) or from ``dimensions``, the free ones.
+    """
+    spec = function.spec
+    if is_elementwise(function):
+        return tuple(np.broadcast_shapes(*shapes.values()))
+    if not spec.output_shape:
+        return ()
+    binding = {d: dimensions[d.name] for d in spec.free_dimensions if d.name in dimensions}
+    for symbol in spec.inputs:
+        if not isinstance(symbol, sp.MatrixSymbol):
+            continue
+        shape = tuple(shapes[symbol.name])
+        if len(shape) == 1 and symbol.shape[1] == 1:
+            shape = (shape[0], 1)
+        if len(shape) != 2:
+            raise ValueError(f"input {symbol.name!r} has shape {shape}; it is a "
+                             f"{symbol.shape[0]} x {symbol.shape[1]} matrix")
+        for extent, n in zip(symbol.shape, shape, strict=True):
+            extent = sp.sympify(extent)
+            if isinstance(extent, sp.Symbol) and extent not in binding:
+                binding[extent] = n
+    out = []
+    for extent in spec.output_shape:
+        value = sp.sympify(extent).subs(binding)
+        if not value.is_Integer:
+            raise ValueError(f"the output's dimension {extent} is fixed by no input; pass it "
+                             "as an integer argument")
+        out.append(int(value))
+    return tuple(out)
