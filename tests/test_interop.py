@@ -383,3 +383,46 @@ def test_training_example_runs_on_a_small_subset(tmp_path, capsys):
         losses = results[label]["losses"]
         assert losses[-1] < losses[0]
         assert results[label]["accuracy"] > 0.5       # 10 classes: chance is 0.1
+
+
+def test_to_jax_custom_call_agrees_with_the_python_callback(jax, monkeypatch):
+    """Matrix models run as XLA custom calls; the Python callback (the path of elementwise
+    models) gives the same numbers, for any batch size and vectors given as columns."""
+    from symgrad.interop import xla
+
+    assert xla.supports(NET) and xla.supports(LAYER) and not xla.supports(ELEMENTWISE)
+    jnp = jax.numpy
+
+    def run():
+        jf, jl = NET.to_jax(), LAYER.to_jax()
+        out = []
+        for m in (7, 3):
+            inputs = {k: jnp.asarray(v) for k, v in net_inputs(seed=m, m=m).items()}
+            inputs["b1"] = inputs["b1"].reshape(-1, 1)          # a column, not 1-D
+            out.append(jax.jit(jax.value_and_grad(
+                lambda p, inputs=inputs: jf(**dict(inputs, **p))))(
+                    {k: inputs[k] for k in PARAMS}))
+            layer = {k: inputs[k] for k in ("W1", "b1", "X")}
+            value, vjp = jax.vjp(lambda W1, b1, layer=layer: jl(**dict(layer, W1=W1, b1=b1)),
+                                 layer["W1"], layer["b1"])
+            out.append((value, vjp(jnp.cos(value))))
+        return out
+
+    native = run()
+    monkeypatch.setattr(xla, "supports", lambda function: False)
+    callback = run()
+    for a, b in zip(jax.tree_util.tree_leaves(native), jax.tree_util.tree_leaves(callback),
+                    strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    assert native[0][1]["b1"].shape == (N_H, 1)
+
+
+def test_to_jax_checks_shapes_when_tracing(jax):
+    jf = NET.to_jax()
+    inputs = {k: jax.numpy.asarray(v) for k, v in net_inputs().items()}
+    with pytest.raises(ValueError, match=r"input 'W2' has shape \(3, 5\): its dimension 1 "):
+        jax.jit(lambda W2: jf(**dict(inputs, W2=W2)))(jax.numpy.zeros((N_Y, N_X)))
+    with pytest.raises(ValueError, match=r"input 'Y' has shape \(3, 6\): its dimension 1 \(m\) "
+                                         r"should be 7"):
+        jf(**dict(inputs, Y=inputs["Y"][:, :6]))

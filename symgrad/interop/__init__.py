@@ -64,7 +64,8 @@ def is_elementwise(function) -> bool:
 
 
 def output_shape(function, shapes: dict, dimensions: dict) -> tuple:
-    """The shape of ``function``'s value for inputs of the given shapes.
+    """The shape of ``function``'s value for inputs of the given shapes, checking that the
+    shapes fit the model (``ValueError`` naming the input and the dimension otherwise).
 
     Scalar inputs broadcast (an elementwise model); otherwise a scalar output is ``()`` and a
     matrix output's symbolic dimensions are bound from the inputs that have them (a vector
@@ -72,23 +73,35 @@ def output_shape(function, shapes: dict, dimensions: dict) -> tuple:
     """
     spec = function.spec
     if is_elementwise(function):
-        return tuple(np.broadcast_shapes(*shapes.values()))
-    if not spec.output_shape:
-        return ()
+        try:
+            return tuple(np.broadcast_shapes(*shapes.values()))
+        except ValueError:
+            raise ValueError("the inputs' shapes do not broadcast together: " + ", ".join(
+                f"{n} {tuple(s)}" for n, s in shapes.items())) from None
     binding = {d: dimensions[d.name] for d in spec.free_dimensions if d.name in dimensions}
+    given = {}
     for symbol in spec.inputs:
-        if not isinstance(symbol, sp.MatrixSymbol):
-            continue
         shape = tuple(shapes[symbol.name])
+        if not isinstance(symbol, sp.MatrixSymbol):
+            if shape != ():
+                raise ValueError(f"input {symbol.name!r} has shape {shape}; it is a scalar")
+            continue
         if len(shape) == 1 and symbol.shape[1] == 1:
             shape = (shape[0], 1)
         if len(shape) != 2:
             raise ValueError(f"input {symbol.name!r} has shape {shape}; it is a "
                              f"{symbol.shape[0]} x {symbol.shape[1]} matrix")
+        given[symbol] = shape
         for extent, n in zip(symbol.shape, shape, strict=True):
             extent = sp.sympify(extent)
             if isinstance(extent, sp.Symbol) and extent not in binding:
                 binding[extent] = n
+    for symbol, shape in given.items():
+        for axis, (extent, n) in enumerate(zip(symbol.shape, shape, strict=True)):
+            expected = sp.sympify(extent).subs(binding)
+            if expected.is_Integer and int(expected) != n:
+                raise ValueError(f"input {symbol.name!r} has shape {tuple(shapes[symbol.name])}"
+                                 f": its dimension {axis} ({extent}) should be {expected}")
     out = []
     for extent in spec.output_shape:
         value = sp.sympify(extent).subs(binding)

@@ -1,11 +1,14 @@
 """``f.to_jax()``: a compiled symgrad function as a JAX function with a custom VJP.
 
-The function is a ``jax.custom_vjp`` whose passes are host calls (``jax.pure_callback``) into
-symgrad's compiled kernels: the forward pass under ``jax.grad`` computes the value and the
-gradient together (scalar outputs, ``f.value_and_grad``) and the backward pass scales the
-gradient by the output's cotangent; a matrix output's backward pass is ``f.vjp``.  It works
-under ``jax.jit`` and ``jax.grad`` (first derivatives; ``jax.vmap`` maps the host call
-sequentially).
+The function is a ``jax.custom_vjp`` whose passes call symgrad's compiled kernels from XLA:
+the forward pass under ``jax.grad`` computes the value and the gradient together (scalar
+outputs, ``f.value_and_grad``) and the backward pass scales the gradient by the output's
+cotangent; a matrix output's backward pass is ``f.vjp``.  The calls are XLA custom calls
+into the Numba kernels (JAX's FFI, :mod:`symgrad.interop.xla`) for models whose inputs are
+all matrices and vectors, and ``jax.pure_callback`` otherwise (elementwise models of
+scalars, scalar inputs, free dimensions).  It works under ``jax.jit`` and ``jax.grad``
+(first derivatives; ``jax.vmap`` maps the call sequentially).  A custom call runs the serial
+kernel: the threaded twins that ``f`` picks for very large inputs are not used from XLA.
 
 symgrad computes in float64, so the wrapper needs JAX's 64-bit mode: ``to_jax`` raises
 ``RuntimeError`` when ``jax_enable_x64`` is off rather than turn it on for the whole
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from symgrad.interop import check_names, is_elementwise, output_shape
+from symgrad.interop import check_names, is_elementwise, output_shape, xla
 
 if TYPE_CHECKING:
     from symgrad.compiled import CompiledFunction
@@ -114,6 +117,29 @@ class JaxFunction:
         parameters = set(self.parameters)
         scalar = function.spec.value_and_grad is not None
         elementwise = is_elementwise(function)
+        native = xla.supports(function)
+
+        def float64(shape):
+            return jax.ShapeDtypeStruct(shape, jnp.float64)
+
+        def kernel_operands(arrays):
+            """The arrays as the kernels take them: float64, vectors 1-D."""
+            out = []
+            for symbol, array in zip(function.spec.inputs, arrays, strict=True):
+                if array.dtype != jnp.float64:
+                    array = array.astype(jnp.float64)
+                out.append(array.reshape(-1) if xla.is_vector(symbol) else array)
+            return out
+
+        def host_call(pass_, results, operands, host):
+            """One call into symgrad: an XLA custom call where the model allows it, else a
+            Python callback; results are float64 arrays of the given shapes."""
+            if native:
+                return jax.ffi.ffi_call(xla.handler_name(function, pass_),
+                                        [float64(s) for s in results],
+                                        vmap_method="sequential")(*operands)
+            return jax.pure_callback(host, [float64(s) for s in results], *operands,
+                                     vmap_method="sequential")
 
         def shapes_of(arrays):
             return {n: tuple(a.shape) for n, a in zip(names, arrays, strict=True)}
@@ -131,11 +157,11 @@ class JaxFunction:
             shape = output_shape(function, shapes_of(arrays), dimensions)
 
             def host(*arrays):
-                return np.asarray(function.forward(**host_inputs(arrays)),
-                                  dtype=np.float64).reshape(shape)
+                return [np.asarray(function.forward(**host_inputs(arrays)),
+                                   dtype=np.float64).reshape(shape)]
 
-            value = jax.pure_callback(host, jax.ShapeDtypeStruct(shape, jnp.float64), *arrays,
-                                      vmap_method="sequential")
+            operands = kernel_operands(arrays) if native else arrays
+            (value,) = host_call("forward", [shape], operands, host)
             return value.astype(result_dtype(arrays))
 
         @jax.custom_vjp
@@ -156,16 +182,17 @@ class JaxFunction:
             shape = output_shape(function, shapes, dimensions)
             # an elementwise model's gradients are per element: the broadcast shape
             grad_shapes = {n: shape if elementwise else shapes[n] for n in self.parameters}
-            result = (jax.ShapeDtypeStruct(shape, jnp.float64),
-                      {n: jax.ShapeDtypeStruct(s, jnp.float64) for n, s in grad_shapes.items()})
+            results = [shape, *grad_shapes.values()]
 
             def host(*arrays):
                 value, grads = function.value_and_grad(**host_inputs(arrays))
-                return (np.asarray(value, dtype=np.float64).reshape(shape),
-                        {n: np.asarray(grads[n], dtype=np.float64).reshape(s)
-                         for n, s in grad_shapes.items()})
+                return [np.asarray(value, dtype=np.float64).reshape(shape)] + [
+                    np.asarray(grads[n], dtype=np.float64).reshape(s)
+                    for n, s in grad_shapes.items()]
 
-            value, grads = jax.pure_callback(host, result, *arrays, vmap_method="sequential")
+            operands = kernel_operands(arrays) if native else arrays
+            value, *grads = host_call("value_and_grad", results, operands, host)
+            grads = dict(zip(grad_shapes, grads, strict=True))
             return value.astype(result_dtype(arrays)), (arrays, grads)
 
         def bwd(residuals, cotangent):
@@ -179,16 +206,15 @@ class JaxFunction:
                 grads = {n: g * cotangent for n, g in residuals[1].items()}
             else:
                 grad_shapes = {n: shapes_of(arrays)[n] for n in self.parameters}
-                result = {n: jax.ShapeDtypeStruct(s, jnp.float64)
-                          for n, s in grad_shapes.items()}
 
                 def host(upstream, *arrays):
                     grads = function.vjp(np.ascontiguousarray(upstream), **host_inputs(arrays))
-                    return {n: np.asarray(grads[n], dtype=np.float64).reshape(s)
-                            for n, s in grad_shapes.items()}
+                    return [np.asarray(grads[n], dtype=np.float64).reshape(s)
+                            for n, s in grad_shapes.items()]
 
-                grads = jax.pure_callback(host, result, cotangent, *arrays,
-                                          vmap_method="sequential")
+                operands = [cotangent, *(kernel_operands(arrays) if native else arrays)]
+                grads = dict(zip(grad_shapes, host_call("vjp", list(grad_shapes.values()),
+                                                        operands, host), strict=True))
             out = []
             for name, array in zip(names, arrays, strict=True):
                 if name not in parameters:

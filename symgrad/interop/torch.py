@@ -71,16 +71,27 @@ class TorchFunction:
         self._scalar = function.spec.value_and_grad is not None
         self._torch = torch
         self._operation = _operation_class(torch)
+        self._checked_names: set = set()
 
     def __call__(self, **inputs: Any) -> torch.Tensor:
         torch = self._torch
-        check_names(self.function, inputs)
         names = tuple(inputs)
+        if names not in self._checked_names:       # the same call again: checked already
+            check_names(self.function, inputs)
+            self._checked_names.add(names)
         values = tuple(inputs.values())
         grad_enabled = torch.is_grad_enabled()
+        graph = False
         for name, value in zip(names, values, strict=True):
             if isinstance(value, torch.Tensor):
                 self._check_tensor(name, value, grad_enabled)
+                graph = graph or value.requires_grad
+        if not (graph and grad_enabled):
+            # nothing to differentiate: no autograd node, just the value
+            arrays = {name: _as_array(v) if isinstance(v, torch.Tensor) else v
+                      for name, v in zip(names, values, strict=True)}
+            return _to_tensor(torch, self.function.forward(**arrays),
+                              _result_dtype(torch, values))
         return self._operation.apply(self, names, *values)
 
     def _check_tensor(self, name: str, tensor: torch.Tensor, grad_enabled: bool) -> None:
@@ -113,7 +124,8 @@ def _as_array(tensor) -> np.ndarray:
     compiled function converts them)."""
     import torch
 
-    tensor = tensor.detach()
+    if tensor.requires_grad:
+        tensor = tensor.detach()
     if tensor.dtype == torch.float64:
         return tensor.numpy()
     if tensor.is_floating_point():
