@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from symgrad.interop import check_names, sum_to_shape
+from symgrad.interop import check_names, is_elementwise, sum_to_shape
 
 if TYPE_CHECKING:
     import torch
@@ -72,6 +72,8 @@ class TorchFunction:
         self._torch = torch
         self._operation = _operation_class(torch)
         self._checked_names: set = set()
+        self._parameter_names = frozenset(function.parameters)
+        self._elementwise = is_elementwise(function)
 
     def __call__(self, **inputs: Any) -> torch.Tensor:
         torch = self._torch
@@ -81,31 +83,52 @@ class TorchFunction:
             self._checked_names.add(names)
         values = tuple(inputs.values())
         grad_enabled = torch.is_grad_enabled()
-        graph = False
+        float64 = torch.float64
+        graph, dtype, narrow = False, None, False
+        arrays = {}
+        # one pass over the inputs: check, convert (a float64 tensor's numpy() shares its
+        # memory) and find the result's dtype; this runs on every training step
         for name, value in zip(names, values, strict=True):
-            if isinstance(value, torch.Tensor):
-                self._check_tensor(name, value, grad_enabled)
-                graph = graph or value.requires_grad
+            if not isinstance(value, torch.Tensor):
+                arrays[name] = value
+                continue
+            if not value.is_cpu or value.is_complex():
+                self._refuse(name, value)
+            if value.requires_grad:
+                if grad_enabled and name not in self._parameter_names:
+                    self._refuse(name, value)
+                graph = True
+                tensor = value.detach()
+            else:
+                tensor = value
+            if tensor.dtype is float64:
+                arrays[name] = tensor.numpy()
+                dtype = float64
+                continue
+            narrow = True
+            if tensor.is_floating_point():
+                dtype = tensor.dtype if dtype is None else torch.promote_types(dtype,
+                                                                              tensor.dtype)
+                tensor = tensor.to(float64)
+            arrays[name] = tensor.numpy()
+        dtype = float64 if dtype is None else dtype
         if not (graph and grad_enabled):
             # nothing to differentiate: no autograd node, just the value
-            arrays = {name: _as_array(v) if isinstance(v, torch.Tensor) else v
-                      for name, v in zip(names, values, strict=True)}
-            return _to_tensor(torch, self.function.forward(**arrays),
-                              _result_dtype(torch, values))
-        return self._operation.apply(self, names, *values)
+            return _to_tensor(torch, self.function.forward(**arrays), dtype)
+        return self._operation.apply(self, names, arrays, dtype, narrow, *values)
 
-    def _check_tensor(self, name: str, tensor: torch.Tensor, grad_enabled: bool) -> None:
-        if tensor.device.type != "cpu":
+    def _refuse(self, name: str, tensor: torch.Tensor) -> None:
+        """Raise the error for a tensor symgrad cannot take."""
+        if not tensor.is_cpu:
             raise ValueError(f"input {name!r} is a tensor on {tensor.device}; symgrad computes "
                              f"on the CPU: pass {name}=....cpu()")
         if tensor.is_complex():
             raise TypeError(f"input {name!r} is a {tensor.dtype} tensor; symgrad computes with "
                             "real numbers only")
-        if grad_enabled and tensor.requires_grad and name not in self.parameters:
-            raise ValueError(
-                f"input {name!r} requires grad, but symgrad does not differentiate with respect "
-                f"to it (the parameters are {', '.join(self.parameters)}): compile with "
-                f"{name} in wrt, or pass {name}=....detach()")
+        raise ValueError(
+            f"input {name!r} requires grad, but symgrad does not differentiate with respect "
+            f"to it (the parameters are {', '.join(self.parameters)}): compile with "
+            f"{name} in wrt, or pass {name}=....detach()")
 
     def __repr__(self) -> str:
         return f"<symgrad torch function of {', '.join(self.inputs)}; parameters " \
@@ -116,31 +139,6 @@ def to_torch(function: CompiledFunction) -> TorchFunction:
     """``function`` as a callable on tensors whose gradient is in torch autograd (see
     :class:`TorchFunction`); the same as ``function.to_torch()``."""
     return TorchFunction(function)
-
-
-def _as_array(tensor) -> np.ndarray:
-    """The tensor's values as a NumPy array: its own memory for float64 (``numpy()`` shares
-    it), a float64 copy for other floating dtypes; integers and booleans as they are (the
-    compiled function converts them)."""
-    import torch
-
-    if tensor.requires_grad:
-        tensor = tensor.detach()
-    if tensor.dtype == torch.float64:
-        return tensor.numpy()
-    if tensor.is_floating_point():
-        return tensor.to(torch.float64).numpy()
-    return tensor.numpy()
-
-
-def _result_dtype(torch, values):
-    """float64 unless every floating tensor input is of a narrower type (float32 in, float32
-    out); mixed inputs promote as torch does."""
-    dtype = None
-    for value in values:
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            dtype = value.dtype if dtype is None else torch.promote_types(dtype, value.dtype)
-    return torch.float64 if dtype is None else dtype
 
 
 def _to_tensor(torch, array, dtype):
@@ -159,31 +157,23 @@ def _operation_class(torch):
     from torch.autograd.function import once_differentiable
 
     class SymgradOperation(torch.autograd.Function):
-        """apply(wrapper, names, *values): one compiled symgrad function call."""
+        """apply(wrapper, names, arrays, dtype, narrow, *values): one compiled symgrad call
+        on ``arrays`` (the values as NumPy arrays, made by the wrapper), its result in
+        ``dtype``; ``narrow`` when some input is not float64."""
 
         @staticmethod
-        def forward(ctx, wrapper: TorchFunction, names: tuple, *values):
+        def forward(ctx, wrapper: TorchFunction, names: tuple, arrays: dict, dtype,
+                    narrow: bool, *values):
             function = wrapper.function
-            arrays = {name: _as_array(v) if isinstance(v, torch.Tensor) else v
-                      for name, v in zip(names, values, strict=True)}
-            needed = ctx.needs_input_grad[2:]
-            ctx.names = names
-            ctx.scalar = wrapper._scalar
-            ctx.shapes = [tuple(v.shape) if isinstance(v, torch.Tensor) else np.shape(v)
-                          for v in values]
-            ctx.dtypes = [v.dtype if isinstance(v, torch.Tensor) else torch.float64
-                          for v in values]
-            dtype = _result_dtype(torch, values)
-            if not any(needed):
-                return _to_tensor(torch, function.forward(**arrays), dtype)
             if wrapper._scalar:
                 # the gradient comes with the value for little more than the value's cost:
                 # compute both now, keep the gradients for backward
                 value, ctx.gradients = function.value_and_grad(**arrays)
             else:
                 value = function.forward(**arrays)
-            ctx.function = function
-            ctx.arrays = arrays
+            ctx.wrapper, ctx.names, ctx.arrays = wrapper, names, arrays
+            ctx.dtypes = tuple(v.dtype if isinstance(v, torch.Tensor) else None
+                               for v in values) if narrow else None
             # saved so that torch notices an input changed in place before a backward pass
             # that reads the inputs again
             ctx.save_for_backward(*(v for v in values if isinstance(v, torch.Tensor)))
@@ -192,34 +182,41 @@ def _operation_class(torch):
         @staticmethod
         @once_differentiable
         def backward(ctx, grad_output):
-            upstream = grad_output.detach()
-            if upstream.dtype != torch.float64:
-                upstream = upstream.to(torch.float64)
-            upstream = upstream.numpy()
-            if ctx.scalar:
+            wrapper, needs = ctx.wrapper, ctx.needs_input_grad
+            scale = None
+            if wrapper._scalar:
                 gradients = ctx.gradients
                 # the gradients are handed over (torch may keep them as .grad and add to them
                 # in place); a second backward pass (retain_graph=True) computes them again
                 ctx.gradients = None
                 if gradients is None:
-                    _ = ctx.saved_tensors  # raises if an input was modified in place since forward
-                    gradients = ctx.function.value_and_grad(**ctx.arrays)[1]
-                # loss.backward() seeds 1.0: the scaling would only copy the gradients
-                scale = None if upstream.size == 1 and upstream.item() == 1.0 else upstream
+                    _ = ctx.saved_tensors  # raises if an input was changed in place since
+                    gradients = wrapper.function.value_and_grad(**ctx.arrays)[1]
+                if grad_output.dim() == 0:
+                    # loss.backward() seeds 1.0: scaling would only copy the gradients
+                    seed = grad_output.item()
+                    scale = None if seed == 1.0 else seed
+                else:
+                    scale = grad_output.detach().to(torch.float64).numpy()
             else:
-                _ = ctx.saved_tensors  # raises if an input was modified in place since forward
-                gradients = ctx.function.vjp(np.ascontiguousarray(upstream), **ctx.arrays)
-                scale = None
-            out = [None, None]
+                _ = ctx.saved_tensors  # raises if an input was changed in place since forward
+                upstream = grad_output.detach().to(torch.float64).contiguous().numpy()
+                gradients = wrapper.function.vjp(upstream, **ctx.arrays)
+            out = [None, None, None, None, None]
             for k, name in enumerate(ctx.names):
-                if not ctx.needs_input_grad[k + 2]:
+                if not needs[k + 5]:
                     out.append(None)
                     continue
                 gradient = gradients[name]
                 if scale is not None:
                     gradient = np.multiply(gradient, scale)
-                gradient = sum_to_shape(gradient, ctx.shapes[k])
-                out.append(_to_tensor(torch, gradient, ctx.dtypes[k]))
+                if wrapper._elementwise:     # broadcast inputs: per-element gradients
+                    gradient = sum_to_shape(gradient, np.shape(ctx.arrays[name]))
+                tensor = (torch.from_numpy(gradient) if type(gradient) is np.ndarray
+                          else torch.tensor(float(gradient), dtype=torch.float64))
+                if ctx.dtypes is not None and ctx.dtypes[k] is not torch.float64:
+                    tensor = tensor.to(ctx.dtypes[k])
+                out.append(tensor)
             return tuple(out)
 
     _OPERATIONS["operation"] = SymgradOperation
