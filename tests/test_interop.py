@@ -425,3 +425,22 @@ def test_to_jax_checks_shapes_when_tracing(jax):
     with pytest.raises(ValueError, match=r"input 'Y' has shape \(3, 6\): its dimension 1 \(m\) "
                                          r"should be 7"):
         jf(**dict(inputs, Y=inputs["Y"][:, :6]))
+
+
+def test_the_readme_example_runs(jax):
+    """The README's example of to_torch and to_jax runs as written and trains."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Inside PyTorch and JAX"):
+                     readme.index("## What a model may contain")]
+    namespace: dict = {}
+    exec(compile("\n".join(re.findall(r"```python\n(.*?)```", section, re.S)), "README.md",
+                 "exec"), namespace)
+    start = namespace["f"](W=np.zeros((3, 4)), b=np.zeros(3), X=namespace["X0"].numpy(),
+                           Y=namespace["Y0"].numpy())
+    assert float(namespace["loss"]) < start            # Adam moved the parameters downhill
+    expected = namespace["f"].grad(W=namespace["W0"].detach().numpy(),
+                                   b=namespace["b0"].detach().numpy(),
+                                   X=namespace["X0"].numpy(), Y=namespace["Y0"].numpy())
+    np.testing.assert_allclose(namespace["dW"], expected["W"], rtol=1e-12, atol=1e-15)
