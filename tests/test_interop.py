@@ -444,3 +444,43 @@ def test_the_readme_example_runs(jax):
                                    b=namespace["b0"].detach().numpy(),
                                    X=namespace["X0"].numpy(), Y=namespace["Y0"].numpy())
     np.testing.assert_allclose(namespace["dW"], expected["W"], rtol=1e-12, atol=1e-15)
+
+
+def test_scalar_inputs_and_free_dimensions_in_both_frameworks(jax):
+    """A scalar input beside a matrix (lam) and a dimension no input fixes (m): JAX takes
+    the Python callback for them, PyTorch passes them through."""
+    lam = sp.Symbol("lam")
+    W, x = sg.matrix("W", 3, 4), sg.vector("x", 4)
+    f = sg.compile(lam * sg.sum(sg.hadamard(W, W)) + sg.sum(sg.tanh(W @ x)), [W, lam],
+                   name="interop_penalty")
+    W0, x0 = np.random.default_rng(2).normal(size=(3, 4)), np.linspace(-1, 1, 4)
+    value, grads = f.value_and_grad(W=W0, lam=0.3, x=x0)
+    Wt = torch.tensor(W0, requires_grad=True)
+    lt = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    out = f.to_torch()(W=Wt, lam=lt, x=torch.tensor(x0))
+    out.backward()
+    assert out.item() == value
+    np.testing.assert_array_equal(Wt.grad.numpy(), grads["W"])
+    assert lt.grad.item() == grads["lam"]
+    jf = f.to_jax()
+    jv, (jW, jl) = jax.jit(jax.value_and_grad(lambda W, lam: jf(W=W, lam=lam, x=x0),
+                                              argnums=(0, 1)))(W0, 0.3)
+    assert float(jv) == value and float(jl) == grads["lam"]
+    np.testing.assert_array_equal(np.asarray(jW), grads["W"])
+
+    m = sp.Symbol("m", integer=True, positive=True)
+    u = sg.vector("u", 3)
+    h = sg.compile(sg.sum(sg.tanh(u.T @ sp.OneMatrix(3, m))), [u], name="interop_free")
+    u0 = np.array([0.1, -0.2, 0.3])
+    value, grads = h.value_and_grad(u=u0, m=4)
+    ut = torch.tensor(u0, requires_grad=True)
+    out = h.to_torch()(u=ut, m=4)
+    out.backward()
+    assert out.item() == value
+    np.testing.assert_array_equal(ut.grad.numpy(), grads["u"])
+    hj = h.to_jax()
+    jv, jg = jax.jit(jax.value_and_grad(lambda u: hj(u=u, m=4)))(u0)
+    assert float(jv) == value
+    np.testing.assert_array_equal(np.asarray(jg), grads["u"])
+    with pytest.raises(TypeError, match="dimension 'm' must be a Python int"):
+        hj(u=u0, m=4.0)

@@ -23,16 +23,14 @@ def check_names(function, given) -> None:
     ``given`` are the keyword names of one call; the model's inputs must all be there, and
     the only other names allowed are its free dimensions (integers).
     """
-    inputs = function.inputs
-    dimensions = {d.name for d in function.spec.free_dimensions}
-    unknown = [n for n in given if n not in inputs and n not in dimensions]
+    dimensions = sorted(d.name for d in function.spec.free_dimensions)
+    takes = list(function.inputs) + [d for d in dimensions if d not in function.inputs]
+    unknown = [n for n in given if n not in takes]
     if unknown:
-        raise TypeError(f"unknown input {unknown[0]!r}; this model takes "
-                        f"{', '.join(inputs + tuple(sorted(dimensions)))}")
-    missing = [n for n in inputs + tuple(sorted(dimensions)) if n not in given]
+        raise TypeError(f"unknown input {unknown[0]!r}; this model takes {', '.join(takes)}")
+    missing = [n for n in takes if n not in given]
     if missing:
-        raise TypeError(f"missing input {missing[0]!r}; this model takes "
-                        f"{', '.join(inputs + tuple(sorted(dimensions)))}")
+        raise TypeError(f"missing input {missing[0]!r}; this model takes {', '.join(takes)}")
 
 
 def sum_to_shape(gradient: np.ndarray, shape: tuple) -> np.ndarray:
