@@ -12,7 +12,8 @@ trained on mini-batches of 64 examples
      with Adam and with SGD, the references for 2 and 1.
 It prints test accuracy and time per epoch for each, how far the symgrad loss curves are from
 PyTorch's, and saves the loss curves as a PNG.  The digits ship with scikit-learn (no
-download); the run needs scikit-learn, PyTorch and matplotlib (``pip install -e ".[train]"``).
+download); the run needs scikit-learn, matplotlib and PyTorch
+(``pip install -e ".[train,torch]"``).
 
 Run: python examples/train_digits.py [--epochs 30] [--plot examples/train_digits.png]
 """

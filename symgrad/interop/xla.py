@@ -114,6 +114,12 @@ def supports(function) -> bool:
     spec = function.spec
     if spec.free_dimensions or not all(isinstance(s, sp.MatrixSymbol) for s in spec.inputs):
         return False
+    import jax
+
+    ffi = getattr(jax, "ffi", None)     # JAX's FFI module (jax >= 0.4.31); else the callback
+    if ffi is None or not all(hasattr(ffi, n) for n in ("ffi_call", "register_ffi_target",
+                                                        "pycapsule")):
+        return False
     expected = [f"_in_{name}" for name in function.inputs]
     for kernel, extra in (("_forward_kernel", []), ("_value_and_grad_kernel", []),
                           ("_vjp_kernel", ["_in_upstream"])):
