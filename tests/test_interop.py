@@ -484,3 +484,17 @@ def test_scalar_inputs_and_free_dimensions_in_both_frameworks(jax):
     np.testing.assert_array_equal(np.asarray(jg), grads["u"])
     with pytest.raises(TypeError, match="dimension 'm' must be a Python int"):
         hj(u=u0, m=4.0)
+
+
+def test_an_error_in_the_kernel_is_an_error_in_both_frameworks(jax):
+    A, x = sg.matrix("A", 2, 2), sg.vector("x", 2)
+    f = sg.compile(sg.sum(sg.inv(A) @ x), [A], name="interop_inverse")
+    singular = np.ones((2, 2))
+    with pytest.raises(np.linalg.LinAlgError):
+        f.to_torch()(A=torch.tensor(singular, requires_grad=True), x=torch.ones(2))
+    jf = f.to_jax()
+    step = jax.jit(jax.value_and_grad(lambda A: jf(A=A, x=np.ones(2))))
+    assert float(step(np.eye(2))[0]) == 2.0
+    with pytest.raises(Exception, match="value_and_grad kernel of interop_inverse raised an "
+                                        "error"):       # XLA's own error type
+        step(singular)

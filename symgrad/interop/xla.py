@@ -31,6 +31,7 @@ __all__ = ["supports", "handler_name"]
 HELPERS = '''
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import carray, types
 from numba.extending import intrinsic
 
@@ -41,6 +42,16 @@ def _ptr(typingctx, address):
     def codegen(context, builder, signature, args):
         return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
     return types.voidptr(types.int64), codegen
+
+
+@intrinsic
+def _call(typingctx, function, argument):
+    """Call the C function at an address with one pointer argument; its pointer result."""
+    def codegen(context, builder, signature, args):
+        pointer = ir.IntType(8).as_pointer()
+        callee = builder.inttoptr(args[0], ir.FunctionType(pointer, [pointer]).as_pointer())
+        return builder.call(callee, [args[1]])
+    return types.voidptr(types.int64, types.voidptr), codegen
 
 
 @numba.njit(cache=True, inline="always")
@@ -92,6 +103,17 @@ def _store(buffers, k, array):
 @numba.njit(cache=True, inline="always")
 def _store_scalar(buffers, k, value):
     carray(_ptr(_buffer(buffers, k)[3]), (1,), dtype=np.float64)[0] = value
+
+
+@numba.njit(cache=True)
+def _error(frame, message):
+    """An XLA_FFI_Error (code INTERNAL) with the NUL-terminated message, made by the API's
+    XLA_FFI_Error_Create (word 6 of XLA_FFI_Api), which copies the message."""
+    arguments = np.zeros(4, dtype=np.int64)
+    arguments[0] = 28                   # XLA_FFI_Error_Create_Args_STRUCT_SIZE
+    arguments[2] = message.ctypes.data
+    arguments[3] = 13                   # XLA_FFI_Error_Code_INTERNAL
+    return _call(_words(frame[2], 7)[6], _ptr(arguments.ctypes.data))
 '''
 
 HANDLER = '''
@@ -102,7 +124,10 @@ def {name}(frame_address):
     if _skip(frame):
         return _ptr(0)
     args, rets = frame[9], frame[14]
-    result = {kernel}({arguments})
+    try:
+        result = {kernel}({arguments})
+    except Exception:  # noqa: BLE001 - XLA reports it; the message says where to look
+        return _error(frame, MESSAGE)
 {stores}
     return _ptr(0)
 '''
@@ -151,8 +176,12 @@ def _source(function, pass_: str) -> str:
                    for k in range(len(spec.parameters))]
     else:
         stores = [f"    _store(rets, {k}, result[{k}])" for k in range(len(spec.parameters))]
-    return HANDLER.format(name=f"{pass_}_handler", kernel=f"_{pass_}_kernel",
-                          arguments=arguments, stores="\n".join(stores))
+    message = (f"symgrad's {pass_} kernel of {function.spec.name} raised an error (a singular "
+               "matrix, say): call the compiled function on the same inputs outside JAX to "
+               "see it")
+    constant = f"\nMESSAGE = np.frombuffer({(message.encode() + bytes(1))!r}, dtype=np.uint8)\n"
+    return constant + HANDLER.format(name=f"{pass_}_handler", kernel=f"_{pass_}_kernel",
+                                     arguments=arguments, stores="\n".join(stores))
 
 
 def _argument(symbol, k: int) -> str:
