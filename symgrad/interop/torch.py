@@ -180,44 +180,55 @@ def _operation_class(torch):
             return _to_tensor(torch, value, dtype)
 
         @staticmethod
-        @once_differentiable
         def backward(ctx, grad_output):
-            wrapper, needs = ctx.wrapper, ctx.needs_input_grad
-            scale = None
-            if wrapper._scalar:
-                gradients = ctx.gradients
-                # the gradients are handed over (torch may keep them as .grad and add to them
-                # in place); a second backward pass (retain_graph=True) computes them again
-                ctx.gradients = None
-                if gradients is None:
-                    _ = ctx.saved_tensors  # raises if an input was changed in place since
-                    gradients = wrapper.function.value_and_grad(**ctx.arrays)[1]
-                if grad_output.dim() == 0:
-                    # loss.backward() seeds 1.0: scaling would only copy the gradients
-                    seed = grad_output.item()
-                    scale = None if seed == 1.0 else seed
-                else:
-                    scale = grad_output.detach().to(torch.float64).numpy()
-            else:
-                _ = ctx.saved_tensors  # raises if an input was changed in place since forward
-                upstream = grad_output.detach().to(torch.float64).contiguous().numpy()
-                gradients = wrapper.function.vjp(upstream, **ctx.arrays)
-            out = [None, None, None, None, None]
-            for k, name in enumerate(ctx.names):
-                if not needs[k + 5]:
-                    out.append(None)
-                    continue
-                gradient = gradients[name]
-                if scale is not None:
-                    gradient = np.multiply(gradient, scale)
-                if wrapper._elementwise:     # broadcast inputs: per-element gradients
-                    gradient = sum_to_shape(gradient, np.shape(ctx.arrays[name]))
-                tensor = (torch.from_numpy(gradient) if type(gradient) is np.ndarray
-                          else torch.tensor(float(gradient), dtype=torch.float64))
-                if ctx.dtypes is not None and ctx.dtypes[k] is not torch.float64:
-                    tensor = tensor.to(ctx.dtypes[k])
-                out.append(tensor)
-            return tuple(out)
+            if torch.is_grad_enabled():
+                # create_graph=True: outputs that raise if differentiated again (symgrad
+                # has first derivatives only)
+                return backward_once(ctx, grad_output)
+            # the usual case: grad mode is already off, and once_differentiable's no_grad
+            # block would only cost time
+            return backward_pass(ctx, grad_output)
 
+    def backward_pass(ctx, grad_output):
+        """The gradients of the inputs: symgrad's gradient times the output's gradient
+        (scalar outputs), or f.vjp (matrix outputs)."""
+        wrapper, needs = ctx.wrapper, ctx.needs_input_grad
+        scale = None
+        if wrapper._scalar:
+            gradients = ctx.gradients
+            # the gradients are handed over (torch may keep them as .grad and add to them
+            # in place); a second backward pass (retain_graph=True) computes them again
+            ctx.gradients = None
+            if gradients is None:
+                _ = ctx.saved_tensors  # raises if an input was changed in place since
+                gradients = wrapper.function.value_and_grad(**ctx.arrays)[1]
+            if grad_output.dim() == 0:
+                # loss.backward() seeds 1.0: scaling would only copy the gradients
+                seed = grad_output.item()
+                scale = None if seed == 1.0 else seed
+            else:
+                scale = grad_output.detach().to(torch.float64).numpy()
+        else:
+            _ = ctx.saved_tensors  # raises if an input was changed in place since forward
+            upstream = grad_output.detach().to(torch.float64).contiguous().numpy()
+            gradients = wrapper.function.vjp(upstream, **ctx.arrays)
+        out = [None, None, None, None, None]
+        for k, name in enumerate(ctx.names):
+            if not needs[k + 5]:
+                out.append(None)
+                continue
+            gradient = gradients[name]
+            if scale is not None:
+                gradient = np.multiply(gradient, scale)
+            if wrapper._elementwise:     # broadcast inputs: per-element gradients
+                gradient = sum_to_shape(gradient, np.shape(ctx.arrays[name]))
+            tensor = (torch.from_numpy(gradient) if type(gradient) is np.ndarray
+                      else torch.tensor(float(gradient), dtype=torch.float64))
+            if ctx.dtypes is not None and ctx.dtypes[k] is not torch.float64:
+                tensor = tensor.to(ctx.dtypes[k])
+            out.append(tensor)
+        return tuple(out)
+
+    backward_once = once_differentiable(backward_pass)
     _OPERATIONS["operation"] = SymgradOperation
     return SymgradOperation
