@@ -642,6 +642,9 @@ def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float,
     notes = BENCH_DIR / "NOTES.md"      # the hand-written analysis of the latest full run
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
+    interop = BENCH_DIR / "INTEROP.md"  # python -m bench.interop: symgrad in PyTorch and JAX
+    if interop.exists():
+        lines += ["", interop.read_text().rstrip()]
     out_path.write_text("\n".join(lines) + "\n")
 
 

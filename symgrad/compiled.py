@@ -349,6 +349,35 @@ class CompiledFunction:
                                  "use f.value_and_grad(**inputs)")
         raise AttributeError(name)
 
+    def to_torch(self):
+        """This function on ``torch.Tensor`` inputs, its gradient in torch autograd: a
+        :class:`symgrad.interop.torch.TorchFunction` (needs PyTorch).
+
+        >>> import sympy as sp, torch
+        >>> w, x = sp.symbols("w x")
+        >>> tf = compile(w**2 * x, [w]).to_torch()
+        >>> w0 = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+        >>> tf(w=w0, x=torch.tensor(2.0, dtype=torch.float64)).backward(); float(w0.grad)
+        12.0
+        """
+        from symgrad.interop.torch import to_torch
+        return to_torch(self)
+
+    def to_jax(self):
+        """This function on JAX arrays, differentiable by ``jax.grad`` and usable under
+        ``jax.jit``: a :class:`symgrad.interop.jax.JaxFunction` (needs JAX with
+        ``jax_enable_x64`` on).
+
+        >>> import jax, sympy as sp
+        >>> jax.config.update("jax_enable_x64", True)
+        >>> w, x = sp.symbols("w x")
+        >>> jf = compile(w**2 * x, [w]).to_jax()
+        >>> float(jax.grad(lambda w: jf(w=w, x=2.0))(3.0))
+        12.0
+        """
+        from symgrad.interop.jax import to_jax
+        return to_jax(self)
+
     def __repr__(self) -> str:
         return (f"<symgrad compiled function of {', '.join(self.inputs)}; "
                 f"parameters {', '.join(self.parameters)}; ops {self.op_counts}>")

@@ -58,6 +58,16 @@ class ModuleSpec:
         theirs = {ours: user for user, ours in self.internal.items()}
         return [theirs.get(s, s) for s in self.parameters]
 
+    @property
+    def user_free_dimensions(self) -> set:
+        theirs = {ours: user for user, ours in self.internal.items()}
+        return {theirs.get(d, d) for d in self.free_dimensions}
+
+    @property
+    def user_output_shape(self) -> tuple:
+        theirs = {ours: user for user, ours in self.internal.items()}
+        return tuple(sp.sympify(e).xreplace(theirs) for e in self.output_shape)
+
     def display(self, expr) -> str:
         """An expression of symgrad's symbols, written with the user's names (for messages)."""
         expr = sp.sympify(expr)

@@ -1,2 +1,112 @@
-"""symgrad's compiled models inside other frameworks (each module imports its framework only
-when it is used)."""
+"""symgrad functions inside PyTorch and JAX, and over Dask arrays.
+
+``f.to_torch()`` (:mod:`symgrad.interop.torch`) and ``f.to_jax()`` (:mod:`symgrad.interop.jax`)
+wrap a :class:`~symgrad.compiled.CompiledFunction` so that the frameworks' autodiff calls
+symgrad's compiled gradient (scalar outputs) or vector-Jacobian product (matrix outputs) for
+the backward pass.  Neither framework is imported until a wrapper is made.
+:mod:`symgrad.interop.dask` evaluates a model chunk by chunk when its data are Dask arrays.
+
+This module holds what both wrappers share: which inputs a call names, the shape of the
+output for given input shapes, and summing a broadcast gradient back to an input's shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+__all__ = ["check_names", "is_elementwise", "output_shape", "sum_to_shape"]
+
+
+def check_names(function, given) -> None:
+    """Raise ``TypeError`` naming an unknown or a missing input.
+
+    ``given`` are the keyword names of one call; the model's inputs must all be there, and
+    the only other names allowed are its free dimensions (integers).
+    """
+    dimensions = sorted(function.spec.public_name(d) for d in function.spec.free_dimensions)
+    takes = list(function.inputs) + [d for d in dimensions if d not in function.inputs]
+    unknown = [n for n in given if n not in takes]
+    if unknown:
+        raise TypeError(f"unknown input {unknown[0]!r}; this model takes {', '.join(takes)}")
+    missing = [n for n in takes if n not in given]
+    if missing:
+        raise TypeError(f"missing input {missing[0]!r}; this model takes {', '.join(takes)}")
+
+
+def sum_to_shape(gradient: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum a gradient that has the broadcast shape of a call back to one input's shape
+    (what NumPy broadcasting did forwards, summed backwards).
+
+    >>> sum_to_shape(np.ones((2, 3)), (3,)).tolist()
+    [2.0, 2.0, 2.0]
+    >>> sum_to_shape(np.ones((2, 3)), (2, 1)).tolist()
+    [[3.0], [3.0]]
+    """
+    gradient = np.asarray(gradient)
+    shape = tuple(shape)
+    if gradient.shape == shape:
+        return gradient
+    leading = gradient.ndim - len(shape)
+    if leading > 0:
+        gradient = gradient.sum(axis=tuple(range(leading)))
+    kept = tuple(k for k, n in enumerate(shape) if n == 1 and gradient.shape[k] != 1)
+    if kept:
+        gradient = gradient.sum(axis=kept, keepdims=True)
+    return gradient.reshape(shape)
+
+
+def is_elementwise(function) -> bool:
+    """Whether the model has only scalar inputs: it then broadcasts its inputs like a NumPy
+    ufunc and returns per-element values and gradients."""
+    return not any(isinstance(s, sp.MatrixSymbol) for s in function.spec.inputs)
+
+
+def output_shape(function, shapes: dict, dimensions: dict) -> tuple:
+    """The shape of ``function``'s value for inputs of the given shapes, checking that the
+    shapes fit the model (``ValueError`` naming the input and the dimension otherwise).
+
+    Scalar inputs broadcast (an elementwise model); otherwise a scalar output is ``()`` and a
+    matrix output's symbolic dimensions are bound from the inputs that have them (a vector
+    may be given as ``(n,)`` or ``(n, 1)``) or from ``dimensions``, the free ones.
+    """
+    spec = function.spec
+    if is_elementwise(function):
+        try:
+            return tuple(np.broadcast_shapes(*shapes.values()))
+        except ValueError:
+            raise ValueError("the inputs' shapes do not broadcast together: " + ", ".join(
+                f"{n} {tuple(s)}" for n, s in shapes.items())) from None
+    # the user's symbols: shapes and messages in the model's own names
+    binding = {d: dimensions[d.name] for d in spec.user_free_dimensions if d.name in dimensions}
+    given = {}
+    for symbol in spec.user_inputs:
+        shape = tuple(shapes[symbol.name])
+        if not isinstance(symbol, sp.MatrixSymbol):
+            if shape != ():
+                raise ValueError(f"input {symbol.name!r} has shape {shape}; it is a scalar")
+            continue
+        if len(shape) == 1 and symbol.shape[1] == 1:
+            shape = (shape[0], 1)
+        if len(shape) != 2:
+            raise ValueError(f"input {symbol.name!r} has shape {shape}; it is a "
+                             f"{symbol.shape[0]} x {symbol.shape[1]} matrix")
+        given[symbol] = shape
+        for extent, n in zip(symbol.shape, shape, strict=True):
+            extent = sp.sympify(extent)
+            if isinstance(extent, sp.Symbol) and extent not in binding:
+                binding[extent] = n
+    for symbol, shape in given.items():
+        for axis, (extent, n) in enumerate(zip(symbol.shape, shape, strict=True)):
+            expected = sp.sympify(extent).subs(binding)
+            if expected.is_Integer and int(expected) != n:
+                raise ValueError(f"input {symbol.name!r} has shape {tuple(shapes[symbol.name])}"
+                                 f": its dimension {axis} ({extent}) should be {expected}")
+    out = []
+    for extent in spec.user_output_shape:
+        value = sp.sympify(extent).subs(binding)
+        if not value.is_Integer:
+            raise ValueError(f"the output's dimension {extent} is fixed by no input; pass it "
+                             "as an integer argument")
+        out.append(int(value))
+    return tuple(out)
