@@ -9,7 +9,7 @@ Inputs:
   Dimensions in the code: dim_0 = N
 
 Value:
-    l2_logistic_regression = lam*w^T w/2 + sum(y ∘ softplus(-X w + b) + (1 - y) ∘ softplus(X w + b))/N
+    l2_logistic_regression = lam*w^T w/2 + sum(y ∘ softplus(-(X w + b)) + (1 - y) ∘ softplus(X w + b))/N
 
 Gradients (shared pieces named once):
     delta = (sigmoid(X w + b) - y)/N

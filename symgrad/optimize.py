@@ -244,8 +244,11 @@ def _inline_single_use(operation: ops.Map, definitions: dict, uses: dict, inline
     substitution, operands, variables = {}, [], []
     for v, operand in zip(operation.function.variables, operation.operands):
         producer = definitions.get(operand)
+        # read once by the program, and once by this Map: as itself, not also transposed
+        # (X + X^T reads X twice in one statement)
         if (producer is not None and isinstance(producer.operation, ops.Map)
                 and uses.get(operand, 0) == 1
+                and sum(operand in _symbols_in(o) for o in operation.operands) == 1
                 and tuple(producer.operation.shape) == tuple(operation.shape)):
             inner = {iv: _variable_for(io, operands, variables)
                      for iv, io in zip(producer.operation.function.variables,

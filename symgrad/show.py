@@ -82,7 +82,9 @@ class FormulaPrinter(StrPrinter):
         return expr.name
 
     def parenthesize(self, item, level, strict=False):
-        if isinstance(item, _Piece) and not item.atomic and level >= PRECEDENCE["Mul"]:
+        # a piece of several terms is grouped wherever it is an operand: SymPy asks with the
+        # precedence of Add for the factors of a negated product (-(X w + b))
+        if isinstance(item, _Piece) and not item.atomic and level >= PRECEDENCE["Add"]:
             return f"({item.name})"
         return super().parenthesize(item, level, strict)
 
@@ -115,8 +117,8 @@ class FormulaPrinter(StrPrinter):
         for t in terms[1:]:
             if t.could_extract_minus_sign():
                 text += " - " + self.parenthesize(-t, PRECEDENCE["Add"])
-            else:
-                text += " + " + self.parenthesize(t, PRECEDENCE["Add"])
+            else:       # a sum added needs no grouping; one subtracted does (above)
+                text += " + " + self._print(t)
         return text
 
     def _print_MatAdd(self, expr):

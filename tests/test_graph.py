@@ -295,8 +295,8 @@ README = ROOT / "README.md"
 
 def readme_section() -> str:
     text = README.read_text(encoding="utf-8")
-    return text[text.index("## Pictures of backpropagation"):
-                text.index("## What a model may contain")]
+    start = text.index("## Pictures of backpropagation")
+    return text[start:text.index("\n## ", start + 1)]
 
 
 @needs_dot

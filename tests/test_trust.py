@@ -154,6 +154,9 @@ def test_matrix_inputs_may_take_any_identifier_vjp_included():
     v, g = f.value_and_grad(value=V, out=o, upstream=u)
     assert v == pytest.approx(u @ np.tanh(V @ o), rel=1e-13)
     np.testing.assert_allclose(g["upstream"], np.tanh(V @ o), rtol=1e-13)
+    data = sg.matrix("type", n, 3)              # a data input with a batch dimension
+    g = sg.compile(sg.sum(sg.square(data @ out)), [out])
+    assert g.value_and_grad(type=V, out=o)[0] == pytest.approx(((V @ o) ** 2).sum(), rel=1e-13)
     layer = sg.compile(sg.tanh(value @ out) + upstream, [out, upstream])     # a matrix output
     up = rng.normal(size=5)
     grads = layer.vjp(up, value=V, out=o, upstream=u)
@@ -508,3 +511,58 @@ def test_a_free_dimension_enters_in_closed_form_never_as_a_loop():
                 np.testing.assert_allclose(grads[name], want, rtol=1e-14)
         with pytest.raises(ValueError, match="'m'.*negative"):
             f.value_and_grad(**{k: inputs[k] for k in f.inputs if k != "m"}, m=-1)
+
+
+def test_hostile_names_through_the_command_line_never_run(tmp_path):
+    """symgrad generate, check and show on a model file whose dimension and label carry
+    code: the file's own code runs (it is the user's), the names never do."""
+    marker = tmp_path / SENTINEL
+    hostile = hostile_names(marker)
+    model_file = tmp_path / "hostile_models.py"
+    model_file.write_text(
+        "import sympy as sp\nimport symgrad as sg\n"
+        f"n = sp.Symbol({hostile[0]!r}, integer=True, positive=True)\n"
+        "X, w = sg.matrix('X', n, 3), sg.vector('w', 3)\n"
+        f"layer = sg.name({hostile[1]!r}, sg.tanh(X @ w))\n"
+        "hostile = sg.Model('hostile', sg.sum(sg.square(layer)), [w])\n")
+    env = {**__import__("os").environ, "SYMGRAD_CACHE_DIR": str(tmp_path / "cache")}
+    for command in (["generate", str(model_file), "-o", str(tmp_path / "out")],
+                    ["show", str(model_file)],
+                    ["check", str(model_file), "--against", "finite-differences"]):
+        result = subprocess.run([sys.executable, "-m", "symgrad", *command], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    written = tmp_path / "out" / "hostile.py"
+    assert not any(SENTINEL in name for name in code_identifiers(written.read_text()))
+    subprocess.run([sys.executable, str(written)], check=True, capture_output=True)
+    assert not marker.exists()
+
+
+def test_printed_formulas_group_pieces_as_the_expression_does():
+    """Random expressions over pieces that stand for sums (how sg.show prints a shared piece
+    such as X w + b inside a formula), printed and read back, equal the expression: no
+    grouping is lost in -(a + b), 1 - (a + b), 2 (a + b), (a + b)^2, f(-(a + b))."""
+    from symgrad.show import FormulaPrinter, _looks_atomic, _Piece
+
+    x, y, z = sp.symbols("x y z")
+    meanings = [x + y, x - 2 * z, y * z, x, -y + z / 2]
+    pieces = [_Piece(str(m), False, _looks_atomic(str(m))) for m in meanings]   # as show
+    rng = random.Random(11)
+
+    def build(depth):
+        if depth == 0 or rng.random() < 0.25:
+            return rng.choice(pieces + [sp.Integer(rng.randint(-3, 3)) or sp.S.One])
+        a, b = build(depth - 1), build(depth - 1)
+        return rng.choice([lambda: a + b, lambda: a - b, lambda: a * b, lambda: -a,
+                           lambda: a / (b ** 2 + 1), lambda: a ** 2, lambda: sp.sin(-a),
+                           lambda: sp.exp(a - b), lambda: 2 * a - 3 * b])()
+
+    meaning = dict(zip(pieces, meanings))
+    point = {x: 0.3, y: -1.1, z: 0.7}
+    for _ in range(300):
+        expr = build(4)
+        text = FormulaPrinter().doprint(expr)
+        read = sp.parse_expr(text, local_dict={"x": x, "y": y, "z": z})
+        want = expr.xreplace(meaning)
+        assert float(read.subs(point)) == pytest.approx(float(want.subs(point)), rel=1e-12), \
+            (text, want)

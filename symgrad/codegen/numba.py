@@ -684,7 +684,10 @@ class KernelEmitter:
         stored), else a new array.  Fewer large arrays per call: a 16 MB temporary freed and
         allocated again each call costs more in page faults than the loop that fills it."""
         for operand in e.operands:
-            if operand in self._fresh and self._remaining.get(operand, 0) == 1 \
+            # not when the Map also reads it transposed: entry (j, i) would be read after
+            # entry (i, j) was written over
+            reads = sum(operand in _names_read(o) | {o} for o in e.operands)
+            if operand in self._fresh and self._remaining.get(operand, 0) == 1 and reads == 1 \
                     and operand not in exclude and tuple(operand.shape) == tuple(e.shape):
                 self._fresh = self._fresh - {operand}
                 return operand.name

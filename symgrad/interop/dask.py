@@ -67,13 +67,16 @@ def dask_aware(function, kind: str, method, batchable: tuple):
     """
     names = list(function.inputs)
     check_names([sp.Symbol(n) for n in names])
-    test = " or ".join(f"(type({n}) is not _ndarray and _is_dask({n}))" for n in batchable)
+    # the body names only the inputs and underscore names (an input's never starts with
+    # one), so an input named `type` cannot shadow what the wrapper calls
+    test = " or ".join(f"(_type({n}) is not _ndarray and _is_dask({n}))" for n in batchable)
     as_dict = ", ".join(f"{n!r}: {n}" for n in names)
     source = (f"def {kind}(*, {', '.join(names)}):\n"
               f"    if {test}:\n"
               f"        return _evaluate(_function, {kind!r}, {{{as_dict}}})\n"
               f"    return _method({', '.join(f'{n}={n}' for n in names)})\n")
-    namespace = {"_ndarray": np.ndarray, "_is_dask": is_dask_collection, "_evaluate": evaluate,
+    namespace = {"_type": type, "_ndarray": np.ndarray, "_is_dask": is_dask_collection,
+                 "_evaluate": evaluate,
                  "_function": function, "_method": method}
     exec(compile(source, f"<symgrad {kind} over Dask arrays>", "exec"), namespace)  # noqa: S102
     call = namespace[kind]
