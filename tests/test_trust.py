@@ -561,8 +561,18 @@ def test_printed_formulas_group_pieces_as_the_expression_does():
     point = {x: 0.3, y: -1.1, z: 0.7}
     for _ in range(300):
         expr = build(4)
+        want = float(expr.xreplace(meaning).subs(point))
         text = FormulaPrinter().doprint(expr)
-        read = sp.parse_expr(text, local_dict={"x": x, "y": y, "z": z})
-        want = expr.xreplace(meaning)
-        assert float(read.subs(point)) == pytest.approx(float(want.subs(point)), rel=1e-12), \
-            (text, want)
+        # the LaTeX of an elementwise body: exponents in braces, read back as powers
+        latex = FormulaPrinter(latex=True).doprint(expr)
+        as_python = re.sub(r"\^\{([^{}]*)\}", r"**(\1)", latex)
+        for printed in (text, as_python):
+            read = sp.parse_expr(printed, local_dict={"x": x, "y": y, "z": z})
+            assert float(read.subs(point)) == pytest.approx(want, rel=1e-12), (printed, expr)
+
+
+def test_latex_keeps_the_grouping_of_an_elementwise_sum_in_a_product():
+    X, A, B = sg.matrix("X", 3, 3), sg.matrix("A", 3, 3), sg.matrix("B", 3, 3)
+    grads = sg.grad(sg.sum(sg.hadamard(sg.tanh((X + X.T) @ A.T), B)), [B, X])
+    assert "(X + X^T) A^T" in sg.show(grads)
+    assert r"\left(X + X^{T}\right) A^{T}" in sg.latex(grads)
