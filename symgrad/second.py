@@ -308,3 +308,330 @@ def _show(blocks: SecondOrder, output: str, latex: bool) -> str:
     if latex:
         return "\\begin{aligned}\n" + " \\\\\n".join(lines) + "\n\\end{aligned}"
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# Compiled: f.hessian, f.hvp, f.jacobian, f.scipy
+# ------------------------------------------------------------------------------------------
+def _user_symbols(f) -> dict:
+    """The model's own symbols by name (parameters and data)."""
+    return {s.name: s for s in f.spec.user_inputs}
+
+
+def _dimension_values(f, inputs: dict) -> dict:
+    """Each symbolic dimension of the model, read off the arrays that fix it."""
+    values: dict = {}
+    for s in f.spec.user_inputs:
+        if not isinstance(s, MatrixExpr) or s.name not in inputs:
+            continue
+        shape = np.shape(inputs[s.name])
+        if len(shape) == 1:
+            shape = (shape[0], 1)
+        if len(shape) != 2:
+            continue
+        for extent, size in zip(s.shape, shape):
+            extent = sp.sympify(extent)
+            if extent.is_Symbol:
+                values[extent] = sp.Integer(int(size))
+    return values
+
+
+def _compiled(f, key, build):
+    """A compiled piece of f, built on first use and kept on f."""
+    cache = f.__dict__.setdefault("_second_order", {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+def _call(piece, f, inputs: dict):
+    """Call a compiled block with the inputs it takes (and the dimensions it cannot read off
+    its own inputs)."""
+    from symgrad.compiled import CompiledFunction
+
+    assert isinstance(piece, CompiledFunction)
+    dims = None
+    arguments = {}
+    for name in piece.inputs:
+        if name in inputs:
+            arguments[name] = inputs[name]
+            continue
+        if dims is None:
+            dims = {d.name: int(v) for d, v in _dimension_values(f, inputs).items()}
+        if name in dims:
+            arguments[name] = dims[name]
+        else:
+            raise TypeError(f"missing input {name!r}")
+    return piece.forward(**arguments)
+
+
+def _check_inputs(f, inputs: dict) -> None:
+    missing = [n for n in f.inputs if n not in inputs]
+    unknown = [n for n in inputs if n not in f.inputs]
+    if unknown:
+        raise TypeError(f"unknown input {unknown[0]!r}; this model takes "
+                        f"{', '.join(f.inputs)}")
+    if missing:
+        raise TypeError(f"missing input {missing[0]!r}; this model takes "
+                        f"{', '.join(f.inputs)}")
+    for name in f.parameters:
+        dtype = np.asarray(inputs[name]).dtype
+        if dtype.kind not in "biuf":
+            raise TypeError(f"parameter {name!r} must be real numbers, got dtype {dtype}")
+
+
+def _shape_of(value) -> tuple:
+    return np.shape(value)
+
+
+def _hvp_pieces(f):
+    """The compiled HVP of each parameter, with the tangents' symbols ({name: symbol})."""
+    def build():
+        symbols = _user_symbols(f)
+        params = [symbols[n] for n in f.parameters]
+        taken = set(symbols)
+        tangents = {}
+        for p in params:
+            name = f"{p.name}_tangent"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            tangents[p] = (sp.MatrixSymbol(name, *p.shape) if isinstance(p, MatrixExpr)
+                           else sp.Symbol(name, real=True))
+        blocks = hvp(f.expression, params, tangents)
+        pieces = {}
+        from symgrad.compiled import compile as compile_
+        for p, e in blocks.items():
+            pieces[p.name] = compile_(e, [], name=f"{f.spec.name}_hvp")
+        return pieces, {p.name: t.name for p, t in tangents.items()}
+    return _compiled(f, "hvp", build)
+
+
+def compiled_hvp(f, tangents: Mapping, inputs: dict) -> dict:
+    """``f.hvp(tangents, **inputs)``: see :meth:`symgrad.CompiledFunction.hvp`."""
+    _check_inputs(f, inputs)
+    if not isinstance(tangents, Mapping):
+        raise TypeError(f"tangents must be a dict of parameter name -> array, got "
+                        f"{type(tangents).__name__}")
+    for name, v in tangents.items():
+        if name not in f.parameters:
+            raise ValueError(f"tangent given for {name!r}, which is not a parameter "
+                             f"({', '.join(f.parameters)})")
+        if np.size(v) != np.size(inputs[name]):
+            raise ValueError(f"the tangent of {name!r} has shape {np.shape(v)}; the "
+                             f"parameter has shape {np.shape(inputs[name])}")
+    pieces, names = _hvp_pieces(f)
+    arguments = dict(inputs)
+    for p in f.parameters:
+        v = tangents.get(p)
+        given = np.shape(inputs[p])
+        v = np.zeros(given) if v is None else np.asarray(v, dtype=np.float64).reshape(given)
+        arguments[names[p]] = v if v.ndim else float(v)
+    out = {}
+    for p in f.parameters:
+        value = np.asarray(_call(pieces[p], f, arguments), dtype=np.float64)
+        out[p] = value.reshape(np.shape(inputs[p])) if not f.spec.is_scalar_model else value
+    return out
+
+
+def _hessian_pieces(f):
+    """{(p, q): compiled block or None (no matrix form: from HVPs)} for p before q."""
+    def build():
+        from symgrad.compiled import compile as compile_, grad
+        symbols = _user_symbols(f)
+        params = [symbols[n] for n in f.parameters]
+        gradients = grad(f.expression, params)
+        pieces = {}
+        for i, p in enumerate(params):
+            for q in params[i:]:
+                try:
+                    block = _block(gradients[p], p, q)
+                except NoMatrixForm:
+                    pieces[(p.name, q.name)] = None
+                    continue
+                pieces[(p.name, q.name)] = compile_(block, [], name=f"{f.spec.name}_hessian")
+        return pieces
+    return _compiled(f, "hessian", build)
+
+
+def compiled_hessian(f, inputs: dict) -> dict:
+    """``f.hessian(**inputs)``: see :meth:`symgrad.CompiledFunction.hessian`."""
+    _check_inputs(f, inputs)
+    pieces = _hessian_pieces(f)
+    shapes = {p: _shape_of(inputs[p]) for p in f.parameters}
+    out = {}
+    for (p, q), piece in pieces.items():
+        if piece is not None:
+            value = np.asarray(_call(piece, f, inputs), dtype=np.float64)
+            if not f.spec.is_scalar_model:
+                value = value.reshape(shapes[p] + shapes[q])
+        else:
+            value = _block_from_hvps(f, p, q, inputs, shapes)
+        out[(p, q)] = value
+        if p != q:
+            if f.spec.is_scalar_model:
+                out[(q, p)] = value
+            else:
+                n_p, n_q = int(np.prod(shapes[p])), int(np.prod(shapes[q]))
+                out[(q, p)] = value.reshape(n_p, n_q).T.reshape(shapes[q] + shapes[p])
+    return {(p, q): out[(p, q)] for p in f.parameters for q in f.parameters}
+
+
+def _block_from_hvps(f, p, q, inputs, shapes):
+    """A block with no matrix form: one Hessian-vector product per entry of q."""
+    n_q = int(np.prod(shapes[q]))
+    columns = []
+    for j in range(n_q):
+        unit = np.zeros(n_q)
+        unit[j] = 1.0
+        columns.append(np.ravel(compiled_hvp(f, {q: unit.reshape(shapes[q])}, inputs)[p]))
+    return np.stack(columns, axis=-1).reshape(shapes[p] + shapes[q])
+
+
+def compiled_jacobian(f, inputs: dict) -> dict:
+    """``f.jacobian(**inputs)``: see :meth:`symgrad.CompiledFunction.jacobian`."""
+    _check_inputs(f, inputs)
+    if not f.spec.output_shape:
+        raise AttributeError("jacobian is for vector and matrix outputs; this model's output "
+                             "is a scalar: use f.grad(**inputs) (and f.hessian)")
+
+    def build():
+        from symgrad.compiled import compile as compile_
+        symbols = _user_symbols(f)
+        pieces = {}
+        for name in f.parameters:
+            try:
+                block = jacobian(f.expression, [symbols[name]])[symbols[name]]
+            except NoMatrixForm:
+                pieces[name] = None
+                continue
+            pieces[name] = compile_(block, [], name=f"{f.spec.name}_jacobian")
+        return pieces
+
+    pieces = _compiled(f, "jacobian", build)
+    value = np.asarray(f.forward(**inputs))
+    out = {}
+    for name, piece in pieces.items():
+        shape = value.shape + _shape_of(inputs[name])
+        if piece is not None:
+            block = np.asarray(_call(piece, f, inputs), dtype=np.float64)
+            symbol = _user_symbols(f)[name]
+            if isinstance(f.expression, MatrixExpr) and f.expression.shape[0] == 1 \
+                    and _is_vector(symbol):
+                block = block.reshape(value.size, -1)     # a row output: rows are outputs
+            out[name] = block.reshape(shape)
+        else:
+            rows = []
+            for i in range(value.size):
+                unit = np.zeros(value.size)
+                unit[i] = 1.0
+                rows.append(np.ravel(f.vjp(unit.reshape(value.shape), **inputs)[name]))
+            out[name] = np.stack(rows).reshape(shape)
+    return out
+
+
+class ScipyProblem:
+    """A scalar model as a function of one flat vector, for ``scipy.optimize.minimize``:
+    ``fun``, ``jac``, ``hess``, ``hessp``, with ``pack`` and ``unpack`` between the flat
+    vector and the parameters by name (vectors unpack as 1-D arrays).
+
+    >>> import numpy as np, scipy.optimize, sympy as sp, symgrad as sg
+    >>> x, c = sg.vector("x", 2), sg.vector("c", 2)
+    >>> p = sg.compile(sg.dot(x - c, x - c), [x]).scipy(c=np.array([1.0, 2.0]))
+    >>> r = scipy.optimize.minimize(p.fun, p.pack(x=np.zeros(2)), jac=p.jac, hess=p.hess,
+    ...                             method="trust-exact")
+    >>> np.round(p.unpack(r.x)["x"], 6)
+    array([1., 2.])
+    """
+
+    def __init__(self, f, data: dict):
+        if f.spec.output_shape:
+            raise ValueError("f.scipy needs a scalar output; this model's output has shape "
+                             f"{f.spec.user_output_shape}")
+        unknown = [n for n in data if n not in f.inputs]
+        if unknown:
+            raise TypeError(f"unknown input {unknown[0]!r}; this model takes "
+                            f"{', '.join(f.inputs)}")
+        given = [n for n in data if n in f.parameters]
+        if given:
+            raise TypeError(f"{given[0]!r} is a parameter: f.scipy takes the data inputs only; "
+                            "pack the parameters with p.pack(...)")
+        self.f = f
+        self.data = dict(data)
+        symbols = _user_symbols(f)
+        dims = _dimension_values(f, data)
+        self.shapes = {}
+        for name in f.parameters:
+            s = symbols[name]
+            if not isinstance(s, MatrixExpr):
+                self.shapes[name] = ()
+                continue
+            extents = [sp.sympify(sp.sympify(e).xreplace(dims)) for e in s.shape]
+            if not all(e.is_number for e in extents):
+                self.shapes[name] = None      # fixed by the first pack
+                continue
+            rows, cols = (int(e) for e in extents)
+            self.shapes[name] = (rows,) if cols == 1 else (rows, cols)
+
+    @property
+    def size(self) -> int:
+        return int(sum(int(np.prod(s)) for s in self._known_shapes().values()))
+
+    def _known_shapes(self) -> dict:
+        missing = [n for n, s in self.shapes.items() if s is None]
+        if missing:
+            raise ValueError(f"the shape of {missing[0]!r} is not fixed by the data: call "
+                             "p.pack(...) with the parameters first")
+        return self.shapes
+
+    def pack(self, **params) -> np.ndarray:
+        """The parameters (by name) as one flat float64 vector."""
+        missing = [n for n in self.f.parameters if n not in params]
+        if missing:
+            raise TypeError(f"pack needs every parameter; missing {missing[0]!r}")
+        unknown = [n for n in params if n not in self.f.parameters]
+        if unknown:
+            raise TypeError(f"{unknown[0]!r} is not a parameter ({', '.join(self.f.parameters)})")
+        parts = []
+        for name in self.f.parameters:
+            value = np.asarray(params[name], dtype=np.float64)
+            expected = self.shapes[name]
+            if expected is None:
+                self.shapes[name] = expected = value.shape
+            if value.size != int(np.prod(expected)):
+                raise ValueError(f"parameter {name!r} has shape {value.shape}; expected "
+                                 f"{expected}")
+            parts.append(value.ravel())
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def unpack(self, x) -> dict:
+        """The flat vector as ``{name: array}`` (scalars as floats, vectors 1-D)."""
+        x = np.asarray(x, dtype=np.float64)
+        shapes = self._known_shapes()
+        if x.shape != (self.size,):
+            raise ValueError(f"x has shape {x.shape}; the parameters take ({self.size},)")
+        out, start = {}, 0
+        for name, shape in shapes.items():
+            size = int(np.prod(shape))
+            piece = x[start:start + size]
+            out[name] = float(piece[0]) if shape == () else piece.reshape(shape)
+            start += size
+        return out
+
+    def fun(self, x) -> float:
+        return float(self.f.forward(**self.data, **self.unpack(x)))
+
+    def jac(self, x) -> np.ndarray:
+        _, g = self.f.value_and_grad(**self.data, **self.unpack(x))
+        return np.concatenate([np.ravel(g[name]) for name in self.f.parameters])
+
+    def hess(self, x) -> np.ndarray:
+        blocks = self.f.hessian(**self.data, **self.unpack(x))
+        sizes = [int(np.prod(s)) for s in self._known_shapes().values()]
+        names = list(self.f.parameters)
+        return np.block([[np.reshape(blocks[(p, q)], (sizes[i], sizes[j]))
+                          for j, q in enumerate(names)] for i, p in enumerate(names)])
+
+    def hessp(self, x, v) -> np.ndarray:
+        products = self.f.hvp(self.unpack(v), **self.data, **self.unpack(x))
+        return np.concatenate([np.ravel(products[name]) for name in self.f.parameters])
