@@ -437,7 +437,8 @@ def compiled_hvp(f, tangents: Mapping, inputs: dict) -> dict:
 def _hessian_pieces(f):
     """{(p, q): compiled block or None (no matrix form: from HVPs)} for p before q."""
     def build():
-        from symgrad.compiled import compile as compile_, grad
+        from symgrad.compiled import compile as compile_
+        from symgrad.compiled import grad
         symbols = _user_symbols(f)
         params = [symbols[n] for n in f.parameters]
         gradients = grad(f.expression, params)

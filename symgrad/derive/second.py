@@ -182,7 +182,7 @@ class _Forward:
                                   for v, c in e.args])
         partials = _scalar_partials(local, variables)
         terms = []
-        for partial, t, arg in zip(partials, tangents, args):
+        for partial, t in zip(partials, tangents):
             if t is None or partial == 0:
                 continue
             p = partial.xreplace(dict(zip(variables, args)))
@@ -260,10 +260,6 @@ class _Columns(_Forward):
                                "every direction of a vector needs a third axis")
         return result
 
-    @staticmethod
-    def _scale(p, t):
-        return p * t
-
     def _rule(self, e):
         if e in self.tangents:
             return self.tangents[e]
@@ -303,9 +299,6 @@ class _Columns(_Forward):
             raise NoMatrixForm(f"{type(e).__name__} in every direction of a vector")
         return super()._rule(e)
 
-    def _scalar(self, e):
-        return super()._scalar(e)
-
     def _product(self, e):
         scalars = [a for a in e.args if not _is_matrix(a)]
         factors = [a for a in e.args if _is_matrix(a)]
@@ -334,22 +327,17 @@ class _Columns(_Forward):
         ka, kb = _kind(a), _kind(b)
         terms = []
         if ta is not None:
-            if ka == "r" and kb == "c":       # scalar-like 1 x 1: (b^T da_j^T)_j
+            if ka == "r" or (tuple(a.shape) == (1, 1) and kb == "r"):
+                # a row times a column (1 x 1), a row times a matrix (a row, kept
+                # transposed) or a 1 x 1 times a row: (b^T da_j^T)_j, all directions at once
                 terms.append(b.T @ ta)
-            elif ka == "r":                   # a row times a matrix: a row, stored transposed
-                terms.append(b.T @ ta)
-            elif ka == "c" and tuple(a.shape) == (1, 1) and kb == "r":
-                terms.append(b.T @ ta)        # a scalar-like times a row
             elif ka == "c" and tuple(b.shape) == (1, 1):
                 terms.append(ops.Entry(b, 0, 0) * ta)
             else:
                 raise NoMatrixForm(f"the product {a} @ {b} in every direction of a vector")
         if tb is not None:
-            if kb == "c" and tuple(a.shape) == (a.shape[0], b.shape[0]):
-                if ka == "c" and tuple(b.shape) == (1, 1):     # a column times a 1 x 1
-                    terms.append(a @ tb)
-                else:
-                    terms.append(a @ tb)
+            if kb == "c":                     # any matrix times a column: a db_j
+                terms.append(a @ tb)
             elif kb == "r" and tuple(a.shape) == (1, 1):
                 terms.append(ops.Entry(a, 0, 0) * tb)
             else:
