@@ -254,3 +254,14 @@ def test_scipy_newton_methods_converge_on_the_logistic_loss(logistic):
     assert p.unpack(reference.x)["w"].shape == (5,)
     with pytest.raises(TypeError, match="'w' is a parameter"):
         f.scipy(w=np.zeros(5), **data)
+
+
+def test_the_readme_second_order_example_prints_what_it_says(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Second order"):text.index("## Architecture")]
+    code, printed = re.findall(r"```python\n(.*?)```\nprints\n```\n(.*?)```", section, re.S)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out == printed

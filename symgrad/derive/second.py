@@ -360,10 +360,25 @@ class _Columns(_Forward):
         frame = [o.T if kind == "r" and _is_matrix(o) and _kind(o) == "r" else o
                  for o in operands]
         rows = e.shape[0] if kind != "r" else e.shape[1]
+        # each partial derivative is its own column, computed once per row and broadcast
+        # across the k directions (inside the rows x k loop it would be computed k times)
+        factors = []
+        for k, _ in used:
+            partial = partials[k]
+            inside = partial.free_symbols & set(e.function.variables)
+            if inside and all(not _is_matrix(o) for v, o in zip(e.function.variables, frame)
+                              if v in inside):
+                factors.append(partial.xreplace(dict(zip(e.function.variables, frame))))
+            elif inside:
+                factors.append(ops.Map(sp.Lambda(e.function.variables, partial), (rows, 1),
+                                       *frame))
+            else:
+                factors.append(partial)
+        pvars = _map_variables(len(used), "_p")
         tvars = _map_variables(len(used), "_t")
-        body = sp.Add(*[partials[k] * tv for (k, _), tv in zip(used, tvars)])
-        return ops.Map(sp.Lambda((*e.function.variables, *tvars), body), (rows, self.k),
-                       *frame, *[t for _, t in used])
+        body = sp.Add(*[pv * tv for pv, tv in zip(pvars, tvars)])
+        return ops.Map(sp.Lambda((*pvars, *tvars), body), (rows, self.k),
+                       *factors, *[t for _, t in used])
 
 
 def jacobian_columns(expr, wrt):
