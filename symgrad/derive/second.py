@@ -170,16 +170,24 @@ class _Forward:
 
     def _scalar(self, e):
         """Any scalar function of scalar arguments: the chain rule with SymPy's partials."""
+        if isinstance(e, sp.Piecewise):
+            # the derivative of each branch where its condition holds (a comparison's
+            # derivative is zero almost everywhere)
+            branches = [self(v) for v, _ in e.args]
+            if all(t is None for t in branches):
+                return None
+            if any(_is_matrix(t) for t in branches):
+                # SymPy's Piecewise holds scalars only
+                raise NoMatrixForm(f"a conditional expression {e} in every direction")
+            zero = sp.S.Zero
+            return sp.Piecewise(*[(zero if t is None else t, c)
+                                  for t, (_, c) in zip(branches, e.args)])
         args = list(e.args)
         tangents = [self(a) if isinstance(a, sp.Expr) else None for a in args]
         if all(t is None for t in tangents):
             return None
         variables = _map_variables(len(args), "_j")
-        local = e.func(*variables) if not isinstance(e, sp.Piecewise) else None
-        if local is None:
-            # the derivative of each branch where its condition holds
-            return sp.Piecewise(*[(self(v) if self(v) is not None else sp.S.Zero, c)
-                                  for v, c in e.args])
+        local = e.func(*variables)
         partials = _scalar_partials(local, variables)
         terms = []
         for partial, t in zip(partials, tangents):
