@@ -159,7 +159,10 @@ def main() -> str:
              "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench.second_order`; "
              f"one thread; BLAS {blas}. Median of 7 interleaved repeats of >= 0.2 s loops. "
              "symgrad's calls include its wrapper (input checks, the result dict). "
-             "Error: max|a - r| / max|r| against hand NumPy.", "",
+             "Error: max|a - r| / max|r| against hand NumPy. Load average at the end "
+             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a shared machine: other "
+             "processes' load makes all rows slower, the interleaving keeps ratios fair).",
+             "",
              "symgrad's Hessian, as printed by `sg.show(sg.hessian(f, [w]))`:", "", "```",
              formula, "```", "",
              "| task | implementation | median | ratio to symgrad | error |",
