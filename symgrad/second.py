@@ -430,7 +430,7 @@ def compiled_hvp(f, tangents: Mapping, inputs: dict) -> dict:
     out = {}
     for p in f.parameters:
         value = np.asarray(_call(pieces[p], f, arguments), dtype=np.float64)
-        out[p] = value.reshape(np.shape(inputs[p])) if not f.spec.is_scalar_model else value
+        out[p] = _as_given(value, np.shape(inputs[p]), f)
     return out
 
 
@@ -464,8 +464,7 @@ def compiled_hessian(f, inputs: dict) -> dict:
     for (p, q), piece in pieces.items():
         if piece is not None:
             value = np.asarray(_call(piece, f, inputs), dtype=np.float64)
-            if not f.spec.is_scalar_model:
-                value = value.reshape(shapes[p] + shapes[q])
+            value = _as_given(value, shapes[p] + shapes[q], f)
         else:
             value = _block_from_hvps(f, p, q, inputs, shapes)
         out[(p, q)] = value
@@ -474,8 +473,16 @@ def compiled_hessian(f, inputs: dict) -> dict:
                 out[(q, p)] = value
             else:
                 n_p, n_q = int(np.prod(shapes[p])), int(np.prod(shapes[q]))
-                out[(q, p)] = value.reshape(n_p, n_q).T.reshape(shapes[q] + shapes[p])
+                out[(q, p)] = _as_given(np.reshape(value, (n_p, n_q)).T, shapes[q] + shapes[p], f)
     return {(p, q): out[(p, q)] for p in f.parameters for q in f.parameters}
+
+
+def _as_given(value: np.ndarray, shape: tuple, f):
+    """A result in the shape the inputs were given (a float for a scalar), or per point for
+    scalar models over arrays."""
+    if f.spec.is_scalar_model:
+        return float(value) if value.ndim == 0 else value
+    return float(value.reshape(())) if shape == () else value.reshape(shape)
 
 
 def _block_from_hvps(f, p, q, inputs, shapes):

@@ -265,3 +265,26 @@ def test_the_readme_second_order_example_prints_what_it_says(capsys):
     code, printed = re.findall(r"```python\n(.*?)```\nprints\n```\n(.*?)```", section, re.S)[0]
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out == printed
+
+
+def test_pendulum_mass_matrix_is_the_hessian_of_the_kinetic_energy():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "pendulum_mass_matrix.py"
+    spec = importlib.util.spec_from_file_location("pendulum_mass_matrix_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    difference = (example.mass_matrix() - example.lagrange_mass_matrix()).applyfunc(
+        lambda e: sp.simplify(sp.expand_trig(e)))
+    assert difference == sp.zeros(example.LINKS, example.LINKS)
+
+
+def test_scalar_parameters_come_back_as_floats():
+    a, b = sp.symbols("a b")
+    f = sg.compile(a**2 * b + sp.sin(b), [a, b])
+    H = f.hessian(a=1.5, b=0.5)
+    assert isinstance(H[("a", "b")], float) and H[("a", "b")] == 3.0
+    assert H[("b", "a")] == 3.0 and H[("b", "b")] == pytest.approx(-np.sin(0.5))
+    product = f.hvp({"b": 1.0}, a=1.5, b=0.5)
+    assert isinstance(product["a"], float) and product["a"] == 3.0
