@@ -350,6 +350,8 @@ def _call(piece, f, inputs: dict):
     from symgrad.compiled import CompiledFunction
 
     assert isinstance(piece, CompiledFunction)
+    if inputs.keys() >= piece.__dict__.setdefault("_input_names", set(piece.inputs)):
+        return piece.forward(**{name: inputs[name] for name in piece.inputs})
     dims = None
     arguments = {}
     for name in piece.inputs:
@@ -366,18 +368,16 @@ def _call(piece, f, inputs: dict):
 
 
 def _check_inputs(f, inputs: dict) -> None:
+    """Every input given, no other (the compiled pieces check types and shapes, naming the
+    input)."""
+    if inputs.keys() == _compiled(f, "input names", lambda: set(f.inputs)):
+        return
     missing = [n for n in f.inputs if n not in inputs]
     unknown = [n for n in inputs if n not in f.inputs]
     if unknown:
         raise TypeError(f"unknown input {unknown[0]!r}; this model takes "
                         f"{', '.join(f.inputs)}")
-    if missing:
-        raise TypeError(f"missing input {missing[0]!r}; this model takes "
-                        f"{', '.join(f.inputs)}")
-    for name in f.parameters:
-        dtype = np.asarray(inputs[name]).dtype
-        if dtype.kind not in "biuf":
-            raise TypeError(f"parameter {name!r} must be real numbers, got dtype {dtype}")
+    raise TypeError(f"missing input {missing[0]!r}; this model takes {', '.join(f.inputs)}")
 
 
 def _shape_of(value) -> tuple:
@@ -410,7 +410,7 @@ def _hvp_pieces(f):
 def compiled_hvp(f, tangents: Mapping, inputs: dict) -> dict:
     """``f.hvp(tangents, **inputs)``: see :meth:`symgrad.CompiledFunction.hvp`."""
     _check_inputs(f, inputs)
-    if not isinstance(tangents, Mapping):
+    if not isinstance(tangents, dict) and not isinstance(tangents, Mapping):
         raise TypeError(f"tangents must be a dict of parameter name -> array, got "
                         f"{type(tangents).__name__}")
     for name, v in tangents.items():
@@ -469,7 +469,7 @@ def compiled_hessian(f, inputs: dict) -> dict:
             value = _block_from_hvps(f, p, q, inputs, shapes)
         out[(p, q)] = value
         if p != q:
-            if f.spec.is_scalar_model:
+            if _scalar_model(f):
                 out[(q, p)] = value
             else:
                 n_p, n_q = int(np.prod(shapes[p])), int(np.prod(shapes[q]))
@@ -477,10 +477,14 @@ def compiled_hessian(f, inputs: dict) -> dict:
     return {(p, q): out[(p, q)] for p in f.parameters for q in f.parameters}
 
 
+def _scalar_model(f) -> bool:
+    return _compiled(f, "scalar model", lambda: f.spec.is_scalar_model)
+
+
 def _as_given(value: np.ndarray, shape: tuple, f):
     """A result in the shape the inputs were given (a float for a scalar), or per point for
     scalar models over arrays."""
-    if f.spec.is_scalar_model:
+    if _scalar_model(f):
         return float(value) if value.ndim == 0 else value
     return float(value.reshape(())) if shape == () else value.reshape(shape)
 
@@ -583,14 +587,24 @@ class ScipyProblem:
 
     @property
     def size(self) -> int:
-        return int(sum(int(np.prod(s)) for s in self._known_shapes().values()))
+        return self._layout()[-1][3] if self.shapes else 0
 
-    def _known_shapes(self) -> dict:
-        missing = [n for n, s in self.shapes.items() if s is None]
-        if missing:
-            raise ValueError(f"the shape of {missing[0]!r} is not fixed by the data: call "
-                             "p.pack(...) with the parameters first")
-        return self.shapes
+    def _layout(self) -> list:
+        """[(name, shape, start, stop)] of each parameter in the flat vector (computed once
+        the shapes are known)."""
+        layout = getattr(self, "_cached_layout", None)
+        if layout is None:
+            missing = [n for n, s in self.shapes.items() if s is None]
+            if missing:
+                raise ValueError(f"the shape of {missing[0]!r} is not fixed by the data: call "
+                                 "p.pack(...) with the parameters first")
+            layout, start = [], 0
+            for name, shape in self.shapes.items():
+                size = int(np.prod(shape))
+                layout.append((name, shape, start, start + size))
+                start += size
+            self._cached_layout = layout
+        return layout
 
     def pack(self, **params) -> np.ndarray:
         """The parameters (by name) as one flat float64 vector."""
@@ -606,6 +620,7 @@ class ScipyProblem:
             expected = self.shapes[name]
             if expected is None:
                 self.shapes[name] = expected = value.shape
+                self._cached_layout = None
             if value.size != int(np.prod(expected)):
                 raise ValueError(f"parameter {name!r} has shape {value.shape}; expected "
                                  f"{expected}")
@@ -614,17 +629,13 @@ class ScipyProblem:
 
     def unpack(self, x) -> dict:
         """The flat vector as ``{name: array}`` (scalars as floats, vectors 1-D)."""
-        x = np.asarray(x, dtype=np.float64)
-        shapes = self._known_shapes()
+        layout = self._layout()
+        if type(x) is not np.ndarray or x.dtype != np.float64:
+            x = np.asarray(x, dtype=np.float64)
         if x.shape != (self.size,):
             raise ValueError(f"x has shape {x.shape}; the parameters take ({self.size},)")
-        out, start = {}, 0
-        for name, shape in shapes.items():
-            size = int(np.prod(shape))
-            piece = x[start:start + size]
-            out[name] = float(piece[0]) if shape == () else piece.reshape(shape)
-            start += size
-        return out
+        return {name: float(x[start]) if shape == () else x[start:stop].reshape(shape)
+                for name, shape, start, stop in layout}
 
     def fun(self, x) -> float:
         return float(self.f.forward(**self.data, **self.unpack(x)))
@@ -635,7 +646,7 @@ class ScipyProblem:
 
     def hess(self, x) -> np.ndarray:
         blocks = self.f.hessian(**self.data, **self.unpack(x))
-        sizes = [int(np.prod(s)) for s in self._known_shapes().values()]
+        sizes = [stop - start for _, _, start, stop in self._layout()]
         names = list(self.f.parameters)
         return np.block([[np.reshape(blocks[(p, q)], (sizes[i], sizes[j]))
                           for j, q in enumerate(names)] for i, p in enumerate(names)])
