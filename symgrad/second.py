@@ -384,8 +384,75 @@ def _shape_of(value) -> tuple:
     return np.shape(value)
 
 
+class _Bundle:
+    """Several expressions compiled as one module.  The gradient of sum_k <P_k, e_k> with
+    respect to new symbols P_k (one of each expression's shape) is e_k, so one call of its
+    value_and_grad computes every e_k, sharing their common pieces (one CSE, one loop per
+    shape), and Numba compiles one kernel instead of one per expression."""
+
+    def __init__(self, expressions: dict, taken: set, name: str):
+        from symgrad.compiled import compile as compile_
+        from symgrad.ops import dot
+
+        self.probes = []          # (key, probe symbol)
+        self.zero = set()         # keys whose expression is identically zero
+        terms = []
+        for k, (key, e) in enumerate(expressions.items()):
+            if e == 0 or isinstance(e, sp.ZeroMatrix):
+                self.zero.add(key)
+                continue
+            label = f"second_order_{k}"
+            while label in taken:
+                label += "_"
+            taken.add(label)
+            if isinstance(e, MatrixExpr):
+                probe = sp.MatrixSymbol(label, *e.shape)
+                terms.append(dot(probe, e))
+            else:
+                probe = sp.Symbol(label, real=True)
+                terms.append(probe * e)
+            self.probes.append((key, probe))
+        self.compiled = (compile_(sp.Add(*terms), [p for _, p in self.probes], name=name)
+                         if terms else None)
+        self._arrays: dict = {}
+
+    def __call__(self, f, inputs: dict) -> dict:
+        """{key: array (as computed) or None for an identically zero expression}."""
+        out = dict.fromkeys(self.zero)
+        if self.compiled is None:
+            return out
+        arguments = {name: inputs[name] for name in self.compiled.inputs if name in inputs}
+        if len(arguments) < len(self.compiled.inputs):
+            dims = _dimension_values(f, inputs)
+            key = tuple(sorted((d.name, int(v)) for d, v in dims.items()))
+            probes = self._arrays.get(key)
+            if probes is None:
+                probes = {}
+                for _, probe in self.probes:
+                    if isinstance(probe, MatrixExpr):
+                        shape = tuple(int(sp.sympify(e).xreplace(dims)) for e in probe.shape)
+                        probes[probe.name] = np.zeros(shape)
+                    else:
+                        probes[probe.name] = 0.0
+                self._arrays[key] = probes
+            named_dims = {d.name: int(v) for d, v in dims.items()}
+            for name in self.compiled.inputs:
+                if name in arguments:
+                    continue
+                if name in probes:
+                    arguments[name] = probes[name]
+                elif name in named_dims:
+                    arguments[name] = named_dims[name]
+                else:
+                    raise TypeError(f"missing input {name!r}")
+        _, gradients = self.compiled.value_and_grad(**arguments)
+        for key, probe in self.probes:
+            out[key] = np.asarray(gradients[probe.name], dtype=np.float64)
+        return out
+
+
 def _hvp_pieces(f):
-    """The compiled HVP of each parameter, with the tangents' symbols ({name: symbol})."""
+    """The compiled HVPs of all parameters (one module), with the tangents' names."""
     def build():
         symbols = _user_symbols(f)
         params = [symbols[n] for n in f.parameters]
@@ -399,11 +466,8 @@ def _hvp_pieces(f):
             tangents[p] = (sp.MatrixSymbol(name, *p.shape) if isinstance(p, MatrixExpr)
                            else sp.Symbol(name, real=True))
         blocks = hvp(f.expression, params, tangents)
-        pieces = {}
-        from symgrad.compiled import compile as compile_
-        for p, e in blocks.items():
-            pieces[p.name] = compile_(e, [], name=f"{f.spec.name}_hvp")
-        return pieces, {p.name: t.name for p, t in tangents.items()}
+        bundle = _Bundle({p.name: e for p, e in blocks.items()}, taken, f"{f.spec.name}_hvp")
+        return bundle, {p.name: t.name for p, t in tangents.items()}
     return _compiled(f, "hvp", build)
 
 
@@ -420,53 +484,56 @@ def compiled_hvp(f, tangents: Mapping, inputs: dict) -> dict:
         if np.size(v) != np.size(inputs[name]):
             raise ValueError(f"the tangent of {name!r} has shape {np.shape(v)}; the "
                              f"parameter has shape {np.shape(inputs[name])}")
-    pieces, names = _hvp_pieces(f)
+    bundle, names = _hvp_pieces(f)
     arguments = dict(inputs)
     for p in f.parameters:
         v = tangents.get(p)
         given = np.shape(inputs[p])
         v = np.zeros(given) if v is None else np.asarray(v, dtype=np.float64).reshape(given)
         arguments[names[p]] = v if v.ndim else float(v)
+    values = bundle(f, arguments)
     out = {}
     for p in f.parameters:
-        value = np.asarray(_call(pieces[p], f, arguments), dtype=np.float64)
+        value = values[p]
+        if value is None:
+            value = np.zeros(np.shape(inputs[p]))
         out[p] = _as_given(value, np.shape(inputs[p]), f)
     return out
 
 
 def _hessian_pieces(f):
-    """{(p, q): compiled block or None (no matrix form: from HVPs)} for p before q."""
+    """(one module computing every block with a matrix form, for p before q; the pairs
+    without one, assembled from HVPs)."""
     def build():
-        from symgrad.compiled import compile as compile_
         from symgrad.compiled import grad
         symbols = _user_symbols(f)
         params = [symbols[n] for n in f.parameters]
         gradients = grad(f.expression, params)
-        pieces = {}
+        blocks, without = {}, []
         for i, p in enumerate(params):
             for q in params[i:]:
                 try:
-                    block = _block(gradients[p], p, q)
+                    blocks[(p.name, q.name)] = _block(gradients[p], p, q)
                 except NoMatrixForm:
-                    pieces[(p.name, q.name)] = None
-                    continue
-                pieces[(p.name, q.name)] = compile_(block, [], name=f"{f.spec.name}_hessian")
-        return pieces
+                    without.append((p.name, q.name))
+        return _Bundle(blocks, set(symbols), f"{f.spec.name}_hessian"), without
     return _compiled(f, "hessian", build)
 
 
 def compiled_hessian(f, inputs: dict) -> dict:
     """``f.hessian(**inputs)``: see :meth:`symgrad.CompiledFunction.hessian`."""
     _check_inputs(f, inputs)
-    pieces = _hessian_pieces(f)
+    bundle, without = _hessian_pieces(f)
     shapes = {p: _shape_of(inputs[p]) for p in f.parameters}
+    values = bundle(f, inputs)
     out = {}
-    for (p, q), piece in pieces.items():
-        if piece is not None:
-            value = np.asarray(_call(piece, f, inputs), dtype=np.float64)
-            value = _as_given(value, shapes[p] + shapes[q], f)
-        else:
+    for p, q in [*values, *without]:
+        if (p, q) in without:
             value = _block_from_hvps(f, p, q, inputs, shapes)
+        elif values[(p, q)] is None:
+            value = _as_given(np.zeros(shapes[p] + shapes[q]), shapes[p] + shapes[q], f)
+        else:
+            value = _as_given(values[(p, q)], shapes[p] + shapes[q], f)
         out[(p, q)] = value
         if p != q:
             if _scalar_model(f):
