@@ -106,7 +106,7 @@ def hessian(expr, wrt) -> SecondOrder:
     >>> M, x, y = sg.matrix("M", 4, 3), sg.vector("x", 3), sg.vector("y", 4)
     >>> r = M @ x - y
     >>> sg.hessian(sg.dot(r, r), [x])[(x, x)]
-    2*M.T*M
+    2*(M^T M)
     """
     from symgrad.compiled import grad
 
@@ -134,7 +134,7 @@ def hvp(expr, wrt, tangents: Mapping) -> SecondOrder:
     >>> import sympy as sp, symgrad as sg
     >>> x, A, v = sg.vector("x", 3), sg.matrix("A", 3, 3), sg.vector("v", 3)
     >>> sg.hvp(sg.dot(x, A @ x), [x], {x: v})[x]
-    A*v + A.T*v
+    A v + A^T v
     """
     from symgrad.compiled import grad
 
