@@ -227,6 +227,7 @@ def readable(e):
         variables = e.function.variables
         body = e.body
         shape = e.shape
+        variables, operands, body = _calls_as_operands(variables, operands, body, shape)
         full = [k for k, o in enumerate(operands) if isinstance(o, MatrixExpr)
                 and tuple(o.shape) == tuple(shape)]
         if isinstance(body, sp.Add):
@@ -254,10 +255,33 @@ def readable(e):
                     return sp.MatMul(sp.DiagMatrix(readable(others)), operands[k])
                 if shape[0] != 1 and tuple(others.shape) == (1, shape[1]):
                     return sp.MatMul(operands[k], sp.DiagMatrix(readable(others).T))
-        return ops.Map(e.function, e.shape, *operands)
+        return ops.Map(sp.Lambda(variables, body), e.shape, *operands)
     if isinstance(e, (sp.MatAdd, sp.MatMul, sp.Transpose)):
         return e.func(*[readable(a) if isinstance(a, sp.Basic) else a for a in e.args]).doit()
     return e
+
+
+def _calls_as_operands(variables, operands, body, shape):
+    """Each function call of an elementwise body (sigmoid(a0 a1)) as an operand of its own
+    (the Map sigmoid((X w) ∘ y)), so that a piece used twice can be named once."""
+    from symgrad import ops
+
+    calls = [c for c in body.atoms(sp.Function) if c.free_symbols & set(variables)]
+    # outermost calls only: a call inside another stays in it
+    calls = [c for c in calls if not any(c != o and o.has(c) for o in calls)]
+    if not calls or (len(calls) == 1 and body == calls[0]):
+        return variables, operands, body
+    variables, operands = list(variables), list(operands)
+    replacements = {}
+    for k, call in enumerate(sorted(calls, key=str)):
+        piece = _restricted(call, variables, operands, shape)
+        if not isinstance(piece, ops.Map):
+            continue
+        fresh = sp.Symbol(f"_call{k}", real=True)
+        variables.append(fresh)
+        operands.append(piece)
+        replacements[call] = fresh
+    return tuple(variables), operands, body.xreplace(replacements)
 
 
 def _restricted(body, variables, operands, shape):
@@ -278,6 +302,7 @@ def _restricted(body, variables, operands, shape):
 
 
 def _show(blocks: SecondOrder, output: str, latex: bool) -> str:
+    from symgrad import ops
     from symgrad.show import FormulaLatexPrinter, FormulaPrinter
 
     class Printer(FormulaPrinter):
@@ -285,13 +310,63 @@ def _show(blocks: SecondOrder, output: str, latex: bool) -> str:
             return f"diag({self._print(expr.args[0])})"
 
     class LatexPrinter(FormulaLatexPrinter):
+        aliases: dict = {}
+
+        def _print(self, expr, **kwargs):
+            if isinstance(expr, ops.Map) and expr not in self.names:
+                text = self._print_Map(expr)    # not the Map's own _latex: it knows no names
+            else:
+                text = super()._print(expr, **kwargs)
+            return self.aliases.get(text, text) if self.aliases else text
+
         def _print_DiagMatrix(self, expr):
             return rf"\operatorname{{diag}}\left({self._print(expr.args[0])}\right)"
 
-    printer = LatexPrinter() if latex else Printer()
+        def _print_Map(self, expr):
+            text = FormulaPrinter(hadamard=r" \circ ", transpose="^{T}", latex=True,
+                                  aliases=self.aliases)._print(expr)
+            return text.replace("*", r" \cdot ")
+
+    forms = {key: readable(e) for key, e in blocks.items()}
+    # a function of a matrix used twice or more is named once (h, h2, ...), recognised by
+    # its printed text (two blocks may build it from differently fused operands)
+    plain = LatexPrinter() if latex else Printer()
+
+    def is_call(node) -> bool:
+        return isinstance(node, ops.Map) and isinstance(node.body, sp.Function)
+
+    uses: dict = {}
+    texts: dict = {}
+
+    def count(node, times: int) -> None:
+        if node not in texts:
+            texts[node] = plain.doprint(node)
+        uses[texts[node]] = uses.get(texts[node], 0) + times
+
+    for form in forms.values():
+        for node in sp.preorder_traversal(form):
+            if not isinstance(node, sp.Basic) or isinstance(node, sp.Lambda):
+                continue
+            if isinstance(node, ops.Map):
+                for variable, operand in zip(node.function.variables, node.operands):
+                    if is_call(operand):
+                        count(operand, node.body.count(variable))
+            else:
+                for child in node.args:
+                    if is_call(child):
+                        count(child, 1)
+            if is_call(form) and node is form:
+                count(form, 1)
+    shared = sorted(t for t, n in uses.items() if n >= 2)
+    aliases = {t: ("h" if len(shared) == 1 else f"h{k + 1}") for k, t in enumerate(shared)}
+    printer = (LatexPrinter if latex else Printer)()
+    printer.aliases = aliases
     lines = []
-    for key, e in blocks.items():
-        text = printer.doprint(readable(e)).replace("+ -", "- ")
+    for text, name in aliases.items():
+        text = text if latex else text.replace("**", "^")
+        lines.append(f"{name} &= {text}" if latex else f"{name} = {text}")
+    for key, e in forms.items():
+        text = printer.doprint(e).replace("+ -", "- ")
         if not latex:
             text = text.replace("**", "^")
         if blocks.kind == "hessian":
