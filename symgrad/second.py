@@ -650,44 +650,46 @@ def compiled_jacobian(f, inputs: dict) -> dict:
                              "is a scalar: use f.grad(**inputs) (and f.hessian)")
 
     def build():
-        from symgrad.compiled import compile as compile_
         symbols = _user_symbols(f)
-        pieces = {}
+        blocks, without = {}, []
         for name in f.parameters:
             try:
-                block = jacobian(f.expression, [symbols[name]])[symbols[name]]
+                blocks[name] = jacobian(f.expression, [symbols[name]])[symbols[name]]
             except NoMatrixForm:
-                pieces[name] = None
-                continue
-            pieces[name] = compile_(block, [], name=f"{f.spec.name}_jacobian")
-        return pieces
+                without.append(name)
+        return _Bundle(blocks, set(symbols), f"{f.spec.name}_jacobian"), without
 
-    pieces = _compiled(f, "jacobian", build)
+    bundle, without = _compiled(f, "jacobian", build)
     value = np.asarray(f.forward(**inputs))
+    values = bundle(f, inputs)
     out = {}
-    for name, piece in pieces.items():
+    for name in f.parameters:
         shape = value.shape + _shape_of(inputs[name])
-        if piece is not None:
-            block = np.asarray(_call(piece, f, inputs), dtype=np.float64)
-            symbol = _user_symbols(f)[name]
-            if isinstance(f.expression, MatrixExpr) and f.expression.shape[0] == 1 \
-                    and _is_vector(symbol):
-                block = block.reshape(value.size, -1)     # a row output: rows are outputs
-            out[name] = block.reshape(shape)
-        else:
+        if name in without:
             rows = []
             for i in range(value.size):
                 unit = np.zeros(value.size)
                 unit[i] = 1.0
                 rows.append(np.ravel(f.vjp(unit.reshape(value.shape), **inputs)[name]))
             out[name] = np.stack(rows).reshape(shape)
+        elif values[name] is None:
+            out[name] = np.zeros(shape)
+        else:
+            block = values[name]
+            symbol = _user_symbols(f)[name]
+            if isinstance(f.expression, MatrixExpr) and f.expression.shape[0] == 1 \
+                    and _is_vector(symbol):
+                block = block.reshape(value.size, -1)     # a row output: rows are outputs
+            out[name] = block.reshape(shape)
     return out
 
 
 class ScipyProblem:
     """A scalar model as a function of one flat vector, for ``scipy.optimize.minimize``:
     ``fun``, ``jac``, ``hess``, ``hessp``, with ``pack`` and ``unpack`` between the flat
-    vector and the parameters by name (vectors unpack as 1-D arrays).
+    vector and the parameters by name (vectors unpack as 1-D arrays).  For a model with a
+    vector (or matrix) output, ``fun`` gives the flat residuals and ``jac`` their Jacobian,
+    for ``scipy.optimize.least_squares``.
 
     >>> import numpy as np, scipy.optimize, sympy as sp, symgrad as sg
     >>> x, c = sg.vector("x", 2), sg.vector("c", 2)
@@ -699,9 +701,7 @@ class ScipyProblem:
     """
 
     def __init__(self, f, data: dict):
-        if f.spec.output_shape:
-            raise ValueError("f.scipy needs a scalar output; this model's output has shape "
-                             f"{f.spec.user_output_shape}")
+        self.residuals = bool(f.spec.output_shape)     # a vector output: least squares
         unknown = [n for n in data if n not in f.inputs]
         if unknown:
             raise TypeError(f"unknown input {unknown[0]!r}; this model takes "
@@ -779,14 +779,29 @@ class ScipyProblem:
         return {name: float(x[start]) if shape == () else x[start:stop].reshape(shape)
                 for name, shape, start, stop in layout}
 
-    def fun(self, x) -> float:
-        return float(self.f.forward(**self.data, **self.unpack(x)))
+    def fun(self, x):
+        """The value (a float), or for a model with a vector or matrix output the flat
+        residuals (for ``scipy.optimize.least_squares``)."""
+        value = self.f.forward(**self.data, **self.unpack(x))
+        return np.ravel(value) if self.residuals else float(value)
 
     def jac(self, x) -> np.ndarray:
+        """The gradient (flat), or for residuals the Jacobian (residuals x parameters)."""
+        if self.residuals:
+            blocks = self.f.jacobian(**self.data, **self.unpack(x))
+            return np.concatenate([np.reshape(blocks[name], (-1, stop - start))
+                                   for name, _, start, stop in self._layout()], axis=1)
         _, g = self.f.value_and_grad(**self.data, **self.unpack(x))
         return np.concatenate([np.ravel(g[name]) for name in self.f.parameters])
 
+    def _scalar_only(self, what: str) -> None:
+        if self.residuals:
+            raise AttributeError(f"{what} needs a scalar output; this model's output has "
+                                 f"shape {self.f.spec.user_output_shape}: use fun and jac "
+                                 "with scipy.optimize.least_squares")
+
     def hess(self, x) -> np.ndarray:
+        self._scalar_only("hess")
         blocks = self.f.hessian(**self.data, **self.unpack(x))
         sizes = [stop - start for _, _, start, stop in self._layout()]
         names = list(self.f.parameters)
@@ -794,5 +809,6 @@ class ScipyProblem:
                           for j, q in enumerate(names)] for i, p in enumerate(names)])
 
     def hessp(self, x, v) -> np.ndarray:
+        self._scalar_only("hessp")
         products = self.f.hvp(self.unpack(v), **self.data, **self.unpack(x))
         return np.concatenate([np.ravel(products[name]) for name in self.f.parameters])

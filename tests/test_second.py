@@ -289,3 +289,22 @@ def test_scalar_parameters_come_back_as_floats():
     assert H[("b", "a")] == 3.0 and H[("b", "b")] == pytest.approx(-np.sin(0.5))
     product = f.hvp({"b": 1.0}, a=1.5, b=0.5)
     assert isinstance(product["a"], float) and product["a"] == 3.0
+
+
+def test_scipy_least_squares_with_a_residual_model():
+    optimize = pytest.importorskip("scipy.optimize")
+    t, y = sg.vector("t", 30), sg.vector("y", 30)
+    a, b = sp.symbols("a b")
+    f = sg.compile(a * sg.exp(-b * t) - y, [a, b])
+    t0 = np.linspace(0.0, 3.0, 30)
+    y0 = 2.5 * np.exp(-1.3 * t0)
+    p = f.scipy(t=t0, y=y0)
+    x0 = p.pack(a=1.0, b=0.5)
+    J = p.jac(x0)
+    assert J.shape == (30, 2)
+    np.testing.assert_allclose(J[:, 0], np.exp(-0.5 * t0), rtol=1e-12)
+    np.testing.assert_allclose(J[:, 1], -t0 * np.exp(-0.5 * t0), rtol=1e-12)
+    result = optimize.least_squares(p.fun, x0, jac=p.jac)
+    np.testing.assert_allclose(result.x, [2.5, 1.3], rtol=1e-8)
+    with pytest.raises(AttributeError, match="least_squares"):
+        p.hess(x0)
