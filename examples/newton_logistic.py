@@ -1,7 +1,7 @@
 """Newton's method on L2-regularised logistic regression with symgrad's Hessian.
 
     loss = sum softplus(-y ∘ (X w)) + (lam/2) ||w||^2,   labels y in {-1, 1}
-    d²loss/dw dw = lam I + X^T diag(y^2 ∘ (1 - s) ∘ s) X,   s = sigmoid((X w) ∘ y)
+    d²loss/dw dw = lam I + X^T diag(h ∘ y^2 ∘ (1 - h)) X,   h = sigmoid((X w) ∘ y)
 
 The Hessian is derived at the matrix level and compiled as one X^T D X product;
 ``f.scipy(...)`` hands fun, jac, hess and hessp to ``scipy.optimize.minimize``.  The script
@@ -41,7 +41,8 @@ if __name__ == "__main__":
                           ("Newton-CG", {"hessp": problem.hessp}),
                           ("trust-ncg", {"hessp": problem.hessp}),
                           ("L-BFGS-B", {})]:
-        t = time.perf_counter()
+        minimize(problem.fun, start, jac=problem.jac, method=method, **extra)  # warm-up:
+        t = time.perf_counter()                       # SciPy's first call loads its solvers
         result = minimize(problem.fun, start, jac=problem.jac, method=method, **extra)
         elapsed = time.perf_counter() - t
         gradient = np.abs(problem.jac(result.x)).max()
