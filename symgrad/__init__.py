@@ -36,6 +36,7 @@ from symgrad.ops import (
 )
 from symgrad.present.explain import explain
 from symgrad.present.graph import graph
+from symgrad.second import NoMatrixForm, hessian, hvp, jacobian
 from symgrad.show import latex, show
 
 __version__ = "0.1.0"
@@ -58,7 +59,7 @@ abs = _ops.ELEMENTWISE["abs"]  # noqa: A001 - mirrors numpy.abs
 __all__ = [
     "grad", "compile", "generate", "check", "CheckReport", "Model", "CompiledFunction",
     "Gradients", "RULES", "register_rule", "show", "latex", "graph", "explain",
-    "NotSplittable",
+    "NotSplittable", "hessian", "hvp", "jacobian", "NoMatrixForm",
     "matrix", "vector", "dot", "hadamard", "sum", "mean", "broadcast", "trace", "det", "logdet",
     "inv", "logsumexp", "softmax", "softmax_cross_entropy", "binary_cross_entropy_with_logits",
     "name", "Map",

@@ -349,6 +349,44 @@ class CompiledFunction:
                                  "use f.value_and_grad(**inputs)")
         raise AttributeError(name)
 
+    def hessian(self, **inputs) -> dict:
+        """The Hessian of a scalar output, ``{(p, q): array of shape p.shape + q.shape}`` for
+        every pair of parameters (vectors as given), computed in matrix form (see
+        :mod:`symgrad.second`); for scalar models broadcast over arrays, per point.
+
+        >>> import sympy as sp
+        >>> w, x = sp.symbols("w x")
+        >>> compile(w**3 * x, [w]).hessian(w=2.0, x=1.0)
+        {('w', 'w'): 12.0}
+        """
+        from symgrad.second import compiled_hessian
+        return compiled_hessian(self, inputs)
+
+    def hvp(self, tangents: dict, **inputs) -> dict:
+        """The Hessian-vector product ``{p: sum_q H[p, q] tangents[q]}`` (forward over
+        reverse; no Hessian is formed); a parameter missing from ``tangents`` does not move.
+
+        >>> import sympy as sp
+        >>> w, x = sp.symbols("w x")
+        >>> compile(w**3 * x, [w]).hvp({"w": 1.0}, w=2.0, x=1.0)
+        {'w': 12.0}
+        """
+        from symgrad.second import compiled_hvp
+        return compiled_hvp(self, tangents, inputs)
+
+    def jacobian(self, **inputs) -> dict:
+        """The Jacobian of a vector or matrix output, ``{p: array of shape out.shape +
+        p.shape}``."""
+        from symgrad.second import compiled_jacobian
+        return compiled_jacobian(self, inputs)
+
+    def scipy(self, **data):
+        """The model as a function of one flat vector for ``scipy.optimize``: a
+        :class:`symgrad.second.ScipyProblem` with ``fun``, ``jac``, ``hess``, ``hessp``,
+        ``pack`` and ``unpack``."""
+        from symgrad.second import ScipyProblem
+        return ScipyProblem(self, data)
+
     def to_torch(self):
         """This function on ``torch.Tensor`` inputs, its gradient in torch autograd: a
         :class:`symgrad.interop.torch.TorchFunction` (needs PyTorch).

@@ -435,6 +435,8 @@ def show(grads, output: str = "f") -> str:
     """
     if isinstance(grads, sp.Basic):
         return FormulaPrinter().doprint(grads)
+    if hasattr(grads, "_show"):          # Hessians, HVPs, Jacobians (symgrad.second)
+        return grads._show(output)
     pieces, lines, _ = _pieces(grads, output)
     printer = FormulaPrinter(aliases=_aliases(grads))
     out = [f"{name} = {_tidy(printer.doprint(e))}" for name, e in pieces]
@@ -460,6 +462,8 @@ def latex(grads, output: str = "f") -> str:
     printer = FormulaLatexPrinter()
     if isinstance(grads, sp.Basic):
         return printer.doprint(grads)
+    if hasattr(grads, "_show"):          # Hessians, HVPs, Jacobians (symgrad.second)
+        return grads._show(output, latex=True)
     pieces, lines, _ = _pieces(grads, output)
     rows = [rf"{_latex_name(name)} &= {printer.doprint(e)}" for name, e in pieces + lines]
     return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"

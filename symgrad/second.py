@@ -1,0 +1,814 @@
+"""Second order and Jacobians: ``sg.hessian``, ``sg.hvp``, ``sg.jacobian`` (symbolic, at the
+matrix level) and their compiled counterparts ``f.hessian``, ``f.hvp``, ``f.jacobian`` and
+``f.scipy``.
+
+Hessians are forward over reverse: the gradient (a matrix expression from reverse mode) is
+differentiated again in forward mode (:mod:`symgrad.derive.second`).  For two vector
+parameters p (n x 1) and q (m x 1) every direction of q is pushed through at once as the
+identity matrix, so a block is a closed matrix form:
+
+>>> import sympy as sp, symgrad as sg
+>>> x, A = sg.vector("x", 3), sg.matrix("A", 3, 3)
+>>> print(sg.show(sg.hessian(sg.dot(x, A @ x), [x])))
+d²f/dx dx = A + A^T
+
+Layouts (the shape convention, unit axes dropped):
+
+* ``hessian(f, wrt)[(p, q)]`` has shape p.shape + q.shape: an n x m matrix for two vectors,
+  p's (or q's) shape when the other one is a scalar, a scalar for two scalars.  A block with
+  a matrix parameter has four axes and no matrix form: the symbolic API raises
+  :class:`NoMatrixForm`; the compiled ``f.hessian`` computes it from Hessian-vector products.
+* ``jacobian(y, wrt)[q]`` has shape y.shape + q.shape: an m x n matrix for a column output
+  (m x 1) and a vector q (n x 1); y's shape for a scalar q; q's shape for a scalar output;
+  for a row output (1 x m) and a vector q, the m x n matrix of rows d y_i / d q^T.
+* ``hvp(f, wrt, tangents)[p]`` has p's shape: sum over q of H[p, q] v_q.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixExpr
+
+from symgrad.derive.second import NoMatrixForm, jacobian_columns, jvp
+
+__all__ = ["hessian", "hvp", "jacobian", "SecondOrder", "NoMatrixForm", "ScipyProblem"]
+
+
+class SecondOrder(dict):
+    """Second-order (or Jacobian) blocks as SymPy expressions; prints with ``sg.show``."""
+
+    kind: str = "hessian"
+
+    def _show(self, output: str = "f", latex: bool = False) -> str:
+        return _show(self, output, latex)
+
+    def __str__(self) -> str:
+        return _show(self, "f", False)
+
+    def _repr_latex_(self) -> str:
+        return "$\\displaystyle " + _show(self, "f", True) + "$"
+
+
+def _is_vector(s) -> bool:
+    return isinstance(s, MatrixExpr) and s.shape[1] == 1 and s.shape[0] != 1
+
+
+def _is_scalar(s) -> bool:
+    return not isinstance(s, MatrixExpr)
+
+
+def _zero_like(shape_of):
+    return sp.ZeroMatrix(*shape_of.shape) if isinstance(shape_of, MatrixExpr) else sp.S.Zero
+
+
+def _tidy(e):
+    """The canonical form (fused elementwise loops, products in the cheapest order)."""
+    from symgrad.derive.graph import Canonicalizer
+    return Canonicalizer()(e)
+
+
+def _block(gradient, p, q):
+    """d gradient / d q, where gradient = df/dp: shape p.shape + q.shape (unit axes
+    dropped)."""
+    if _is_scalar(q):
+        d = jvp(gradient, {q: sp.S.One})
+        return _zero_like(gradient) if d is None else _tidy(d)
+    if not _is_vector(q):
+        raise NoMatrixForm(f"the Hessian block ({_name(p)}, {_name(q)}) has four axes (the "
+                           f"parameter {_name(q)} is a {q.shape[0]} x {q.shape[1]} matrix) "
+                           "and no matrix form: use sg.hvp, or the compiled f.hessian, which "
+                           "computes it from Hessian-vector products")
+    if not (_is_scalar(p) or _is_vector(p)):
+        raise NoMatrixForm(f"the Hessian block ({_name(p)}, {_name(q)}) has four axes (the "
+                           f"parameter {_name(p)} is a {p.shape[0]} x {p.shape[1]} matrix) "
+                           "and no matrix form: use sg.hvp, or the compiled f.hessian")
+    try:
+        d = jacobian_columns(gradient, q)
+    except NoMatrixForm as error:
+        raise NoMatrixForm(f"the Hessian block ({_name(p)}, {_name(q)}) has no matrix form "
+                           f"({error}): use sg.hvp, or the compiled f.hessian") from None
+    d = _tidy(d)
+    return d.T if _is_scalar(p) else d       # a scalar's row of directions: q's shape
+
+
+def _name(s) -> str:
+    return getattr(s, "name", str(s))
+
+
+def hessian(expr, wrt) -> SecondOrder:
+    """The Hessian of a scalar expression, block by block: ``{(p, q): d²f/dp dq}`` for every
+    pair of ``wrt`` entries, each block in the shape convention (see the module docstring).
+
+    >>> import sympy as sp, symgrad as sg
+    >>> M, x, y = sg.matrix("M", 4, 3), sg.vector("x", 3), sg.vector("y", 4)
+    >>> r = M @ x - y
+    >>> sg.hessian(sg.dot(r, r), [x])[(x, x)]
+    2*(M^T M)
+    """
+    from symgrad.compiled import grad
+
+    gradients = grad(expr, wrt)
+    wrt = list(gradients)
+    result = SecondOrder()
+    result.kind = "hessian"
+    for i, p in enumerate(wrt):
+        for q in wrt[i:]:
+            block = _block(gradients[p], p, q)
+            result[(p, q)] = block
+            if q is not p:
+                result[(q, p)] = block.T if (_is_vector(p) and _is_vector(q)) else block
+    # in wrt order, pair by pair
+    ordered = SecondOrder({(p, q): result[(p, q)] for p in wrt for q in wrt})
+    ordered.kind = "hessian"
+    return ordered
+
+
+def hvp(expr, wrt, tangents: Mapping) -> SecondOrder:
+    """The Hessian-vector product ``{p: sum_q H[p, q] v_q}`` as expressions, forward over
+    reverse (no Hessian is formed).  ``tangents`` maps parameters to directions of their shape;
+    a parameter it leaves out does not move.
+
+    >>> import sympy as sp, symgrad as sg
+    >>> x, A, v = sg.vector("x", 3), sg.matrix("A", 3, 3), sg.vector("v", 3)
+    >>> sg.hvp(sg.dot(x, A @ x), [x], {x: v})[x]
+    A v + A^T v
+    """
+    from symgrad.compiled import grad
+
+    gradients = grad(expr, wrt)
+    moving = {}
+    for s, v in dict(tangents).items():
+        if s not in gradients:
+            raise ValueError(f"tangent given for {_name(s)}, which is not in wrt "
+                             f"({', '.join(_name(w) for w in gradients)})")
+        v = sp.sympify(v)
+        if isinstance(s, MatrixExpr) != isinstance(v, MatrixExpr) or (
+                isinstance(s, MatrixExpr) and tuple(v.shape) != tuple(s.shape)):
+            shape = tuple(v.shape) if isinstance(v, MatrixExpr) else "a scalar"
+            want = tuple(s.shape) if isinstance(s, MatrixExpr) else "a scalar"
+            raise ValueError(f"the tangent of {_name(s)} must have its shape {want}, got {shape}")
+        moving[s] = v
+    result = SecondOrder()
+    result.kind = "hvp"
+    for p, g in gradients.items():
+        d = jvp(g, moving)
+        result[p] = _zero_like(g) if d is None else _tidy(d)
+    return result
+
+
+def jacobian(expr, wrt) -> SecondOrder:
+    """The Jacobian of a vector or matrix output, ``{q: d expr / d q}`` in the layout of the
+    module docstring: for a column output y (m x 1) and a vector q (n x 1), an m x n matrix
+    expression (d tanh(W x)/dx = (1 - y^2) ∘ W, i.e. diag(1 - y^2) W).  ``expr`` may also be
+    an explicit ``sympy.Matrix`` of scalar expressions, differentiated entry by entry with
+    respect to scalar symbols.
+
+    >>> import symgrad as sg
+    >>> W, x = sg.matrix("W", 2, 3), sg.vector("x", 3)
+    >>> print(sg.show(sg.jacobian(sg.tanh(W @ x), [x]), output="y"))
+    dy/dx = diag(1 - tanh(W x)^2) W
+    """
+    result = SecondOrder()
+    result.kind = "jacobian"
+    if isinstance(expr, sp.MatrixBase):
+        explicit = sp.ImmutableMatrix(expr)
+        for q in (wrt if isinstance(wrt, (list, tuple)) else [wrt]):
+            if not isinstance(q, sp.Symbol):
+                raise TypeError(f"the Jacobian of an explicit sympy.Matrix is taken with "
+                                f"respect to scalar symbols; {q!r} is a {type(q).__name__}")
+            result[q] = explicit.applyfunc(lambda e, q=q: _entry_derivative(e, q))
+        return result
+    expr = sp.sympify(expr)
+    if not isinstance(expr, MatrixExpr):
+        from symgrad.compiled import grad
+        gradients = grad(expr, wrt)
+        result.update(gradients)
+        return result
+    from symgrad.compiled import _check_wrt
+    for q in _check_wrt(expr, wrt):
+        if _is_scalar(q):
+            d = jvp(expr, {q: sp.S.One})
+            result[q] = _zero_like(expr) if d is None else _tidy(d)
+            continue
+        if not _is_vector(q) or (expr.shape[0] != 1 and expr.shape[1] != 1):
+            raise NoMatrixForm(f"d {expr} / d {_name(q)} has more than two axes (output "
+                               f"{tuple(expr.shape)}, parameter {tuple(q.shape)}): use the "
+                               "compiled f.jacobian, or f.vjp")
+        try:
+            result[q] = _tidy(jacobian_columns(expr, q))
+        except NoMatrixForm as error:
+            raise NoMatrixForm(f"d {expr} / d {_name(q)} has no matrix form ({error}): use "
+                               "the compiled f.jacobian") from None
+    return result
+
+
+def _entry_derivative(e, q):
+    from symgrad.compiled import grad
+    e = sp.sympify(e)
+    if q not in e.free_symbols:
+        return sp.S.Zero
+    return grad(e, [q])[q]
+
+
+# ------------------------------------------------------------------------------------------
+# Printing
+# ------------------------------------------------------------------------------------------
+def readable(e):
+    """The same matrix, written with matrix algebra where an elementwise loop is one:
+    a column broadcast against a matrix is diag(column) times the matrix, a sum of maps is
+    a sum of matrices (so that equal terms add up: lam/2 I + lam/2 I = lam I)."""
+    from symgrad import ops
+
+    if isinstance(e, ops.Map):
+        operands = [readable(o) for o in e.operands]
+        variables = e.function.variables
+        body = e.body
+        shape = e.shape
+        variables, operands, body = _calls_as_operands(variables, operands, body, shape)
+        full = [k for k, o in enumerate(operands) if isinstance(o, MatrixExpr)
+                and tuple(o.shape) == tuple(shape)]
+        if isinstance(body, sp.Add):
+            terms = []
+            for body_term in body.args:
+                negative = body_term.could_extract_minus_sign()
+                term = _restricted(-body_term if negative else body_term, variables,
+                                   operands, shape)
+                if not isinstance(term, MatrixExpr):     # a constant: broadcast
+                    term = sp.MatMul(term, sp.OneMatrix(*shape))
+                term = readable(term)
+                terms.append(sp.MatMul(-1, term) if negative else term)
+            return sp.MatAdd(*terms).doit()
+        if len(full) == 1:
+            k = full[0]
+            rest, dependent = body.as_independent(variables[k], as_Add=False)
+            if dependent == variables[k]:
+                others = _restricted(rest, variables, operands, shape)
+                if not isinstance(others, MatrixExpr):
+                    return sp.MatMul(others, operands[k]).doit() if others != 1 \
+                        else operands[k]
+                if shape[1] != 1 and tuple(others.shape) == (shape[0], 1):
+                    if isinstance(operands[k], sp.Identity):
+                        return sp.DiagMatrix(readable(others))
+                    return sp.MatMul(sp.DiagMatrix(readable(others)), operands[k])
+                if shape[0] != 1 and tuple(others.shape) == (1, shape[1]):
+                    return sp.MatMul(operands[k], sp.DiagMatrix(readable(others).T))
+        return ops.Map(sp.Lambda(variables, body), e.shape, *operands)
+    if isinstance(e, (sp.MatAdd, sp.MatMul, sp.Transpose)):
+        return e.func(*[readable(a) if isinstance(a, sp.Basic) else a for a in e.args]).doit()
+    return e
+
+
+def _calls_as_operands(variables, operands, body, shape):
+    """Each function call of an elementwise body (sigmoid(a0 a1)) as an operand of its own
+    (the Map sigmoid((X w) ∘ y)), so that a piece used twice can be named once."""
+    from symgrad import ops
+
+    calls = [c for c in body.atoms(sp.Function) if c.free_symbols & set(variables)]
+    # outermost calls only: a call inside another stays in it
+    calls = [c for c in calls if not any(c != o and o.has(c) for o in calls)]
+    if not calls or (len(calls) == 1 and body == calls[0]):
+        return variables, operands, body
+    variables, operands = list(variables), list(operands)
+    replacements = {}
+    for k, call in enumerate(sorted(calls, key=str)):
+        piece = _restricted(call, variables, operands, shape)
+        if not isinstance(piece, ops.Map):
+            continue
+        fresh = sp.Symbol(f"_call{k}", real=True)
+        variables.append(fresh)
+        operands.append(piece)
+        replacements[call] = fresh
+    return tuple(variables), operands, body.xreplace(replacements)
+
+
+def _restricted(body, variables, operands, shape):
+    """The Map of ``body`` over only the operands it uses, narrowed to their broadcast shape;
+    a scalar when it uses no matrix."""
+    from symgrad import ops
+
+    used = [k for k, v in enumerate(variables) if body.has(v)]
+    matrices = [operands[k] for k in used if isinstance(operands[k], MatrixExpr)]
+    if not matrices:
+        return body.xreplace({variables[k]: operands[k] for k in used})
+    rows = shape[0] if any(m.shape[0] != 1 for m in matrices) else 1
+    cols = shape[1] if any(m.shape[1] != 1 for m in matrices) else 1
+    if len(used) == 1 and body == variables[used[0]] and tuple(matrices[0].shape) == (rows, cols):
+        return matrices[0]
+    return ops.Map(sp.Lambda(tuple(variables[k] for k in used), body), (rows, cols),
+                   *[operands[k] for k in used])
+
+
+def _show(blocks: SecondOrder, output: str, latex: bool) -> str:
+    from symgrad import ops
+    from symgrad.show import FormulaLatexPrinter, FormulaPrinter
+
+    class Printer(FormulaPrinter):
+        def _print_DiagMatrix(self, expr):
+            return f"diag({self._print(expr.args[0])})"
+
+    class LatexPrinter(FormulaLatexPrinter):
+        aliases: dict = {}
+
+        def _print(self, expr, **kwargs):
+            if isinstance(expr, ops.Map) and expr not in self.names:
+                text = self._print_Map(expr)    # not the Map's own _latex: it knows no names
+            else:
+                text = super()._print(expr, **kwargs)
+            return self.aliases.get(text, text) if self.aliases else text
+
+        def _print_DiagMatrix(self, expr):
+            return rf"\operatorname{{diag}}\left({self._print(expr.args[0])}\right)"
+
+        def _print_Map(self, expr):
+            text = FormulaPrinter(hadamard=r" \circ ", transpose="^{T}", latex=True,
+                                  aliases=self.aliases)._print(expr)
+            return text.replace("*", r" \cdot ")
+
+    forms = {key: readable(e) for key, e in blocks.items()}
+    # a function of a matrix used twice or more is named once (h, h2, ...), recognised by
+    # its printed text (two blocks may build it from differently fused operands)
+    plain = LatexPrinter() if latex else Printer()
+
+    def is_call(node) -> bool:
+        return isinstance(node, ops.Map) and isinstance(node.body, sp.Function)
+
+    uses: dict = {}
+    texts: dict = {}
+
+    def count(node, times: int) -> None:
+        if node not in texts:
+            texts[node] = plain.doprint(node)
+        uses[texts[node]] = uses.get(texts[node], 0) + times
+
+    for form in forms.values():
+        for node in sp.preorder_traversal(form):
+            if not isinstance(node, sp.Basic) or isinstance(node, sp.Lambda):
+                continue
+            if isinstance(node, ops.Map):
+                for variable, operand in zip(node.function.variables, node.operands):
+                    if is_call(operand):
+                        count(operand, node.body.count(variable))
+            else:
+                for child in node.args:
+                    if is_call(child):
+                        count(child, 1)
+            if is_call(form) and node is form:
+                count(form, 1)
+    shared = sorted(t for t, n in uses.items() if n >= 2)
+    aliases = {t: ("h" if len(shared) == 1 else f"h{k + 1}") for k, t in enumerate(shared)}
+    printer = (LatexPrinter if latex else Printer)()
+    printer.aliases = aliases
+    lines = []
+    for text, name in aliases.items():
+        text = text if latex else text.replace("**", "^")
+        lines.append(f"{name} &= {text}" if latex else f"{name} = {text}")
+    for key, e in forms.items():
+        text = printer.doprint(e).replace("+ -", "- ")
+        if not latex:
+            text = text.replace("**", "^")
+        if blocks.kind == "hessian":
+            p, q = key
+            name = (rf"\frac{{\partial^2 {output}}}{{\partial {_name(p)}\, \partial {_name(q)}}}"
+                    if latex else f"d²{output}/d{_name(p)} d{_name(q)}")
+        elif blocks.kind == "hvp":
+            name = (rf"\left(H v\right)_{{{_name(key)}}}" if latex
+                    else f"(H v)_{_name(key)}")
+        else:
+            name = (rf"\frac{{\partial {output}}}{{\partial {_name(key)}}}" if latex
+                    else f"d{output}/d{_name(key)}")
+        lines.append(f"{name} &= {text}" if latex else f"{name} = {text}")
+    if latex:
+        return "\\begin{aligned}\n" + " \\\\\n".join(lines) + "\n\\end{aligned}"
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# Compiled: f.hessian, f.hvp, f.jacobian, f.scipy
+# ------------------------------------------------------------------------------------------
+def _user_symbols(f) -> dict:
+    """The model's own symbols by name (parameters and data)."""
+    return {s.name: s for s in f.spec.user_inputs}
+
+
+def _dimension_values(f, inputs: dict) -> dict:
+    """Each symbolic dimension of the model, read off the arrays that fix it."""
+    values: dict = {}
+    for s in f.spec.user_inputs:
+        if not isinstance(s, MatrixExpr) or s.name not in inputs:
+            continue
+        shape = np.shape(inputs[s.name])
+        if len(shape) == 1:
+            shape = (shape[0], 1)
+        if len(shape) != 2:
+            continue
+        for extent, size in zip(s.shape, shape):
+            extent = sp.sympify(extent)
+            if extent.is_Symbol:
+                values[extent] = sp.Integer(int(size))
+    return values
+
+
+def _compiled(f, key, build):
+    """A compiled piece of f, built on first use and kept on f."""
+    cache = f.__dict__.setdefault("_second_order", {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+def _call(piece, f, inputs: dict):
+    """Call a compiled block with the inputs it takes (and the dimensions it cannot read off
+    its own inputs)."""
+    from symgrad.compiled import CompiledFunction
+
+    assert isinstance(piece, CompiledFunction)
+    if inputs.keys() >= piece.__dict__.setdefault("_input_names", set(piece.inputs)):
+        return piece.forward(**{name: inputs[name] for name in piece.inputs})
+    dims = None
+    arguments = {}
+    for name in piece.inputs:
+        if name in inputs:
+            arguments[name] = inputs[name]
+            continue
+        if dims is None:
+            dims = {d.name: int(v) for d, v in _dimension_values(f, inputs).items()}
+        if name in dims:
+            arguments[name] = dims[name]
+        else:
+            raise TypeError(f"missing input {name!r}")
+    return piece.forward(**arguments)
+
+
+def _check_inputs(f, inputs: dict) -> None:
+    """Every input given, no other (the compiled pieces check types and shapes, naming the
+    input)."""
+    if inputs.keys() == _compiled(f, "input names", lambda: set(f.inputs)):
+        return
+    missing = [n for n in f.inputs if n not in inputs]
+    unknown = [n for n in inputs if n not in f.inputs]
+    if unknown:
+        raise TypeError(f"unknown input {unknown[0]!r}; this model takes "
+                        f"{', '.join(f.inputs)}")
+    raise TypeError(f"missing input {missing[0]!r}; this model takes {', '.join(f.inputs)}")
+
+
+def _shape_of(value) -> tuple:
+    return np.shape(value)
+
+
+class _Bundle:
+    """Several expressions compiled as one module.  The gradient of sum_k <P_k, e_k> with
+    respect to new symbols P_k (one of each expression's shape) is e_k, so one call of its
+    value_and_grad computes every e_k, sharing their common pieces (one CSE, one loop per
+    shape), and Numba compiles one kernel instead of one per expression."""
+
+    def __init__(self, expressions: dict, taken: set, name: str):
+        from symgrad.compiled import compile as compile_
+        from symgrad.ops import dot
+
+        self.probes = []          # (key, probe symbol)
+        self.zero = set()         # keys whose expression is identically zero
+        terms = []
+        for k, (key, e) in enumerate(expressions.items()):
+            if e == 0 or isinstance(e, sp.ZeroMatrix):
+                self.zero.add(key)
+                continue
+            label = f"second_order_{k}"
+            while label in taken:
+                label += "_"
+            taken.add(label)
+            if isinstance(e, MatrixExpr):
+                probe = sp.MatrixSymbol(label, *e.shape)
+                terms.append(dot(probe, e))
+            else:
+                probe = sp.Symbol(label, real=True)
+                terms.append(probe * e)
+            self.probes.append((key, probe))
+        self.compiled = (compile_(sp.Add(*terms), [p for _, p in self.probes], name=name)
+                         if terms else None)
+        self._arrays: dict = {}
+
+    def __call__(self, f, inputs: dict) -> dict:
+        """{key: array (as computed) or None for an identically zero expression}."""
+        out = dict.fromkeys(self.zero)
+        if self.compiled is None:
+            return out
+        arguments = {name: inputs[name] for name in self.compiled.inputs if name in inputs}
+        if len(arguments) < len(self.compiled.inputs):
+            dims = _dimension_values(f, inputs)
+            key = tuple(sorted((d.name, int(v)) for d, v in dims.items()))
+            probes = self._arrays.get(key)
+            if probes is None:
+                probes = {}
+                for _, probe in self.probes:
+                    if isinstance(probe, MatrixExpr):
+                        shape = tuple(int(sp.sympify(e).xreplace(dims)) for e in probe.shape)
+                        probes[probe.name] = np.zeros(shape)
+                    else:
+                        probes[probe.name] = 0.0
+                self._arrays[key] = probes
+            named_dims = {d.name: int(v) for d, v in dims.items()}
+            for name in self.compiled.inputs:
+                if name in arguments:
+                    continue
+                if name in probes:
+                    arguments[name] = probes[name]
+                elif name in named_dims:
+                    arguments[name] = named_dims[name]
+                else:
+                    raise TypeError(f"missing input {name!r}")
+        _, gradients = self.compiled.value_and_grad(**arguments)
+        for key, probe in self.probes:
+            out[key] = np.asarray(gradients[probe.name], dtype=np.float64)
+        return out
+
+
+def _hvp_pieces(f):
+    """The compiled HVPs of all parameters (one module), with the tangents' names."""
+    def build():
+        symbols = _user_symbols(f)
+        params = [symbols[n] for n in f.parameters]
+        taken = set(symbols)
+        tangents = {}
+        for p in params:
+            name = f"{p.name}_tangent"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            tangents[p] = (sp.MatrixSymbol(name, *p.shape) if isinstance(p, MatrixExpr)
+                           else sp.Symbol(name, real=True))
+        blocks = hvp(f.expression, params, tangents)
+        bundle = _Bundle({p.name: e for p, e in blocks.items()}, taken, f"{f.spec.name}_hvp")
+        return bundle, {p.name: t.name for p, t in tangents.items()}
+    return _compiled(f, "hvp", build)
+
+
+def compiled_hvp(f, tangents: Mapping, inputs: dict) -> dict:
+    """``f.hvp(tangents, **inputs)``: see :meth:`symgrad.CompiledFunction.hvp`."""
+    _check_inputs(f, inputs)
+    if not isinstance(tangents, dict) and not isinstance(tangents, Mapping):
+        raise TypeError(f"tangents must be a dict of parameter name -> array, got "
+                        f"{type(tangents).__name__}")
+    for name, v in tangents.items():
+        if name not in f.parameters:
+            raise ValueError(f"tangent given for {name!r}, which is not a parameter "
+                             f"({', '.join(f.parameters)})")
+        if np.size(v) != np.size(inputs[name]):
+            raise ValueError(f"the tangent of {name!r} has shape {np.shape(v)}; the "
+                             f"parameter has shape {np.shape(inputs[name])}")
+    bundle, names = _hvp_pieces(f)
+    arguments = dict(inputs)
+    for p in f.parameters:
+        v = tangents.get(p)
+        given = np.shape(inputs[p])
+        v = np.zeros(given) if v is None else np.asarray(v, dtype=np.float64).reshape(given)
+        arguments[names[p]] = v if v.ndim else float(v)
+    values = bundle(f, arguments)
+    out = {}
+    for p in f.parameters:
+        value = values[p]
+        if value is None:
+            value = np.zeros(np.shape(inputs[p]))
+        out[p] = _as_given(value, np.shape(inputs[p]), f)
+    return out
+
+
+def _hessian_pieces(f):
+    """(one module computing every block with a matrix form, for p before q; the pairs
+    without one, assembled from HVPs)."""
+    def build():
+        from symgrad.compiled import grad
+        symbols = _user_symbols(f)
+        params = [symbols[n] for n in f.parameters]
+        gradients = grad(f.expression, params)
+        blocks, without = {}, []
+        for i, p in enumerate(params):
+            for q in params[i:]:
+                try:
+                    blocks[(p.name, q.name)] = _block(gradients[p], p, q)
+                except NoMatrixForm:
+                    without.append((p.name, q.name))
+        return _Bundle(blocks, set(symbols), f"{f.spec.name}_hessian"), without
+    return _compiled(f, "hessian", build)
+
+
+def compiled_hessian(f, inputs: dict) -> dict:
+    """``f.hessian(**inputs)``: see :meth:`symgrad.CompiledFunction.hessian`."""
+    _check_inputs(f, inputs)
+    bundle, without = _hessian_pieces(f)
+    shapes = {p: _shape_of(inputs[p]) for p in f.parameters}
+    values = bundle(f, inputs)
+    out = {}
+    for p, q in [*values, *without]:
+        if (p, q) in without:
+            value = _block_from_hvps(f, p, q, inputs, shapes)
+        elif values[(p, q)] is None:
+            value = _as_given(np.zeros(shapes[p] + shapes[q]), shapes[p] + shapes[q], f)
+        else:
+            value = _as_given(values[(p, q)], shapes[p] + shapes[q], f)
+        out[(p, q)] = value
+        if p != q:
+            if _scalar_model(f):
+                out[(q, p)] = value
+            else:
+                n_p, n_q = int(np.prod(shapes[p])), int(np.prod(shapes[q]))
+                out[(q, p)] = _as_given(np.reshape(value, (n_p, n_q)).T, shapes[q] + shapes[p], f)
+    return {(p, q): out[(p, q)] for p in f.parameters for q in f.parameters}
+
+
+def _scalar_model(f) -> bool:
+    return _compiled(f, "scalar model", lambda: f.spec.is_scalar_model)
+
+
+def _as_given(value: np.ndarray, shape: tuple, f):
+    """A result in the shape the inputs were given (a float for a scalar), or per point for
+    scalar models over arrays."""
+    if _scalar_model(f):
+        return float(value) if value.ndim == 0 else value
+    return float(value.reshape(())) if shape == () else value.reshape(shape)
+
+
+def _block_from_hvps(f, p, q, inputs, shapes):
+    """A block with no matrix form: one Hessian-vector product per entry of q."""
+    n_q = int(np.prod(shapes[q]))
+    columns = []
+    for j in range(n_q):
+        unit = np.zeros(n_q)
+        unit[j] = 1.0
+        columns.append(np.ravel(compiled_hvp(f, {q: unit.reshape(shapes[q])}, inputs)[p]))
+    return np.stack(columns, axis=-1).reshape(shapes[p] + shapes[q])
+
+
+def compiled_jacobian(f, inputs: dict) -> dict:
+    """``f.jacobian(**inputs)``: see :meth:`symgrad.CompiledFunction.jacobian`."""
+    _check_inputs(f, inputs)
+    if not f.spec.output_shape:
+        raise AttributeError("jacobian is for vector and matrix outputs; this model's output "
+                             "is a scalar: use f.grad(**inputs) (and f.hessian)")
+
+    def build():
+        symbols = _user_symbols(f)
+        blocks, without = {}, []
+        for name in f.parameters:
+            try:
+                blocks[name] = jacobian(f.expression, [symbols[name]])[symbols[name]]
+            except NoMatrixForm:
+                without.append(name)
+        return _Bundle(blocks, set(symbols), f"{f.spec.name}_jacobian"), without
+
+    bundle, without = _compiled(f, "jacobian", build)
+    value = np.asarray(f.forward(**inputs))
+    values = bundle(f, inputs)
+    out = {}
+    for name in f.parameters:
+        shape = value.shape + _shape_of(inputs[name])
+        if name in without:
+            rows = []
+            for i in range(value.size):
+                unit = np.zeros(value.size)
+                unit[i] = 1.0
+                rows.append(np.ravel(f.vjp(unit.reshape(value.shape), **inputs)[name]))
+            out[name] = np.stack(rows).reshape(shape)
+        elif values[name] is None:
+            out[name] = np.zeros(shape)
+        else:
+            block = values[name]
+            symbol = _user_symbols(f)[name]
+            if isinstance(f.expression, MatrixExpr) and f.expression.shape[0] == 1 \
+                    and _is_vector(symbol):
+                block = block.reshape(value.size, -1)     # a row output: rows are outputs
+            out[name] = block.reshape(shape)
+    return out
+
+
+class ScipyProblem:
+    """A scalar model as a function of one flat vector, for ``scipy.optimize.minimize``:
+    ``fun``, ``jac``, ``hess``, ``hessp``, with ``pack`` and ``unpack`` between the flat
+    vector and the parameters by name (vectors unpack as 1-D arrays).  For a model with a
+    vector (or matrix) output, ``fun`` gives the flat residuals and ``jac`` their Jacobian,
+    for ``scipy.optimize.least_squares``.
+
+    >>> import numpy as np, scipy.optimize, sympy as sp, symgrad as sg
+    >>> x, c = sg.vector("x", 2), sg.vector("c", 2)
+    >>> p = sg.compile(sg.dot(x - c, x - c), [x]).scipy(c=np.array([1.0, 2.0]))
+    >>> r = scipy.optimize.minimize(p.fun, p.pack(x=np.zeros(2)), jac=p.jac, hess=p.hess,
+    ...                             method="trust-exact")
+    >>> np.round(p.unpack(r.x)["x"], 6)
+    array([1., 2.])
+    """
+
+    def __init__(self, f, data: dict):
+        self.residuals = bool(f.spec.output_shape)     # a vector output: least squares
+        unknown = [n for n in data if n not in f.inputs]
+        if unknown:
+            raise TypeError(f"unknown input {unknown[0]!r}; this model takes "
+                            f"{', '.join(f.inputs)}")
+        given = [n for n in data if n in f.parameters]
+        if given:
+            raise TypeError(f"{given[0]!r} is a parameter: f.scipy takes the data inputs only; "
+                            "pack the parameters with p.pack(...)")
+        self.f = f
+        self.data = dict(data)
+        symbols = _user_symbols(f)
+        dims = _dimension_values(f, data)
+        self.shapes = {}
+        for name in f.parameters:
+            s = symbols[name]
+            if not isinstance(s, MatrixExpr):
+                self.shapes[name] = ()
+                continue
+            extents = [sp.sympify(sp.sympify(e).xreplace(dims)) for e in s.shape]
+            if not all(e.is_number for e in extents):
+                self.shapes[name] = None      # fixed by the first pack
+                continue
+            rows, cols = (int(e) for e in extents)
+            self.shapes[name] = (rows,) if cols == 1 else (rows, cols)
+
+    @property
+    def size(self) -> int:
+        return self._layout()[-1][3] if self.shapes else 0
+
+    def _layout(self) -> list:
+        """[(name, shape, start, stop)] of each parameter in the flat vector (computed once
+        the shapes are known)."""
+        layout = getattr(self, "_cached_layout", None)
+        if layout is None:
+            missing = [n for n, s in self.shapes.items() if s is None]
+            if missing:
+                raise ValueError(f"the shape of {missing[0]!r} is not fixed by the data: call "
+                                 "p.pack(...) with the parameters first")
+            layout, start = [], 0
+            for name, shape in self.shapes.items():
+                size = int(np.prod(shape))
+                layout.append((name, shape, start, start + size))
+                start += size
+            self._cached_layout = layout
+        return layout
+
+    def pack(self, **params) -> np.ndarray:
+        """The parameters (by name) as one flat float64 vector."""
+        missing = [n for n in self.f.parameters if n not in params]
+        if missing:
+            raise TypeError(f"pack needs every parameter; missing {missing[0]!r}")
+        unknown = [n for n in params if n not in self.f.parameters]
+        if unknown:
+            raise TypeError(f"{unknown[0]!r} is not a parameter ({', '.join(self.f.parameters)})")
+        parts = []
+        for name in self.f.parameters:
+            value = np.asarray(params[name], dtype=np.float64)
+            expected = self.shapes[name]
+            if expected is None:
+                self.shapes[name] = expected = value.shape
+                self._cached_layout = None
+            if value.size != int(np.prod(expected)):
+                raise ValueError(f"parameter {name!r} has shape {value.shape}; expected "
+                                 f"{expected}")
+            parts.append(value.ravel())
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def unpack(self, x) -> dict:
+        """The flat vector as ``{name: array}`` (scalars as floats, vectors 1-D)."""
+        layout = self._layout()
+        if type(x) is not np.ndarray or x.dtype != np.float64:
+            x = np.asarray(x, dtype=np.float64)
+        if x.shape != (self.size,):
+            raise ValueError(f"x has shape {x.shape}; the parameters take ({self.size},)")
+        return {name: float(x[start]) if shape == () else x[start:stop].reshape(shape)
+                for name, shape, start, stop in layout}
+
+    def fun(self, x):
+        """The value (a float), or for a model with a vector or matrix output the flat
+        residuals (for ``scipy.optimize.least_squares``)."""
+        value = self.f.forward(**self.data, **self.unpack(x))
+        return np.ravel(value) if self.residuals else float(value)
+
+    def jac(self, x) -> np.ndarray:
+        """The gradient (flat), or for residuals the Jacobian (residuals x parameters)."""
+        if self.residuals:
+            blocks = self.f.jacobian(**self.data, **self.unpack(x))
+            return np.concatenate([np.reshape(blocks[name], (-1, stop - start))
+                                   for name, _, start, stop in self._layout()], axis=1)
+        _, g = self.f.value_and_grad(**self.data, **self.unpack(x))
+        return np.concatenate([np.ravel(g[name]) for name in self.f.parameters])
+
+    def _scalar_only(self, what: str) -> None:
+        if self.residuals:
+            raise AttributeError(f"{what} needs a scalar output; this model's output has "
+                                 f"shape {self.f.spec.user_output_shape}: use fun and jac "
+                                 "with scipy.optimize.least_squares")
+
+    def hess(self, x) -> np.ndarray:
+        self._scalar_only("hess")
+        blocks = self.f.hessian(**self.data, **self.unpack(x))
+        sizes = [stop - start for _, _, start, stop in self._layout()]
+        names = list(self.f.parameters)
+        return np.block([[np.reshape(blocks[(p, q)], (sizes[i], sizes[j]))
+                          for j, q in enumerate(names)] for i, p in enumerate(names)])
+
+    def hessp(self, x, v) -> np.ndarray:
+        self._scalar_only("hessp")
+        products = self.f.hvp(self.unpack(v), **self.data, **self.unpack(x))
+        return np.concatenate([np.ravel(products[name]) for name in self.f.parameters])

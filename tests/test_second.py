@@ -1,0 +1,310 @@
+"""Second order and Jacobians: closed forms (the Matrix Cookbook), JAX, finite differences of
+the gradient, symmetry, and Newton-type SciPy solvers on the logistic loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symgrad as sg
+
+N, D = 3, 3
+
+
+def _same(block, expected):
+    """Entry by entry, symbolically (small fixed shapes)."""
+    difference = (block - expected).as_explicit()
+    assert all(sp.simplify(e) == 0 for e in difference), difference
+
+
+# ------------------------------------------------------------------------------------------
+# Symbolic closed forms
+# ------------------------------------------------------------------------------------------
+def test_quadratic_form_hessian_is_a_plus_a_transpose():
+    x, A = sg.vector("x", D), sg.matrix("A", D, D)
+    H = sg.hessian(sg.dot(x, A @ x), [x])
+    _same(H[(x, x)], A + A.T)
+    assert sg.show(H) == "d²f/dx dx = A + A^T"
+
+
+def test_least_squares_hessian_is_two_m_transpose_m():
+    M, x, y = sg.matrix("M", 4, D), sg.vector("x", D), sg.vector("y", 4)
+    r = M @ x - y
+    H = sg.hessian(sg.dot(r, r), [x])
+    _same(H[(x, x)], 2 * M.T @ M)
+    assert sg.show(H) == "d²f/dx dx = 2 M^T M"
+
+
+def test_cookbook_bilinear_form():
+    # Matrix Cookbook (2012) eq. 98: d²/dx² (Bx + b)^T C (Dx + d) = B^T C D + D^T C^T B
+    x = sg.vector("x", D)
+    B, C, Dm = sg.matrix("B", 2, D), sg.matrix("C", 2, 2), sg.matrix("Dm", 2, D)
+    b, d = sg.vector("b", 2), sg.vector("d", 2)
+    H = sg.hessian(sg.dot(B @ x + b, C @ (Dm @ x + d)), [x])
+    _same(H[(x, x)], B.T @ C @ Dm + Dm.T @ C.T @ B)
+
+
+def test_cookbook_squared_norm_and_weighted_norm():
+    # ||x||^2 -> 2 I;  (Ax + b)^T W (Ax + b) with W symmetric in form -> A^T (W + W^T) A
+    x, A, W, b = sg.vector("x", D), sg.matrix("A", 2, D), sg.matrix("W", 2, 2), sg.vector("b", 2)
+    _same(sg.hessian(sg.dot(x, x), [x])[(x, x)], 2 * sp.Identity(D))
+    r = A @ x + b
+    _same(sg.hessian(sg.dot(r, W @ r), [x])[(x, x)], A.T @ (W + W.T) @ A)
+
+
+def test_logistic_loss_hessian_prints_x_transpose_diag_x():
+    n, d = sp.symbols("n d", integer=True, positive=True)
+    X, y, w = sg.matrix("X", n, d), sg.vector("y", n), sg.vector("w", d)
+    lam = sp.Symbol("lam")
+    loss = sg.sum(sg.binary_cross_entropy_with_logits(X @ w, y)) + lam / 2 * sg.dot(w, w)
+    text = sg.show(sg.hessian(loss, [w]), output="L")
+    assert text == "h = sigmoid(X w)\nd²L/dw dw = lam I + X^T diag(h ∘ (1 - h)) X"
+    latex = sg.latex(sg.hessian(loss, [w]), output="L")
+    assert r"\operatorname{diag}\left(h \circ (1 - h)\right)" in latex
+    assert r"h &= sigmoid(X w)" in latex and r"\partial^2 L" in latex
+
+
+def test_logistic_hessian_matches_the_closed_form_entrywise():
+    X, y, w = sg.matrix("X", N, D), sg.vector("y", N), sg.vector("w", D)
+    lam = sp.Symbol("lam")
+    loss = sg.sum(sg.binary_cross_entropy_with_logits(X @ w, y)) + lam / 2 * sg.dot(w, w)
+    block = sg.hessian(loss, [w])[(w, w)]
+    s = sg.sigmoid(X @ w)
+    expected = X.T @ sp.DiagMatrix(sg.hadamard(s, sp.OneMatrix(N, 1) - s)) @ X \
+        + lam * sp.Identity(D)
+    rng = np.random.default_rng(1)
+    values = {**{X[i, j]: rng.normal() for i in range(N) for j in range(D)},
+              **{w[i, 0]: rng.normal() for i in range(D)}, lam: 0.3}
+    got = np.array(block.as_explicit().subs(values).evalf(), dtype=float)
+    want = np.array(expected.as_explicit().subs(values).evalf(), dtype=float)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_jacobian_of_tanh_layer_and_explicit_matrix():
+    W, x = sg.matrix("W", 2, D), sg.vector("x", D)
+    J = sg.jacobian(sg.tanh(W @ x), [x])
+    assert sg.show(J, output="y") == "dy/dx = diag(1 - tanh(W x)^2) W"
+    _same(J[x], sp.DiagMatrix(sp.OneMatrix(2, 1) - sg.square(sg.tanh(W @ x))) @ W)
+    assert sg.jacobian(x, [x])[x] == sp.Identity(D)
+    a, b = sp.symbols("a b")
+    explicit = sg.jacobian(sp.Matrix([a * b, sp.sin(a)]), [a, b])
+    assert explicit[a] == sp.ImmutableMatrix([b, sp.cos(a)])
+    assert explicit[b] == sp.ImmutableMatrix([a, 0])
+
+
+def test_hvp_is_forward_over_reverse():
+    x, A, v = sg.vector("x", D), sg.matrix("A", D, D), sg.vector("v", D)
+    product = sg.hvp(sg.dot(x, A @ x), [x], {x: v})[x]
+    _same(product, (A + A.T) @ v)
+    with pytest.raises(ValueError, match="shape"):
+        sg.hvp(sg.dot(x, A @ x), [x], {x: sg.vector("u", 2)})
+
+
+def test_matrix_parameter_block_has_no_matrix_form():
+    W, x, u = sg.matrix("W", 2, D), sg.vector("x", D), sg.vector("u", 2)
+    with pytest.raises(sg.NoMatrixForm, match=r"\(W, W\).*four axes"):
+        sg.hessian(sg.dot(u, sg.tanh(W @ x)), [W])
+
+
+def test_scalar_parameters_mass_matrix():
+    # kinetic energy of a point on a rotating arm: T = m/2 (l^2 w^2 + v^2), H = diag(m l^2, m)
+    m, l, w, v = sp.symbols("m l w v")
+    H = sg.hessian(m / 2 * (l**2 * w**2 + v**2), [w, v])
+    assert sp.simplify(H[(w, w)] - m * l**2) == 0
+    assert H[(w, v)] == 0 and H[(v, w)] == 0
+    assert sp.simplify(H[(v, v)] - m) == 0
+
+
+# ------------------------------------------------------------------------------------------
+# Compiled: against JAX and finite differences of the gradient
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def logistic():
+    n, d = sp.symbols("n d", integer=True, positive=True)
+    X, y, w = sg.matrix("X", n, d), sg.vector("y", n), sg.vector("w", d)
+    lam, b = sp.symbols("lam b")
+    z = X @ w + sg.broadcast(b, (n, 1))
+    loss = sg.sum(sg.binary_cross_entropy_with_logits(z, y)) + lam / 2 * sg.dot(w, w)
+    rng = np.random.default_rng(0)
+    data = {"X": rng.normal(size=(40, 5)), "y": (rng.random(40) < 0.5) * 1.0, "lam": 0.7}
+    return sg.compile(loss, [w, b]), data, rng
+
+
+def _finite_difference_hessian(f, params: dict, data: dict, h=1e-6):
+    """Central differences of the compiled gradient, flattened over all parameters."""
+    names = list(f.parameters)
+    flat = np.concatenate([np.ravel(params[n]) for n in names])
+    shapes = [np.shape(params[n]) for n in names]
+
+    def grad_at(x):
+        out, start = {}, 0
+        for n, s in zip(names, shapes):
+            size = int(np.prod(s))
+            out[n] = x[start:start + size].reshape(s) if s else float(x[start])
+            start += size
+        _, g = f.value_and_grad(**data, **out)
+        return np.concatenate([np.ravel(g[n]) for n in names])
+
+    columns = []
+    for k in range(flat.size):
+        e = np.zeros_like(flat)
+        e[k] = h
+        columns.append((grad_at(flat + e) - grad_at(flat - e)) / (2 * h))
+    return np.stack(columns, axis=1)
+
+
+def test_compiled_logistic_hessian_hvp_against_closed_form_and_differences(logistic):
+    f, data, rng = logistic
+    w0, b0 = rng.normal(size=5) * 0.3, 0.2
+    H = f.hessian(w=w0, b=b0, **data)
+    assert H[("w", "w")].shape == (5, 5) and H[("w", "b")].shape == (5,)
+    assert np.shape(H[("b", "b")]) == ()
+    s = 1 / (1 + np.exp(-(data["X"] @ w0 + b0)))
+    closed = data["X"].T @ (data["X"] * (s * (1 - s))[:, None]) + data["lam"] * np.eye(5)
+    np.testing.assert_allclose(H[("w", "w")], closed, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(H[("w", "w")], H[("w", "w")].T, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(H[("b", "w")], H[("w", "b")], rtol=0, atol=0)
+    full = np.block([[H[("w", "w")], H[("w", "b")][:, None]],
+                     [H[("b", "w")][None, :], np.reshape(H[("b", "b")], (1, 1))]])
+    fd = _finite_difference_hessian(f, {"w": w0, "b": b0}, data)
+    np.testing.assert_allclose(full, fd, rtol=1e-5, atol=1e-5)
+    v, vb = rng.normal(size=5), 0.4
+    product = f.hvp({"w": v, "b": vb}, w=w0, b=b0, **data)
+    np.testing.assert_allclose(np.concatenate([product["w"], [product["b"]]]),
+                               full @ np.concatenate([v, [vb]]), rtol=1e-10, atol=1e-10)
+
+
+def test_compiled_against_jax_with_a_matrix_parameter():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    W, x, u = sg.matrix("W", 3, 4), sg.vector("x", 4), sg.vector("u", 3)
+    f = sg.compile(sg.dot(u, sg.tanh(W @ x)) + sg.sum(sg.exp(x)) / 2, [W, x])
+    rng = np.random.default_rng(2)
+    W0, x0, u0 = rng.normal(size=(3, 4)), rng.normal(size=4), rng.normal(size=3)
+    H = f.hessian(W=W0, x=x0, u=u0)
+
+    def F(W, x):
+        return jnp.dot(u0, jnp.tanh(W @ x)) + jnp.sum(jnp.exp(x)) / 2
+
+    J = jax.hessian(F, argnums=(0, 1))(W0, x0)
+    for (i, p) in enumerate("Wx"):
+        for (j, q) in enumerate("Wx"):
+            np.testing.assert_allclose(H[(p, q)], np.asarray(J[i][j]), rtol=1e-10, atol=1e-12)
+    v, vx = rng.normal(size=(3, 4)), rng.normal(size=4)
+    product = f.hvp({"W": v, "x": vx}, W=W0, x=x0, u=u0)
+    _, tangent = jax.jvp(jax.grad(F, argnums=(0, 1)), (W0, x0), (v, vx))
+    np.testing.assert_allclose(product["W"], np.asarray(tangent[0]), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(product["x"], np.asarray(tangent[1]), rtol=1e-10, atol=1e-12)
+
+
+def test_compiled_jacobian_against_jax():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    W, x = sg.matrix("W", 3, 4), sg.vector("x", 4)
+    f = sg.compile(sg.tanh(W @ x), [W, x])
+    rng = np.random.default_rng(3)
+    W0, x0 = rng.normal(size=(3, 4)), rng.normal(size=4)
+    J = f.jacobian(W=W0, x=x0)
+    ref = jax.jacfwd(lambda W, x: jnp.tanh(W @ x), argnums=(0, 1))(W0, x0)
+    assert J["x"].shape == (3, 1, 4) and J["W"].shape == (3, 1, 3, 4)
+    np.testing.assert_allclose(J["x"][:, 0, :], np.asarray(ref[1]), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(J["W"][:, 0], np.asarray(ref[0]), rtol=1e-12, atol=1e-14)
+    with pytest.raises(AttributeError, match="scalar"):
+        sg.compile(sg.dot(x, x), [x]).jacobian(x=x0)
+
+
+def test_scalar_model_per_point_hessian():
+    a, b, t = sp.symbols("a b t")
+    f = sg.compile(sp.exp(a * t) * b**2, [a, b])
+    t0 = np.linspace(0.0, 1.0, 7)
+    H = f.hessian(a=0.3, b=2.0, t=t0)
+    np.testing.assert_allclose(H[("a", "a")], t0**2 * np.exp(0.3 * t0) * 4.0, rtol=1e-12)
+    np.testing.assert_allclose(H[("a", "b")], t0 * np.exp(0.3 * t0) * 4.0, rtol=1e-12)
+    np.testing.assert_allclose(H[("b", "b")], 2 * np.exp(0.3 * t0), rtol=1e-12)
+
+
+def test_bad_tangents_are_named(logistic):
+    f, data, rng = logistic
+    with pytest.raises(ValueError, match="'q'.*not a parameter"):
+        f.hvp({"q": np.zeros(5)}, w=np.zeros(5), b=0.0, **data)
+    with pytest.raises(ValueError, match="tangent of 'w' has shape"):
+        f.hvp({"w": np.zeros(3)}, w=np.zeros(5), b=0.0, **data)
+
+
+# ------------------------------------------------------------------------------------------
+# SciPy
+# ------------------------------------------------------------------------------------------
+def test_scipy_newton_methods_converge_on_the_logistic_loss(logistic):
+    optimize = pytest.importorskip("scipy.optimize")
+    f, data, _ = logistic
+    p = f.scipy(**data)
+    x0 = p.pack(w=np.zeros(5), b=0.0)
+    assert x0.shape == (6,)
+    reference = optimize.minimize(p.fun, x0, jac=p.jac, method="L-BFGS-B",
+                                  options={"gtol": 1e-10, "ftol": 1e-15})
+    for method in ["trust-ncg", "Newton-CG", "trust-krylov", "trust-exact"]:
+        second = {"hess": p.hess} if method == "trust-exact" else {"hessp": p.hessp}
+        result = optimize.minimize(p.fun, x0, jac=p.jac, method=method, **second)
+        assert result.success, (method, result.message)
+        assert np.abs(p.jac(result.x)).max() < 1e-5
+        np.testing.assert_allclose(result.x, reference.x, rtol=1e-4, atol=1e-4)
+    assert set(p.unpack(reference.x)) == {"w", "b"}
+    assert p.unpack(reference.x)["w"].shape == (5,)
+    with pytest.raises(TypeError, match="'w' is a parameter"):
+        f.scipy(w=np.zeros(5), **data)
+
+
+def test_the_readme_second_order_example_prints_what_it_says(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Second order"):text.index("## Architecture")]
+    code, printed = re.findall(r"```python\n(.*?)```\nprints\n```\n(.*?)```", section, re.S)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out == printed
+
+
+def test_pendulum_mass_matrix_is_the_hessian_of_the_kinetic_energy():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "pendulum_mass_matrix.py"
+    spec = importlib.util.spec_from_file_location("pendulum_mass_matrix_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    difference = (example.mass_matrix() - example.lagrange_mass_matrix()).applyfunc(
+        lambda e: sp.simplify(sp.expand_trig(e)))
+    assert difference == sp.zeros(example.LINKS, example.LINKS)
+
+
+def test_scalar_parameters_come_back_as_floats():
+    a, b = sp.symbols("a b")
+    f = sg.compile(a**2 * b + sp.sin(b), [a, b])
+    H = f.hessian(a=1.5, b=0.5)
+    assert isinstance(H[("a", "b")], float) and H[("a", "b")] == 3.0
+    assert H[("b", "a")] == 3.0 and H[("b", "b")] == pytest.approx(-np.sin(0.5))
+    product = f.hvp({"b": 1.0}, a=1.5, b=0.5)
+    assert isinstance(product["a"], float) and product["a"] == 3.0
+
+
+def test_scipy_least_squares_with_a_residual_model():
+    optimize = pytest.importorskip("scipy.optimize")
+    t, y = sg.vector("t", 30), sg.vector("y", 30)
+    a, b = sp.symbols("a b")
+    f = sg.compile(a * sg.exp(-b * t) - y, [a, b])
+    t0 = np.linspace(0.0, 3.0, 30)
+    y0 = 2.5 * np.exp(-1.3 * t0)
+    p = f.scipy(t=t0, y=y0)
+    x0 = p.pack(a=1.0, b=0.5)
+    J = p.jac(x0)
+    assert J.shape == (30, 2)
+    np.testing.assert_allclose(J[:, 0], np.exp(-0.5 * t0), rtol=1e-12)
+    np.testing.assert_allclose(J[:, 1], -t0 * np.exp(-0.5 * t0), rtol=1e-12)
+    result = optimize.least_squares(p.fun, x0, jac=p.jac)
+    np.testing.assert_allclose(result.x, [2.5, 1.3], rtol=1e-8)
+    with pytest.raises(AttributeError, match="least_squares"):
+        p.hess(x0)

@@ -1,0 +1,168 @@
+"""Random models (the generators of test_properties): symgrad's Hessian-vector products and
+Hessian blocks, evaluated from their formulas, against JAX (jvp of grad, jax.hessian) and
+against central differences of symgrad's own gradient."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import sympy as sp
+
+pytest.importorskip("hypothesis")
+jax = pytest.importorskip("jax")
+jax.config.update("jax_enable_x64", True)
+
+from hypothesis import HealthCheck, given, reject, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import symgrad as sg  # noqa: E402
+from symgrad.check.translate import translate  # noqa: E402
+from tests.test_properties import M, N, matrix_models, scalar_models  # noqa: E402
+
+EXAMPLES = int(os.environ.get("SYMGRAD_SECOND_EXAMPLES", "20"))
+DIMS = {N: 3, M: 2}
+
+
+def _shape(s) -> tuple:
+    if isinstance(s, sp.MatrixSymbol):
+        return tuple(int(sp.sympify(e).xreplace(DIMS)) for e in s.shape)
+    return ()
+
+
+def _tangent_symbols(wrt, taken) -> dict:
+    out = {}
+    for p in wrt:
+        name = f"{p.name}_t"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        out[p] = (sp.MatrixSymbol(name, *p.shape) if isinstance(p, sp.MatrixSymbol)
+                  else sp.Symbol(name, real=True))
+    return out
+
+
+def _agree(expr, wrt, seed):
+    rng = np.random.default_rng(seed)
+    inputs = sorted((s for s in expr.free_symbols if s not in DIMS), key=lambda s: s.name)
+    taken = {s.name for s in inputs}
+    tangents = _tangent_symbols(wrt, taken)
+    values = {s.name: (rng.normal(size=_shape(s)) if _shape(s) else float(rng.normal()))
+              for s in inputs}
+    directions = {tangents[p].name: (rng.normal(size=_shape(p)) if _shape(p)
+                                     else float(rng.normal())) for p in wrt}
+    try:
+        products = sg.hvp(expr, wrt, tangents)
+    except NotImplementedError as error:
+        pytest.fail(f"{expr}: {error}")
+    everything = inputs + list(tangents.values())
+    numeric = translate([sp.sympify(products[p]).xreplace(DIMS) for p in wrt],
+                        [s.xreplace(DIMS) for s in everything], "numpy", {})
+    got = numeric(**values, **directions)
+    got = got if isinstance(got, (list, tuple)) else [got]
+    model = translate(expr, inputs, "jax", DIMS)
+    names = [p.name for p in wrt]
+
+    def of_parameters(*params):
+        return model(**{**values, **dict(zip(names, params))})
+
+    primal = [jax.numpy.asarray(values[n]) for n in names]
+    tangent = [jax.numpy.asarray(directions[tangents[p].name]) for p in wrt]
+    reference_value = of_parameters(*primal)
+    if not np.isfinite(np.asarray(reference_value)).all():
+        reject()
+    _, reference = jax.jvp(jax.grad(of_parameters, argnums=tuple(range(len(wrt)))),
+                           tuple(primal), tuple(tangent))
+    gradient = translate([sg.grad(expr, wrt)[p] for p in wrt], inputs, "numpy", DIMS)
+    h = 1e-5
+
+    def grad_at(sign):
+        moved = dict(values)
+        for p in wrt:
+            moved[p.name] = values[p.name] + sign * h * directions[tangents[p].name]
+        out = gradient(**moved)
+        return out if isinstance(out, (list, tuple)) else [out]
+
+    plus, minus = grad_at(1), grad_at(-1)
+    for k, p in enumerate(wrt):
+        mine, theirs = np.asarray(got[k], dtype=float), np.asarray(reference[k], dtype=float)
+        if not np.isfinite(theirs).all():
+            reject()
+        scale = 1 + np.abs(theirs).max()
+        assert np.allclose(mine.reshape(theirs.shape), theirs, rtol=1e-7, atol=1e-7 * scale), \
+            f"{expr} wrt {wrt}: HVP {p}: symgrad {mine}, JAX {theirs}"
+        fd = (np.asarray(plus[k], dtype=float) - np.asarray(minus[k], dtype=float)) / (2 * h)
+        if np.isfinite(fd).all() and np.abs(fd - theirs).max() < 1e-4 * scale:
+            # where the model is smooth enough for differences to see it, they agree too
+            assert np.allclose(mine.reshape(fd.shape), fd, rtol=1e-4, atol=1e-4 * scale)
+    return values
+
+
+def _settings():
+    return settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                    suppress_health_check=list(HealthCheck))
+
+
+def test_hvp_of_random_scalar_models_agrees_with_jax():
+    @_settings()
+    @given(scalar_models(), st.integers(0, 2**31 - 1))
+    def run(model, seed):
+        _agree(*model, seed)
+
+    run()
+
+
+def test_hvp_of_random_matrix_models_agrees_with_jax():
+    @_settings()
+    @given(matrix_models(), st.integers(0, 2**31 - 1))
+    def run(model, seed):
+        _agree(*model, seed)
+
+    run()
+
+
+def test_hessian_blocks_of_random_matrix_models_agree_with_jax():
+    """Where a block has a matrix form, it equals jax.hessian's (unit axes dropped)."""
+    @_settings()
+    @given(matrix_models(), st.integers(0, 2**31 - 1))
+    def run(model, seed):
+        expr, wrt = model
+        wrt = [p for p in wrt if not isinstance(p, sp.MatrixSymbol) or p.shape[1] == 1]
+        if not wrt:
+            reject()
+        try:
+            H = sg.hessian(expr, wrt)
+        except sg.NoMatrixForm:
+            reject()
+        rng = np.random.default_rng(seed)
+        inputs = sorted((s for s in expr.free_symbols if s not in DIMS), key=lambda s: s.name)
+        values = {s.name: (rng.normal(size=_shape(s)) if _shape(s) else float(rng.normal()))
+                  for s in inputs}
+        pairs = [(p, q) for p in wrt for q in wrt]
+        # sizes substituted first: a dimension may stand in a block as a number (2 n I)
+        sized = [sp.sympify(H[pair]).xreplace(DIMS) for pair in pairs]
+        numeric = translate(sized, [s.xreplace(DIMS) for s in inputs], "numpy", {})
+        got = numeric(**values)
+        got = got if isinstance(got, (list, tuple)) else [got]
+        model_fn = translate(expr, inputs, "jax", DIMS)
+        names = [p.name for p in wrt]
+
+        def of_parameters(*params):
+            return model_fn(**{**values, **dict(zip(names, params))})
+
+        primal = tuple(jax.numpy.asarray(values[n]) for n in names)
+        if not np.isfinite(np.asarray(of_parameters(*primal))).all():
+            reject()
+        reference = jax.hessian(of_parameters, argnums=tuple(range(len(wrt))))(*primal)
+        for k, (p, q) in enumerate(pairs):
+            theirs = np.asarray(reference[wrt.index(p)][wrt.index(q)], dtype=float)
+            if not np.isfinite(theirs).all():
+                reject()
+            n_p, n_q = int(np.prod(_shape(p))), int(np.prod(_shape(q)))
+            mine = np.asarray(got[k], dtype=float).reshape(n_p, n_q)
+            scale = 1 + np.abs(theirs).max()
+            assert np.allclose(mine, theirs.reshape(n_p, n_q), rtol=1e-7, atol=1e-7 * scale), \
+                f"{expr}: block ({p}, {q}): symgrad {mine}, JAX {theirs}"
+
+    run()
