@@ -576,3 +576,18 @@ def test_latex_keeps_the_grouping_of_an_elementwise_sum_in_a_product():
     grads = sg.grad(sg.sum(sg.hadamard(sg.tanh((X + X.T) @ A.T), B)), [B, X])
     assert "(X + X^T) A^T" in sg.show(grads)
     assert r"\left(X + X^{T}\right) A^{T}" in sg.latex(grads)
+
+
+def test_check_translations_take_any_input_name():
+    """The translators to NumPy, JAX, PyTorch and autograd name inputs their own way too: an
+    input named float or np must not shadow what the translation calls (found by the
+    campaign with renamed inputs)."""
+    pytest.importorskip("jax")
+    A = sg.matrix("float", 2, 2)
+    np_input, model = sp.Symbol("np"), sp.Symbol("model")
+    expr = sg.logdet(sg.sigmoid(sg.relu(A)) @ sg.sigmoid(sg.relu(A.T)) + sp.Identity(2)) \
+        + np_input * model ** 2
+    against = ["finite-differences", "jax"] + [b for b in ("torch", "autograd")
+                                               if __import__("importlib").util.find_spec(b)]
+    report = sg.check(expr, [A, np_input, model], against=against)
+    assert report.ok, str(report)

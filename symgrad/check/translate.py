@@ -25,7 +25,6 @@ given as ``dims`` (dimension symbol -> int).
 from __future__ import annotations
 
 import importlib
-import keyword
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -124,14 +123,11 @@ class Translator(Printer):
         (one expression, or a list of them: then a tuple)."""
         single = not isinstance(outputs, (list, tuple))
         outputs = [outputs] if single else list(outputs)
-        reserved = set(self.modules) | {"model"}
         parameters = []
-        for symbol in inputs:
-            local = symbol.name
-            while local in reserved or keyword.iskeyword(local) or not local.isidentifier() \
-                    or local.startswith("_"):
-                local = "in_" + "".join(c if c.isalnum() else "_" for c in local)
-            reserved.add(local)
+        for k, symbol in enumerate(inputs):
+            # symgrad's own names, never the user's: an input named float, np or model would
+            # shadow what the translation calls
+            local = f"in_{k}"
             self.locals[symbol] = local
             self.bound.add(local)
             parameters.append(local)
