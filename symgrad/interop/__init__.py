@@ -43,9 +43,10 @@ def sum_to_shape(gradient: np.ndarray, shape: tuple) -> np.ndarray:
     >>> sum_to_shape(np.ones((2, 3)), (2, 1)).tolist()
     [[3.0], [3.0]]
     """
-    gradient = np.asarray(gradient)
+    if not hasattr(gradient, "ndim"):       # NumPy and JAX arrays pass as they are
+        gradient = np.asarray(gradient)
     shape = tuple(shape)
-    if gradient.shape == shape:
+    if tuple(gradient.shape) == shape:
         return gradient
     leading = gradient.ndim - len(shape)
     if leading > 0:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from symgrad.interop import check_names, is_elementwise, output_shape, xla
+from symgrad.interop import check_names, is_elementwise, output_shape, sum_to_shape, xla
 
 if TYPE_CHECKING:
     from symgrad.compiled import CompiledFunction
@@ -225,24 +225,12 @@ class JaxFunction:
                     continue
                 gradient = grads[name]
                 if gradient.shape != array.shape:
-                    gradient = _sum_to_shape_jax(jnp, gradient, array.shape)
+                    gradient = sum_to_shape(gradient, array.shape)   # a JAX array
                 out.append(gradient.astype(array.dtype))
             return tuple(out)
 
         core.defvjp(fwd, bwd, symbolic_zeros=True)
         return core
-
-
-def _sum_to_shape_jax(jnp, gradient, shape):
-    """:func:`symgrad.interop.sum_to_shape` on a JAX array: an elementwise model's
-    per-element gradient summed back to a broadcast input's shape."""
-    leading = gradient.ndim - len(shape)
-    if leading > 0:
-        gradient = gradient.sum(axis=tuple(range(leading)))
-    kept = tuple(k for k, n in enumerate(shape) if n == 1 and gradient.shape[k] != 1)
-    if kept:
-        gradient = gradient.sum(axis=kept, keepdims=True)
-    return gradient.reshape(shape)
 
 
 def to_jax(function: CompiledFunction) -> JaxFunction:
