@@ -225,7 +225,8 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
                           forward=forward, value_and_grad=value_and_grad)
         spec.op_counts = {"forward": forward.op_count(),
                           "value_and_grad": value_and_grad.op_count()}
-    spec.docstring = module_docstring(name, user_expr, user_wrt, user_inputs, spec)
+    spec.docstring = module_docstring(name, user_expr, user_wrt, user_inputs, spec,
+                                      derivation=derivation)
     return spec
 
 

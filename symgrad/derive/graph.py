@@ -39,11 +39,12 @@ def shape_of(expr) -> tuple:
 # ------------------------------------------------------------------------------------------
 # Stable forms of scalar bodies
 # ------------------------------------------------------------------------------------------
-_w = sp.Wild("w")
-
-
 def stabilize(expr: sp.Expr) -> sp.Expr:
     """Replace overflow-prone textbook forms by stable ones.
+
+    One walk over the expression's DAG, children before parents, each distinct
+    subexpression rewritten once (a shared subexpression is not walked again through each
+    of its parents), without recursion.
 
     >>> import sympy as sp
     >>> z = sp.Symbol("z")
@@ -52,19 +53,57 @@ def stabilize(expr: sp.Expr) -> sp.Expr:
     """
     if not isinstance(expr, sp.Basic) or expr.is_Atom:
         return expr
-    previous = None
-    while previous != expr:
-        previous = expr
-        expr = expr.replace(lambda e: _is_sigmoid_form(e), lambda e: ops.sigmoid(_sigmoid_arg(e)))
-        expr = expr.replace(sp.log(ops.sigmoid(_w)), ops.logsigmoid(_w))
-        expr = expr.replace(sp.log(1 - ops.sigmoid(_w)), ops.logsigmoid(-_w))
-        expr = expr.replace(sp.log(1 + sp.exp(_w)), ops.softplus(_w))
-        expr = expr.replace(sp.log(sp.exp(_w)), _w)
-    return expr
+    done: dict = {}
+    stack = [(expr, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if node in done:
+            continue
+        if not isinstance(node, sp.Basic) or node.is_Atom or not node.args:
+            done[node] = node
+            continue
+        if not expanded:
+            stack.append((node, True))
+            stack.extend((a, False) for a in node.args if a not in done)
+            continue
+        args = tuple(done[a] for a in node.args)
+        unchanged = all(new is old for new, old in zip(args, node.args))
+        rebuilt = node if unchanged else node.func(*args)
+        done[node] = _stable_form(rebuilt)
+    return done[expr]
 
 
-def _is_sigmoid_form(e) -> bool:
-    return _sigmoid_arg(e) is not None
+def _stable_form(e):
+    """e with the stable rewrites applied at its top (its arguments are stable already)."""
+    while True:
+        replaced = _rewrite_top(e)
+        if replaced is None:
+            return e
+        e = replaced
+
+
+def _rewrite_top(e):
+    """One stable rewrite at the top of e, or None: 1/(1 + exp(-x)) -> sigmoid(x),
+    log(sigmoid(x)) -> logsigmoid(x), log(1 - sigmoid(x)) -> logsigmoid(-x),
+    log(1 + exp(x)) -> softplus(x), log(exp(x)) -> x."""
+    argument = _sigmoid_arg(e)
+    if argument is not None:
+        return ops.sigmoid(argument)
+    if not isinstance(e, sp.log):
+        return None
+    inner = e.args[0]
+    if isinstance(inner, ops.sigmoid):
+        return ops.logsigmoid(inner.args[0])
+    if isinstance(inner, sp.exp):
+        return inner.args[0]
+    if inner.is_Add and len(inner.args) == 2 and inner.args[0] == 1:
+        other = inner.args[1]
+        if isinstance(other, sp.exp):
+            return ops.softplus(other.args[0])
+        if (other.is_Mul and len(other.args) == 2 and other.args[0] == -1
+                and isinstance(other.args[1], ops.sigmoid)):
+            return ops.logsigmoid(-other.args[1].args[0])
+    return None
 
 
 def _sigmoid_arg(e):

@@ -312,7 +312,10 @@ MAP_OUTPUT = sp.Symbol("_y", real=True)
 
 def _smallest(e: sp.Expr) -> sp.Expr:
     """The shortest of a few equivalent forms (cancellations such as the cross-entropy's
-    y (1 - s) - (1 - y) s = y - s appear only after expanding)."""
+    y (1 - s) - (1 - y) s = y - s appear only after expanding); a formula too large to
+    expand cheaply is kept as it is."""
+    if not small_enough_to_expand(e):
+        return e
     candidates = [e]
     try:
         candidates.append(sp.expand(e))
@@ -325,9 +328,50 @@ def _smallest(e: sp.Expr) -> sp.Expr:
     return min(candidates, key=lambda c: (sp.count_ops(c), candidates.index(c)))
 
 
+# Expanding a formula to find a shorter form is worth it on small formulas only: the product
+# of n sums expands to 2^n terms.  Larger formulas are printed as they are.
+EXPAND_MAX_NODES = 120
+EXPAND_MAX_TERMS = 64
+
+
+def small_enough_to_expand(e) -> bool:
+    """Whether ``sympy.expand(e)`` is cheap: e has at most EXPAND_MAX_NODES nodes (counted
+    without walking further) and expands to at most EXPAND_MAX_TERMS terms.
+
+    >>> a, b, c = sp.symbols("a b c")
+    >>> small_enough_to_expand((a + b) * (b + c)), small_enough_to_expand(sp.Mul(*[
+    ...     sp.sin(sp.Symbol(f"x{i}")) + 2 for i in range(8)]))
+    (True, False)
+    """
+    if not isinstance(e, sp.Basic):
+        return True
+    count, stack = 0, [e]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > EXPAND_MAX_NODES:
+            return False
+        stack.extend(a for a in node.args if isinstance(a, sp.Basic))
+    return _expanded_terms(e) <= EXPAND_MAX_TERMS
+
+
+def _expanded_terms(e) -> int:
+    """An upper estimate of the number of terms of sympy.expand(e) (e is small)."""
+    if isinstance(e, sp.Add):
+        return sum(_expanded_terms(a) for a in e.args)
+    if isinstance(e, sp.Mul):
+        out = 1
+        for a in e.args:
+            out *= _expanded_terms(a)
+        return out
+    if isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp > 1:
+        return _expanded_terms(e.base) ** min(int(e.exp), 16)
+    return 1
+
+
 def _is_negated(e) -> bool:
     return e.could_extract_minus_sign()
 
 
 __all__ = ["Derivation", "Walk", "derive", "inline", "scalar_partials", "rebuild", "is_leaf",
-           "MAP_OUTPUT"]
+           "MAP_OUTPUT", "small_enough_to_expand"]
