@@ -114,6 +114,11 @@ def rebuild(node, kids_new: list):
         return sp.Piecewise(*pieces, evaluate=False)
     if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
         return node.func(*kids_new, evaluate=False)
+    if isinstance(node, sp.Function) and kids_new and all(isinstance(k, sp.Symbol)
+                                                          for k in kids_new):
+        # a function of real names: nothing for SymPy to simplify (no sign, no multiple of
+        # pi), and its attempt costs about a millisecond per node
+        return node.func(*kids_new, evaluate=False)
     return node.func(*kids_new)
 
 
@@ -257,28 +262,87 @@ _REDUCE = {
 
 
 def inline(derivation: Derivation, expr):
-    """Replace the program's names in ``expr`` by what they stand for (a plain expression)."""
-    definitions = dict(derivation.assignments)
-    memo: dict = {}
+    """Replace the program's names in ``expr`` by what they stand for (a plain expression).
 
-    def expand(e):
-        if e in memo:
-            return memo[e]
+    One walk over the DAG, children first, without recursion; a chain of sums (or of
+    products) whose inner links are used nowhere else is rebuilt as one n-ary sum, so that a
+    sum of n terms costs O(n), not the O(n^2) of n nested two-term sums each flattened again.
+    """
+    definitions = dict(derivation.assignments)
+
+    def plain_children(e) -> list:
         if e in definitions:
-            result = expand(definitions[e])
-        elif isinstance(e, ops.Map):
-            result = ops.Map(e.function, e.shape, *[expand(o) for o in e.operands])
-        elif isinstance(e, sp.Basic) and e.args and not isinstance(e, (sp.MatrixSymbol,)):
-            if isinstance(e, sp.Lambda):
-                result = e
+            return [definitions[e]]
+        if isinstance(e, ops.Map):
+            return list(e.operands)
+        if isinstance(e, sp.Basic) and e.args and not isinstance(e, (sp.MatrixSymbol,
+                                                                     sp.Lambda)):
+            return [a for a in e.args if isinstance(a, sp.Basic)]
+        return []
+
+    uses: dict = {}
+    seen: set = set()
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        if e in seen:
+            continue
+        seen.add(e)
+        for child in plain_children(e):
+            uses[child] = uses.get(child, 0) + 1
+            stack.append(child)
+
+    def terms(e) -> list:
+        """The operands of an n-ary sum or product, through inner links used only here."""
+        out, pending = [], list(reversed(e.args))
+        while pending:
+            a = pending.pop()
+            link = a
+            while link in definitions and uses.get(link, 0) == 1:
+                link = definitions[link]
+            if type(link) is type(e) and uses.get(link, 0) == 1 and (link is a or
+                                                                   uses.get(a, 0) == 1):
+                pending.extend(reversed(link.args))
             else:
-                result = e.func(*[expand(a) if isinstance(a, sp.Basic) else a for a in e.args])
+                out.append(a)
+        return out
+
+    def children(e) -> list:
+        if isinstance(e, (sp.Add, sp.Mul)) and e not in definitions:
+            return terms(e)
+        return plain_children(e)
+
+    memo: dict = {}
+    stack = [(expr, None)]
+    while stack:
+        e, kids = stack.pop()
+        if e in memo:
+            continue
+        if kids is None:
+            kids = children(e)
+            stack.append((e, kids))
+            stack.extend((k, None) for k in kids if k not in memo)
+            continue
+        values = [memo[k] for k in kids]
+        if e in definitions:
+            result = values[0]
+        elif isinstance(e, ops.Map):
+            result = ops.Map(e.function, e.shape, *values)
+        elif isinstance(e, (sp.Add, sp.Mul)):
+            result = e.func(*values)
+        elif (isinstance(e, sp.Function) and values
+              and not any(v.is_number for v in values if isinstance(v, sp.Basic))):
+            # the function of an inlined argument: SymPy's automatic simplification of it
+            # (signs, multiples of pi) costs about a millisecond per call, and the argument
+            # was a value of the model, already in SymPy's form
+            result = e.func(*values, evaluate=False)
+        elif values:
+            it = iter(values)
+            result = e.func(*[next(it) if isinstance(a, sp.Basic) else a for a in e.args])
         else:
             result = e
         memo[e] = result
-        return result
-
-    return expand(expr)
+    return memo[expr]
 
 
 # ------------------------------------------------------------------------------------------
