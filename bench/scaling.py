@@ -229,8 +229,9 @@ def _run_one(family: str, n: int, tool: str, cap: float) -> dict:
     if capped:
         result["capped"] = cap
     if failed:
-        last = [line for line in err.strip().splitlines() if line.strip()]
-        result["error"] = last[-1][:300] if last else "failed"
+        lines = [line.strip() for line in err.strip().splitlines() if line.strip()]
+        named = [line for line in lines if "Error:" in line or "Exception:" in line]
+        result["error"] = (named or lines or ["failed"])[-1][:300]
     return result
 
 
@@ -413,7 +414,8 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         results = measure(families, [t for t in args.tools.split(",") if t], args.cap, sizes)
         entry = data.get(args.label, {"results": {}})
-        entry["results"].update(results)
+        for family, tools in results.items():
+            entry["results"].setdefault(family, {}).update(tools)
         entry["meta"] = {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python -m bench.scaling " + " ".join(argv or sys.argv[1:]),

@@ -484,11 +484,23 @@ def show(grads, output: str = "f") -> str:
     """
     if isinstance(grads, sp.Basic):
         return FormulaPrinter().doprint(grads)
+    return "\n".join(_show_lines(grads, output))
+
+
+def _show_lines(grads, output: str, keep: int | None = None) -> list[str]:
+    """The lines of show(grads); with ``keep``, a longer list is cut to its first and last
+    ``keep`` lines around one that says how many were left out (only those are printed)."""
     pieces, lines, _ = _pieces(grads, output)
     printer = FormulaPrinter(aliases=_aliases(grads))
-    out = [f"{name} = {_tidy(printer.doprint(e))}" for name, e in pieces]
-    out += [f"{name} = {_tidy(printer.doprint(e))}" for name, e in lines]
-    return "\n".join(out)
+    items = pieces + lines
+    left_out = []
+    if keep is not None and len(items) > 2 * keep + 1:
+        left_out = [f"... ({len(items) - 2 * keep} more steps)"]
+        head, tail = items[:keep], items[-keep:]
+    else:
+        head, tail = items, []
+    return ([f"{name} = {_tidy(printer.doprint(e))}" for name, e in head] + left_out
+            + [f"{name} = {_tidy(printer.doprint(e))}" for name, e in tail])
 
 
 def _aliases(grads) -> dict:
@@ -566,13 +578,9 @@ def module_docstring(name: str, expr, wrt, inputs, spec, derivation=None) -> str
         else:
             back = {ours: user for user, ours in spec.internal.items()}
             grads.derivation = _renamed(derivation, back)
-        lines = show(grads, output=name).splitlines()
+        lines = "\n".join(_show_lines(grads, name, keep=DOCSTRING_MAX_LINES // 2))
         text += ["", "Gradients (shared pieces named once):"]
-        if len(lines) > DOCSTRING_MAX_LINES:
-            kept = DOCSTRING_MAX_LINES // 2
-            lines = lines[:kept] + [f"... ({len(lines) - 2 * kept} more steps)"] + \
-                lines[-kept:]
-        text += ["    " + line for line in lines]
+        text += ["    " + line for line in lines.splitlines()]
     return "\n".join(text)
 
 
