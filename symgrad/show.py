@@ -371,7 +371,16 @@ def _pieces(grads, output: str):
     named, candidates = piece_names(program)
     definitions = {s.target: s.operation for s in program.statements}
 
+    memo: dict = {}
+
     def expand(e, top=False):
+        # each distinct piece once: an unnamed piece used twice is not expanded twice
+        key = (e, top)
+        if key not in memo:
+            memo[key] = expand_once(e, top)
+        return memo[key]
+
+    def expand_once(e, top):
         if not top and e in named:
             return sp.Symbol(named[e]) if not isinstance(e, MatrixExpr) else \
                 sp.MatrixSymbol(named[e], *e.shape)
@@ -393,6 +402,9 @@ def _pieces(grads, output: str):
     pieces = [(named[t], expand(definitions[t])) for t, _ in candidates]
     lines = [(f"d{output}/d{name}", expand(atom, top=atom not in named))
              for name, atom in program.outputs.items()]
+    if any(_tree_size(e, SHOW_MAX_NODES) > SHOW_MAX_NODES for _, e in pieces + lines):
+        # formulas whose printed trees would repeat unnamed pieces many times
+        return _program_pieces(program, output)
     return pieces, lines, named
 
 
@@ -400,6 +412,8 @@ def _pieces(grads, output: str):
 # formulas: expanding the unnamed pieces back into formulas costs more than linear time, and
 # formulas of thousands of terms are no easier to read than the steps.
 SHOW_MAX_STATEMENTS = 120
+# ... and so is a program whose formulas would print as trees of more nodes than this.
+SHOW_MAX_NODES = 600
 
 
 def _program_pieces(program, output: str):
