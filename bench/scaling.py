@@ -294,6 +294,17 @@ def _ordered(data: dict) -> list:
     return sorted(data.items(), key=lambda item: (item[0] != "before", item[0]))
 
 
+def _with_peers(data: dict, entry: dict) -> dict:
+    """The entry, with the columns of tools it did not run (JAX, lambdify: they do not
+    change with symgrad) taken from another label that ran them."""
+    results = {family: dict(tools) for family, tools in entry["results"].items()}
+    for other in data.values():
+        for family, tools in other["results"].items():
+            for tool, rows in tools.items():
+                results.setdefault(family, {}).setdefault(tool, rows)
+    return {**entry, "results": results}
+
+
 def render(data: dict) -> str:
     lines = ["# Compile cost against model size", "",
              "Written by `python -m bench.scaling` (see its docstring for the families and the "
@@ -308,6 +319,7 @@ def render(data: dict) -> str:
              "same function written as a Python loop; `sympy.lambdify(cse=True)` of the value "
              "alone plus one call.", ""]
     for label, entry in _ordered(data):
+        entry = _with_peers(data, entry)
         meta = entry.get("meta", {})
         lines += [f"## {label}", "",
                   f"{meta.get('date', '')}, `{meta.get('command', '')}`, cap {meta.get('cap')} s, "
@@ -357,8 +369,10 @@ def plot(data: dict, path: Path) -> None:
                                              "total"),
                                             ("jax", "total", "JAX first call", "jax"),
                                             ("lambdify", "total", "lambdify(cse)", "lambdify")]:
-                if tool in ("jax", "lambdify") and label != labels[-1]:
-                    continue   # the peers do not change between labels
+                peer_label = next((name for name in labels if tool in data[name]["results"]
+                                   .get(family, {})), None)
+                if tool in ("jax", "lambdify") and label != peer_label:
+                    continue   # the peers do not change between labels: drawn once
                 curve = _curve(results, family, tool, phase)
                 if not curve:
                     continue
