@@ -399,7 +399,9 @@ class KernelEmitter:
                                                                                 ops.Map))}
         maps = {s.target for s in statements if isinstance(s.operation, ops.Map)}
         sums: dict = {}
-        position = {s.target: k for k, s in reversed(list(enumerate(statements)))}
+        defined_before: dict = {}       # name -> the names assigned before it
+        for s in statements:
+            defined_before[s.target] = set(defined_before) - {s.target}
         for s in statements:
             if isinstance(s.operation, (ops.AxisSum, ops.SumAll)) and s.operation.arg in maps:
                 sums.setdefault(s.operation.arg, []).append(s)
@@ -407,8 +409,8 @@ class KernelEmitter:
                 vector, matrix = pair
                 stored = _stored(vector)
                 # the vector must be ready when the loop starts (and not filled by a loop)
-                if stored not in maps and (stored not in position
-                                           or position[stored] < position[matrix]):
+                if stored not in maps and (stored not in defined_before
+                                           or stored in defined_before[matrix]):
                     sums.setdefault(matrix, []).append(s)
         summed = {r.target for rs in sums.values() for r in rs}
         pending = [s for s in statements if s.target not in summed]
