@@ -65,8 +65,7 @@ def _check_wrt(expr, wrt) -> list:
 def _described(symbol) -> str:
     if isinstance(symbol, sp.MatrixSymbol):
         return f"a {symbol.shape[0]} x {symbol.shape[1]} matrix"
-    assumptions = {k: v for k, v in symbol._assumptions_orig.items()} \
-        if hasattr(symbol, "_assumptions_orig") else {}
+    assumptions = getattr(symbol, "_assumptions_orig", {})
     return ("a symbol with " + ", ".join(f"{k}={v}" for k, v in sorted(assumptions.items()))
             if assumptions else "a symbol with no assumptions")
 

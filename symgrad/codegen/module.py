@@ -47,26 +47,30 @@ class ModuleSpec:
     def public_name(self, symbol) -> str:
         return self.public.get(symbol, symbol.name)
 
+    def _theirs(self, symbol):
+        """The user's symbol for one of symgrad's (the inverse of ``internal``)."""
+        if not hasattr(self, "_users"):
+            self._users = {ours: user for user, ours in self.internal.items()}
+        return self._users.get(symbol, symbol)
+
     @property
     def user_inputs(self) -> list:
         """The inputs as the user's own symbols, in the order of ``inputs``."""
-        theirs = {ours: user for user, ours in self.internal.items()}
-        return [theirs.get(s, s) for s in self.inputs]
+        return [self._theirs(s) for s in self.inputs]
 
     @property
     def user_parameters(self) -> list:
-        theirs = {ours: user for user, ours in self.internal.items()}
-        return [theirs.get(s, s) for s in self.parameters]
+        return [self._theirs(s) for s in self.parameters]
 
     @property
     def user_free_dimensions(self) -> set:
-        theirs = {ours: user for user, ours in self.internal.items()}
-        return {theirs.get(d, d) for d in self.free_dimensions}
+        return {self._theirs(d) for d in self.free_dimensions}
 
     @property
     def user_output_shape(self) -> tuple:
-        theirs = {ours: user for user, ours in self.internal.items()}
-        return tuple(sp.sympify(e).xreplace(theirs) for e in self.output_shape)
+        return tuple(sp.sympify(e).xreplace({d: self._theirs(d) for d in
+                                             sp.sympify(e).free_symbols})
+                     for e in self.output_shape)
 
     def display(self, expr) -> str:
         """An expression of symgrad's symbols, written with the user's names (for messages)."""
