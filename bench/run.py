@@ -645,7 +645,17 @@ def write_report(runs: dict, out_path: Path, argv: list[str], wall_s: float,
     interop = BENCH_DIR / "INTEROP.md"  # python -m bench.interop: symgrad in PyTorch and JAX
     if interop.exists():
         lines += ["", interop.read_text().rstrip()]
+    if (BENCH_DIR / "SCALING.md").exists():     # python -m bench.scaling: compile cost
+        lines += ["", SCALING_LINK]
     out_path.write_text("\n".join(lines) + "\n")
+
+
+SCALING_LINK = ("## Compile cost against model size\n\n"
+                "`python -m bench.scaling` times `sg.grad`, `sg.compile` (symgrad's phases and "
+                "Numba) and the first call on growing models (products, nesting, long sums, "
+                "Rosenbrock) beside JAX's first call and `sympy.lambdify`: "
+                "[SCALING.md](SCALING.md), with fitted log-log slopes and "
+                "[a plot](scaling.png).")
 
 
 def main(argv: list[str] | None = None) -> int:

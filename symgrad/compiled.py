@@ -21,6 +21,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, module_source
+from symgrad.derive.graph import dag_atoms, dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.reverse import Derivation, derive, inline
 from symgrad.optimize import fuse, lower
 
@@ -41,7 +42,7 @@ def _check_wrt(expr, wrt) -> list:
         wrt = [wrt]
     if not isinstance(wrt, Sequence) or isinstance(wrt, str):
         raise TypeError(f"wrt must be a list of SymPy symbols or matrix symbols, got {wrt!r}")
-    present = sp.sympify(expr).free_symbols
+    present = dag_free_symbols(expr)
     out = []
     for w in wrt:
         if not isinstance(w, (sp.Symbol, sp.MatrixSymbol)):
@@ -73,7 +74,7 @@ def _described(symbol) -> str:
 def dimensions_of(expr) -> set:
     """The symbols that appear in the shapes of the expression's matrix symbols."""
     dims = set()
-    for m in sp.sympify(expr).atoms(sp.MatrixSymbol):
+    for m in dag_atoms(expr, sp.MatrixSymbol):
         for d in m.shape:
             dims |= sp.sympify(d).free_symbols
     return dims
@@ -88,7 +89,7 @@ def shape_symbols(expr) -> set:
     [m, n]
     """
     found: set = set()
-    for node in sp.preorder_traversal(sp.sympify(expr)):
+    for node in dag_nodes(sp.sympify(expr)):
         if isinstance(node, MatrixExpr):
             for extent in node.shape:
                 found |= sp.sympify(extent).free_symbols
@@ -106,7 +107,7 @@ def inputs_of(expr, wrt: list) -> list:
     expr = sp.sympify(expr)
     dims = dimensions_of(expr) | {d for w in wrt if isinstance(w, MatrixExpr)
                                   for e in w.shape for d in sp.sympify(e).free_symbols}
-    symbols = set(expr.atoms(sp.MatrixSymbol)) | {s for s in expr.free_symbols
+    symbols = dag_atoms(expr, sp.MatrixSymbol) | {s for s in dag_free_symbols(expr)
                                                  if isinstance(s, sp.Symbol)}
     data = sorted((s for s in symbols if s not in wrt and s not in dims),
                   key=lambda s: s.name)
@@ -196,7 +197,7 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     table = internal_symbols(inputs, dims)
     public = {ours: user.name for user, ours in table.items()}
     user_expr, user_wrt, user_inputs = expr, wrt, inputs
-    expr = expr.xreplace(table)
+    expr = dag_xreplace(expr, table)
     wrt = [table[w] for w in wrt]
     inputs = [table[s] for s in inputs]
     free = {table[d] for d in free}
@@ -224,7 +225,8 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
                           forward=forward, value_and_grad=value_and_grad)
         spec.op_counts = {"forward": forward.op_count(),
                           "value_and_grad": value_and_grad.op_count()}
-    spec.docstring = module_docstring(name, user_expr, user_wrt, user_inputs, spec)
+    spec.docstring = module_docstring(name, user_expr, user_wrt, user_inputs, spec,
+                                      derivation=derivation)
     return spec
 
 

@@ -258,6 +258,9 @@ def _readable_body(m: ops.Map, printer) -> sp.Expr:
 
         body = body.replace(aliased, lambda e: _Piece(printer.aliases[printer._print(e)],
                                                       True, True))
+    from symgrad.derive.reverse import small_enough_to_expand
+    if not small_enough_to_expand(body):
+        return body
     try:
         tidy = sp.together(sp.expand(body))
     except (TypeError, ValueError):      # e.g. Max of arguments SymPy cannot order
@@ -365,10 +368,21 @@ def _pieces(grads, output: str):
         return [], [(f"d{output}/d{_label(w)}", g) for w, g in grads.items()], {}
     outputs = {_label(w): derivation.gradients[w] for w in grads}
     program = lower(derivation, outputs, list(grads))
+    if len(program.statements) > SHOW_MAX_STATEMENTS:
+        return _program_pieces(program, output)
     named, candidates = piece_names(program)
     definitions = {s.target: s.operation for s in program.statements}
 
+    memo: dict = {}
+
     def expand(e, top=False):
+        # each distinct piece once: an unnamed piece used twice is not expanded twice
+        key = (e, top)
+        if key not in memo:
+            memo[key] = expand_once(e, top)
+        return memo[key]
+
+    def expand_once(e, top):
         if not top and e in named:
             return sp.Symbol(named[e]) if not isinstance(e, MatrixExpr) else \
                 sp.MatrixSymbol(named[e], *e.shape)
@@ -390,7 +404,58 @@ def _pieces(grads, output: str):
     pieces = [(named[t], expand(definitions[t])) for t, _ in candidates]
     lines = [(f"d{output}/d{name}", expand(atom, top=atom not in named))
              for name, atom in program.outputs.items()]
+    if any(_tree_size(e, SHOW_MAX_NODES) > SHOW_MAX_NODES for _, e in pieces + lines):
+        # formulas whose printed trees would repeat unnamed pieces many times
+        return _program_pieces(program, output)
     return pieces, lines, named
+
+
+# A program longer than this is shown step by step (each statement once, named), not as
+# formulas: expanding the unnamed pieces back into formulas costs more than linear time, and
+# formulas of thousands of terms are no easier to read than the steps.
+SHOW_MAX_STATEMENTS = 120
+# ... and so is a program whose formulas would print as trees of more nodes than this.
+SHOW_MAX_NODES = 600
+
+
+def _program_pieces(program, output: str):
+    """Every statement of the program as a named piece (``t12 = t11 + cos(x3)``), in order:
+    linear in the program's size, each line as shallow as one operation."""
+    taken = {str(s) for s in program.inputs}
+    prefix = "t"
+    while any(name.startswith(prefix) and name[len(prefix):].isdigit() for name in taken):
+        prefix = "_" + prefix
+    named = dict(piece_names(program)[0])
+    names = {}
+    for k, statement in enumerate(program.statements):
+        label = named.get(statement.target, f"{prefix}{k}")
+        names[statement.target] = label
+    pieces = []
+    for statement in program.statements:
+        pieces.append((names[statement.target], _named_operands(statement.operation, names)))
+    lines = [(f"d{output}/d{name}", _named_operands(atom, names))
+             for name, atom in program.outputs.items()]
+    return pieces, lines, names
+
+
+def _named_operands(operation, names: dict):
+    """The operation with each program name replaced by a symbol of its display name."""
+    substitution = {}
+    for symbol in _symbols_of(operation):
+        if symbol in names:
+            substitution[symbol] = sp.MatrixSymbol(names[symbol], *symbol.shape) \
+                if isinstance(symbol, MatrixExpr) else sp.Symbol(names[symbol])
+    return operation.xreplace(substitution) if substitution else operation
+
+
+def _symbols_of(operation) -> list:
+    if isinstance(operation, (sp.Symbol, sp.MatrixSymbol)):
+        return [operation]
+    if isinstance(operation, ops.Map):
+        return [o for a in operation.operands for o in _symbols_of(a)]
+    if not isinstance(operation, sp.Basic) or isinstance(operation, sp.Lambda):
+        return []
+    return [o for a in operation.args for o in _symbols_of(a)]
 
 
 def _label(w) -> str:
@@ -437,11 +502,23 @@ def show(grads, output: str = "f") -> str:
         return FormulaPrinter().doprint(grads)
     if hasattr(grads, "_show"):          # Hessians, HVPs, Jacobians (symgrad.second)
         return grads._show(output)
+    return "\n".join(_show_lines(grads, output))
+
+
+def _show_lines(grads, output: str, keep: int | None = None) -> list[str]:
+    """The lines of show(grads); with ``keep``, a longer list is cut to its first and last
+    ``keep`` lines around one that says how many were left out (only those are printed)."""
     pieces, lines, _ = _pieces(grads, output)
     printer = FormulaPrinter(aliases=_aliases(grads))
-    out = [f"{name} = {_tidy(printer.doprint(e))}" for name, e in pieces]
-    out += [f"{name} = {_tidy(printer.doprint(e))}" for name, e in lines]
-    return "\n".join(out)
+    items = pieces + lines
+    left_out = []
+    if keep is not None and len(items) > 2 * keep + 1:
+        left_out = [f"... ({len(items) - 2 * keep} more steps)"]
+        head, tail = items[:keep], items[-keep:]
+    else:
+        head, tail = items, []
+    return ([f"{name} = {_tidy(printer.doprint(e))}" for name, e in head] + left_out
+            + [f"{name} = {_tidy(printer.doprint(e))}" for name, e in tail])
 
 
 def _aliases(grads) -> dict:
@@ -476,8 +553,20 @@ def _latex_name(name: str) -> str:
     return {"delta": r"\delta"}.get(name, name)
 
 
-def module_docstring(name: str, expr, wrt, inputs, spec) -> str:
-    """The docstring of a generated module: the model and its derived formulas."""
+# The docstring of a generated module shows at most this many lines of gradient formulas.
+DOCSTRING_MAX_LINES = 300
+# A model whose expression tree has more nodes than this is not printed whole (its tree
+# may be exponentially larger than its DAG): the docstring then shows its size.
+DOCSTRING_MAX_NODES = 2000
+
+
+def module_docstring(name: str, expr, wrt, inputs, spec, derivation=None) -> str:
+    """The docstring of a generated module: the model and its derived formulas.
+
+    ``derivation`` is the derivation of the module's model in symgrad's own symbols (the one
+    ``spec`` was built from): its formulas are shown in the user's symbols without deriving
+    again.
+    """
     from symgrad.compiled import Gradients
     from symgrad.derive.reverse import derive
 
@@ -491,14 +580,72 @@ def module_docstring(name: str, expr, wrt, inputs, spec) -> str:
     if dims:
         described.append("  Dimensions in the code: " + ", ".join(
             f"{d.name} = {spec.public[d]}" for d in dims))
+    value = None
+    if _tree_size(expr, DOCSTRING_MAX_NODES) <= DOCSTRING_MAX_NODES:
+        try:
+            value = _tidy(printer.doprint(expr))
+        except RecursionError:      # a narrow but very deep expression
+            value = None
+    if value is None:
+        value = (f"(an expression of more than {DOCSTRING_MAX_NODES} nodes as a tree, or too "
+                 f"deep to print; {_dag_size(expr)} distinct subexpressions)")
     text = [f"{name}: generated by symgrad.", "", "Inputs:", *described, "",
-            f"Value:\n    {name} = {_tidy(printer.doprint(expr))}"]
+            f"Value:\n    {name} = {value}"]
     if spec.value_and_grad is not None:
         grads = Gradients({w: None for w in wrt})
-        grads.derivation = derive(expr, list(wrt))
+        if derivation is None:
+            grads.derivation = derive(expr, list(wrt))
+        else:
+            back = {ours: user for user, ours in spec.internal.items()}
+            grads.derivation = _renamed(derivation, back)
+        lines = "\n".join(_show_lines(grads, name, keep=DOCSTRING_MAX_LINES // 2))
         text += ["", "Gradients (shared pieces named once):"]
-        text += ["    " + line for line in show(grads, output=name).splitlines()]
+        text += ["    " + line for line in lines.splitlines()]
     return "\n".join(text)
+
+
+def _renamed(derivation, back: dict):
+    """The derivation with symgrad's symbols replaced by the user's, also in the shapes of its
+    names (statement by statement: each is one operation over names, so this is linear in
+    the program)."""
+    from dataclasses import replace
+
+    def user(e):
+        return e.xreplace(back) if isinstance(e, sp.Basic) else e
+
+    return replace(
+        derivation,
+        wrt=[back.get(w, w) for w in derivation.wrt],
+        assignments=[(user(target), user(e)) for target, e in derivation.assignments],
+        value=user(derivation.value),
+        gradients={back.get(w, w): user(g) for w, g in derivation.gradients.items()},
+        labels={user(name): label for name, label in derivation.labels.items()},
+        adjoints={user(name) for name in derivation.adjoints},
+        named={label: user(e) for label, e in derivation.named.items()})
+
+
+def _tree_size(expr, limit: int) -> int:
+    """The number of nodes of expr as a tree, counted up to just past ``limit``."""
+    count, stack = 0, [expr]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, sp.Basic):
+            stack.extend(node.args)
+    return count
+
+
+def _dag_size(expr) -> int:
+    """The number of distinct subexpressions of expr."""
+    seen, stack = set(), [expr]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, sp.Basic):
+            stack.extend(node.args)
+    return len(seen)
 
 
 def _install_printing() -> None:

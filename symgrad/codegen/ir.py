@@ -17,6 +17,7 @@ scalar                  Add, Mul, Pow (binary), functions, Max, Min, Piecewise, 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -62,6 +63,7 @@ class Program:
         return sum(operation_cost(s.operation) for s in self.statements)
 
 
+@functools.lru_cache(maxsize=1 << 16)     # op_count runs on each program several times
 def operation_cost(operation) -> int:
     if isinstance(operation, ops.Map):
         return max(1, sp.count_ops(operation.body))

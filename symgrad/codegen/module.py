@@ -197,6 +197,10 @@ POINT_PARALLEL = PARALLEL.replace(FASTMATH_FLAGS, POINT_FLAGS)
 POINT_INLINED = INLINED.replace(FASTMATH_FLAGS, POINT_FLAGS)
 
 
+# CPython compiles a call with more positional arguments than this as f(*args) (its
+# STACK_USE_GUIDELINE), and Numba refuses to inline such a call.
+CALL_STACK_ARGUMENTS = 30
+
 # Scalar models of at most this many operations also get a pure-Python twin of their point
 # kernel: for a handful of operations on floats, Python arithmetic beats a call into Numba.
 PYTHON_MAX_OPS = 48
@@ -261,8 +265,11 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         returns = _output_expressions(program, outputs)
         if kind == "value_and_grad" and len(returns) == 1:      # no parameters: (value,)
             returns = [returns[0] + ","]
-        # inlined into the loops below, so that LLVM vectorises them across points
-        lines += _kernel(f"_{kind}_point", names, program, returns, inline=True)[0]
+        # inlined into the loops below, so that LLVM vectorises them across points; with
+        # more inputs than CPython passes on its stack, a call is compiled as f(*args), which
+        # Numba cannot inline: the loops then call the kernel (still compiled, not inlined)
+        inline = len(names) <= CALL_STACK_ARGUMENTS
+        lines += _kernel(f"_{kind}_point", names, program, returns, inline=inline)[0]
         python[kind] = program.op_count() <= PYTHON_MAX_OPS
         if python[kind]:
             twin = _kernel(f"_{kind}_python", names, program, returns, python=True)[0]

@@ -399,9 +399,7 @@ class KernelEmitter:
                                                                                 ops.Map))}
         maps = {s.target for s in statements if isinstance(s.operation, ops.Map)}
         sums: dict = {}
-        defined_before: dict = {}       # name -> the names assigned before it
-        for s in statements:
-            defined_before[s.target] = set(defined_before) - {s.target}
+        position = {s.target: k for k, s in reversed(list(enumerate(statements)))}
         for s in statements:
             if isinstance(s.operation, (ops.AxisSum, ops.SumAll)) and s.operation.arg in maps:
                 sums.setdefault(s.operation.arg, []).append(s)
@@ -409,8 +407,8 @@ class KernelEmitter:
                 vector, matrix = pair
                 stored = _stored(vector)
                 # the vector must be ready when the loop starts (and not filled by a loop)
-                if stored not in maps and (stored not in defined_before
-                                           or stored in defined_before[matrix]):
+                if stored not in maps and (stored not in position
+                                           or position[stored] < position[matrix]):
                     sums.setdefault(matrix, []).append(s)
         summed = {r.target for rs in sums.values() for r in rs}
         pending = [s for s in statements if s.target not in summed]

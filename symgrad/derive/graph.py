@@ -37,13 +37,100 @@ def shape_of(expr) -> tuple:
 
 
 # ------------------------------------------------------------------------------------------
+# Walks over a whole model as a DAG (SymPy's free_symbols, atoms and xreplace walk it as a
+# tree, recursively: exponential in a nested model's depth, and too deep for Python's stack)
+# ------------------------------------------------------------------------------------------
+def dag_nodes(expr) -> list:
+    """The distinct subexpressions of expr (each once), found without recursion."""
+    seen: set = set()
+    order: list = []
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        order.append(node)
+        if isinstance(node, sp.Basic):
+            stack.extend(a for a in node.args if a not in seen)
+    return order
+
+
+def _has_own_free_symbols(node) -> bool:
+    """Whether SymPy's free_symbols of node is not simply the union over its arguments (a
+    symbol, a lambda or integral that binds its variables ...)."""
+    if isinstance(node, (sp.Symbol, sp.MatrixSymbol)) or not node.args:
+        return True
+    if isinstance(node, (sp.Function, sp.Piecewise)) and not isinstance(node, sp.Lambda):
+        return False
+    return type(node).free_symbols is not sp.Basic.free_symbols
+
+
+def dag_free_symbols(expr) -> set:
+    """``expr.free_symbols``, each shared subexpression visited once.
+
+    >>> x, w = sp.symbols("x w")
+    >>> f = x
+    >>> for _ in range(60):    # a tree of 2^60 nodes: SymPy's own walk would not finish
+    ...     f = f * sp.sin(f + w)
+    >>> sorted(dag_free_symbols(f), key=str)
+    [w, x]
+    """
+    out: set = set()
+    seen: set = set()
+    stack = [sp.sympify(expr)]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if not isinstance(node, sp.Basic):
+            continue
+        if _has_own_free_symbols(node):
+            out |= node.free_symbols
+            continue
+        stack.extend(a for a in node.args if a not in seen)
+    return out
+
+
+def dag_atoms(expr, kind) -> set:
+    """``expr.atoms(kind)`` for a class of leaves (MatrixSymbol), each node visited once."""
+    return {n for n in dag_nodes(sp.sympify(expr)) if isinstance(n, kind)}
+
+
+def dag_xreplace(expr, table: dict):
+    """``expr.xreplace(table)``, each shared subexpression rebuilt once, without recursion."""
+    done: dict = {}
+    stack = [(expr, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if node in done:
+            continue
+        if node in table:
+            done[node] = table[node]
+            continue
+        if not isinstance(node, sp.Basic) or not node.args:
+            done[node] = node
+            continue
+        if not expanded:
+            stack.append((node, True))
+            stack.extend((a, False) for a in node.args if a not in done)
+            continue
+        args = [done[a] for a in node.args]
+        unchanged = all(new is old for new, old in zip(args, node.args))
+        done[node] = node if unchanged else node.func(*args)
+    return done[expr]
+
+
+# ------------------------------------------------------------------------------------------
 # Stable forms of scalar bodies
 # ------------------------------------------------------------------------------------------
-_w = sp.Wild("w")
-
-
 def stabilize(expr: sp.Expr) -> sp.Expr:
     """Replace overflow-prone textbook forms by stable ones.
+
+    One walk over the expression's DAG, children before parents, each distinct
+    subexpression rewritten once (a shared subexpression is not walked again through each
+    of its parents), without recursion.
 
     >>> import sympy as sp
     >>> z = sp.Symbol("z")
@@ -52,19 +139,57 @@ def stabilize(expr: sp.Expr) -> sp.Expr:
     """
     if not isinstance(expr, sp.Basic) or expr.is_Atom:
         return expr
-    previous = None
-    while previous != expr:
-        previous = expr
-        expr = expr.replace(lambda e: _is_sigmoid_form(e), lambda e: ops.sigmoid(_sigmoid_arg(e)))
-        expr = expr.replace(sp.log(ops.sigmoid(_w)), ops.logsigmoid(_w))
-        expr = expr.replace(sp.log(1 - ops.sigmoid(_w)), ops.logsigmoid(-_w))
-        expr = expr.replace(sp.log(1 + sp.exp(_w)), ops.softplus(_w))
-        expr = expr.replace(sp.log(sp.exp(_w)), _w)
-    return expr
+    done: dict = {}
+    stack = [(expr, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if node in done:
+            continue
+        if not isinstance(node, sp.Basic) or node.is_Atom or not node.args:
+            done[node] = node
+            continue
+        if not expanded:
+            stack.append((node, True))
+            stack.extend((a, False) for a in node.args if a not in done)
+            continue
+        args = tuple(done[a] for a in node.args)
+        unchanged = all(new is old for new, old in zip(args, node.args))
+        rebuilt = node if unchanged else node.func(*args)
+        done[node] = _stable_form(rebuilt)
+    return done[expr]
 
 
-def _is_sigmoid_form(e) -> bool:
-    return _sigmoid_arg(e) is not None
+def _stable_form(e):
+    """e with the stable rewrites applied at its top (its arguments are stable already)."""
+    while True:
+        replaced = _rewrite_top(e)
+        if replaced is None:
+            return e
+        e = replaced
+
+
+def _rewrite_top(e):
+    """One stable rewrite at the top of e, or None: 1/(1 + exp(-x)) -> sigmoid(x),
+    log(sigmoid(x)) -> logsigmoid(x), log(1 - sigmoid(x)) -> logsigmoid(-x),
+    log(1 + exp(x)) -> softplus(x), log(exp(x)) -> x."""
+    argument = _sigmoid_arg(e)
+    if argument is not None:
+        return ops.sigmoid(argument)
+    if not isinstance(e, sp.log):
+        return None
+    inner = e.args[0]
+    if isinstance(inner, ops.sigmoid):
+        return ops.logsigmoid(inner.args[0])
+    if isinstance(inner, sp.exp):
+        return inner.args[0]
+    if inner.is_Add and len(inner.args) == 2 and inner.args[0] == 1:
+        other = inner.args[1]
+        if isinstance(other, sp.exp):
+            return ops.softplus(other.args[0])
+        if (other.is_Mul and len(other.args) == 2 and other.args[0] == -1
+                and isinstance(other.args[1], ops.sigmoid)):
+            return ops.logsigmoid(-other.args[1].args[0])
+    return None
 
 
 def _sigmoid_arg(e):
@@ -94,9 +219,16 @@ class Canonicalizer:
         expr = sp.sympify(expr)
         if not is_matrix(expr):
             expr = stabilize(expr)
+        for node in _scalar_postorder(expr):
+            # children before parents: each call below finds its operands memoised, so the
+            # recursion of _canon stays shallow however deep the model is
+            self._canon(node)
         unfused = self._canon(expr)
         uses = _count_uses(unfused)
-        return _Fuser(uses)(unfused)
+        fuser = _Fuser(uses)
+        for node in _postorder(unfused):
+            fuser(node)
+        return fuser(unfused)
 
     # -- dispatch ----------------------------------------------------------------------
     def _canon(self, expr):
@@ -139,10 +271,7 @@ class Canonicalizer:
         args = [self._canon(a) for a in expr.args]
         if isinstance(expr, (sp.Add, sp.Mul, sp.Max, sp.Min)) and len(args) > 2:
             # binary, in SymPy's canonical argument order: partial results get shared
-            result = args[0]
-            for a in args[1:]:
-                result = type(expr)(result, a, evaluate=False)
-            return result
+            return _binary(type(expr), args)
         if isinstance(expr, sp.Piecewise):
             return sp.Piecewise(*[(self._canon(e), self._canon_condition(c))
                                   for e, c in expr.args], evaluate=False)
@@ -322,6 +451,72 @@ class Canonicalizer:
             return sp.MatMul(build(i, k), build(k + 1, j))
 
         return build(0, n - 1)
+
+
+# Sums and products of at most this many operands become a chain ((a + b) + c) + d, whose
+# partial results other sums of the same leading terms share; longer ones a balanced tree,
+# whose depth (log2 of the count) no walk over it can find too deep.
+_CHAIN_MAX = 8
+
+
+def _binary(kind, args: list):
+    """The n-ary operation as nested binary ones (see _CHAIN_MAX)."""
+    if len(args) <= _CHAIN_MAX:
+        result = args[0]
+        for a in args[1:]:
+            result = kind(result, a, evaluate=False)
+        return result
+    middle = (len(args) + 1) // 2
+    return kind(_binary(kind, args[:middle]), _binary(kind, args[middle:]), evaluate=False)
+
+
+# Scalar nodes whose operands the canonicalizer handles one by one (their args), and which
+# _scalar_postorder may therefore walk into.
+_SPECIAL_SCALARS = (MatrixElement, sp.Determinant, sp.Trace, ops.SumAll, ops.LogSumExpAll,
+                    ops.LogDet, sp.Piecewise, ops.Named, ops.NamedScalar)
+
+
+def _scalar_postorder(expr) -> list:
+    """The distinct scalar subexpressions of expr that the canonicalizer reaches through
+    plain arguments, children before parents (an iterative walk)."""
+    order: list = []
+    seen: set = set()
+    stack = [(expr, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        if not isinstance(node, sp.Basic) or is_matrix(node) or node.is_Atom:
+            continue
+        stack.append((node, True))
+        if isinstance(node, _SPECIAL_SCALARS) or (isinstance(node, sp.log) and isinstance(
+                node.args[0], sp.Determinant)) or not isinstance(node, sp.Expr):
+            continue
+        stack.extend((a, False) for a in node.args if a not in seen)
+    return order
+
+
+def _postorder(expr) -> list:
+    """The distinct nodes of a canonical expression, children (as _children gives them)
+    before parents (an iterative walk)."""
+    order: list = []
+    seen: set = set()
+    stack = [(expr, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if c not in seen)
+    return order
 
 
 def _as_scalar_factor(m):

@@ -114,6 +114,11 @@ def rebuild(node, kids_new: list):
         return sp.Piecewise(*pieces, evaluate=False)
     if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
         return node.func(*kids_new, evaluate=False)
+    if isinstance(node, sp.Function) and kids_new and all(isinstance(k, sp.Symbol)
+                                                          for k in kids_new):
+        # a function of real names: nothing for SymPy to simplify (no sign, no multiple of
+        # pi), and its attempt costs about a millisecond per node
+        return node.func(*kids_new, evaluate=False)
     return node.func(*kids_new)
 
 
@@ -257,28 +262,87 @@ _REDUCE = {
 
 
 def inline(derivation: Derivation, expr):
-    """Replace the program's names in ``expr`` by what they stand for (a plain expression)."""
-    definitions = dict(derivation.assignments)
-    memo: dict = {}
+    """Replace the program's names in ``expr`` by what they stand for (a plain expression).
 
-    def expand(e):
-        if e in memo:
-            return memo[e]
+    One walk over the DAG, children first, without recursion; a chain of sums (or of
+    products) whose inner links are used nowhere else is rebuilt as one n-ary sum, so that a
+    sum of n terms costs O(n), not the O(n^2) of n nested two-term sums each flattened again.
+    """
+    definitions = dict(derivation.assignments)
+
+    def plain_children(e) -> list:
         if e in definitions:
-            result = expand(definitions[e])
-        elif isinstance(e, ops.Map):
-            result = ops.Map(e.function, e.shape, *[expand(o) for o in e.operands])
-        elif isinstance(e, sp.Basic) and e.args and not isinstance(e, (sp.MatrixSymbol,)):
-            if isinstance(e, sp.Lambda):
-                result = e
+            return [definitions[e]]
+        if isinstance(e, ops.Map):
+            return list(e.operands)
+        if isinstance(e, sp.Basic) and e.args and not isinstance(e, (sp.MatrixSymbol,
+                                                                     sp.Lambda)):
+            return [a for a in e.args if isinstance(a, sp.Basic)]
+        return []
+
+    uses: dict = {}
+    seen: set = set()
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        if e in seen:
+            continue
+        seen.add(e)
+        for child in plain_children(e):
+            uses[child] = uses.get(child, 0) + 1
+            stack.append(child)
+
+    def terms(e) -> list:
+        """The operands of an n-ary sum or product, through inner links used only here."""
+        out, pending = [], list(reversed(e.args))
+        while pending:
+            a = pending.pop()
+            link = a
+            while link in definitions and uses.get(link, 0) == 1:
+                link = definitions[link]
+            if type(link) is type(e) and uses.get(link, 0) == 1 and (link is a or
+                                                                   uses.get(a, 0) == 1):
+                pending.extend(reversed(link.args))
             else:
-                result = e.func(*[expand(a) if isinstance(a, sp.Basic) else a for a in e.args])
+                out.append(a)
+        return out
+
+    def children(e) -> list:
+        if isinstance(e, (sp.Add, sp.Mul)) and e not in definitions:
+            return terms(e)
+        return plain_children(e)
+
+    memo: dict = {}
+    stack = [(expr, None)]
+    while stack:
+        e, kids = stack.pop()
+        if e in memo:
+            continue
+        if kids is None:
+            kids = children(e)
+            stack.append((e, kids))
+            stack.extend((k, None) for k in kids if k not in memo)
+            continue
+        values = [memo[k] for k in kids]
+        if e in definitions:
+            result = values[0]
+        elif isinstance(e, ops.Map):
+            result = ops.Map(e.function, e.shape, *values)
+        elif isinstance(e, (sp.Add, sp.Mul)):
+            result = e.func(*values)
+        elif (isinstance(e, sp.Function) and values
+              and not any(v.is_number for v in values if isinstance(v, sp.Basic))):
+            # the function of an inlined argument: SymPy's automatic simplification of it
+            # (signs, multiples of pi) costs about a millisecond per call, and the argument
+            # was a value of the model, already in SymPy's form
+            result = e.func(*values, evaluate=False)
+        elif values:
+            it = iter(values)
+            result = e.func(*[next(it) if isinstance(a, sp.Basic) else a for a in e.args])
         else:
             result = e
         memo[e] = result
-        return result
-
-    return expand(expr)
+    return memo[expr]
 
 
 # ------------------------------------------------------------------------------------------
@@ -312,7 +376,10 @@ MAP_OUTPUT = sp.Symbol("_y", real=True)
 
 def _smallest(e: sp.Expr) -> sp.Expr:
     """The shortest of a few equivalent forms (cancellations such as the cross-entropy's
-    y (1 - s) - (1 - y) s = y - s appear only after expanding)."""
+    y (1 - s) - (1 - y) s = y - s appear only after expanding); a formula too large to
+    expand cheaply is kept as it is."""
+    if not small_enough_to_expand(e):
+        return e
     candidates = [e]
     try:
         candidates.append(sp.expand(e))
@@ -325,9 +392,50 @@ def _smallest(e: sp.Expr) -> sp.Expr:
     return min(candidates, key=lambda c: (sp.count_ops(c), candidates.index(c)))
 
 
+# Expanding a formula to find a shorter form is worth it on small formulas only: the product
+# of n sums expands to 2^n terms.  Larger formulas are printed as they are.
+EXPAND_MAX_NODES = 120
+EXPAND_MAX_TERMS = 64
+
+
+def small_enough_to_expand(e) -> bool:
+    """Whether ``sympy.expand(e)`` is cheap: e has at most EXPAND_MAX_NODES nodes (counted
+    without walking further) and expands to at most EXPAND_MAX_TERMS terms.
+
+    >>> a, b, c = sp.symbols("a b c")
+    >>> small_enough_to_expand((a + b) * (b + c)), small_enough_to_expand(sp.Mul(*[
+    ...     sp.sin(sp.Symbol(f"x{i}")) + 2 for i in range(8)]))
+    (True, False)
+    """
+    if not isinstance(e, sp.Basic):
+        return True
+    count, stack = 0, [e]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > EXPAND_MAX_NODES:
+            return False
+        stack.extend(a for a in node.args if isinstance(a, sp.Basic))
+    return _expanded_terms(e) <= EXPAND_MAX_TERMS
+
+
+def _expanded_terms(e) -> int:
+    """An upper estimate of the number of terms of sympy.expand(e) (e is small)."""
+    if isinstance(e, sp.Add):
+        return sum(_expanded_terms(a) for a in e.args)
+    if isinstance(e, sp.Mul):
+        out = 1
+        for a in e.args:
+            out *= _expanded_terms(a)
+        return out
+    if isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp > 1:
+        return _expanded_terms(e.base) ** min(int(e.exp), 16)
+    return 1
+
+
 def _is_negated(e) -> bool:
     return e.could_extract_minus_sign()
 
 
 __all__ = ["Derivation", "Walk", "derive", "inline", "scalar_partials", "rebuild", "is_leaf",
-           "MAP_OUTPUT"]
+           "MAP_OUTPUT", "small_enough_to_expand"]

@@ -1,0 +1,448 @@
+"""Compile cost against model size: symgrad's ``sg.grad`` and ``sg.compile`` (split into
+symgrad's own phases and Numba) and the first call, next to JAX's first call (trace + XLA
+compile + run) and ``sympy.lambdify(cse=True)`` (the value alone), for families of models that
+grow with one size parameter.
+
+    python -m bench.scaling [--label after] [--cap 60] [--only product,nesting]
+                            [--sizes product=5,10,20]
+    python -m bench.scaling --render          # rewrite SCALING.md and the plot from the JSON
+
+Families (n is the size):
+
+* ``product``: prod_i (sin(a_i) + 2) over n inputs, gradient by every a_i;
+* ``nesting``: f <- f sin(f + w), n times from f = x, gradient by x and w (a DAG of depth n
+  whose tree is exponential);
+* ``sum``: n terms sin(x_j + (k + 1) x_l) sharing 10 variables, gradient by all 10;
+* ``rosenbrock``: sum_i 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2 over n variables.
+
+Every measurement runs in a fresh process with a fresh symgrad cache folder (cold caches)
+and a time cap; once a size passes the cap (or fails), the larger sizes of that family and
+tool are skipped.  Each tool's curve gets the slope of a least-squares line through its
+log-log points from the middle size up (the asymptotic exponent: 1 = linear).  Results are
+kept per label (``before``, ``after``) in SCALING.json; SCALING.md and scaling.png show every
+label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+JSON_PATH = BENCH_DIR / "SCALING.json"
+MD_PATH = BENCH_DIR / "SCALING.md"
+PNG_PATH = BENCH_DIR / "scaling.png"
+
+SIZES = {
+    "product": [5, 10, 20, 50, 100, 200],
+    "nesting": [5, 10, 20, 50, 100, 300, 1000],
+    "sum": [10, 100, 300, 1000, 3000, 10000],
+    "rosenbrock": [10, 30, 100, 300, 1000],
+}
+TOOLS = ["grad", "symgrad", "jax", "lambdify"]
+
+# what each tool reports, in the table's column order
+COLUMNS = [
+    ("grad", "grad", "sg.grad"),
+    ("symgrad", "own", "compile: symgrad phases"),
+    ("symgrad", "docstring", "of which docstring"),
+    ("symgrad", "numba", "Numba + first call"),
+    ("symgrad", "total", "compile + first call"),
+    ("symgrad", "array_call", "first array call"),
+    ("jax", "total", "JAX first call"),
+    ("lambdify", "total", "lambdify(cse) + call"),
+]
+
+
+# =========================================================================== the models
+def model(family: str, n: int):
+    """(expression, wrt, {symbol name: value}) of one family at size n."""
+    import sympy as sp
+
+    if family == "product":
+        a = sp.symbols(f"a0:{n}", real=True)
+        expr = sp.Mul(*[sp.sin(ai) + 2 for ai in a])
+        return expr, list(a), {s.name: 0.1 + 0.01 * i for i, s in enumerate(a)}
+    if family == "nesting":
+        x, w = sp.symbols("x w", real=True)
+        f = x
+        for _ in range(n):
+            f = f * sp.sin(f + w)
+        return f, [x, w], {"x": 0.7, "w": 0.3}
+    if family == "sum":
+        x = sp.symbols("x0:10", real=True)
+        expr = sp.Add(*[sp.sin(x[k % 10] + (k + 1) * x[(7 * k + 3) % 10]) for k in range(n)])
+        return expr, list(x), {s.name: 0.01 * (i + 1) for i, s in enumerate(x)}
+    if family == "rosenbrock":
+        x = sp.symbols(f"x0:{n}", real=True)
+        expr = sp.Add(*[100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2
+                        for i in range(n - 1)])
+        return expr, list(x), {s.name: 0.5 + 0.001 * i for i, s in enumerate(x)}
+    raise ValueError(f"unknown family {family!r}")
+
+
+def jax_model(family: str, n: int):
+    """The same function for JAX over one array of the differentiated inputs, written as a
+    Python loop (traced to n operations, as the model has), and that array's value."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    if family == "product":
+        def f(a):
+            out = 1.0
+            for i in range(n):
+                out = out * (jnp.sin(a[i]) + 2)
+            return out
+        return f, np.array([0.1 + 0.01 * i for i in range(n)])
+    if family == "nesting":
+        def f(v):
+            x, w = v[0], v[1]
+            out = x
+            for _ in range(n):
+                out = out * jnp.sin(out + w)
+            return out
+        return f, np.array([0.7, 0.3])
+    if family == "sum":
+        def f(x):
+            out = 0.0
+            for k in range(n):
+                out = out + jnp.sin(x[k % 10] + (k + 1) * x[(7 * k + 3) % 10])
+            return out
+        return f, np.array([0.01 * (i + 1) for i in range(10)])
+    if family == "rosenbrock":
+        def f(x):
+            out = 0.0
+            for i in range(n - 1):
+                out = out + 100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2
+            return out
+        return f, np.array([0.5 + 0.001 * i for i in range(n)])
+    raise ValueError(f"unknown family {family!r}")
+
+
+# =========================================================================== worker side
+def _emit(**record) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def _worker(family: str, n: int, tool: str) -> None:
+    """Measure one tool at one size; print one JSON line per finished phase (a killed run
+    still reports the phases it finished)."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000))   # Python's default
+    t0 = time.perf_counter()
+    if tool == "jax":
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        f, x0 = jax_model(family, n)
+        t0 = time.perf_counter()
+        jf = jax.jit(jax.value_and_grad(f))
+        value, g = jf(x0)
+        jax.block_until_ready(g)
+        _emit(phase="total", s=time.perf_counter() - t0, value=float(value))
+        return
+    expr, wrt, point = model(family, n)
+    _emit(phase="model", s=time.perf_counter() - t0)
+    if tool == "lambdify":
+        import sympy as sp
+        symbols = sorted(expr.free_symbols, key=lambda s: s.name)
+        t0 = time.perf_counter()
+        fn = sp.lambdify(symbols, expr, modules="math", cse=True)
+        value = fn(*[point[s.name] for s in symbols])
+        _emit(phase="total", s=time.perf_counter() - t0, value=float(value))
+        return
+    import symgrad as sg
+    if tool == "grad":
+        t0 = time.perf_counter()
+        sg.grad(expr, wrt)
+        _emit(phase="grad", s=time.perf_counter() - t0)
+        return
+    # sg.compile, with its symgrad phases timed from inside
+    import importlib
+    compiled = importlib.import_module("symgrad.compiled")
+    show = importlib.import_module("symgrad.show")    # (sg.show is the function)
+    spent = {"spec": 0.0, "source": 0.0, "docstring": 0.0}
+
+    def timed(key, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - start
+        return wrapper
+
+    compiled.build_spec = timed("spec", compiled.build_spec)
+    compiled.module_source = timed("source", compiled.module_source)
+    show.module_docstring = timed("docstring", show.module_docstring)
+    t0 = time.perf_counter()
+    f = sg.compile(expr, wrt)
+    t_compile = time.perf_counter() - t0
+    own = spent["spec"] + spent["source"]
+    _emit(phase="own", s=own)
+    _emit(phase="docstring", s=spent["docstring"])
+    t1 = time.perf_counter()
+    value, grads = f.value_and_grad(**point)
+    t_first = time.perf_counter() - t1
+    _emit(phase="numba", s=t_compile - own + t_first)
+    _emit(phase="total", s=t_compile + t_first, value=float(value))
+    # the first call on arrays (the batched loop kernels compile now): reported, not plotted
+    import numpy as np
+    t2 = time.perf_counter()
+    arrays = {k: np.full(4, v) for k, v in point.items()}
+    f.value_and_grad(**arrays)
+    _emit(phase="array_call", s=time.perf_counter() - t2)
+
+
+# =========================================================================== driver side
+def _run_one(family: str, n: int, tool: str, cap: float) -> dict:
+    """{phase: seconds} of one measurement; 'error' and 'capped' say how it ended."""
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="symgrad-scaling-") as cache:
+        env["SYMGRAD_CACHE_DIR"] = cache
+        env["NUMBA_CACHE_DIR"] = os.path.join(cache, "numba")
+        command = [sys.executable, "-m", "bench.scaling", "--worker", family, str(n), tool]
+        try:
+            done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True,
+                                  text=True, timeout=cap)
+            out, err, capped = done.stdout, done.stderr, False
+            failed = done.returncode != 0
+        except subprocess.TimeoutExpired as expired:
+            out = expired.stdout or ""
+            out = out.decode() if isinstance(out, bytes) else out
+            err, capped, failed = "", True, False
+    result: dict = {}
+    for line in out.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        result[record["phase"]] = record["s"]
+    if capped:
+        result["capped"] = cap
+    if failed:
+        lines = [line.strip() for line in err.strip().splitlines() if line.strip()]
+        named = [line for line in lines if "Error:" in line or "Exception:" in line]
+        result["error"] = (named or lines or ["failed"])[-1][:300]
+    return result
+
+
+def measure(families: list, tools: list, cap: float, sizes: dict) -> dict:
+    results: dict = {}
+    for family in families:
+        for tool in tools:
+            for n in sizes[family]:
+                start = time.perf_counter()
+                r = _run_one(family, n, tool, cap)
+                results.setdefault(family, {}).setdefault(tool, {})[str(n)] = r
+                status = "capped" if "capped" in r else ("error: " + r["error"]) \
+                    if "error" in r else ""
+                print(f"{family:10s} n={n:<6d} {tool:9s} {time.perf_counter() - start:7.1f} s "
+                      f"{_brief(r)} {status}", flush=True)
+                if "capped" in r or "error" in r:
+                    break
+    return results
+
+
+def _brief(r: dict) -> str:
+    return " ".join(f"{k}={v:.3g}" for k, v in r.items() if isinstance(v, float)
+                    and k not in ("capped",))
+
+
+def slope(points: list) -> float | None:
+    """The exponent k of t ~ n^k: least squares on log-log points from the middle size up."""
+    points = [(n, t) for n, t in points if t and t > 0]
+    if len(points) < 2:
+        return None
+    points = points[(len(points) - 1) // 2:] if len(points) >= 4 else points
+    xs = [math.log(n) for n, _ in points]
+    ys = [math.log(t) for _, t in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+
+
+def _curve(label_results: dict, family: str, tool: str, phase: str) -> list:
+    rows = label_results.get(family, {}).get(tool, {})
+    return sorted((int(n), r[phase]) for n, r in rows.items() if phase in r)
+
+
+def _cell(r: dict | None, phase: str) -> str:
+    if r is None:
+        return ""
+    if phase in r:
+        return f"{r[phase]:.3g}"
+    if "capped" in r:
+        return f"> {r['capped']:.0f}"
+    if "error" in r:
+        return "error"
+    return ""
+
+
+def _ordered(data: dict) -> list:
+    """The labels in the order of their runs (``before`` first)."""
+    return sorted(data.items(), key=lambda item: (item[0] != "before", item[0]))
+
+
+def _with_peers(data: dict, entry: dict) -> dict:
+    """The entry, with the columns of tools it did not run (JAX, lambdify: they do not
+    change with symgrad) taken from another label that ran them."""
+    results = {family: dict(tools) for family, tools in entry["results"].items()}
+    for other in data.values():
+        for family, tools in other["results"].items():
+            for tool, rows in tools.items():
+                results.setdefault(family, {}).setdefault(tool, rows)
+    return {**entry, "results": results}
+
+
+def render(data: dict) -> str:
+    lines = ["# Compile cost against model size", "",
+             "Written by `python -m bench.scaling` (see its docstring for the families and the "
+             "protocol). Seconds, one fresh process and a cold cache per cell; `> cap`: stopped "
+             "at the time cap (larger sizes then skipped); slope: least-squares exponent of "
+             "t ~ n^k through the log-log points from the middle size up.",
+             "",
+             "Columns: `sg.grad`; `sg.compile` split into symgrad's own phases (derivation, "
+             "lowering, fusion, formulas, module text) and what remains (writing and importing "
+             "the module, Numba compiling the kernels on the first call); the first call on "
+             "floats; JAX's `jit(value_and_grad)` first call (trace, XLA compile, run) on the "
+             "same function written as a Python loop; `sympy.lambdify(cse=True)` of the value "
+             "alone plus one call.", ""]
+    for label, entry in _ordered(data):
+        entry = _with_peers(data, entry)
+        meta = entry.get("meta", {})
+        lines += [f"## {label}", "",
+                  f"{meta.get('date', '')}, `{meta.get('command', '')}`, cap {meta.get('cap')} s, "
+                  f"{meta.get('machine', '')}. {meta.get('note', '')}".rstrip(), ""]
+        results = entry["results"]
+        for family in results:
+            header = ["n"] + [title for _, _, title in COLUMNS]
+            lines += [f"### {family}", "", "| " + " | ".join(header) + " |",
+                      "|" + "---:|" * len(header)]
+            sizes = sorted({int(n) for tool in results[family].values() for n in tool})
+            for n in sizes:
+                row = [str(n)]
+                for tool, phase, _ in COLUMNS:
+                    row.append(_cell(results[family].get(tool, {}).get(str(n)), phase))
+                lines.append("| " + " | ".join(row) + " |")
+            row = ["slope"]
+            for tool, phase, _ in COLUMNS:
+                k = slope(_curve(results, family, tool, phase))
+                row.append("" if k is None else f"{k:.2f}")
+            lines.append("| " + " | ".join(row) + " |")
+            errors = sorted({(tool, r["error"]) for tool, rows in results[family].items()
+                             for r in rows.values() if "error" in r})
+            for tool, error in errors:
+                lines.append(f"\n{tool} failed: `{error}`")
+            lines.append("")
+    lines += ["![Compile cost against model size, log-log](scaling.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(data: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(SIZES)
+    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4.4))
+    styles = {"before": "--", "after": "-"}
+    colors = {"grad": "tab:blue", "own": "tab:orange", "total": "tab:red",
+              "jax": "tab:green", "lambdify": "tab:purple"}
+    labels = [label for label, _ in _ordered(data)]
+    for ax, family in zip(axes, families):
+        for label, entry in _ordered(data):
+            results = entry["results"]
+            for tool, phase, title, key in [("grad", "grad", "sg.grad", "grad"),
+                                            ("symgrad", "own", "symgrad phases", "own"),
+                                            ("symgrad", "total", "compile + first call",
+                                             "total"),
+                                            ("jax", "total", "JAX first call", "jax"),
+                                            ("lambdify", "total", "lambdify(cse)", "lambdify")]:
+                peer_label = next((name for name in labels if tool in data[name]["results"]
+                                   .get(family, {})), None)
+                if tool in ("jax", "lambdify") and label != peer_label:
+                    continue   # the peers do not change between labels: drawn once
+                curve = _curve(results, family, tool, phase)
+                if not curve:
+                    continue
+                k = slope(curve)
+                ax.loglog([n for n, _ in curve], [t for _, t in curve],
+                          styles.get(label, "-"), marker="o", ms=3, color=colors[key],
+                          label=f"{title} ({label}, k={k:.2f})" if k is not None
+                          else f"{title} ({label})")
+        ax.axhline(10, color="grey", lw=0.6, ls=":")
+        ax.set_title(family)
+        ax.set_xlabel("model size n")
+        ax.set_ylabel("seconds")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=3, metavar=("FAMILY", "N", "TOOL"))
+    parser.add_argument("--label", default="after")
+    parser.add_argument("--cap", type=float, default=60.0)
+    parser.add_argument("--only", default=",".join(SIZES))
+    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--sizes", action="append", default=[],
+                        help="FAMILY=n1,n2,... (repeatable)")
+    parser.add_argument("--note", default="")
+    parser.add_argument("--render", action="store_true")
+    args = parser.parse_args(argv)
+    if args.worker:
+        family, n, tool = args.worker
+        _worker(family, int(n), tool)
+        return
+    data = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {}
+    if not args.render:
+        sizes = dict(SIZES)
+        for item in args.sizes:
+            family, values = item.split("=")
+            sizes[family] = [int(v) for v in values.split(",")]
+        families = [f for f in args.only.split(",") if f]
+        start = time.perf_counter()
+        results = measure(families, [t for t in args.tools.split(",") if t], args.cap, sizes)
+        entry = data.get(args.label, {"results": {}})
+        for family, tools in results.items():
+            entry["results"].setdefault(family, {}).update(tools)
+        entry["meta"] = {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "python -m bench.scaling " + " ".join(argv or sys.argv[1:]),
+            "cap": args.cap, "machine": _machine(),
+            "wall_s": round(time.perf_counter() - start),
+            "note": args.note or entry.get("meta", {}).get("note", ""),
+        }
+        data[args.label] = entry
+        JSON_PATH.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    MD_PATH.write_text(render(data))
+    plot(data, PNG_PATH)
+    print(f"wrote {MD_PATH}, {PNG_PATH}")
+
+
+if __name__ == "__main__":
+    main()

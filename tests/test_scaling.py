@@ -1,0 +1,231 @@
+"""Large models at CI sizes: deep nesting, long sums, many inputs.
+
+Each pass of symgrad walks the model as a DAG, children first, without recursion, so a model
+much deeper than Python's recursion limit or with thousands of terms derives and compiles;
+the results are checked against gradients computed by hand (forward-mode recurrences and
+closed forms), never against timings (bench/scaling.py measures those).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symgrad as sg
+from symgrad import ops
+from symgrad.derive.graph import dag_free_symbols, dag_xreplace, stabilize
+
+
+def evaluate(expr, values: dict) -> float:
+    """A scalar SymPy expression at a point, each shared subexpression once (SymPy's own
+    evaluation walks the tree, exponential in a nested model's depth)."""
+    functions = {sp.sin: math.sin, sp.cos: math.cos, sp.exp: math.exp, sp.log: math.log}
+    done: dict = {}
+    stack = [(expr, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if node in done:
+            continue
+        if node.is_Symbol:
+            done[node] = values[node]
+            continue
+        if node.is_number:
+            done[node] = float(node)
+            continue
+        if not expanded:
+            stack.append((node, True))
+            stack.extend((a, False) for a in node.args if a not in done)
+            continue
+        args = [done[a] for a in node.args]
+        if isinstance(node, sp.Add):
+            done[node] = math.fsum(args)
+        elif isinstance(node, sp.Mul):
+            done[node] = math.prod(args)
+        elif isinstance(node, sp.Pow):
+            done[node] = args[0] ** args[1]
+        else:
+            done[node] = functions[node.func](*args)
+    return done[expr]
+
+
+def nested(depth: int):
+    """f <- f sin(f + w), depth times from f = x: a DAG of 3 * depth nodes whose tree has
+    about 2^depth."""
+    x, w = sp.symbols("x w", real=True)
+    f = x
+    for _ in range(depth):
+        f = f * sp.sin(f + w)
+    return f, x, w
+
+
+def nested_by_hand(depth: int, x0: float, w0: float):
+    """Value and (df/dx, df/dw) of nested(depth) by forward-mode recurrences."""
+    f, dx, dw = x0, 1.0, 0.0
+    for _ in range(depth):
+        s, c = math.sin(f + w0), math.cos(f + w0)
+        f, dx, dw = f * s, dx * s + f * c * dx, dw * s + f * c * (dw + 1.0)
+    return f, dx, dw
+
+
+def test_a_model_300_levels_deep_derives_without_recursion_errors():
+    depth = 300             # 900 levels of SymPy nodes: deeper than Python's recursion limit
+    f, x, w = nested(depth)
+    grads = sg.grad(f, [x, w])
+    point = {x: 0.7, w: 0.3}
+    _, dx, dw = nested_by_hand(depth, 0.7, 0.3)
+    assert evaluate(grads[x], point) == pytest.approx(dx, rel=1e-9, abs=1e-12)
+    assert evaluate(grads[w], point) == pytest.approx(dw, rel=1e-9, abs=1e-12)
+
+
+def test_a_nested_model_compiles_and_its_gradient_is_the_recurrences():
+    depth = 40
+    f, x, w = nested(depth)
+    compiled = sg.compile(f, [x, w])
+    value, g = compiled.value_and_grad(x=0.7, w=0.3)
+    v, dx, dw = nested_by_hand(depth, 0.7, 0.3)
+    assert value == pytest.approx(v, rel=1e-10)
+    assert g["x"] == pytest.approx(dx, rel=1e-9)
+    assert g["w"] == pytest.approx(dw, rel=1e-9)
+    # the docstring shows the model's size, not a tree of 2^40 nodes
+    assert "distinct subexpressions" in compiled.module.__doc__
+
+
+def long_sum(terms: int):
+    x = sp.symbols("x0:10", real=True)
+    pairs = [(k % 10, (7 * k + 3) % 10, k + 1) for k in range(terms)]
+    expr = sp.Add(*[sp.sin(x[a] + c * x[b]) for a, b, c in pairs])
+    return expr, list(x), pairs
+
+
+def long_sum_by_hand(pairs, x0: np.ndarray):
+    value, grad = 0.0, np.zeros(len(x0))
+    for a, b, c in pairs:
+        value += math.sin(x0[a] + c * x0[b])
+        slope = math.cos(x0[a] + c * x0[b])
+        grad[a] += slope
+        grad[b] += c * slope
+    return value, grad
+
+
+def test_a_sum_of_2000_terms_sharing_10_variables_derives():
+    expr, x, pairs = long_sum(2000)
+    grads = sg.grad(expr, x)
+    x0 = np.linspace(0.01, 0.1, 10)
+    _, expected = long_sum_by_hand(pairs, x0)
+    point = dict(zip(x, x0))
+    got = [evaluate(grads[s], point) for s in x]
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-9)
+    # a long gradient program is shown step by step, one line per statement
+    text = sg.show(grads)
+    assert len(text.splitlines()) > 2000
+    assert all(line.count("=") == 1 for line in text.splitlines())
+
+
+def test_a_sum_of_300_terms_compiles():
+    # (from 300 terms on, compiling raised RecursionError; the array path of models this
+    # large is the rosenbrock tests' subject)
+    expr, x, pairs = long_sum(300)
+    compiled = sg.compile(expr, x)
+    x0 = np.linspace(0.01, 0.1, 10)
+    value, g = compiled.value_and_grad(**{s.name: float(v) for s, v in zip(x, x0)})
+    expected_value, expected = long_sum_by_hand(pairs, x0)
+    assert value == pytest.approx(expected_value, rel=1e-12)
+    np.testing.assert_allclose([g[s.name] for s in x], expected, rtol=1e-10)
+
+
+def rosenbrock(n: int):
+    x = sp.symbols(f"x0:{n}", real=True)
+    expr = sp.Add(*[100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2 for i in range(n - 1)])
+    return expr, list(x)
+
+
+def rosenbrock_by_hand(x0: np.ndarray):
+    value = float(np.sum(100 * (x0[1:] - x0[:-1] ** 2) ** 2 + (1 - x0[:-1]) ** 2))
+    grad = np.zeros_like(x0)
+    grad[:-1] += -400 * x0[:-1] * (x0[1:] - x0[:-1] ** 2) - 2 * (1 - x0[:-1])
+    grad[1:] += 200 * (x0[1:] - x0[:-1] ** 2)
+    return value, grad
+
+
+@pytest.mark.parametrize("n", [31, 64])
+def test_models_with_more_than_30_inputs_run_on_floats_and_arrays(n):
+    # CPython passes more than 30 arguments as f(*args), which Numba cannot inline
+    expr, x = rosenbrock(n)
+    compiled = sg.compile(expr, x)
+    x0 = np.linspace(-0.5, 1.2, n)
+    expected_value, expected = rosenbrock_by_hand(x0)
+    value, g = compiled.value_and_grad(**{s.name: float(v) for s, v in zip(x, x0)})
+    assert value == pytest.approx(expected_value, rel=1e-12)
+    np.testing.assert_allclose([g[s.name] for s in x], expected, rtol=1e-12, atol=1e-12)
+    batch = {s.name: np.array([v, v + 0.1]) for s, v in zip(x, x0)}
+    values, gs = compiled.value_and_grad(**batch)
+    second_value, second = rosenbrock_by_hand(x0 + 0.1)
+    np.testing.assert_allclose(values, [expected_value, second_value], rtol=1e-12)
+    np.testing.assert_allclose(gs["x0"], [expected[0], second[0]], rtol=1e-12)
+    np.testing.assert_allclose(compiled(**batch), [expected_value, second_value], rtol=1e-12)
+
+
+def test_a_product_of_40_factors_compiles_in_linear_pieces():
+    a = sp.symbols("a0:40", real=True)
+    expr = sp.Mul(*[sp.sin(ai) + 2 for ai in a])
+    compiled = sg.compile(expr, list(a))
+    a0 = np.linspace(0.1, 0.5, 40)
+    value, g = compiled.value_and_grad(**{s.name: float(v) for s, v in zip(a, a0)})
+    factors = np.sin(a0) + 2
+    assert value == pytest.approx(np.prod(factors), rel=1e-12)
+    np.testing.assert_allclose([g[s.name] for s in a], np.prod(factors) / factors * np.cos(a0),
+                               rtol=1e-11)
+    # the op count stays linear: the adjoints share their partial products
+    assert compiled.op_counts["value_and_grad"] < 12 * 40
+
+
+def test_compile_derives_once(monkeypatch):
+    import symgrad.compiled as compiled_module
+    import symgrad.derive.reverse as reverse
+
+    calls = []
+    original = reverse.derive
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(reverse, "derive", counting)
+    monkeypatch.setattr(compiled_module, "derive", counting)
+    w, x, y = sp.symbols("w x y", real=True)
+    f = sg.compile(sp.log(1 + sp.exp(w * x - y)) ** 2, [w])
+    assert len(calls) == 1
+    assert "Gradients (shared pieces named once):" in f.module.__doc__
+
+
+def test_stabilize_visits_a_shared_subexpression_once():
+    z = sp.Symbol("z", real=True)
+    f = z
+    for _ in range(16):         # each level uses f twice: a tree of 2^16 nodes
+        f = sp.log(1 + sp.exp(f, evaluate=False), evaluate=False) * f
+    stable = stabilize(f)
+    kinds = {type(n) for n in _nodes(stable)}
+    assert sp.log not in kinds and sp.exp not in kinds
+    assert ops.softplus in kinds
+
+
+def _nodes(expr):
+    seen, stack = set(), [expr]
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(node.args)
+    return seen
+
+
+def test_dag_walks_agree_with_sympy_on_small_models():
+    x, w, u = sp.symbols("x w u", real=True)
+    X = sp.MatrixSymbol("X", sp.Symbol("n", integer=True), 2)
+    expr = sp.sin(x * w) + sp.Lambda(u, u**2)(x) + X[0, 1] * w
+    assert dag_free_symbols(expr) == expr.free_symbols
+    table = {x: u, w: sp.Integer(2)}
+    assert dag_xreplace(expr, table) == expr.xreplace(table)
