@@ -229,3 +229,15 @@ def test_dag_walks_agree_with_sympy_on_small_models():
     assert dag_free_symbols(expr) == expr.free_symbols
     table = {x: u, w: sp.Integer(2)}
     assert dag_xreplace(expr, table) == expr.xreplace(table)
+
+
+def test_stable_rewrites_of_numbers_terminate():
+    """sigmoid(2) evaluates back to 1/(1 + exp(-2)): the rewriting must stop there."""
+    for number in (sp.Integer(2), sp.Rational(1, 2), sp.Float(0.25)):
+        sigmoid_form = 1 / (1 + sp.exp(-number))
+        assert stabilize(sigmoid_form) == sigmoid_form
+        softplus_form = sp.log(1 + sp.exp(number))
+        assert stabilize(softplus_form) == softplus_form
+    x = sp.Symbol("x")
+    assert stabilize(sp.log(1 + sp.exp(2 * x)) + 1 / (1 + sp.exp(-2))) == (
+        ops.softplus(2 * x) + 1 / (1 + sp.exp(-2)))

@@ -160,11 +160,17 @@ def stabilize(expr: sp.Expr) -> sp.Expr:
 
 
 def _stable_form(e):
-    """e with the stable rewrites applied at its top (its arguments are stable already)."""
+    """e with the stable rewrites applied at its top (its arguments are stable already).
+
+    A rewrite of a number can evaluate back to the form it came from (``sigmoid(2)`` is
+    ``1/(1 + exp(-2))``), so the rewriting stops at the first form seen before.
+    """
+    seen = {e}
     while True:
         replaced = _rewrite_top(e)
-        if replaced is None:
+        if replaced is None or replaced in seen:
             return e
+        seen.add(replaced)
         e = replaced
 
 
