@@ -319,6 +319,9 @@ _BLOCKED_RUN = textwrap.dedent('''
     for name, (path, inputs) in cases.items():
         spec = importlib.util.spec_from_file_location(f"generated_{name}", path)
         module = importlib.util.module_from_spec(spec)
+        # registered as `import` does: Numba's cache records the module of each kernel and
+        # imports it by that name when a later run loads the cached kernel
+        sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         if hasattr(module, "value_and_grad"):
             results[name] = module.value_and_grad(**inputs)
