@@ -604,6 +604,17 @@ def test_abs_of_exp_has_a_gradient():
     assert check(*ABS_OF_EXP_MODEL, against="jax", reference="symbolic").ok
 
 
+def test_complex_parts_sympy_writes_are_real_parts():
+    """Was: SymPy writes |exp(asin(tanh(v)/2))| over a plain symbol as exp(re(...)), and re
+    had no rule; im and conjugate come the same way. symgrad's values are real."""
+    a, b = sp.symbols("a b")
+    for expr in (sp.Abs(sp.exp(sp.asin(sp.tanh(a) / 2))),
+                 sp.re(a * b) + sp.im(a) * b + sp.conjugate(sp.sin(a)) * b,
+                 sg.sum(sg.abs(sg.exp(sg.tanh(_v) / 2))) * sp.Abs(sp.exp(a))):
+        wrt = sorted(expr.free_symbols, key=str)
+        assert check(expr, wrt, against=("jax", "finite-differences"), reference="symbolic").ok
+
+
 def test_a_softmax_over_one_entry_compiles():
     """Was: a Map inlined into another kept a use of a temporary inlined into it before."""
     assert check(*SINGLETON_SOFTMAX_MODEL, against="finite-differences").ok

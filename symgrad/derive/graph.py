@@ -177,7 +177,16 @@ def _stable_form(e):
 def _rewrite_top(e):
     """One stable rewrite at the top of e, or None: 1/(1 + exp(-x)) -> sigmoid(x),
     log(sigmoid(x)) -> logsigmoid(x), log(1 - sigmoid(x)) -> logsigmoid(-x),
-    log(1 + exp(x)) -> softplus(x), log(exp(x)) -> x."""
+    log(1 + exp(x)) -> softplus(x), log(exp(x)) -> x.
+
+    Also the real form of complex parts: symgrad's values are real, so re(x) -> x,
+    im(x) -> 0 and conjugate(x) -> x (SymPy writes |exp(x)| as exp(re(x)) when x is not
+    declared real, and composing elementwise bodies builds such forms).
+    """
+    if isinstance(e, (sp.re, sp.conjugate)):
+        return e.args[0]
+    if isinstance(e, sp.im):
+        return sp.S.Zero
     argument = _sigmoid_arg(e)
     if argument is not None:
         return ops.sigmoid(argument)
@@ -272,6 +281,10 @@ class Canonicalizer:
             return self._sum_all(self._canon(expr.arg))
         if isinstance(expr, (ops.LogSumExpAll, ops.LogDet)):
             return type(expr)(self._canon(expr.arg))
+        if isinstance(expr, (sp.re, sp.conjugate)):     # values are real: see _rewrite_top
+            return self._canon(expr.args[0])
+        if isinstance(expr, sp.im):
+            return sp.S.Zero
         if isinstance(expr, sp.log) and isinstance(expr.args[0], sp.Determinant):
             return ops.LogDet(self._canon(expr.args[0].arg))
         args = [self._canon(a) for a in expr.args]
