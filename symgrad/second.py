@@ -33,6 +33,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.derive.second import NoMatrixForm, jacobian_columns, jvp
+from symgrad.show import fresh_names
 
 __all__ = ["hessian", "hvp", "jacobian", "SecondOrder", "NoMatrixForm", "ScipyProblem"]
 
@@ -358,7 +359,8 @@ def _show(blocks: SecondOrder, output: str, latex: bool) -> str:
             if is_call(form) and node is form:
                 count(form, 1)
     shared = sorted(t for t, n in uses.items() if n >= 2)
-    aliases = {t: ("h" if len(shared) == 1 else f"h{k + 1}") for k, t in enumerate(shared)}
+    taken = {str(symbol) for form in forms.values() for symbol in form.free_symbols}
+    aliases = dict(zip(shared, fresh_names("h", len(shared), taken)))
     printer = (LatexPrinter if latex else Printer)()
     printer.aliases = aliases
     lines = []

@@ -11,6 +11,8 @@ transpose, ``sum(A, axis=1)`` row sums; a column vector added to a matrix is bro
 
 from __future__ import annotations
 
+import itertools
+
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 from sympy.printing.latex import LatexPrinter
@@ -346,15 +348,41 @@ def piece_names(program) -> tuple[dict, list]:
         kind = "delta" if target in program.adjoints else _kind(definitions[target])
         kinds[target] = kind
         counters[kind] = counters.get(kind, 0) + 1
-    seen: dict = {}
+    taken = _model_names(program) | {label for _, label in candidates if label}
+    fresh = {kind: fresh_names(kind, counters[kind], taken) for kind in counters}
     for target, label in candidates:
-        if label:
-            named[target] = label
-            continue
-        kind = kinds[target]
-        seen[kind] = seen.get(kind, 0) + 1
-        named[target] = kind if counters[kind] == 1 else f"{kind}{seen[kind]}"
+        named[target] = label if label else next(fresh[kinds[target]])
     return named, candidates
+
+
+def fresh_names(kind: str, count: int, taken: set):
+    """``count`` names for pieces of one kind: ``kind`` alone for one, else ``kind1``,
+    ``kind2``, ...; a name the model already uses (an input ``v``, a dimension ``h``) is
+    skipped, so a printed formula never reads a piece as an input. Names given are added to
+    ``taken``.
+
+    >>> list(fresh_names("h", 2, {"h1"}))
+    ['h2', 'h3']
+    """
+    numbered = (f"{kind}{k}" for k in itertools.count(1))
+    given = 0
+    for name in itertools.chain([kind] if count == 1 else [], numbered):
+        if given == count:
+            return
+        if name not in taken:
+            taken.add(name)
+            given += 1
+            yield name
+
+
+def _model_names(program) -> set:
+    """Names of the model's own symbols: inputs and the dimensions of their shapes."""
+    names = set()
+    for symbol in program.inputs:
+        names.add(str(symbol))
+        for d in getattr(symbol, "shape", ()):
+            names |= {str(s) for s in sp.sympify(d).free_symbols}
+    return names
 
 
 def _pieces(grads, output: str):
@@ -496,7 +524,7 @@ def show(grads, output: str = "f") -> str:
     >>> import sympy as sp, symgrad as sg
     >>> w, x, y = sp.symbols("w x y")
     >>> print(sg.show(sg.grad((w * x - y) ** 2, [w]), output="loss"))
-    dloss/dw = 2*x*(w*x - y)
+    dloss/dw = x*(2*w*x - 2*y)
     """
     if isinstance(grads, sp.Basic):
         return FormulaPrinter().doprint(grads)

@@ -591,3 +591,16 @@ def test_check_translations_take_any_input_name():
                                                if __import__("importlib").util.find_spec(b)]
     report = sg.check(expr, [A, np_input, model], against=against)
     assert report.ok, str(report)
+
+
+def test_shown_pieces_never_take_a_name_the_model_uses():
+    """A shared piece is named h, v, z or delta unless the model has an input or a
+    dimension of that name: then the piece takes the next free name, so df/dv = ... v ...
+    can only mean the input."""
+    v, h = sg.vector("v", 2), sp.Symbol("h")
+    a = sp.Symbol("a")
+    grads = sg.grad(sg.sum(sg.abs(sg.exp(sg.tanh(v) / 2))) * sp.Abs(sp.exp(a)) * h, [a, v, h])
+    text = sg.show(grads)
+    defined = [line.split(" = ")[0] for line in text.splitlines() if not line.startswith("df/")]
+    assert defined and not {"v", "h", "a"} & set(defined), text
+    assert all(name in text for name in defined)
