@@ -323,10 +323,6 @@ def _show(blocks: SecondOrder, output: str, latex: bool) -> str:
         def _print_DiagMatrix(self, expr):
             return rf"\operatorname{{diag}}\left({self._print(expr.args[0])}\right)"
 
-        def _print_Map(self, expr):
-            text = FormulaPrinter(hadamard=r" \circ ", transpose="^{T}", latex=True,
-                                  aliases=self.aliases)._print(expr)
-            return text.replace("*", r" \cdot ")
 
     forms = {key: readable(e) for key, e in blocks.items()}
     # a function of a matrix used twice or more is named once (h, h2, ...), recognised by

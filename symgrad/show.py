@@ -40,12 +40,11 @@ class FormulaPrinter(StrPrinter):
     """Plain-text formulas: ``W^T delta``, ``u ∘ h ∘ (1 - h)``, ``sum(dZ1, axis=1)``."""
 
     def __init__(self, names: dict | None = None, hadamard: str = " ∘ ", transpose: str = "^T",
-                 aliases: dict | None = None, latex: bool = False):
+                 aliases: dict | None = None):
         super().__init__()
         self.names = names or {}
         self.hadamard = hadamard
         self.transpose = transpose
-        self.latex = latex              # exponents in braces, \circ for elementwise powers
         self.aliases = aliases or {}   # printed text -> the user's name for it
         self._depth = 0
 
@@ -66,16 +65,8 @@ class FormulaPrinter(StrPrinter):
             # an elementwise power of a matrix; a negative one is marked elementwise (M^∘-1),
             # since M^-1 is the notation of the matrix inverse
             base = self.parenthesize(expr.base, PRECEDENCE['Pow'])
-            if self.latex:
-                mark = r"\circ " if expr.exp < 0 else ""
-                return f"{base}^{{{mark}{expr.exp}}}"
             return f"{base}^{'∘' if expr.exp < 0 else ''}{expr.exp}"
-        text = super()._print_Pow(expr, rational)
-        if self.latex and "**" in text:
-            # inner powers were printed by this method already: this "**" is the only one
-            base, exponent = text.split("**", 1)
-            return f"{base}^{{{exponent}}}"
-        return text
+        return super()._print_Pow(expr, rational)
 
     def _print_Symbol(self, expr):
         return expr.name
@@ -234,6 +225,12 @@ def _is_atomic_map(m: ops.Map) -> bool:
     return body in m.function.variables or isinstance(body, sp.Function)
 
 
+def _elementwise_reciprocal(e) -> bool:
+    """A negative power of a matrix piece inside an elementwise body."""
+    return (e.is_Pow and isinstance(e.base, _Piece) and e.base.matrix
+            and e.exp.is_Integer and e.exp < 0)
+
+
 def _is_matrix_valued(e) -> bool:
     return any(getattr(s, "matrix", False) for s in e.atoms(_Piece)) if isinstance(e, sp.Basic) \
         else False
@@ -295,8 +292,49 @@ class FormulaLatexPrinter(LatexPrinter):
         return super()._print(expr, **kwargs)
 
     def _print_Map(self, expr):
-        text = FormulaPrinter(hadamard=r" \circ ", transpose="^{T}", latex=True)._print(expr)
-        return text.replace("*", r" \cdot ")
+        # the body in LaTeX, as SymPy prints scalars (\tanh, \operatorname{sigmoid}, \frac),
+        # each operand a piece printed by this printer
+        return self._print(_readable_body(expr, self))
+
+    def _print__Piece(self, expr):
+        return expr.name
+
+    def _needs_mul_brackets(self, expr, first=False, last=False) -> bool:
+        # SymPy brackets the factors of a product by their type, and a piece is a symbol
+        if isinstance(expr, _Piece):
+            return not expr.atomic
+        return super()._needs_mul_brackets(expr, first, last)
+
+    def _needs_add_brackets(self, expr) -> bool:
+        if isinstance(expr, _Piece):
+            return not expr.atomic
+        return super()._needs_add_brackets(expr)
+
+    def _print_Mul(self, expr):
+        negated = -expr
+        if isinstance(negated, _Piece) and not negated.atomic:
+            # SymPy prints -(piece) as "- " and the piece, which it takes for a symbol
+            return rf"- \left({negated.name}\right)"
+        factors = expr.as_ordered_factors()
+        matrix_factors = [f for f in factors if _is_matrix_valued(f)]
+        if len(matrix_factors) < 2 and not any(_elementwise_reciprocal(f) for f in factors):
+            return super()._print_Mul(expr)
+        # 1/M of a matrix piece M stays M^{\circ -1}: a fraction would read as an inverse
+        coefficient = sp.Mul(*[f for f in factors if not _is_matrix_valued(f)])
+        text = r" \circ ".join(self.parenthesize(f, PRECEDENCE["Mul"]) for f in matrix_factors)
+        if coefficient == 1:
+            return text
+        if coefficient == -1:
+            return f"- {text}"
+        return f"{self.parenthesize(coefficient, PRECEDENCE['Mul'])} {text}"
+
+    def _print_Pow(self, expr):
+        if isinstance(expr.base, _Piece) and expr.base.matrix and expr.exp.is_Integer:
+            # an elementwise power; a negative one marked elementwise, as in the text
+            base = self.parenthesize(expr.base, PRECEDENCE["Pow"])
+            mark = r"\circ " if expr.exp < 0 else ""
+            return f"{base}^{{{mark}{expr.exp}}}"
+        return super()._print_Pow(expr)
 
     def parenthesize(self, item, level, is_neg=False, strict=False):
         # an elementwise region prints as its body, whose precedence SymPy cannot see: group
@@ -304,6 +342,8 @@ class FormulaLatexPrinter(LatexPrinter):
         if isinstance(item, ops.Map):
             text = self._print(item)
             return text if _looks_atomic(text) else rf"\left({text}\right)"
+        if isinstance(item, _Piece) and not item.atomic and level >= PRECEDENCE["Add"]:
+            return rf"\left({item.name}\right)"
         return super().parenthesize(item, level, is_neg, strict)
 
     def _print_AxisSum(self, expr):

@@ -61,8 +61,8 @@ def test_logistic_loss_hessian_prints_x_transpose_diag_x():
     text = sg.show(sg.hessian(loss, [w]), output="L")
     assert text == "h = sigmoid(X w)\nd²L/dw dw = lam I + X^T diag(h ∘ (1 - h)) X"
     latex = sg.latex(sg.hessian(loss, [w]), output="L")
-    assert r"\operatorname{diag}\left(h \circ (1 - h)\right)" in latex
-    assert r"h &= sigmoid(X w)" in latex and r"\partial^2 L" in latex
+    assert r"\operatorname{diag}\left(h \circ \left(1 - h\right)\right)" in latex
+    assert r"h &= \operatorname{sigmoid}{\left(X w \right)}" in latex and r"\partial^2 L" in latex
 
 
 def test_logistic_hessian_matches_the_closed_form_entrywise():

@@ -8,6 +8,7 @@ Each test states a general property and runs it over the cases that once broke i
 from __future__ import annotations
 
 import ast
+import cmath
 import math
 import random
 import re
@@ -540,13 +541,21 @@ def test_hostile_names_through_the_command_line_never_run(tmp_path):
 
 def test_printed_formulas_group_pieces_as_the_expression_does():
     """Random expressions over pieces that stand for sums (how sg.show prints a shared piece
-    such as X w + b inside a formula), printed and read back, equal the expression: no
-    grouping is lost in -(a + b), 1 - (a + b), 2 (a + b), (a + b)^2, f(-(a + b))."""
-    from symgrad.show import FormulaPrinter, _looks_atomic, _Piece
+    such as X w + b inside a formula), printed as text and as LaTeX and read back, equal the
+    expression: no grouping is lost in -(a + b), 1 - (a + b), 2 (a + b), (a + b)^2,
+    f(-(a + b)), a / (b^2 + 1), and a matrix piece's elementwise reciprocal reads as one."""
+    from sympy.parsing.sympy_parser import (
+        implicit_multiplication,
+        parse_expr,
+        standard_transformations,
+    )
+
+    from symgrad.show import FormulaLatexPrinter, FormulaPrinter, _looks_atomic, _Piece
 
     x, y, z = sp.symbols("x y z")
     meanings = [x + y, x - 2 * z, y * z, x, -y + z / 2]
-    pieces = [_Piece(str(m), False, _looks_atomic(str(m))) for m in meanings]   # as show
+    pieces = [_Piece(str(m), k % 2 == 0, _looks_atomic(str(m)))   # as show: some matrices
+              for k, m in enumerate(meanings)]
     rng = random.Random(11)
 
     def build(depth):
@@ -555,20 +564,74 @@ def test_printed_formulas_group_pieces_as_the_expression_does():
         a, b = build(depth - 1), build(depth - 1)
         return rng.choice([lambda: a + b, lambda: a - b, lambda: a * b, lambda: -a,
                            lambda: a / (b ** 2 + 1), lambda: a ** 2, lambda: sp.sin(-a),
-                           lambda: sp.exp(a - b), lambda: 2 * a - 3 * b])()
+                           lambda: sp.exp(a - b), lambda: 2 * a - 3 * b, lambda: 1 / a,
+                           lambda: sp.tanh(a) ** 2])()
 
     meaning = dict(zip(pieces, meanings))
     point = {x: 0.3, y: -1.1, z: 0.7}
+    implicit = standard_transformations + (implicit_multiplication,)
+    names = {"x": x, "y": y, "z": z}
     for _ in range(300):
         expr = build(4)
-        want = float(expr.xreplace(meaning).subs(point))
-        text = FormulaPrinter().doprint(expr)
-        # the LaTeX of an elementwise body: exponents in braces, read back as powers
-        latex = FormulaPrinter(latex=True).doprint(expr)
-        as_python = re.sub(r"\^\{([^{}]*)\}", r"**(\1)", latex)
-        for printed in (text, as_python):
-            read = sp.parse_expr(printed, local_dict={"x": x, "y": y, "z": z})
-            assert float(read.subs(point)) == pytest.approx(want, rel=1e-12), (printed, expr)
+        want = complex(expr.xreplace(meaning).subs(point))
+        if not cmath.isfinite(want):
+            continue
+        text = FormulaPrinter().doprint(expr).replace("^∘", "^").replace("^", "**")
+        text = text.replace(" ∘ ", "*")
+        latex = FormulaLatexPrinter().doprint(expr)
+        assert "tanh(" not in latex and "sin(" not in latex, latex    # one naming style
+        as_python = _latex_to_python(latex.replace(r"^{\circ ", "^{").replace(r"\circ", "*"))
+        for printed, transformations in ((text, standard_transformations),
+                                         (as_python, implicit)):
+            read = parse_expr(printed, local_dict=names, transformations=transformations)
+            assert complex(read.subs(point)) == pytest.approx(want, rel=1e-12), (printed, expr)
+
+
+def _brace_group(text, start):
+    """(content, end) of the brace group opening at text[start] == '{'."""
+    depth = 0
+    for k in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[k], 0)
+        if depth == 0:
+            return text[start + 1:k], k + 1
+    raise ValueError(text)
+
+
+def _latex_to_python(text):
+    """Python for the LaTeX that sg.latex writes for elementwise bodies: fractions, powers,
+    functions (\\tanh, \\operatorname{sigmoid}, with powers as \\sin^{2}), e^{x}, \\cdot."""
+    text = text.replace(r"\left(", "(").replace(r"\right)", ")").replace(r"\cdot", "*")
+    out, k = [], 0
+    while k < len(text):
+        if text.startswith(r"\frac", k):
+            a, k = _brace_group(text, k + 5)
+            b, k = _brace_group(text, k)
+            out.append(f"(({_latex_to_python(a)})/({_latex_to_python(b)}))")
+        elif text.startswith(r"\operatorname", k) or (text[k] == "\\" and text[k + 1].isalpha()):
+            if text.startswith(r"\operatorname", k):
+                name, k = _brace_group(text, k + len(r"\operatorname"))
+            else:
+                name = re.match(r"\\([a-zA-Z]+)", text[k:]).group(1)
+                k += len(name) + 1
+            power = None
+            if text.startswith("^", k):
+                power, k = _brace_group(text, k + 1)
+            argument, k = _brace_group(text, k)
+            call = f"{name}({_latex_to_python(argument)})"
+            out.append(f"({call})**({_latex_to_python(power)})" if power else call)
+        elif text.startswith("e^", k):
+            exponent, k = _brace_group(text, k + 2)
+            out.append(f"exp({_latex_to_python(exponent)})")
+        elif text.startswith("^", k):
+            exponent, k = _brace_group(text, k + 1)
+            out.append(f"**({_latex_to_python(exponent)})")
+        elif text[k] == "{":
+            inner, k = _brace_group(text, k)
+            out.append(f"({_latex_to_python(inner)})")
+        else:
+            out.append(text[k])
+            k += 1
+    return "".join(out)
 
 
 def test_latex_keeps_the_grouping_of_an_elementwise_sum_in_a_product():
