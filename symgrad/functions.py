@@ -162,6 +162,20 @@ def row_of(expr) -> Elementwise | None:
     return _BY_NODE.get(type(expr))
 
 
+def inline_definitions(expr):
+    """expr with each of the user's functions replaced by the expression that defines it, so
+    that a common subexpression elimination sees inside them (code does not name them).
+
+    >>> cube = elementwise("cube", lambda x: x**3)
+    >>> inline_definitions(cube(sp.Symbol("a") + 1) + 2)
+    (a + 1)**3 + 2
+    """
+    if not any(row.value is not None for row in _BY_NODE.values()):
+        return expr
+    return expr.replace(lambda e: getattr(row_of(e), "value", None) is not None,
+                        lambda e: row_of(e).value(e.args[0]))
+
+
 def builder(row: Elementwise) -> Callable:
     """``sg.<name>``: the function of a scalar, or of each entry of a matrix (a Map)."""
     scalar = row.build

@@ -495,7 +495,7 @@ class KernelEmitter:
                 if text not in loads:
                     loads[text] = sp.Symbol(f"_v{len(loads)}", real=True)
                 variables[v] = loads[text]
-            body = e.body.xreplace(variables)
+            body = functions.inline_definitions(e.body.xreplace(variables))
             values[target] = body
             bodies.append(body)
         for text, v in loads.items():
@@ -662,7 +662,8 @@ class KernelEmitter:
         # SymPy turns Lambda((a,), a) into IdentityFunction, whose variable is a Dummy
         # numbered from a random base per process: rename, so the text is deterministic
         variables = [sp.Symbol(f"_v{k}", real=True) for k in range(len(e.operands))]
-        body = e.body.xreplace(dict(zip(e.function.variables, variables)))
+        body = functions.inline_definitions(
+            e.body.xreplace(dict(zip(e.function.variables, variables))))
         for v, operand in zip(variables, e.operands):
             self.emit(f"{v.name} = {self.load(operand, i, j, e.shape)}", depth)
         replacements, (body,) = sp.cse([body], symbols=sp.numbered_symbols("_c"),
