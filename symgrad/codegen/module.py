@@ -20,7 +20,12 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.ir import Program
-from symgrad.codegen.numba import FASTMATH_FLAGS, KernelEmitter, PythonScalarPrinter
+from symgrad.codegen.numba import (
+    FASTMATH_FLAGS,
+    KernelEmitter,
+    PythonScalarPrinter,
+    ScalarPrinter,
+)
 
 _RUNTIME_MARKER = "# --- symgrad runtime: copied verbatim into generated modules"
 
@@ -293,7 +298,6 @@ def _output_expressions(program: Program, emitter_names: list[str]) -> list[str]
     """The returned expressions.  Every array returned is a fresh one: an output that is an
     input (the gradient of dot(x, y) by x is y) or that another output already returns is
     copied, so that updating one result in place changes nothing else."""
-    from symgrad.codegen.numba import ScalarPrinter
     printer = ScalarPrinter()
     out = []
     returned: set = set()
