@@ -320,6 +320,9 @@ _BLOCKED_RUN = textwrap.dedent('''
     for name, (path, inputs) in cases.items():
         spec = importlib.util.spec_from_file_location(f"generated_{name}", path)
         module = importlib.util.module_from_spec(spec)
+        # imported as an import statement would: Numba's cache, loaded in a later run, finds
+        # a kernel's module by name (without this it fails with "No module named '<dynamic>'")
+        sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         if hasattr(module, "value_and_grad"):
             results[name] = module.value_and_grad(**inputs)
