@@ -208,6 +208,14 @@ def test_bad_definitions_are_refused():
         sg.elementwise("cube", lambda x: 1 / 0)
 
 
+def test_an_explicit_sympy_matrix_is_refused_rather_than_exponentiated():
+    # sp.exp of a SymPy Matrix is the matrix exponential, not the exp of each entry
+    with pytest.raises(TypeError, match="exp: pass a matrix expression"):
+        sg.exp(sp.Matrix([[1, 2], [3, 4]]))
+    with pytest.raises(TypeError, match="swish: pass a matrix expression"):
+        swish(sp.eye(2))
+
+
 def test_an_undefined_function_names_sg_elementwise_when_compiled():
     mystery = sp.Function("mystery")
     sg.register_rule(type(mystery(w)), lambda g, y, a, **_: (g * 2,))
