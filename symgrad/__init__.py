@@ -8,11 +8,12 @@
 x*(2*w*x - 2*y)
 """
 
-from symgrad import ops as _ops
+from symgrad import functions as _functions
 from symgrad.check import CheckReport, check
 from symgrad.compiled import CompiledFunction, Gradients, compile, grad
 from symgrad.derive.rules import RULES, register_rule
 from symgrad.derive.split import NotSplittable
+from symgrad.functions import elementwise
 from symgrad.generate import generate
 from symgrad.model import Model
 from symgrad.ops import (
@@ -41,20 +42,9 @@ from symgrad.show import latex, show
 
 __version__ = "0.1.0"
 
-# Elementwise functions: each takes a scalar or a matrix.
-sigmoid = _ops.ELEMENTWISE["sigmoid"]
-softplus = _ops.ELEMENTWISE["softplus"]
-logsigmoid = _ops.ELEMENTWISE["logsigmoid"]
-relu = _ops.ELEMENTWISE["relu"]
-exp = _ops.ELEMENTWISE["exp"]
-log = _ops.ELEMENTWISE["log"]
-log1p = _ops.ELEMENTWISE["log1p"]
-tanh = _ops.ELEMENTWISE["tanh"]
-sin = _ops.ELEMENTWISE["sin"]
-cos = _ops.ELEMENTWISE["cos"]
-sqrt = _ops.ELEMENTWISE["sqrt"]
-square = _ops.ELEMENTWISE["square"]
-abs = _ops.ELEMENTWISE["abs"]  # noqa: A001 - mirrors numpy.abs
+# Elementwise functions (sg.sigmoid, sg.exp, ...): one per row of symgrad/functions.py's
+# table, each taking a scalar or a matrix.
+globals().update(_functions.FUNCTIONS)
 
 __all__ = [
     "grad", "compile", "generate", "check", "CheckReport", "Model", "CompiledFunction",
@@ -62,7 +52,5 @@ __all__ = [
     "NotSplittable", "hessian", "hvp", "jacobian", "NoMatrixForm",
     "matrix", "vector", "dot", "hadamard", "sum", "mean", "broadcast", "trace", "det", "logdet",
     "inv", "logsumexp", "softmax", "softmax_cross_entropy", "binary_cross_entropy_with_logits",
-    "name", "Map",
-    "sigmoid", "softplus", "logsigmoid", "relu", "exp", "log", "log1p", "tanh", "sin", "cos",
-    "sqrt", "square", "abs", "__version__",
+    "name", "Map", "elementwise", *_functions.FUNCTIONS, "__version__",
 ]

@@ -18,7 +18,6 @@ NumPy value-and-gradient (:data:`NUMPY_BASELINES`).
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 import threading
 import time
@@ -29,6 +28,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
+from symgrad.check.backends import median_time
 from symgrad.generate import has_scalar_output, load_models
 from symgrad.model import Model
 
@@ -335,22 +335,6 @@ def _check_line(model: Model) -> tuple[str, bool]:
     return line, "DISAGREES" not in line
 
 
-def _median_seconds(function: Callable[[], object], budget: float = 0.03,
-                    repeats: int = 7) -> float:
-    """Median time of one call, from ``repeats`` runs of a loop lasting about ``budget``."""
-    start = time.perf_counter()
-    function()
-    once = max(time.perf_counter() - start, 1e-7)
-    loops = max(1, min(10_000, int(budget / once)))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(loops):
-            function()
-        samples.append((time.perf_counter() - start) / loops)
-    return statistics.median(samples)
-
-
 def _seconds(t: float) -> str:
     if t < 1e-3:
         return f"{t * 1e6:.1f} µs"
@@ -427,7 +411,7 @@ def _demo_one(model: Model, where: str, out, err) -> list[str]:
     print(f"   {line}", file=out)
 
     what = "value and gradient" if scalar else "forward and vjp"
-    ours_time = _median_seconds(lambda: _call(compiled, inputs))
+    ours_time = median_time(lambda: _call(compiled, inputs), repeats=7, budget=0.03)
     row = [model.name, "ok" if ok else "FAILED", _seconds(ours_time), "-", "-"]
     baseline = NUMPY_BASELINES.get(model.name)
     timing = f"{what}: symgrad {_seconds(ours_time)}"
@@ -436,7 +420,7 @@ def _demo_one(model: Model, where: str, out, err) -> list[str]:
     elif not _baseline_agrees(baseline, inputs, ours):
         timing += " (the NumPy baseline does not compute this model; not timed)"
     else:
-        numpy_time = _median_seconds(lambda: baseline(**inputs))
+        numpy_time = median_time(lambda: baseline(**inputs), repeats=7, budget=0.03)
         ratio = numpy_time / ours_time
         timing += f", NumPy {_seconds(numpy_time)}: {_speedup(ratio)}"
         row[3:] = [_seconds(numpy_time), f"{ratio:.1f}x"]

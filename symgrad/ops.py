@@ -10,9 +10,8 @@ Scalars are plain SymPy expressions; matrices are SymPy matrix expressions built
   :class:`SumAll`, :class:`LogSumExp`, :class:`Softmax`, :class:`LogDet` and :class:`Named`
   (a label that names a piece of the model in printed formulas);
 * the user-facing builders: ``matrix``, ``vector``, ``dot``, ``hadamard``, ``sum``, ``mean``,
-  ``broadcast``, ``trace``, ``det``, ``logdet``, ``inv``, the elementwise functions
-  (``sigmoid``, ``tanh``, ``exp`` ... accepting scalars and matrices), ``logsumexp`` and
-  ``softmax``.
+  ``broadcast``, ``trace``, ``det``, ``logdet``, ``inv``, ``logsumexp`` and ``softmax`` (the
+  elementwise functions ``sg.sigmoid``, ``sg.exp`` ... are rows of symgrad/functions.py).
 
 >>> import symgrad as sg
 >>> x = sg.vector("x", 3)
@@ -22,7 +21,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import sympy as sp
 from sympy.codegen.cfunctions import log1p as _log1p
@@ -123,16 +122,6 @@ class relu(_ScalarFunction):
 
 
 log1p = _log1p
-
-# Scalar functions that may appear in the body of a Map, by the name a Map prints.
-SCALAR_FUNCTIONS: dict[str, Callable[[sp.Expr], sp.Expr]] = {
-    "sigmoid": sigmoid, "softplus": softplus, "logsigmoid": logsigmoid, "relu": relu,
-    "exp": sp.exp, "log": sp.log, "log1p": _log1p, "tanh": sp.tanh, "sin": sp.sin,
-    "cos": sp.cos, "tan": sp.tan, "sinh": sp.sinh, "cosh": sp.cosh, "atan": sp.atan,
-    "asin": sp.asin, "acos": sp.acos, "erf": sp.erf, "abs": sp.Abs,
-    "sqrt": sp.sqrt, "square": lambda x: x**2,
-}
-
 
 # --------------------------------------------------------------------------------------
 # Matrix nodes
@@ -542,23 +531,6 @@ def name(label: str, expr):
     return Named(label, expr) if _is_matrix(expr) else NamedScalar(label, expr)
 
 
-def _elementwise(function_name: str):
-    scalar = SCALAR_FUNCTIONS[function_name]
-
-    def apply(x):
-        if _is_matrix(x):
-            (a,) = map_variables(1, ["a"])
-            return Map(sp.Lambda((a,), scalar(a)), x.shape, x)
-        return scalar(sp.sympify(x))
-
-    apply.__name__ = function_name
-    apply.__qualname__ = function_name
-    apply.__doc__ = (f"{function_name} of a scalar, or of each entry of a matrix.\n\n"
-                     f">>> import sympy as sp\n>>> {function_name}(sp.Symbol('x')) is not None\n"
-                     "True\n")
-    return apply
-
-
 def binary_cross_entropy_with_logits(logits, labels):
     """-(y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))), elementwise, in the stable form
     y softplus(-z) + (1 - y) softplus(z)."""
@@ -567,10 +539,6 @@ def binary_cross_entropy_with_logits(logits, labels):
     if _is_matrix(logits):
         return Map(sp.Lambda((z, y), body), logits.shape, logits, labels)
     return body.subs({z: logits, y: labels}, simultaneous=True)
-
-
-# The user-facing elementwise functions (sg.sigmoid, sg.exp, ...): scalars and matrices alike.
-ELEMENTWISE = {function_name: _elementwise(function_name) for function_name in SCALAR_FUNCTIONS}
 
 
 class Scatter(MatrixExpr):

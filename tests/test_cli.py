@@ -299,6 +299,12 @@ def test_the_progress_line_counts_seconds_on_a_terminal():
     assert "compiling m ... " in stream.getvalue() and stream.getvalue().endswith("\r\033[K")
 
 
-def test_python_dash_m_symgrad_is_the_command():
-    assert (ROOT / "symgrad" / "__main__.py").read_text().count("main()") == 1
-    assert cli.main is main
+def test_python_dash_m_symgrad_is_the_command(capsys):
+    """``python -m symgrad`` prints and exits as the command's own main does."""
+    result = run("show", "--help")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["show", "--help"])
+    assert result.returncode == exit_.value.code == 0
+    assert result.stdout == capsys.readouterr().out
+    failed = run("show", "no/such/model.py")
+    assert failed.returncode == cli.main(["show", "no/such/model.py"]) != 0

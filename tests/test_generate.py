@@ -172,7 +172,8 @@ def test_generated_modules_carry_formulas_op_counts_version_and_hash(model_file)
 
 def test_a_matrix_output_module_has_vjp(model_file):
     text = module_text(load_models(model_file)[2])
-    assert "\ndef vjp(upstream, /, *," in text and "\ndef value_and_grad(" not in text
+    assert "\ndef vjp(upstream: np.ndarray, /, *," in text
+    assert "\ndef value_and_grad(" not in text
 
 
 def test_generate_file_writes_one_module_per_model(model_file, tmp_path):

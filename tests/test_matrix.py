@@ -1,6 +1,8 @@
 """Matrix calculus: Matrix Cookbook identities, readable formulas, canonical forms, stability,
 symbolic dimensions, vector shapes and vector-Jacobian products."""
 
+import re
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -116,7 +118,14 @@ def test_a_layer_writes_over_the_product_it_no_longer_needs():
         body = body[:body.index("\n\n")]
         assert "np.empty((n_h, m))" not in body
     body = source[source.index("def _value_and_grad_kernel("):]
-    assert body.index("_t15 = ") < body.index("_t12 = _t4")
+    body = body[:body.index("\n\n")]
+    # A1 is the array the tanh loop writes, dW2 the array returned as W2's gradient, and
+    # dZ1 takes over A1's array (a line "dZ1 = A1"): dW2 must be computed before that line
+    a1 = re.search(r"_e0 = sg_tanh\(.*\)\n\s+(_t\d+)\[_i, _j\] = _e0", body).group(1)
+    dw2 = re.search(r"(_t\d+)\.reshape\(_in_in_2\.shape\)", body).group(1)
+    takeover = re.search(rf"\n    _t\d+ = {a1}\n", body)
+    assert takeover is not None, "dZ1 no longer reuses A1's array"
+    assert body.index(f"\n    {dw2} = ") < takeover.start()
 
 
 def _readable_source(spec) -> str:

@@ -34,13 +34,26 @@ from sympy.logic.boolalg import BooleanAtom
 from sympy.matrices.expressions.matexpr import MatrixExpr
 from sympy.printing.printer import Printer
 
-from symgrad import ops
+from symgrad import functions, ops
 
 __all__ = ["Translator", "NumpyTranslator", "JaxTranslator", "TorchTranslator",
            "AutogradTranslator", "TRANSLATORS", "Translated", "translate", "require"]
 
 # The Python package each framework needs, as ``import`` spells it.
 PACKAGES = {"numpy": "numpy", "jax": "jax", "torch": "torch", "autograd": "autograd"}
+
+
+def _templates(framework: str, xp: str, special: str) -> dict[str, str]:
+    """A framework's code of each elementwise function (symgrad/functions.py), by node class
+    name: the row's own, or its NumPy code with the framework's module aliases."""
+    templates = {}
+    for row in functions.ROWS.values():
+        if row.node is None or row.value is not None:
+            continue        # a power (Pow's method), or a user's function (its definition)
+        own = getattr(row, framework)
+        templates[row.key] = own if own is not None else (
+            row.numpy.replace("np.", f"{xp}.").replace("special.", f"{special}."))
+    return templates
 
 
 def require(framework: str):
@@ -95,16 +108,7 @@ class Translator(Printer):
     modules: dict[str, str] = {"np": "numpy", "special": "scipy.special"}
     xp = "np"               # alias of the array module
     special = "special"     # alias of the special-function module
-    functions: dict[str, str] = {
-        "exp": "np.exp({})", "log": "np.log({})", "log1p": "np.log1p({})",
-        "sin": "np.sin({})", "cos": "np.cos({})", "tan": "np.tan({})",
-        "sinh": "np.sinh({})", "cosh": "np.cosh({})", "tanh": "np.tanh({})",
-        "atan": "np.arctan({})", "asin": "np.arcsin({})", "acos": "np.arccos({})",
-        "sqrt": "np.sqrt({})", "erf": "special.erf({})", "Abs": "np.abs({})",
-        "sign": "np.sign({})", "sigmoid": "special.expit({})",
-        "softplus": "np.logaddexp(0.0, {})", "logsigmoid": "(-np.logaddexp(0.0, -{}))",
-        "relu": "np.maximum({}, 0.0)",
-    }
+    functions: dict[str, str] = _templates("numpy", "np", "special")
     printmethod = None       # nodes never print themselves: dispatch by class name only
 
     def __init__(self, dims: dict | None = None):
@@ -167,7 +171,13 @@ class Translator(Printer):
         literal = self._literal(expr)
         if literal is not None:
             return literal
-        code = super()._print(expr, **kwargs)
+        row = functions.row_of(expr)
+        if row is None:
+            code = super()._print(expr, **kwargs)
+        elif row.value is not None:     # a user's function: the expression that defines it
+            code = self._print(row.value(expr.args[0]))
+        else:
+            code = self._call(row.key, expr)
         if isinstance(expr, (sp.Symbol, sp.MatrixSymbol, BooleanAtom)) or code in self.bound:
             result = code       # a name already: an identity Map, a Named piece
         else:
@@ -288,66 +298,7 @@ class Translator(Printer):
             return f"({b} ** {int(exponent)})"
         return f"({b} ** {self._print(exponent)})"
 
-    # -- scalar functions --------------------------------------------------------------
-    def _print_exp(self, expr):
-        return self._call("exp", expr)
-
-    def _print_log(self, expr):
-        if len(expr.args) != 1:
-            raise NotImplementedError(f"log with a base (in {expr}) for {self.framework}")
-        return self._call("log", expr)
-
-    def _print_log1p(self, expr):
-        return self._call("log1p", expr)
-
-    def _print_sin(self, expr):
-        return self._call("sin", expr)
-
-    def _print_cos(self, expr):
-        return self._call("cos", expr)
-
-    def _print_tan(self, expr):
-        return self._call("tan", expr)
-
-    def _print_sinh(self, expr):
-        return self._call("sinh", expr)
-
-    def _print_cosh(self, expr):
-        return self._call("cosh", expr)
-
-    def _print_tanh(self, expr):
-        return self._call("tanh", expr)
-
-    def _print_atan(self, expr):
-        return self._call("atan", expr)
-
-    def _print_asin(self, expr):
-        return self._call("asin", expr)
-
-    def _print_acos(self, expr):
-        return self._call("acos", expr)
-
-    def _print_erf(self, expr):
-        return self._call("erf", expr)
-
-    def _print_Abs(self, expr):
-        return self._call("Abs", expr)
-
-    def _print_sign(self, expr):
-        return self._call("sign", expr)
-
-    def _print_sigmoid(self, expr):
-        return self._call("sigmoid", expr)
-
-    def _print_softplus(self, expr):
-        return self._call("softplus", expr)
-
-    def _print_logsigmoid(self, expr):
-        return self._call("logsigmoid", expr)
-
-    def _print_relu(self, expr):
-        return self._call("relu", expr)
-
+    # -- scalar functions (elementwise functions: their rows, see _print) -------------
     def _print_re(self, expr):
         # models are real: SymPy writes re() where it cannot tell (|exp(z)| is exp(re(z)))
         return f"{self.xp}.real({self._print(expr.args[0])})"
@@ -544,12 +495,7 @@ class JaxTranslator(Translator):
     modules = {"jnp": "jax.numpy", "jax": "jax", "jspecial": "jax.scipy.special"}
     xp = "jnp"
     special = "jspecial"
-    functions = {
-        **{name: template.replace("np.", "jnp.").replace("special.", "jspecial.")
-           for name, template in Translator.functions.items()},
-        "sigmoid": "jax.nn.sigmoid({})", "softplus": "jax.nn.softplus({})",
-        "logsigmoid": "jax.nn.log_sigmoid({})", "relu": "jax.nn.relu({})",
-    }
+    functions = _templates("jax", "jnp", "jspecial")
 
     def namespace(self) -> dict:
         jax = require("jax")
@@ -573,12 +519,7 @@ class AutogradTranslator(Translator):
     modules = {"anp": "autograd.numpy", "aspecial": "autograd.scipy.special"}
     xp = "anp"
     special = "aspecial"
-    functions = {
-        **{name: template.replace("np.", "anp.").replace("special.", "aspecial.")
-           for name, template in Translator.functions.items()},
-        # np.maximum(x, 0) would give half the gradient at 0; symgrad's relu gives none
-        "relu": "anp.where({0} > 0.0, {0}, 0.0)",
-    }
+    functions = _templates("autograd", "anp", "aspecial")
 
     def namespace(self) -> dict:
         require("autograd")
@@ -599,12 +540,7 @@ class TorchTranslator(Translator):
     modules = {"torch": "torch", "F": "torch.nn.functional"}
     xp = "torch"
     special = "torch.special"
-    functions = {
-        **{name: template.replace("np.", "torch.").replace("special.", "torch.special.")
-           for name, template in Translator.functions.items()},
-        "sigmoid": "torch.sigmoid({})", "softplus": "F.softplus({})",
-        "logsigmoid": "F.logsigmoid({})", "relu": "torch.relu({})",
-    }
+    functions = _templates("torch", "torch", "torch.special")
 
     def namespace(self) -> dict:
         require("torch")

@@ -90,20 +90,6 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-# Maps the math function name to the function that implements it in this module.
-FASTMATH_FUNCTIONS = {
-    "exp": "sg_exp",
-    "expm1": "sg_expm1",
-    "log": "sg_log",
-    "log1p": "sg_log1p",
-    "tanh": "sg_tanh",
-    "sigmoid": "sg_sigmoid",
-    "softplus": "sg_softplus",
-    "logsigmoid": "sg_logsigmoid",
-    "sin": "sg_sin",
-    "cos": "sg_cos",
-}
-
 # Compilation options for every function here.
 # * forceinline=True marks the compiled LLVM function "alwaysinline", so LLVM
 #   inlines it into the calling loop, which the loop vectoriser needs (the
@@ -509,3 +495,9 @@ def sg_sin(x):
 def sg_cos(x):
     """cos(x); accurate for |x| < 2**29, see module docstring beyond."""
     return _sin_cos_kernel(float(x), 1)
+
+
+# Maps the math function name to the function that implements it in this module: every sg_
+# function but the NaN-propagating max and min (a new kernel is listed by being defined).
+FASTMATH_FUNCTIONS = {name[3:]: name for name in list(globals())
+                      if name.startswith("sg_") and name not in ("sg_max", "sg_min")}

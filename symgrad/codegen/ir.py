@@ -47,16 +47,6 @@ class Program:
     adjoints: set = field(default_factory=set)    # targets that hold an adjoint
     names: dict = field(default_factory=dict)     # derivation name -> its atom here (lower)
 
-    @property
-    def dimensions(self) -> list:
-        """The symbolic dimensions of the inputs, sorted by name."""
-        dims = set()
-        for symbol in self.inputs:
-            if isinstance(symbol, MatrixExpr):
-                for d in symbol.shape:
-                    dims |= sp.sympify(d).free_symbols
-        return sorted(dims, key=lambda s: s.name)
-
     def op_count(self) -> int:
         """Arithmetic operations: one per scalar operation, per matrix operation, and per
         operation in the body of each elementwise loop."""

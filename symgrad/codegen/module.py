@@ -7,6 +7,8 @@ numpy and numba only).
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import keyword
 import re
@@ -18,7 +20,12 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.ir import Program
-from symgrad.codegen.numba import FASTMATH_FLAGS, KernelEmitter, PythonScalarPrinter
+from symgrad.codegen.numba import (
+    FASTMATH_FLAGS,
+    KernelEmitter,
+    PythonScalarPrinter,
+    ScalarPrinter,
+)
 
 _RUNTIME_MARKER = "# --- symgrad runtime: copied verbatim into generated modules"
 
@@ -134,15 +141,78 @@ def docstring_literal(text: str) -> str:
     return '"""' + "".join(out) + '"""'
 
 
-def runtime_source() -> str:
-    """The code generated modules carry: fastmath.py's functions (without their module
-    docstring), then runtime.py's loads and checks."""
+@functools.cache
+def _runtime_pieces() -> tuple:
+    """fastmath.py's functions (without their module docstring), then runtime.py's loads and
+    checks, as top-level statements: (text, names it defines, names it reads, names it
+    registers with) in order.  A statement's text starts with the blank lines and comments
+    above it."""
     here = Path(__file__).parent
     fast = (here / "fastmath.py").read_text()
     fast = fast[fast.index('"""', 3) + 3:].lstrip()      # drop the module docstring
     runtime = (here / "runtime.py").read_text()
-    return ("# --- symgrad fast math: vectorisable float64 functions -------------------------\n"
-            + fast.rstrip() + "\n\n\n" + runtime[runtime.index(_RUNTIME_MARKER):])
+    runtime = runtime[runtime.index(_RUNTIME_MARKER):].split("\n", 1)[1]
+    text = fast.rstrip() + "\n\n\n" + runtime
+    lines = text.splitlines()
+    pieces = []
+    previous_end = 0
+    for statement in ast.parse(text).body:
+        chunk = lines[previous_end:statement.end_lineno]
+        previous_end = statement.end_lineno
+        if isinstance(statement, (ast.Import, ast.ImportFrom)):
+            chunk = lines[statement.lineno - 1:statement.end_lineno]   # imports go first
+            defined = {(a.asname or a.name).split(".")[0] for a in statement.names}
+        elif isinstance(statement, (ast.FunctionDef, ast.ClassDef)):
+            defined = {statement.name}
+        else:       # an assignment: the names it assigns (not a comprehension's variables)
+            targets = getattr(statement, "targets", None) or [
+                t for t in [getattr(statement, "target", None)] if t is not None]
+            defined = {n.id for t in targets for n in ast.walk(t)
+                       if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        read = {n.id for n in ast.walk(statement)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - defined
+        # @overload(_at, ...) registers an implementation of _at: it goes where _at goes
+        registers = {d.args[0].id for d in getattr(statement, "decorator_list", ())
+                     if isinstance(d, ast.Call) and d.args and isinstance(d.args[0], ast.Name)
+                     and d.args[0].id != "numba"}
+        pieces.append(("\n".join(chunk), frozenset(defined), frozenset(read),
+                       frozenset(registers)))
+    return tuple(pieces)
+
+
+def runtime_source(code: str) -> str:
+    """The part of symgrad's runtime (codegen/fastmath.py, codegen/runtime.py) that ``code``
+    calls, directly or through other runtime functions, in the runtime's own order: a module
+    carries only what it uses, and the same code gives the same text.
+
+    >>> "def sg_exp(" in runtime_source("y = sg_tanh(x)")      # tanh calls expm1, not exp
+    False
+    >>> "def sg_expm1(" in runtime_source("y = sg_tanh(x)")
+    True
+    """
+    pieces = _runtime_pieces()
+    wanted = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", code))
+    kept: set = set()
+    changed = True
+    while changed:
+        changed = False
+        for k, (_, defined, read, registers) in enumerate(pieces):
+            if k not in kept and (defined & wanted or registers & wanted):
+                kept.add(k)
+                wanted |= read | registers
+                changed = True
+    imports, out = [], []
+    for k, (text, _, _, _) in enumerate(pieces):
+        if k not in kept:
+            continue
+        if text.startswith(("import ", "from ")):
+            if text not in imports:     # fastmath.py and runtime.py both import math
+                imports.append(text)
+        else:
+            out.append(text)
+    return ("# --- symgrad runtime: what this module calls of symgrad/codegen/fastmath.py and "
+            "runtime.py\n" + "\n".join(imports) + "\n\n\n" + "\n".join(out).strip("\n")
+            + "\n")
 
 
 def module_source(spec: ModuleSpec, version: str) -> str:
@@ -158,15 +228,16 @@ def module_source(spec: ModuleSpec, version: str) -> str:
 
 
 def _body(spec: ModuleSpec) -> list[str]:
-    lines = ["", runtime_source().rstrip(), ""]
-    lines += [f"INPUTS = {tuple(spec.public_name(s) for s in spec.inputs)!r}",
-              f"PARAMETERS = {tuple(spec.public_name(s) for s in spec.parameters)!r}",
-              f"OUTPUT_SHAPE = {tuple(str(d) for d in spec.output_shape)!r}", ""]
+    lines = [f"INPUTS = {tuple(spec.public_name(s) for s in spec.inputs)!r}",
+             f"PARAMETERS = {tuple(spec.public_name(s) for s in spec.parameters)!r}",
+             f"OUTPUT_SHAPE = {tuple(str(d) for d in spec.output_shape)!r}", ""]
     if spec.is_scalar_model:
         lines += _scalar_model(spec)
     else:
         lines += _matrix_model(spec)
-    return lines
+    # the runtime this code calls, and nothing else (the user's names are in string literals
+    # only, and a word of them that names a runtime function costs that function's text)
+    return ["", runtime_source("\n".join(lines)).rstrip(), ""] + lines
 
 
 # ------------------------------------------------------------------------------------------
@@ -227,7 +298,6 @@ def _output_expressions(program: Program, emitter_names: list[str]) -> list[str]
     """The returned expressions.  Every array returned is a fresh one: an output that is an
     input (the gradient of dot(x, y) by x is y) or that another output already returns is
     copied, so that updating one result in place changes nothing else."""
-    from symgrad.codegen.numba import ScalarPrinter
     printer = ScalarPrinter()
     out = []
     returned: set = set()
@@ -299,6 +369,7 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
                   ""]
     float_check = " and ".join(f"type({n}) is float" for n in names) or "True"
     as_tuple = _tuple_text(names)
+    typed_args = ", ".join(f"{n}: float | np.ndarray" for n in names)
 
     def on_floats(kind: str, indent: str) -> list[str]:
         """The call for all-float inputs: the Python twin if there is one, with the Numba
@@ -358,10 +429,13 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
                           "inputs."),
         *_public_function(spec, "grad", "_value_and_grad", "{parameter name: gradient}.",
                           item="[1]"),
-        f"def value_and_grad_positional({args}):",
+        f"def value_and_grad_positional({typed_args}) -> tuple:",
         '    """(value, gradient of each parameter in PARAMETERS order), the inputs in INPUTS',
         '    order: value_and_grad without keywords or a dict, for the smallest models where',
-        '    those cost more than the math."""',
+        '    those cost more than the math.',
+        '',
+        f'    {spec.op_counts.get("value_and_grad", "-")} operations after common '
+        'subexpressions are shared."""',
         f"    if {float_check}:",
         *positional_on_floats(),
         f"    _value, _grads = _value_and_grad({args})",
@@ -381,14 +455,41 @@ def _public_function(spec: ModuleSpec, name: str, target: str, doc: str,
     """A function of the public API: the user's names as keyword-only arguments, handed on
     in order to symgrad's function of the same work, which names them in_0, in_1, ... .  The
     body mentions only the arguments and ``target`` (user names never start with an
-    underscore), so no user name can shadow anything the work needs."""
-    public = [spec.public_name(s) for s in spec.inputs]
-    signature = list(positional) + (["/"] if positional else []) + (["*"] if public else [])
-    signature += public
-    return [f"def {name}({', '.join(signature)}):",
+    underscore), so no user name can shadow anything the work needs.  The signature is
+    typed, and the docstring ends with the work's operation count."""
+    public = [f"{spec.public_name(s)}: {_input_type(spec, s)}" for s in spec.inputs]
+    typed = [f"{p}: np.ndarray" for p in positional]
+    signature = typed + (["/"] if positional else []) + (["*"] if public else []) + public
+    count = spec.op_counts.get("value_and_grad" if name == "grad" else name)
+    if count is not None:
+        doc += f"\n\n    {count} operations after common subexpressions are shared."
+    arguments = list(positional) + [spec.public_name(s) for s in spec.inputs]
+    return [f"def {name}({', '.join(signature)}) -> {_result_type(spec, name)}:",
             f"    {docstring_literal(doc)}",
-            f"    return {target}({', '.join(list(positional) + public)}){item}",
+            f"    return {target}({', '.join(arguments)}){item}",
             ""]
+
+
+def _input_type(spec: ModuleSpec, symbol) -> str:
+    """The annotation of an input: an array for a matrix, an int for a free dimension, a
+    float (or, in a scalar model, an array to broadcast) for a scalar."""
+    if symbol in spec.free_dimensions:
+        return "int"
+    if isinstance(symbol, MatrixExpr):
+        return "np.ndarray"
+    return "float | np.ndarray" if spec.is_scalar_model else "float"
+
+
+def _result_type(spec: ModuleSpec, name: str) -> str:
+    """The annotation of what a public function returns."""
+    if spec.is_scalar_model:
+        value = gradient = "float | np.ndarray"
+    else:
+        value = "float" if not spec.output_shape else "np.ndarray"
+        gradient = " | ".join(sorted({_input_type(spec, p) for p in spec.parameters})) \
+            or "np.ndarray"
+    return {"forward": value, "value_and_grad": f"tuple[{value}, dict[str, {gradient}]]",
+            "grad": f"dict[str, {gradient}]", "vjp": f"dict[str, {gradient}]"}[name]
 
 
 # ------------------------------------------------------------------------------------------

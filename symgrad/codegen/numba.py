@@ -18,18 +18,10 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
-from symgrad import ops
+from symgrad import functions, ops
 from symgrad.codegen.ir import Program, Statement
 
 FASTMATH_FLAGS = '{"nsz", "arcp", "contract", "reassoc"}'  # never nnan/ninf: inf/nan stay right
-
-# Scalar functions whose generated code calls a helper of the runtime (see runtime.py).
-RUNTIME_FUNCTIONS = {
-    "sigmoid": "sg_sigmoid", "softplus": "sg_softplus", "logsigmoid": "sg_logsigmoid",
-    "exp": "sg_exp", "log": "sg_log", "log1p": "sg_log1p", "tanh": "sg_tanh",
-    "sin": "sg_sin", "cos": "sg_cos",
-}
-
 
 class ScalarPrinter(NumPyPrinter):
     """Prints scalar SymPy expressions as Numba-compilable Python (``np.`` functions,
@@ -54,48 +46,26 @@ class ScalarPrinter(NumPyPrinter):
     def _print_MatrixSymbol(self, expr):
         return self.names.get(expr, expr.name)
 
+    # Elementwise functions print their row's code (symgrad/functions.py); a user's function
+    # prints the expression that defines it, so that it fuses into the loop like the rest
+    target = "numba"
+
+    def _print(self, expr, **kwargs):
+        row = functions.row_of(expr)
+        if row is None:
+            return super()._print(expr, **kwargs)
+        if row.value is not None:
+            return "(" + self._print(row.value(expr.args[0]), **kwargs) + ")"
+        return row.code(self.target, self._print(expr.args[0]))
+
     def _print_Function(self, expr):
-        # sigmoid, softplus, logsigmoid (symgrad's own classes) reach here by class hierarchy
         name = type(expr).__name__
-        if name in RUNTIME_FUNCTIONS:
-            return self._runtime(name, expr)
-        return super()._print_Function(expr)
-
-    def _runtime(self, name, expr):
-        return f"{RUNTIME_FUNCTIONS[name]}({self._print(expr.args[0])})"
-
-    def _print_exp(self, expr):
-        return self._runtime("exp", expr)
-
-    def _print_log(self, expr):
-        return self._runtime("log", expr)
-
-    def _print_log1p(self, expr):
-        return self._runtime("log1p", expr)
-
-    def _print_tanh(self, expr):
-        return self._runtime("tanh", expr)
-
-    def _print_sin(self, expr):
-        return self._runtime("sin", expr)
-
-    def _print_cos(self, expr):
-        return self._runtime("cos", expr)
+        raise NotImplementedError(
+            f"symgrad cannot compile the function {name} (in {expr}): define it with "
+            f"sg.elementwise({name!r}, value=lambda x: ..., derivative=lambda x, y: ...)")
 
     # NaN-propagating max and min (fastmath.py, runtime.py), as NumPy and JAX
     _MAX, _MIN = "sg_max", "sg_min"
-
-    def _print_relu(self, expr):
-        return f"{self._MAX}({self._print(expr.args[0])}, 0.0)"
-
-    def _print_erf(self, expr):
-        return f"math.erf({self._print(expr.args[0])})"
-
-    def _print_Abs(self, expr):
-        return f"abs({self._print(expr.args[0])})"
-
-    def _print_sign(self, expr):
-        return f"np.sign({self._print(expr.args[0])})"
 
     def _print_Heaviside(self, expr):
         x = self._print(expr.args[0])
@@ -173,22 +143,13 @@ class PythonScalarPrinter(ScalarPrinter):
     """Scalar code for plain Python floats (the ``math`` module): for small scalar models a
     pure-Python evaluation costs less than a call into Numba."""
 
-    _PYTHON = {"sg_exp": "math.exp", "sg_log": "math.log", "sg_log1p": "math.log1p",
-               "sg_tanh": "math.tanh", "sg_sin": "math.sin", "sg_cos": "math.cos",
-               "sg_sigmoid": "_py_sigmoid", "sg_softplus": "_py_softplus",
-               "sg_logsigmoid": "_py_logsigmoid"}
-
-    def _runtime(self, name, expr):
-        return f"{self._PYTHON[RUNTIME_FUNCTIONS[name]]}({self._print(expr.args[0])})"
+    target = "python"
 
     def _module_format(self, fqn, register=True):
         fqn = fqn.replace("numpy.", "np.")
         if fqn.startswith("np.") and hasattr(math, fqn[3:]):
             return "math." + fqn[3:]
         return fqn
-
-    def _print_sign(self, expr):
-        return f"_py_sign({self._print(expr.args[0])})"
 
     _MAX, _MIN = "_py_max", "_py_min"
 
@@ -534,7 +495,7 @@ class KernelEmitter:
                 if text not in loads:
                     loads[text] = sp.Symbol(f"_v{len(loads)}", real=True)
                 variables[v] = loads[text]
-            body = e.body.xreplace(variables)
+            body = functions.inline_definitions(e.body.xreplace(variables))
             values[target] = body
             bodies.append(body)
         for text, v in loads.items():
@@ -701,7 +662,8 @@ class KernelEmitter:
         # SymPy turns Lambda((a,), a) into IdentityFunction, whose variable is a Dummy
         # numbered from a random base per process: rename, so the text is deterministic
         variables = [sp.Symbol(f"_v{k}", real=True) for k in range(len(e.operands))]
-        body = e.body.xreplace(dict(zip(e.function.variables, variables)))
+        body = functions.inline_definitions(
+            e.body.xreplace(dict(zip(e.function.variables, variables))))
         for v, operand in zip(variables, e.operands):
             self.emit(f"{v.name} = {self.load(operand, i, j, e.shape)}", depth)
         replacements, (body,) = sp.cse([body], symbols=sp.numbered_symbols("_c"),

@@ -7,8 +7,9 @@ that need its parameters (an axis, an index).  It returns one adjoint contributi
 (``None`` for an input that gets none).  Rules build SymPy expressions, so each rule is also
 its own documentation: ``symgrad show`` prints what it built.
 
-Elementwise functions write their derivative in terms of the output where that is cheaper
-(exp: y, tanh: 1 - y^2, sigmoid: y (1 - y)), so the backward pass reuses forward values.
+Elementwise functions (exp, sigmoid, a user's own ...) take their rules from their rows in
+symgrad/functions.py, whose derivatives use the output where that is cheaper (exp: y,
+tanh: 1 - y^2, sigmoid: y (1 - y)), so the backward pass reuses forward values.
 
 Tie rule for Max and Min: where the two inputs are equal, each receives half the upstream
 gradient (the convention of JAX and PyTorch; a sum of the two halves is the true one-sided
@@ -22,10 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import sympy as sp
-from sympy.codegen.cfunctions import log1p
 from sympy.matrices.expressions.matexpr import MatrixElement
 
-from symgrad import ops
+from symgrad import functions, ops
 
 Rule = Callable[..., tuple]
 
@@ -145,27 +145,7 @@ RULES: dict[type, Rule] = {
     sp.Add:   lambda g, y, *x, **_: (g,) * len(x),
     sp.Mul:   lambda g, y, *x, **_: tuple(g * sp.Mul(*x[:i], *x[i + 1:]) for i in range(len(x))),
     sp.Pow:   _pow_rule,
-    # scalar functions
-    sp.exp:   lambda g, y, x, **_: (g * y,),
-    sp.log:   lambda g, y, x, **_: (g / x,),
-    log1p:    lambda g, y, x, **_: (g / (1 + x),),
-    sp.sin:   lambda g, y, x, **_: (g * sp.cos(x),),
-    sp.cos:   lambda g, y, x, **_: (-g * sp.sin(x),),
-    sp.tan:   lambda g, y, x, **_: (g * (1 + y**2),),
-    sp.tanh:  lambda g, y, x, **_: (g * (1 - y**2),),
-    sp.sinh:  lambda g, y, x, **_: (g * sp.cosh(x),),
-    sp.cosh:  lambda g, y, x, **_: (g * sp.sinh(x),),
-    sp.atan:  lambda g, y, x, **_: (g / (1 + x**2),),
-    sp.asin:  lambda g, y, x, **_: (g / sp.sqrt(1 - x**2),),
-    sp.acos:  lambda g, y, x, **_: (-g / sp.sqrt(1 - x**2),),
-    sp.erf:   lambda g, y, x, **_: (g * 2 / sp.sqrt(sp.pi) * sp.exp(-x**2),),
-    sp.Abs:   lambda g, y, x, **_: (g * sp.sign(x),),
-    sp.sign:  lambda g, y, x, **_: (None,),
     sp.Heaviside: lambda g, y, *x, **_: (None,) * len(x),
-    ops.sigmoid:    lambda g, y, x, **_: (g * y * (1 - y),),
-    ops.softplus:   lambda g, y, x, **_: (g * ops.sigmoid(x),),
-    ops.logsigmoid: lambda g, y, x, **_: (g * ops.sigmoid(-x),),
-    ops.relu:       lambda g, y, x, **_: (g * sp.Heaviside(x, 0),),
     sp.Max:   lambda g, y, *x, **_: _route(g, y, x, sign=1),
     sp.Min:   lambda g, y, *x, **_: _route(g, y, x, sign=-1),
     sp.Piecewise: _piecewise_rule,
@@ -188,6 +168,21 @@ RULES: dict[type, Rule] = {
     ops.Softmax:     _softmax_rule,
     ops.Named:       lambda g, y, a, **_: (g,),
 }
+
+
+def elementwise_rule(row: functions.Elementwise) -> Rule:
+    """The rule of an elementwise function: g times its row's derivative (None where that is
+    zero, as for sign)."""
+    def rule(g, y, x, **_):
+        slope = row.derivative(x, y)
+        return (None,) if slope == 0 else (g * slope,)
+
+    rule.__qualname__ = f"elementwise_rule[{row.name}]"
+    return rule
+
+
+RULES.update({row.node: elementwise_rule(row) for row in functions.ROWS.values()
+              if row.node is not None})
 
 
 def register_rule(node_type: type, rule: Rule) -> None:
