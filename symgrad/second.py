@@ -943,3 +943,102 @@ def second_order_text(model) -> str:
                 f"_{kind.upper()}_TABLE = {table!r}", "", ""]
     out += functions
     return "\n".join(out).rstrip() + "\n"
+
+
+# ------------------------------------------------------------------------------------------
+# An explicit sympy.Matrix of scalar expressions, compiled: values and Jacobian
+# ------------------------------------------------------------------------------------------
+class ExplicitMatrixFunction:
+    """``sg.compile(sympy.Matrix([...]), wrt)``: an explicit matrix of scalar expressions in
+    scalar symbols, compiled as two bundles (one kernel for the entries, one for their
+    derivatives; see :class:`BundlePlan`).  ``f(**inputs)`` (or ``f.forward``) gives an array
+    of the matrix's shape and ``f.jacobian(**inputs)`` ``{q: array of the matrix's shape}``
+    (d entry / d q); inputs may be floats or arrays of points, which add their broadcast
+    shape at the end.
+
+    >>> import sympy as sp, symgrad as sg
+    >>> a, b = sp.symbols("a b")
+    >>> f = sg.compile(sp.Matrix([a * b, a + b**2]), [a, b])
+    >>> f.jacobian(a=2.0, b=3.0)["b"].ravel().tolist()
+    [2.0, 6.0]
+    """
+
+    def __init__(self, matrix, wrt, name: str = "model"):
+        from symgrad.compiled import compile as compile_
+
+        matrix = sp.ImmutableMatrix(matrix)
+        wrt = list(wrt) if isinstance(wrt, (list, tuple)) else [wrt]
+        for q in wrt:
+            if not isinstance(q, sp.Symbol):
+                raise TypeError(f"an explicit sympy.Matrix is differentiated with respect to "
+                                f"scalar symbols; wrt has {q!r}, a {type(q).__name__}")
+        symbols = set().union(*[sp.sympify(e).free_symbols for e in matrix]) if matrix \
+            else set()
+        others = [s for s in symbols if not isinstance(s, sp.Symbol)]
+        if others:
+            raise TypeError(f"an explicit sympy.Matrix must hold scalar expressions of scalar "
+                            f"symbols; it uses {others[0]!r}")
+        self.shape = tuple(matrix.shape)
+        self.parameters = [q.name for q in wrt]
+        self.inputs = self.parameters + sorted(s.name for s in symbols
+                                               if s.name not in self.parameters)
+        self.expression = matrix
+        names = set(self.inputs)
+        entries = {(i, j): matrix[i, j] for i in range(matrix.rows) for j in range(matrix.cols)}
+        derivatives = {(q.name, i, j): _entry_derivative(e, q)
+                       for q in wrt for (i, j), e in entries.items()}
+        self._bundles = {}
+        for kind, expressions in (("forward", entries), ("jacobian", derivatives)):
+            plan = BundlePlan(expressions, set(names))
+            compiled = (compile_(plan.expression, plan.probes, name=f"{name}_{kind}")
+                        if plan.expression is not None else None)
+            if compiled is not None:
+                plan.table["inputs"] = tuple(compiled.inputs)
+            self._bundles[kind] = (plan.table,
+                                   None if compiled is None else compiled.value_and_grad)
+
+    def _check(self, inputs: dict) -> tuple:
+        missing = [n for n in self.inputs if n not in inputs]
+        unknown = [n for n in inputs if n not in self.inputs]
+        if unknown:
+            raise TypeError(f"unknown input {unknown[0]!r}; this model takes "
+                            f"{', '.join(self.inputs)}")
+        if missing:
+            raise TypeError(f"missing input {missing[0]!r}; this model takes "
+                            f"{', '.join(self.inputs)}")
+        try:
+            return np.broadcast_shapes(*[np.shape(v) for v in inputs.values()])
+        except ValueError:
+            shapes = ", ".join(f"{n} {np.shape(v)}" for n, v in inputs.items())
+            raise ValueError(f"the inputs' shapes do not broadcast: {shapes}") from None
+
+    def _entries(self, kind: str, inputs: dict) -> dict:
+        from symgrad.codegen.second_runtime import _sg_bundle
+        table, value_and_grad = self._bundles[kind]
+        return _sg_bundle(value_and_grad, table, inputs, {})
+
+    def forward(self, **inputs) -> np.ndarray:
+        """The matrix's entries: an array of its shape (+ the points' shape)."""
+        points = self._check(inputs)
+        values = self._entries("forward", inputs)
+        out = np.zeros(self.shape + points)
+        for (i, j), value in values.items():
+            if value is not None:
+                out[i, j] = value
+        return out
+
+    __call__ = forward
+
+    def jacobian(self, **inputs) -> dict:
+        """``{q: d matrix / d q}``, each an array of the matrix's shape (+ the points')."""
+        points = self._check(inputs)
+        values = self._entries("jacobian", inputs)
+        out = {q: np.zeros(self.shape + points) for q in self.parameters}
+        for (q, i, j), value in values.items():
+            if value is not None:
+                out[q][i, j] = value
+        return out
+
+    def __repr__(self) -> str:
+        return (f"<symgrad explicit {self.shape[0]} x {self.shape[1]} matrix of "
+                f"{', '.join(self.inputs)}; wrt {', '.join(self.parameters)}>")

@@ -32,6 +32,11 @@ def _sg_dsyrk():
     return _sg_blas["dsyrk"]
 
 
+# Below this many columns a general product costs less than dsyrk's call and the mirroring
+# (measured: 20 x 5, 7 us against 70 us; 1000 x 50, about even; 1000 x 100, dsyrk 0.6x).
+_SG_SYMMETRIC_MIN_COLUMNS = 64
+
+
 def _sg_symmetric_product(a, c):
     """A^T diag(c) A for an n x d matrix A and an n-vector (or a number) c, computed as
     (sqrt(c) A)^T (sqrt(c) A) with BLAS dsyrk (one triangle: half the multiplications of
@@ -40,32 +45,30 @@ def _sg_symmetric_product(a, c):
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 1:
         a = a.reshape(-1, 1)
-    c = np.broadcast_to(np.asarray(c, dtype=np.float64).reshape(-1), (a.shape[0],))
-    dsyrk = _sg_dsyrk()
+    rows, d = a.shape
+    c = np.asarray(c, dtype=np.float64).reshape(-1)
+    if c.size != rows:
+        c = np.full(rows, c[0])
+    dsyrk = _sg_dsyrk() if d >= _SG_SYMMETRIC_MIN_COLUMNS and rows else None
     if dsyrk is None:
         return a.T @ (a * c[:, None])
-    negative = c < 0.0
-    if negative.any():
+    if c.min() < 0.0:       # (NaN compares false: it stays in the first product, as NaN)
+        negative = c < 0.0
         parts = [(1.0, a[~negative] * np.sqrt(c[~negative])[:, None]),
                  (-1.0, a[negative] * np.sqrt(-c[negative])[:, None])]
     else:
         parts = [(1.0, a * np.sqrt(c)[:, None])]
-    d = a.shape[1]
-    out = None
-    for sign, rows in parts:
-        if rows.shape[0] == 0:
-            continue
-        # rows is C-ordered (m x d), so rows.T is a Fortran-ordered d x m view: no copy,
-        # and dsyrk's rows.T rows.T^T is rows^T rows
-        if out is None:
-            out = dsyrk(sign, rows.T, trans=0)
-        else:
-            out = dsyrk(sign, rows.T, trans=0, beta=1.0, c=out, overwrite_c=1)
-    if out is None:
-        return np.zeros((d, d))
-    out = np.triu(out)      # dsyrk fills the upper triangle only
-    out += np.triu(out, 1).T
-    return out
+    # dsyrk writes the upper triangle only; the lower one stays zero, so out + out.T is the
+    # whole matrix with the diagonal twice (halving it is exact)
+    out = np.zeros((d, d), order="F")
+    for sign, scaled in parts:
+        if scaled.shape[0]:
+            # scaled is C-ordered (m x d), so scaled.T is a Fortran-ordered d x m view: no
+            # copy, and dsyrk's scaled.T scaled.T^T is scaled^T scaled
+            out = dsyrk(sign, scaled.T, trans=0, beta=1.0, c=out, overwrite_c=1)
+    full = out + out.T
+    full.flat[::d + 1] *= 0.5
+    return full
 
 
 def _sg_dimensions(inputs, dimensions):
