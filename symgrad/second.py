@@ -786,20 +786,38 @@ class ScipyProblem:
         return {name: float(x[start]) if shape == () else x[start:stop].reshape(shape)
                 for name, shape, start, stop in layout}
 
+    def _inputs(self, x) -> dict:
+        """The data and the parameters held in x, by name."""
+        inputs = dict(self.data)
+        inputs.update(self.unpack(x))
+        return inputs
+
+    def _dimensions(self, inputs: dict) -> dict:
+        # fixed by the data and the parameters' shapes, so the same at every call
+        sizes = self.__dict__.get("_sizes")
+        if sizes is None:
+            sizes = self._sizes = _sizes(self.f, inputs)
+        return sizes
+
+    def _flat(self, parts: dict) -> np.ndarray:
+        layout = self._layout()
+        if len(layout) == 1:
+            return np.ravel(parts[layout[0][0]])
+        return np.concatenate([np.ravel(parts[name]) for name, *_ in layout])
+
     def fun(self, x):
         """The value (a float), or for a model with a vector or matrix output the flat
         residuals (for ``scipy.optimize.least_squares``)."""
-        value = self.f.forward(**self.data, **self.unpack(x))
+        value = self.f.forward(**self._inputs(x))
         return np.ravel(value) if self.residuals else float(value)
 
     def jac(self, x) -> np.ndarray:
         """The gradient (flat), or for residuals the Jacobian (residuals x parameters)."""
         if self.residuals:
-            blocks = self.f.jacobian(**self.data, **self.unpack(x))
+            blocks = self.f.jacobian(**self._inputs(x))
             return np.concatenate([np.reshape(blocks[name], (-1, stop - start))
                                    for name, _, start, stop in self._layout()], axis=1)
-        _, g = self.f.value_and_grad(**self.data, **self.unpack(x))
-        return np.concatenate([np.ravel(g[name]) for name in self.f.parameters])
+        return self._flat(self.f.value_and_grad(**self._inputs(x))[1])
 
     def _scalar_only(self, what: str) -> None:
         if self.residuals:
@@ -808,17 +826,37 @@ class ScipyProblem:
                                  "with scipy.optimize.least_squares")
 
     def hess(self, x) -> np.ndarray:
+        """The Hessian, (size, size)."""
+        from symgrad.codegen.second_runtime import _sg_hessian
+
         self._scalar_only("hess")
-        blocks = self.f.hessian(**self.data, **self.unpack(x))
-        sizes = [stop - start for _, _, start, stop in self._layout()]
-        names = list(self.f.parameters)
-        return np.block([[np.reshape(blocks[(p, q)], (sizes[i], sizes[j]))
-                          for j, q in enumerate(names)] for i, p in enumerate(names)])
+        inputs = self._inputs(x)
+        bundle = _bundle_of(self.f, "hessian")
+        blocks = _sg_hessian(inputs, self.f.parameters, bundle.table, bundle.value_and_grad,
+                             self._dimensions(inputs), _scalar_model(self.f), self.f.hvp)
+        layout = self._layout()
+        if len(layout) == 1:
+            name, _, start, stop = layout[0]
+            return np.reshape(blocks[(name, name)], (stop - start, stop - start))
+        return np.block([[np.reshape(blocks[(p, q)], (p1 - p0, q1 - q0))
+                          for q, _, q0, q1 in layout] for p, _, p0, p1 in layout])
 
     def hessp(self, x, v) -> np.ndarray:
+        """The Hessian times v (flat, like x), without forming the Hessian."""
+        from symgrad.codegen.second_runtime import _sg_bundle
+
         self._scalar_only("hessp")
-        products = self.f.hvp(self.unpack(v), **self.data, **self.unpack(x))
-        return np.concatenate([np.ravel(products[name]) for name in self.f.parameters])
+        inputs = self._inputs(x)
+        bundle = _bundle_of(self.f, "hvp")
+        # the tangents straight into the bundle: unpack has checked their shape
+        inputs.update({bundle.table["tangents"][name]: value
+                       for name, value in self.unpack(v).items()})
+        products = _sg_bundle(bundle.value_and_grad, bundle.table, inputs,
+                              self._dimensions(inputs))
+        for name, _shape, start, stop in self._layout():
+            if products[name] is None:
+                products[name] = np.zeros(stop - start)
+        return self._flat(products)
 
 
 # ------------------------------------------------------------------------------------------
