@@ -497,6 +497,11 @@ class _Bundle:
             self.table["inputs"] = tuple(self.compiled.inputs)
         self.value_and_grad = (self.compiled.value_and_grad if self.compiled is not None
                                else None)
+        # an HVP's pieces at x (see _Linearizer), a bundle of its own
+        linearize = getattr(plan, "linearize", None)
+        self.linearize = None if linearize is None else _Bundle(linearize, f"{name}_at_x")
+        if self.linearize is not None:
+            self.table["linearize"] = self.linearize.table
 
 
 def _tangent_symbols(params, taken: set) -> dict:
@@ -511,14 +516,93 @@ def _tangent_symbols(params, taken: set) -> dict:
     return tangents
 
 
+class _Linearizer:
+    """An HVP split in two: the pieces that depend on the parameters but not on the tangents
+    (the forward values and the curvature weights, sigmoid(Xw)(1 - sigmoid(Xw)) for the
+    logistic loss) are computed once at x (*linearize*), and the rest, linear in the
+    tangents, takes them as inputs (*apply*).  A solver that asks for many products at one
+    x (Newton-CG's inner iterations) then pays for the forward pass once."""
+
+    def __init__(self, tangents: set, params: set, taken: set):
+        self.tangents, self.params, self.taken = tangents, params, taken
+        self.hoisted: dict = {}          # name -> expression computed at x
+        self._names: dict = {}           # expression -> its symbol
+
+    def _symbol_for(self, e):
+        symbol = self._names.get(e)
+        if symbol is None:
+            name = f"linearized_{len(self._names)}"
+            while name in self.taken:
+                name += "_"
+            self.taken.add(name)
+            symbol = (sp.MatrixSymbol(name, *e.shape) if isinstance(e, MatrixExpr)
+                      else sp.Symbol(name, real=True))
+            self._names[e] = symbol
+            self.hoisted[name] = e
+        return symbol
+
+    def _moves(self, e) -> bool:
+        return bool(e.free_symbols & self.tangents)
+
+    def _at_x(self, e):
+        """e (free of tangents) as an input of the apply part: hoisted when it costs work."""
+        if isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Number)) or e.is_number \
+                or not (e.free_symbols & self.params) or e == 0 \
+                or isinstance(e, (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):
+            return e
+        if isinstance(e, sp.Transpose) and isinstance(e.arg, sp.MatrixSymbol):
+            return e
+        return self._symbol_for(e)
+
+    def __call__(self, e):
+        from symgrad import ops
+
+        if not isinstance(e, sp.Basic) or not self._moves(e):
+            return self._at_x(e) if isinstance(e, sp.Basic) else e
+        if isinstance(e, ops.Map):
+            return self._map(e)
+        if e.is_Atom or isinstance(e, (sp.MatrixSymbol, sp.Lambda)):
+            return e
+        return e.func(*[self(a) if isinstance(a, sp.Basic) else a for a in e.args])
+
+    def _map(self, e):
+        from symgrad import ops
+
+        variables, operands, body = e.function.variables, e.operands, e.body
+        moving = [k for k, o in enumerate(operands) if self._moves(o)]
+        coefficients = [sp.diff(body, variables[k]) for k in moving]
+        linear = all(not c.has(*[variables[k] for k in moving]) for c in coefficients) and \
+            sp.expand(body - sum(c * variables[k] for c, k in zip(coefficients, moving))) == 0
+        if not linear:
+            return ops.Map(e.function, e.shape, *[self(o) for o in operands])
+        # body = sum_k c_k(other operands) t_k: each c_k a Map computed at x
+        new_variables, new_operands, terms = [], [], []
+        for c, k in zip(coefficients, moving):
+            t = sp.Symbol(f"t{len(new_variables)}", real=True)
+            new_variables.append(t)
+            new_operands.append(self(operands[k]))
+            weight = _restricted(c, variables, operands, e.shape)
+            if not weight.free_symbols:
+                terms.append(weight * t)
+                continue
+            u = sp.Symbol(f"t{len(new_variables)}", real=True)
+            new_variables.append(u)
+            new_operands.append(self._at_x(weight))
+            terms.append(u * t)
+        return ops.Map(sp.Lambda(tuple(new_variables), sp.Add(*terms)), e.shape, *new_operands)
+
+
 def hvp_plan(expression, params: list, names: set) -> BundlePlan:
     """The bundle of the HVPs of all parameters; ``names`` are the names taken."""
     taken = set(names)
     tangents = _tangent_symbols(params, taken)
     blocks = hvp(expression, params, tangents)
-    plan = BundlePlan({p.name: e for p, e in blocks.items()}, taken)
+    split = _Linearizer(set(tangents.values()), set(params), taken)
+    applied = {p.name: split(e) for p, e in blocks.items()}
+    plan = BundlePlan(applied, taken)
     plan.tangents = [tangents[p] for p in params]
     plan.table["tangents"] = {p.name: t.name for p, t in tangents.items()}
+    plan.linearize = BundlePlan(split.hoisted, taken) if split.hoisted else None
     return plan
 
 
@@ -665,7 +749,8 @@ def compiled_hvp(f, tangents: Mapping, inputs: dict) -> dict:
     _check_inputs(f, inputs)
     bundle = _bundle_of(f, "hvp")
     return _sg_hvp(tangents, inputs, f.parameters, bundle.table, bundle.value_and_grad,
-                   _sizes(f, inputs), _scalar_model(f))
+                   _sizes(f, inputs), _scalar_model(f),
+                   None if bundle.linearize is None else bundle.linearize.value_and_grad)
 
 
 def compiled_hessian(f, inputs: dict) -> dict:
@@ -842,17 +927,27 @@ class ScipyProblem:
                           for q, _, q0, q1 in layout] for p, _, p0, p1 in layout])
 
     def hessp(self, x, v) -> np.ndarray:
-        """The Hessian times v (flat, like x), without forming the Hessian."""
-        from symgrad.codegen.second_runtime import _sg_bundle
+        """The Hessian times v (flat, like x), without forming the Hessian.  The pieces
+        that depend on x alone (the forward pass, the curvature weights) are kept for the
+        next call at the same x, as Newton-CG's inner iterations make."""
+        from symgrad.codegen.second_runtime import _sg_at_x, _sg_bundle
 
         self._scalar_only("hessp")
         inputs = self._inputs(x)
         bundle = _bundle_of(self.f, "hvp")
+        sizes = self._dimensions(inputs)
+        kept = self.__dict__.get("_kept_at_x")
+        if kept is not None and np.array_equal(kept[0], x):
+            at_x = kept[1]
+        else:
+            at_x = _sg_at_x(bundle.table, None if bundle.linearize is None
+                            else bundle.linearize.value_and_grad, inputs, sizes)
+            self._kept_at_x = (np.array(x, dtype=np.float64), at_x)
         # the tangents straight into the bundle: unpack has checked their shape
         inputs.update({bundle.table["tangents"][name]: value
                        for name, value in self.unpack(v).items()})
-        products = _sg_bundle(bundle.value_and_grad, bundle.table, inputs,
-                              self._dimensions(inputs))
+        inputs.update(at_x)
+        products = _sg_bundle(bundle.value_and_grad, bundle.table, inputs, sizes)
         for name, _shape, start, stop in self._layout():
             if products[name] is None:
                 products[name] = np.zeros(stop - start)
@@ -932,8 +1027,14 @@ def second_order_text(model) -> str:
            f"_SG_SCALAR_MODEL = {not any(isinstance(s, MatrixExpr) for s in model.inputs)!r}",
            ""]
     if has_scalar_output(model):
-        hvp_body, hvp_table = _bundle_body(hvp_plan(model.output, params, names),
-                                           f"{model.name}_hvp", "_hvp__")
+        plan = hvp_plan(model.output, params, names)
+        hvp_body, hvp_table = _bundle_body(plan, f"{model.name}_hvp", "_hvp__")
+        at_x = "None"
+        if plan.linearize is not None:
+            at_x_body, hvp_table["linearize"] = _bundle_body(
+                plan.linearize, f"{model.name}_hvp_at_x", "_hvp_at_x__")
+            hvp_body = at_x_body.rstrip() + "\n\n" + hvp_body
+            at_x = "_hvp_at_x__value_and_grad"
         hessian_body, hessian_table = _bundle_body(hessian_plan(model.output, params, names),
                                                    f"{model.name}_hessian", "_hessian__")
         bundles = [("_hvp", hvp_body, hvp_table), ("_hessian", hessian_body, hessian_table)]
@@ -946,7 +1047,8 @@ def second_order_text(model) -> str:
             f"    _inputs = {gather}",
             "    return _sg_hvp(tangents, _inputs, PARAMETERS, _HVP_TABLE, "
             "_hvp__value_and_grad if _HVP_TABLE['probes'] else None,",
-            "                   _sg_dimensions(_inputs, _SG_DIMENSIONS), _SG_SCALAR_MODEL)",
+            "                   _sg_dimensions(_inputs, _SG_DIMENSIONS), _SG_SCALAR_MODEL, "
+            f"{at_x})",
             "",
             "",
             f"def hessian({signature}):",

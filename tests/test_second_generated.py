@@ -277,3 +277,41 @@ def test_an_explicit_matrix_says_what_is_wrong():
         f.jacobian(p=1.0)
     with pytest.raises(TypeError, match="unknown input 's'"):
         f(p=1.0, q=2.0, s=3.0)
+
+
+# ------------------------------------------------------------------------------------------
+# HVPs: the pieces at x computed once
+# ------------------------------------------------------------------------------------------
+def test_the_hvp_applies_weights_computed_at_x():
+    f = sg.compile(LOGISTIC, [w, b], name="second_hvp_split")
+    inputs = _logistic_inputs(seed=5, rows=30, cols=6)
+    f.hvp({"w": np.ones(6)}, **inputs)
+    bundle = f._second_order["hvp"]
+    # the product part takes sigmoid's weights as an input: no forward pass in it
+    assert "sigmoid" not in str(bundle.compiled.expression)
+    assert "sigmoid" in str(bundle.linearize.compiled.expression)
+
+
+def test_hessp_reuses_the_pieces_at_x_and_refreshes_them_when_x_moves():
+    f = sg.compile(LOGISTIC, [w, b], name="second_hessp_cache")
+    inputs = _logistic_inputs(seed=6, rows=30, cols=6)
+    data = {k: inputs[k] for k in ("X", "y", "lam")}
+    problem = f.scipy(**data)
+    rng = np.random.default_rng(7)
+    for _ in range(2):                      # a new x each round
+        x = problem.pack(w=rng.normal(size=6), b=float(rng.normal()))
+        H = problem.hess(x)
+        for _ in range(3):                  # several products at that x
+            v = rng.normal(size=7)
+            np.testing.assert_allclose(problem.hessp(x, v), H @ v, rtol=1e-12, atol=1e-13)
+    calls = []
+    linearize = f._second_order["hvp"].linearize
+    original = linearize.value_and_grad
+    linearize.value_and_grad = lambda **kw: calls.append(1) or original(**kw)
+    try:
+        problem.hessp(x + 1.0, np.ones(7))
+        problem.hessp(x + 1.0, np.ones(7) * 2)
+        problem.hessp(x, np.ones(7))
+    finally:
+        linearize.value_and_grad = original
+    assert len(calls) == 2                  # once per distinct x

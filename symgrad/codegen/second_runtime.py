@@ -137,9 +137,19 @@ def _sg_check_inputs(inputs, names):
     raise TypeError(f"missing input {missing[0]!r}; this model takes {', '.join(names)}")
 
 
-def _sg_hvp(tangents, inputs, parameters, table, value_and_grad, sizes, scalar_model):
+def _sg_at_x(table, linearize, inputs, sizes):
+    """The pieces of an HVP that depend on x only (``table["linearize"]``, computed by the
+    bundle ``linearize``): {input name of the apply bundle: value}."""
+    if table.get("linearize") is None:
+        return {}
+    return _sg_bundle(linearize, table["linearize"], inputs, sizes)
+
+
+def _sg_hvp(tangents, inputs, parameters, table, value_and_grad, sizes, scalar_model,
+            linearize=None, at_x=None):
     """{parameter: sum_q H[p, q] v_q}; ``table["outputs"]`` is keyed by parameter and
-    ``table["tangents"]`` names each parameter's tangent input."""
+    ``table["tangents"]`` names each parameter's tangent input.  The pieces at x come from
+    ``at_x`` when given (a solver's cache), else from the bundle ``linearize``."""
     if not hasattr(tangents, "items"):
         raise TypeError(f"tangents must be a dict of parameter name -> array, got "
                         f"{type(tangents).__name__}")
@@ -159,6 +169,7 @@ def _sg_hvp(tangents, inputs, parameters, table, value_and_grad, sizes, scalar_m
         elif type(v) is not np.ndarray or v.dtype != np.float64 or v.shape != given:
             v = np.asarray(v, dtype=np.float64).reshape(given)
         arguments[table["tangents"][p]] = v if v.ndim else float(v)
+    arguments.update(_sg_at_x(table, linearize, inputs, sizes) if at_x is None else at_x)
     values = _sg_bundle(value_and_grad, table, arguments, sizes)
     out = {}
     for p in parameters:
