@@ -176,6 +176,7 @@ def scipy_overhead() -> list[tuple[str, float, float]]:
         piece.value_and_grad = original
         return lambda: original(**recorded)
 
+    p.hess(x)
     p.hessp(x, v)       # compile, and keep the pieces at x: the products of Newton-CG
     pairs = {"fun": (lambda: p.fun(x), lambda: f.forward(w=x, **data)),
              "jac": (lambda: p.jac(x), lambda: f.value_and_grad(w=x, **data)),

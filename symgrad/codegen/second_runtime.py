@@ -52,12 +52,13 @@ def _sg_symmetric_product(a, c):
     dsyrk = _sg_dsyrk() if d >= _SG_SYMMETRIC_MIN_COLUMNS and rows else None
     if dsyrk is None:
         return a.T @ (a * c[:, None])
-    if c.min() < 0.0:       # (NaN compares false: it stays in the first product, as NaN)
-        negative = c < 0.0
-        parts = [(1.0, a[~negative] * np.sqrt(c[~negative])[:, None]),
-                 (-1.0, a[negative] * np.sqrt(-c[negative])[:, None])]
-    else:
-        parts = [(1.0, a * np.sqrt(c)[:, None])]
+    with np.errstate(invalid="ignore"):     # sqrt(NaN) is NaN, as it should stay
+        if c.min() < 0.0:   # (NaN compares false: it stays in the first product, as NaN)
+            negative = c < 0.0
+            parts = [(1.0, a[~negative] * np.sqrt(c[~negative])[:, None]),
+                     (-1.0, a[negative] * np.sqrt(-c[negative])[:, None])]
+        else:
+            parts = [(1.0, a * np.sqrt(c)[:, None])]
     # dsyrk writes the upper triangle only; the lower one stays zero, so out + out.T is the
     # whole matrix with the diagonal twice (halving it is exact)
     out = np.zeros((d, d), order="F")
@@ -86,19 +87,16 @@ def _sg_dimensions(inputs, dimensions):
 _sg_probe_cache = {}
 
 
-def _sg_bundle(value_and_grad, table, inputs, sizes):
-    """Call a bundle: {key: array (or float) of each expression, None where it is zero}."""
-    out = {key: None for key, probe in table["outputs"].items() if probe is None}
-    if not table["probes"]:
-        return out
-    arguments = {}
+def _sg_fixed_arguments(table, inputs, sizes):
+    """The bundle's arguments that the caller does not give: zero probes and dimensions."""
+    fixed = {}
     for name in table["inputs"]:
         if name in inputs:
-            arguments[name] = inputs[name]
-        elif name in table["probes"]:
+            continue
+        if name in table["probes"]:
             shape = table["probes"][name]
             if shape == ():
-                arguments[name] = 0.0
+                fixed[name] = 0.0
                 continue
             shape = tuple(e if isinstance(e, int) else sizes[e] if e in sizes
                           else int(eval(e, {"__builtins__": {}}, dict(sizes)))  # noqa: S307
@@ -106,16 +104,30 @@ def _sg_bundle(value_and_grad, table, inputs, sizes):
             zeros = _sg_probe_cache.get(shape)
             if zeros is None:       # read only by the kernels, so shared between calls
                 zeros = _sg_probe_cache[shape] = np.zeros(shape)
-            arguments[name] = zeros
+            fixed[name] = zeros
         elif name in sizes:
-            arguments[name] = sizes[name]
+            fixed[name] = sizes[name]
         else:
             raise TypeError(f"missing input {name!r}")
+    return fixed
+
+
+def _sg_bundle(value_and_grad, table, inputs, sizes):
+    """Call a bundle: {key: array (or float) of each expression, None where it is zero}."""
+    outputs = table["outputs"]
+    if not table["probes"]:
+        return dict.fromkeys(outputs)
+    # the probes and dimensions depend on the sizes only: built once per sizes
+    key = tuple(sizes.items())
+    kept = table.get("_fixed")
+    if kept is None or kept[0] != key:
+        kept = table["_fixed"] = (key, _sg_fixed_arguments(table, inputs, sizes),
+                                  [n for n in table["inputs"] if n in inputs])
+    arguments = dict(kept[1])
+    for name in kept[2]:
+        arguments[name] = inputs[name]
     gradients = value_and_grad(**arguments)[1]
-    for key, probe in table["outputs"].items():
-        if probe is not None:
-            out[key] = gradients[probe]
-    return out
+    return {k: None if probe is None else gradients[probe] for k, probe in outputs.items()}
 
 
 def _sg_as_given(value, shape, scalar_model):
