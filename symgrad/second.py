@@ -1078,8 +1078,8 @@ def second_order_text(model) -> str:
             ""]
     for prefix, body, table in bundles:
         kind = prefix.strip("_")
-        out += [f"# --- {kind}: its expressions, compiled as one bundle "
-                + "-" * (58 - len(kind)), "", body.rstrip(), "",
+        header = f"# --- {kind}: its expressions, compiled as one bundle "
+        out += [header + "-" * max(3, 92 - len(header)), "", body.rstrip(), "",
                 f"_{kind.upper()}_TABLE = {table!r}", "", ""]
     out += functions
     return "\n".join(out).rstrip() + "\n"
