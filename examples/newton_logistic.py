@@ -3,8 +3,10 @@
     loss = sum softplus(-y ∘ (X w)) + (lam/2) ||w||^2,   labels y in {-1, 1}
     d²loss/dw dw = lam I + X^T diag(h ∘ y^2 ∘ (1 - h)) X,   h = sigmoid((X w) ∘ y)
 
-The Hessian is derived at the matrix level and compiled as one X^T D X product;
-``f.scipy(...)`` hands fun, jac, hess and hessp to ``scipy.optimize.minimize``.  The script
+The Hessian is derived at the matrix level and computed as one symmetric X^T D X product
+(BLAS dsyrk); ``f.scipy(...)`` hands fun, jac, hess and hessp to ``scipy.optimize.minimize``.
+The model asks for second order, so its generated module (generated/newton_logistic.py)
+has ``hessian`` and ``hvp`` too.  The script
 prints the formula, then the iterations each method needs to converge.
 
 Run: python examples/newton_logistic.py
@@ -18,7 +20,7 @@ n, d = sp.symbols("n d", integer=True, positive=True)
 X, y, w = sg.matrix("X", n, d), sg.vector("y", n), sg.vector("w", d)
 lam = sp.Symbol("lam")
 loss = sg.sum(sg.softplus(-sg.hadamard(y, X @ w))) + lam / 2 * sg.dot(w, w)
-newton_logistic = sg.Model("newton_logistic", loss, wrt=[w])
+newton_logistic = sg.Model("newton_logistic", loss, wrt=[w], second_order=True)
 
 
 if __name__ == "__main__":

@@ -430,7 +430,13 @@ def compile(expr, wrt, name: str = "model") -> CompiledFunction:  # noqa: A001 -
     >>> f = compile((w * x - y) ** 2, [w])
     >>> f.value_and_grad(w=1.0, x=1.0, y=2.0)
     (1.0, {'w': -2.0})
+
+    An explicit ``sympy.Matrix`` of scalar expressions compiles to
+    :class:`symgrad.second.ExplicitMatrixFunction` (its entries and ``jacobian``).
     """
+    if isinstance(expr, sp.MatrixBase):
+        from symgrad.second import ExplicitMatrixFunction
+        return ExplicitMatrixFunction(expr, wrt, name)
     spec = build_spec(expr, wrt, name)
     source = module_source(spec, _version())
     module_name = module_name_for(source)

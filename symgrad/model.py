@@ -18,7 +18,9 @@ __all__ = ["Model"]
 class Model:
     """A model: ``Model("window_classifier", s, wrt=[W, b, u, x])``.
 
-    Every free symbol of ``output`` that is not in ``wrt`` is a data input.
+    Every free symbol of ``output`` that is not in ``wrt`` is a data input.  With
+    ``second_order=True`` its generated module also has ``hessian`` and ``hvp`` (a scalar
+    output) or ``jacobian`` (a vector or matrix output), as the compiled function does.
 
     >>> import sympy as sp
     >>> w, x, y = sp.symbols("w x y")
@@ -27,13 +29,17 @@ class Model:
     ['w', 'x', 'y']
     """
 
-    def __init__(self, name: str, output, wrt):
+    def __init__(self, name: str, output, wrt, *, second_order: bool = False):
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"model name {name!r} must be a Python identifier (it names the "
                              "generated module)")
+        if not isinstance(second_order, bool):
+            raise TypeError(f"second_order must be True or False, got {second_order!r}")
         self.name = name
         self.output = sp.sympify(output)
         self.wrt = _check_wrt(self.output, wrt)
+        # the generated module also offers hessian and hvp (a scalar output) or jacobian
+        self.second_order = second_order
 
     @cached_property
     def inputs(self) -> list:
@@ -55,4 +61,5 @@ class Model:
         return show(self.grad(), output=self.name)
 
     def __repr__(self) -> str:
-        return f"Model({self.name!r}, wrt=[{', '.join(str(w) for w in self.wrt)}])"
+        extra = ", second_order=True" if self.second_order else ""
+        return f"Model({self.name!r}, wrt=[{', '.join(str(w) for w in self.wrt)}]{extra})"

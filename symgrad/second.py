@@ -417,29 +417,6 @@ def _compiled(f, key, build):
     return cache[key]
 
 
-def _call(piece, f, inputs: dict):
-    """Call a compiled block with the inputs it takes (and the dimensions it cannot read off
-    its own inputs)."""
-    from symgrad.compiled import CompiledFunction
-
-    assert isinstance(piece, CompiledFunction)
-    if inputs.keys() >= piece.__dict__.setdefault("_input_names", set(piece.inputs)):
-        return piece.forward(**{name: inputs[name] for name in piece.inputs})
-    dims = None
-    arguments = {}
-    for name in piece.inputs:
-        if name in inputs:
-            arguments[name] = inputs[name]
-            continue
-        if dims is None:
-            dims = {d.name: int(v) for d, v in _dimension_values(f, inputs).items()}
-        if name in dims:
-            arguments[name] = dims[name]
-        else:
-            raise TypeError(f"missing input {name!r}")
-    return piece.forward(**arguments)
-
-
 def _check_inputs(f, inputs: dict) -> None:
     """Every input given, no other (the compiled pieces check types and shapes, naming the
     input)."""
@@ -453,26 +430,38 @@ def _check_inputs(f, inputs: dict) -> None:
     raise TypeError(f"missing input {missing[0]!r}; this model takes {', '.join(f.inputs)}")
 
 
-def _shape_of(value) -> tuple:
-    return np.shape(value)
+def dimension_table(symbols) -> dict:
+    """{dimension name: (input name, axis)}: where each symbolic dimension of the inputs
+    is read (the first input that has it)."""
+    table: dict = {}
+    for s in symbols:
+        if not isinstance(s, MatrixExpr):
+            continue
+        for axis, extent in enumerate(s.shape):
+            extent = sp.sympify(extent)
+            if extent.is_Symbol and extent.name not in table:
+                table[extent.name] = (s.name, axis)
+    return table
 
 
-class _Bundle:
-    """Several expressions compiled as one module.  The gradient of sum_k <P_k, e_k> with
-    respect to new symbols P_k (one of each expression's shape) is e_k, so one call of its
-    value_and_grad computes every e_k, sharing their common pieces (one CSE, one loop per
-    shape), and Numba compiles one kernel instead of one per expression."""
+class BundlePlan:
+    """Several expressions as one: sum_k <P_k, e_k> over new probe symbols P_k (one of each
+    expression's shape), whose gradient with respect to P_k is e_k.  So one call of its
+    ``value_and_grad`` computes every e_k, sharing their common pieces (one CSE, one loop
+    per shape), and Numba compiles one kernel instead of one per expression.  ``table``
+    describes it for :mod:`symgrad.codegen.second_runtime` (its ``"inputs"`` are filled in
+    once it is compiled)."""
 
-    def __init__(self, expressions: dict, taken: set, name: str):
-        from symgrad.compiled import compile as compile_
+    def __init__(self, expressions: dict, taken: set):
         from symgrad.ops import dot
 
-        self.probes = []          # (key, probe symbol)
-        self.zero = set()         # keys whose expression is identically zero
+        self.probes = []          # probe symbols, in order
         terms = []
+        outputs: dict = {}
+        shapes: dict = {}
         for k, (key, e) in enumerate(expressions.items()):
             if e == 0 or isinstance(e, sp.ZeroMatrix):
-                self.zero.add(key)
+                outputs[key] = None
                 continue
             label = f"second_order_{k}"
             while label in taken:
@@ -481,205 +470,308 @@ class _Bundle:
             if isinstance(e, MatrixExpr):
                 probe = sp.MatrixSymbol(label, *e.shape)
                 terms.append(dot(probe, e))
+                shapes[label] = tuple(int(x) if sp.sympify(x).is_Integer
+                                      else sp.pycode(sp.sympify(x)) for x in e.shape)
             else:
                 probe = sp.Symbol(label, real=True)
                 terms.append(probe * e)
-            self.probes.append((key, probe))
-        self.compiled = (compile_(sp.Add(*terms), [p for _, p in self.probes], name=name)
-                         if terms else None)
-        self._arrays: dict = {}
-
-    def __call__(self, f, inputs: dict) -> dict:
-        """{key: array (as computed) or None for an identically zero expression}."""
-        out = dict.fromkeys(self.zero)
-        if self.compiled is None:
-            return out
-        arguments = {name: inputs[name] for name in self.compiled.inputs if name in inputs}
-        if len(arguments) < len(self.compiled.inputs):
-            dims = _dimension_values(f, inputs)
-            key = tuple(sorted((d.name, int(v)) for d, v in dims.items()))
-            probes = self._arrays.get(key)
-            if probes is None:
-                probes = {}
-                for _, probe in self.probes:
-                    if isinstance(probe, MatrixExpr):
-                        shape = tuple(int(sp.sympify(e).xreplace(dims)) for e in probe.shape)
-                        probes[probe.name] = np.zeros(shape)
-                    else:
-                        probes[probe.name] = 0.0
-                self._arrays[key] = probes
-            named_dims = {d.name: int(v) for d, v in dims.items()}
-            for name in self.compiled.inputs:
-                if name in arguments:
-                    continue
-                if name in probes:
-                    arguments[name] = probes[name]
-                elif name in named_dims:
-                    arguments[name] = named_dims[name]
-                else:
-                    raise TypeError(f"missing input {name!r}")
-        _, gradients = self.compiled.value_and_grad(**arguments)
-        for key, probe in self.probes:
-            out[key] = np.asarray(gradients[probe.name], dtype=np.float64)
-        return out
+                shapes[label] = ()
+            self.probes.append(probe)
+            outputs[key] = label
+        self.expression = sp.Add(*terms) if terms else None
+        self.table = {"inputs": (), "probes": shapes, "outputs": outputs}
 
 
-def _hvp_pieces(f):
-    """The compiled HVPs of all parameters (one module), with the tangents' names."""
-    def build():
-        symbols = _user_symbols(f)
-        params = [symbols[n] for n in f.parameters]
-        taken = set(symbols)
-        tangents = {}
-        for p in params:
-            name = f"{p.name}_tangent"
-            while name in taken:
+class _Bundle:
+    """A :class:`BundlePlan`, compiled."""
+
+    def __init__(self, plan: BundlePlan, name: str):
+        from symgrad.compiled import compile as compile_
+
+        self.table = dict(plan.table)
+        self.compiled = None
+        if plan.expression is not None:
+            self.compiled = compile_(plan.expression, plan.probes, name=name)
+            self.table["inputs"] = tuple(self.compiled.inputs)
+        self.value_and_grad = (self.compiled.value_and_grad if self.compiled is not None
+                               else None)
+        # an HVP's pieces at x (see _Linearizer), a bundle of its own
+        linearize = getattr(plan, "linearize", None)
+        self.linearize = None if linearize is None else _Bundle(linearize, f"{name}_at_x")
+        if self.linearize is not None:
+            self.table["linearize"] = self.linearize.table
+
+
+def _tangent_symbols(params, taken: set) -> dict:
+    tangents = {}
+    for p in params:
+        name = f"{p.name}_tangent"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        tangents[p] = (sp.MatrixSymbol(name, *p.shape) if isinstance(p, MatrixExpr)
+                       else sp.Symbol(name, real=True))
+    return tangents
+
+
+class _Linearizer:
+    """An HVP split in two: the pieces that depend on the parameters but not on the tangents
+    (the forward values and the curvature weights, sigmoid(Xw)(1 - sigmoid(Xw)) for the
+    logistic loss) are computed once at x (*linearize*), and the rest, linear in the
+    tangents, takes them as inputs (*apply*).  A solver that asks for many products at one
+    x (Newton-CG's inner iterations) then pays for the forward pass once."""
+
+    def __init__(self, tangents: set, params: set, taken: set):
+        self.tangents, self.params, self.taken = tangents, params, taken
+        self.hoisted: dict = {}          # name -> expression computed at x
+        self._names: dict = {}           # expression -> its symbol
+
+    def _symbol_for(self, e):
+        symbol = self._names.get(e)
+        if symbol is None:
+            name = f"linearized_{len(self._names)}"
+            while name in self.taken:
                 name += "_"
-            taken.add(name)
-            tangents[p] = (sp.MatrixSymbol(name, *p.shape) if isinstance(p, MatrixExpr)
-                           else sp.Symbol(name, real=True))
-        blocks = hvp(f.expression, params, tangents)
-        bundle = _Bundle({p.name: e for p, e in blocks.items()}, taken, f"{f.spec.name}_hvp")
-        return bundle, {p.name: t.name for p, t in tangents.items()}
-    return _compiled(f, "hvp", build)
+            self.taken.add(name)
+            symbol = (sp.MatrixSymbol(name, *e.shape) if isinstance(e, MatrixExpr)
+                      else sp.Symbol(name, real=True))
+            self._names[e] = symbol
+            self.hoisted[name] = e
+        return symbol
+
+    def _moves(self, e) -> bool:
+        return bool(e.free_symbols & self.tangents)
+
+    def _at_x(self, e):
+        """e (free of tangents) as an input of the apply part: hoisted when it costs work."""
+        if isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Number)) or e.is_number \
+                or not (e.free_symbols & self.params) or e == 0 \
+                or isinstance(e, (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):
+            return e
+        if isinstance(e, sp.Transpose) and isinstance(e.arg, sp.MatrixSymbol):
+            return e
+        return self._symbol_for(e)
+
+    def __call__(self, e):
+        from symgrad import ops
+
+        if not isinstance(e, sp.Basic) or not self._moves(e):
+            return self._at_x(e) if isinstance(e, sp.Basic) else e
+        if isinstance(e, ops.Map):
+            return self._map(e)
+        if e.is_Atom or isinstance(e, (sp.MatrixSymbol, sp.Lambda)):
+            return e
+        return e.func(*[self(a) if isinstance(a, sp.Basic) else a for a in e.args])
+
+    def _map(self, e):
+        from symgrad import ops
+
+        variables, operands, body = e.function.variables, e.operands, e.body
+        moving = [k for k, o in enumerate(operands) if self._moves(o)]
+        coefficients = [sp.diff(body, variables[k]) for k in moving]
+        linear = all(not c.has(*[variables[k] for k in moving]) for c in coefficients) and \
+            sp.expand(body - sum(c * variables[k] for c, k in zip(coefficients, moving))) == 0
+        if not linear:
+            return ops.Map(e.function, e.shape, *[self(o) for o in operands])
+        # body = sum_k c_k(other operands) t_k: each c_k a Map computed at x
+        new_variables, new_operands, terms = [], [], []
+        for c, k in zip(coefficients, moving):
+            t = sp.Symbol(f"t{len(new_variables)}", real=True)
+            new_variables.append(t)
+            new_operands.append(self(operands[k]))
+            weight = _restricted(c, variables, operands, e.shape)
+            if not weight.free_symbols:
+                terms.append(weight * t)
+                continue
+            u = sp.Symbol(f"t{len(new_variables)}", real=True)
+            new_variables.append(u)
+            new_operands.append(self._at_x(weight))
+            terms.append(u * t)
+        return ops.Map(sp.Lambda(tuple(new_variables), sp.Add(*terms)), e.shape, *new_operands)
 
 
-def compiled_hvp(f, tangents: Mapping, inputs: dict) -> dict:
-    """``f.hvp(tangents, **inputs)``: see :meth:`symgrad.CompiledFunction.hvp`."""
-    _check_inputs(f, inputs)
-    if not isinstance(tangents, dict) and not isinstance(tangents, Mapping):
-        raise TypeError(f"tangents must be a dict of parameter name -> array, got "
-                        f"{type(tangents).__name__}")
-    for name, v in tangents.items():
-        if name not in f.parameters:
-            raise ValueError(f"tangent given for {name!r}, which is not a parameter "
-                             f"({', '.join(f.parameters)})")
-        if np.size(v) != np.size(inputs[name]):
-            raise ValueError(f"the tangent of {name!r} has shape {np.shape(v)}; the "
-                             f"parameter has shape {np.shape(inputs[name])}")
-    bundle, names = _hvp_pieces(f)
-    arguments = dict(inputs)
-    for p in f.parameters:
-        v = tangents.get(p)
-        given = np.shape(inputs[p])
-        v = np.zeros(given) if v is None else np.asarray(v, dtype=np.float64).reshape(given)
-        arguments[names[p]] = v if v.ndim else float(v)
-    values = bundle(f, arguments)
-    out = {}
-    for p in f.parameters:
-        value = values[p]
-        if value is None:
-            value = np.zeros(np.shape(inputs[p]))
-        out[p] = _as_given(value, np.shape(inputs[p]), f)
-    return out
+def hvp_plan(expression, params: list, names: set) -> BundlePlan:
+    """The bundle of the HVPs of all parameters; ``names`` are the names taken."""
+    taken = set(names)
+    tangents = _tangent_symbols(params, taken)
+    blocks = hvp(expression, params, tangents)
+    split = _Linearizer(set(tangents.values()), set(params), taken)
+    applied = {p.name: split(e) for p, e in blocks.items()}
+    plan = BundlePlan(applied, taken)
+    plan.tangents = [tangents[p] for p in params]
+    plan.table["tangents"] = {p.name: t.name for p, t in tangents.items()}
+    plan.linearize = BundlePlan(split.hoisted, taken) if split.hoisted else None
+    return plan
 
 
-def _hessian_pieces(f):
-    """(one module computing every block with a matrix form, for p before q; the pairs
-    without one, assembled from HVPs)."""
+def hessian_plan(expression, params: list, names: set) -> BundlePlan:
+    """The bundle of every Hessian block with a matrix form (p at or before q).  A block
+    A^T diag(c) A + rest is computed as rest and c in the bundle, and the product with
+    symmetric BLAS afterwards (``table["symmetric"]``); blocks without a matrix form are
+    listed in ``table["without"]``."""
+    from symgrad.compiled import grad
+
+    gradients = grad(expression, params)
+    expressions, blocks, without, symmetric = {}, [], [], {}
+    for i, p in enumerate(params):
+        for q in params[i:]:
+            key = (p.name, q.name)
+            try:
+                block = _block(gradients[p], p, q)
+            except NoMatrixForm:
+                without.append(key)
+                continue
+            blocks.append(key)
+            split = symmetric_split(block)
+            if split is None:
+                expressions[key] = block
+                continue
+            rest, a, c = split
+            expressions[key] = rest
+            if c is None:
+                symmetric[key] = (a.name, None)
+            else:
+                symmetric[key] = (a.name, ("symmetric", p.name, q.name))
+                expressions[("symmetric", p.name, q.name)] = c
+    plan = BundlePlan(expressions, set(names))
+    plan.table.update(blocks=blocks, without=without, symmetric=symmetric)
+    return plan
+
+
+def jacobian_plan(expression, params: list, names: set) -> BundlePlan:
+    """The bundle of the Jacobian blocks with a matrix form; the others (assembled from
+    vector-Jacobian products) in ``table["without"]``."""
+    blocks, without, row_output = {}, [], []
+    for p in params:
+        try:
+            blocks[p.name] = jacobian(expression, [p])[p]
+        except NoMatrixForm:
+            without.append(p.name)
+            continue
+        if isinstance(expression, MatrixExpr) and expression.shape[0] == 1 and _is_vector(p):
+            row_output.append(p.name)
+    plan = BundlePlan(blocks, set(names))
+    plan.table.update(without=without, row_output=row_output)
+    return plan
+
+
+def _symmetric_product_of(node):
+    """(A, c) when node is A^T diag(c) A (c None for A^T A), for a matrix symbol A and c a
+    column (or a number); else None."""
+    from symgrad import ops
+
+    if not isinstance(node, sp.MatMul) or len(node.args) != 2:
+        return None
+    left, right = node.args
+    if not (isinstance(left, sp.Transpose) and isinstance(left.arg, sp.MatrixSymbol)):
+        return None
+    a = left.arg
+    if right == a:
+        return a, None
+    if not isinstance(right, ops.Map) or tuple(right.shape) != tuple(a.shape):
+        return None
+    variables, operands = right.function.variables, right.operands
+    positions = [k for k, o in enumerate(operands) if o == a]
+    if len(positions) != 1:
+        return None
+    factor = sp.cancel(right.body / variables[positions[0]])
+    if factor.has(variables[positions[0]]):
+        return None
+    for k, (v, o) in enumerate(zip(variables, operands)):
+        if k != positions[0] and factor.has(v) and isinstance(o, MatrixExpr) \
+                and tuple(o.shape) != (a.shape[0], 1):
+            return None       # a factor that changes along A's columns: not diag(c)
+    c = _restricted(factor, variables, operands, (a.shape[0], 1))
+    if c == 0:
+        return None
+    return a, c
+
+
+def symmetric_split(e):
+    """(rest, A, c) with e = rest + A^T diag(c) A (c None for 1), or None when e has no
+    such term at its top (a term of a sum, or an operand that an elementwise body adds with
+    coefficient 1)."""
+    from symgrad import ops
+
+    found = _symmetric_product_of(e)
+    if found is not None:
+        return (sp.ZeroMatrix(*e.shape), *found)
+    if isinstance(e, sp.MatAdd):
+        for k, term in enumerate(e.args):
+            found = _symmetric_product_of(term)
+            if found is not None:
+                others = e.args[:k] + e.args[k + 1:]
+                rest = others[0] if len(others) == 1 else sp.MatAdd(*others)
+                return (rest, *found)
+    if isinstance(e, ops.Map):
+        variables, operands = e.function.variables, e.operands
+        for v, o in zip(variables, operands):
+            if not isinstance(o, MatrixExpr) or tuple(o.shape) != tuple(e.shape):
+                continue
+            found = _symmetric_product_of(o)
+            if found is None or sp.diff(e.body, v) != 1:
+                continue
+            rest = _restricted(e.body.subs(v, 0), variables, operands, e.shape)
+            if not isinstance(rest, MatrixExpr):
+                if rest != 0:
+                    continue
+                rest = sp.ZeroMatrix(*e.shape)
+            return (rest, *found)
+    return None
+
+
+def _bundle_of(f, kind: str) -> _Bundle:
     def build():
-        from symgrad.compiled import grad
         symbols = _user_symbols(f)
         params = [symbols[n] for n in f.parameters]
-        gradients = grad(f.expression, params)
-        blocks, without = {}, []
-        for i, p in enumerate(params):
-            for q in params[i:]:
-                try:
-                    blocks[(p.name, q.name)] = _block(gradients[p], p, q)
-                except NoMatrixForm:
-                    without.append((p.name, q.name))
-        return _Bundle(blocks, set(symbols), f"{f.spec.name}_hessian"), without
-    return _compiled(f, "hessian", build)
+        plan = {"hvp": hvp_plan, "hessian": hessian_plan,
+                "jacobian": jacobian_plan}[kind](f.expression, params, set(symbols))
+        return _Bundle(plan, f"{f.spec.name}_{kind}")
+    return _compiled(f, kind, build)
 
 
-def compiled_hessian(f, inputs: dict) -> dict:
-    """``f.hessian(**inputs)``: see :meth:`symgrad.CompiledFunction.hessian`."""
-    _check_inputs(f, inputs)
-    bundle, without = _hessian_pieces(f)
-    shapes = {p: _shape_of(inputs[p]) for p in f.parameters}
-    values = bundle(f, inputs)
-    out = {}
-    for p, q in [*values, *without]:
-        if (p, q) in without:
-            value = _block_from_hvps(f, p, q, inputs, shapes)
-        elif values[(p, q)] is None:
-            value = _as_given(np.zeros(shapes[p] + shapes[q]), shapes[p] + shapes[q], f)
-        else:
-            value = _as_given(values[(p, q)], shapes[p] + shapes[q], f)
-        out[(p, q)] = value
-        if p != q:
-            if _scalar_model(f):
-                out[(q, p)] = value
-            else:
-                n_p, n_q = int(np.prod(shapes[p])), int(np.prod(shapes[q]))
-                out[(q, p)] = _as_given(np.reshape(value, (n_p, n_q)).T, shapes[q] + shapes[p], f)
-    return {(p, q): out[(p, q)] for p in f.parameters for q in f.parameters}
+def _sizes(f, inputs: dict) -> dict:
+    from symgrad.codegen.second_runtime import _sg_dimensions
+    table = _compiled(f, "dimensions", lambda: dimension_table(f.spec.user_inputs))
+    return _sg_dimensions(inputs, table)
 
 
 def _scalar_model(f) -> bool:
     return _compiled(f, "scalar model", lambda: f.spec.is_scalar_model)
 
 
-def _as_given(value: np.ndarray, shape: tuple, f):
-    """A result in the shape the inputs were given (a float for a scalar), or per point for
-    scalar models over arrays."""
-    if _scalar_model(f):
-        return float(value) if value.ndim == 0 else value
-    return float(value.reshape(())) if shape == () else value.reshape(shape)
+def compiled_hvp(f, tangents: Mapping, inputs: dict) -> dict:
+    """``f.hvp(tangents, **inputs)``: see :meth:`symgrad.CompiledFunction.hvp`."""
+    from symgrad.codegen.second_runtime import _sg_hvp
+
+    _check_inputs(f, inputs)
+    bundle = _bundle_of(f, "hvp")
+    return _sg_hvp(tangents, inputs, f.parameters, bundle.table, bundle.value_and_grad,
+                   _sizes(f, inputs), _scalar_model(f),
+                   None if bundle.linearize is None else bundle.linearize.value_and_grad)
 
 
-def _block_from_hvps(f, p, q, inputs, shapes):
-    """A block with no matrix form: one Hessian-vector product per entry of q."""
-    n_q = int(np.prod(shapes[q]))
-    columns = []
-    for j in range(n_q):
-        unit = np.zeros(n_q)
-        unit[j] = 1.0
-        columns.append(np.ravel(compiled_hvp(f, {q: unit.reshape(shapes[q])}, inputs)[p]))
-    return np.stack(columns, axis=-1).reshape(shapes[p] + shapes[q])
+def compiled_hessian(f, inputs: dict) -> dict:
+    """``f.hessian(**inputs)``: see :meth:`symgrad.CompiledFunction.hessian`."""
+    from symgrad.codegen.second_runtime import _sg_hessian
+
+    _check_inputs(f, inputs)
+    bundle = _bundle_of(f, "hessian")
+    return _sg_hessian(inputs, f.parameters, bundle.table, bundle.value_and_grad,
+                       _sizes(f, inputs), _scalar_model(f), f.hvp)
 
 
 def compiled_jacobian(f, inputs: dict) -> dict:
     """``f.jacobian(**inputs)``: see :meth:`symgrad.CompiledFunction.jacobian`."""
+    from symgrad.codegen.second_runtime import _sg_jacobian
+
     _check_inputs(f, inputs)
     if not f.spec.output_shape:
         raise AttributeError("jacobian is for vector and matrix outputs; this model's output "
                              "is a scalar: use f.grad(**inputs) (and f.hessian)")
-
-    def build():
-        symbols = _user_symbols(f)
-        blocks, without = {}, []
-        for name in f.parameters:
-            try:
-                blocks[name] = jacobian(f.expression, [symbols[name]])[symbols[name]]
-            except NoMatrixForm:
-                without.append(name)
-        return _Bundle(blocks, set(symbols), f"{f.spec.name}_jacobian"), without
-
-    bundle, without = _compiled(f, "jacobian", build)
-    value = np.asarray(f.forward(**inputs))
-    values = bundle(f, inputs)
-    out = {}
-    for name in f.parameters:
-        shape = value.shape + _shape_of(inputs[name])
-        if name in without:
-            rows = []
-            for i in range(value.size):
-                unit = np.zeros(value.size)
-                unit[i] = 1.0
-                rows.append(np.ravel(f.vjp(unit.reshape(value.shape), **inputs)[name]))
-            out[name] = np.stack(rows).reshape(shape)
-        elif values[name] is None:
-            out[name] = np.zeros(shape)
-        else:
-            block = values[name]
-            symbol = _user_symbols(f)[name]
-            if isinstance(f.expression, MatrixExpr) and f.expression.shape[0] == 1 \
-                    and _is_vector(symbol):
-                block = block.reshape(value.size, -1)     # a row output: rows are outputs
-            out[name] = block.reshape(shape)
-    return out
+    bundle = _bundle_of(f, "jacobian")
+    return _sg_jacobian(inputs, f.parameters, bundle.table, bundle.value_and_grad,
+                        _sizes(f, inputs), f.forward, f.vjp, bundle.table["row_output"])
 
 
 class ScipyProblem:
@@ -777,20 +869,38 @@ class ScipyProblem:
         return {name: float(x[start]) if shape == () else x[start:stop].reshape(shape)
                 for name, shape, start, stop in layout}
 
+    def _inputs(self, x) -> dict:
+        """The data and the parameters held in x, by name."""
+        inputs = dict(self.data)
+        inputs.update(self.unpack(x))
+        return inputs
+
+    def _dimensions(self, inputs: dict) -> dict:
+        # fixed by the data and the parameters' shapes, so the same at every call
+        sizes = self.__dict__.get("_sizes")
+        if sizes is None:
+            sizes = self._sizes = _sizes(self.f, inputs)
+        return sizes
+
+    def _flat(self, parts: dict) -> np.ndarray:
+        layout = self._layout()
+        if len(layout) == 1:
+            return np.ravel(parts[layout[0][0]])
+        return np.concatenate([np.ravel(parts[name]) for name, *_ in layout])
+
     def fun(self, x):
         """The value (a float), or for a model with a vector or matrix output the flat
         residuals (for ``scipy.optimize.least_squares``)."""
-        value = self.f.forward(**self.data, **self.unpack(x))
+        value = self.f.forward(**self._inputs(x))
         return np.ravel(value) if self.residuals else float(value)
 
     def jac(self, x) -> np.ndarray:
         """The gradient (flat), or for residuals the Jacobian (residuals x parameters)."""
         if self.residuals:
-            blocks = self.f.jacobian(**self.data, **self.unpack(x))
+            blocks = self.f.jacobian(**self._inputs(x))
             return np.concatenate([np.reshape(blocks[name], (-1, stop - start))
                                    for name, _, start, stop in self._layout()], axis=1)
-        _, g = self.f.value_and_grad(**self.data, **self.unpack(x))
-        return np.concatenate([np.ravel(g[name]) for name in self.f.parameters])
+        return self._flat(self.f.value_and_grad(**self._inputs(x))[1])
 
     def _scalar_only(self, what: str) -> None:
         if self.residuals:
@@ -799,14 +909,274 @@ class ScipyProblem:
                                  "with scipy.optimize.least_squares")
 
     def hess(self, x) -> np.ndarray:
+        """The Hessian, (size, size)."""
+        from symgrad.codegen.second_runtime import _sg_hessian
+
         self._scalar_only("hess")
-        blocks = self.f.hessian(**self.data, **self.unpack(x))
-        sizes = [stop - start for _, _, start, stop in self._layout()]
-        names = list(self.f.parameters)
-        return np.block([[np.reshape(blocks[(p, q)], (sizes[i], sizes[j]))
-                          for j, q in enumerate(names)] for i, p in enumerate(names)])
+        inputs = self._inputs(x)
+        bundle = _bundle_of(self.f, "hessian")
+        blocks = _sg_hessian(inputs, self.f.parameters, bundle.table, bundle.value_and_grad,
+                             self._dimensions(inputs), _scalar_model(self.f), self.f.hvp)
+        layout = self._layout()
+        if len(layout) == 1:
+            name, _, start, stop = layout[0]
+            return np.reshape(blocks[(name, name)], (stop - start, stop - start))
+        return np.block([[np.reshape(blocks[(p, q)], (p1 - p0, q1 - q0))
+                          for q, _, q0, q1 in layout] for p, _, p0, p1 in layout])
 
     def hessp(self, x, v) -> np.ndarray:
+        """The Hessian times v (flat, like x), without forming the Hessian.  The pieces
+        that depend on x alone (the forward pass, the curvature weights) are kept for the
+        next call at the same x, as Newton-CG's inner iterations make."""
+        from symgrad.codegen.second_runtime import _sg_at_x, _sg_bundle
+
         self._scalar_only("hessp")
-        products = self.f.hvp(self.unpack(v), **self.data, **self.unpack(x))
-        return np.concatenate([np.ravel(products[name]) for name in self.f.parameters])
+        inputs = self._inputs(x)
+        bundle = _bundle_of(self.f, "hvp")
+        sizes = self._dimensions(inputs)
+        kept = self.__dict__.get("_kept_at_x")
+        if kept is not None and np.array_equal(kept[0], x):
+            at_x = kept[1]
+        else:
+            at_x = _sg_at_x(bundle.table, None if bundle.linearize is None
+                            else bundle.linearize.value_and_grad, inputs, sizes)
+            self._kept_at_x = (np.array(x, dtype=np.float64), at_x)
+        # the tangents straight into the bundle: unpack has checked their shape
+        inputs.update({bundle.table["tangents"][name]: value
+                       for name, value in self.unpack(v).items()})
+        inputs.update(at_x)
+        products = _sg_bundle(bundle.value_and_grad, bundle.table, inputs, sizes)
+        for name, _shape, start, stop in self._layout():
+            if products[name] is None:
+                products[name] = np.zeros(stop - start)
+        return self._flat(products)
+
+
+# ------------------------------------------------------------------------------------------
+# Generated modules: hessian, hvp, jacobian beside forward and value_and_grad
+# ------------------------------------------------------------------------------------------
+_SECOND_MARKER = "# --- symgrad second order: copied verbatim into generated modules"
+
+
+def _namespaced(text: str, prefix: str) -> str:
+    """``text`` with every name it defines at top level prefixed, so that several modules'
+    bodies can live in one file; names it only uses (the shared runtime's) stay."""
+    import ast
+    import io
+    import tokenize
+
+    defined = set()
+    for node in ast.parse(text).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign):
+            defined |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    lines = text.splitlines(keepends=True)
+    edits: dict = {}
+    previous = None
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type == tokenize.NAME and token.string in defined and not (
+                previous is not None and previous.type == tokenize.OP and previous.string == "."):
+            edits.setdefault(token.start[0], []).append(token.start[1])
+        if token.type not in (tokenize.NL, tokenize.COMMENT):
+            previous = token
+    for row, columns in edits.items():
+        line = lines[row - 1]
+        for column in sorted(columns, reverse=True):
+            line = line[:column] + prefix + line[column:]
+        lines[row - 1] = line
+    return "".join(lines)
+
+
+def _bundle_body(plan: BundlePlan, name: str, prefix: str) -> tuple[str, dict]:
+    """The bundle's kernels as module text (its names prefixed), and its table."""
+    from symgrad.codegen.module import _body
+    from symgrad.compiled import build_spec
+
+    table = dict(plan.table)
+    if plan.expression is None:
+        return "", table
+    spec = build_spec(plan.expression, plan.probes, name=name)
+    table["inputs"] = tuple(spec.public_name(s) for s in spec.inputs)
+    lines = _body(spec)
+    text = "\n".join(lines[3:])       # without the runtime the module already carries
+    return _namespaced(text, prefix), table
+
+
+def second_order_text(model) -> str:
+    """The part of a generated module that offers ``hessian`` and ``hvp`` (a scalar output)
+    or ``jacobian`` (a vector or matrix output): the compiled bundles of
+    :mod:`symgrad.second`, their tables, the code of
+    :mod:`symgrad.codegen.second_runtime` and one public function each, with the model's
+    inputs as keyword arguments (as ``value_and_grad``)."""
+    from pathlib import Path
+
+    from symgrad.codegen.module import docstring_literal
+    from symgrad.generate import has_scalar_output
+
+    names = {s.name for s in model.inputs}
+    params = list(model.wrt)
+    public = [s.name for s in model.inputs]
+    signature = ", ".join(["*"] + public) if public else ""
+    gather = "{" + ", ".join(f"{n!r}: {n}" for n in public) + "}"
+    runtime = (Path(__file__).parent / "codegen" / "second_runtime.py").read_text()
+    out = ["", "", runtime[runtime.index(_SECOND_MARKER):].rstrip(), "", "",
+           f"_SG_DIMENSIONS = {dimension_table(model.inputs)!r}",
+           f"_SG_SCALAR_MODEL = {not any(isinstance(s, MatrixExpr) for s in model.inputs)!r}",
+           ""]
+    if has_scalar_output(model):
+        plan = hvp_plan(model.output, params, names)
+        hvp_body, hvp_table = _bundle_body(plan, f"{model.name}_hvp", "_hvp__")
+        at_x = "None"
+        if plan.linearize is not None:
+            at_x_body, hvp_table["linearize"] = _bundle_body(
+                plan.linearize, f"{model.name}_hvp_at_x", "_hvp_at_x__")
+            hvp_body = at_x_body.rstrip() + "\n\n" + hvp_body
+            at_x = "_hvp_at_x__value_and_grad"
+        hessian_body, hessian_table = _bundle_body(hessian_plan(model.output, params, names),
+                                                   f"{model.name}_hessian", "_hessian__")
+        bundles = [("_hvp", hvp_body, hvp_table), ("_hessian", hessian_body, hessian_table)]
+        functions = [
+            f"def hvp(tangents, /, {signature}):",
+            "    " + docstring_literal(
+                "{parameter name: (H v) in the parameter's own shape}, the Hessian-vector "
+                "product\n    with ``tangents`` ({parameter name: direction}; a parameter "
+                "left out does not move)."),
+            f"    _inputs = {gather}",
+            "    return _sg_hvp(tangents, _inputs, PARAMETERS, _HVP_TABLE, "
+            "_hvp__value_and_grad if _HVP_TABLE['probes'] else None,",
+            "                   _sg_dimensions(_inputs, _SG_DIMENSIONS), _SG_SCALAR_MODEL, "
+            f"{at_x})",
+            "",
+            "",
+            f"def hessian({signature}):",
+            "    " + docstring_literal(
+                "{(p, q): d²value/dp dq} for every pair of parameters, of shape "
+                "p.shape + q.shape\n    (per point for a scalar model over arrays)."),
+            f"    _inputs = {gather}",
+            "    return _sg_hessian(_inputs, PARAMETERS, _HESSIAN_TABLE, "
+            "_hessian__value_and_grad if _HESSIAN_TABLE['probes'] else None,",
+            "                       _sg_dimensions(_inputs, _SG_DIMENSIONS), "
+            "_SG_SCALAR_MODEL, hvp)",
+            ""]
+    else:
+        body, table = _bundle_body(jacobian_plan(model.output, params, names),
+                                   f"{model.name}_jacobian", "_jacobian__")
+        bundles = [("_jacobian", body, table)]
+        functions = [
+            f"def jacobian({signature}):",
+            "    " + docstring_literal(
+                "{parameter name: d output / d parameter}, of shape output.shape + "
+                "parameter.shape."),
+            f"    _inputs = {gather}",
+            "    return _sg_jacobian(_inputs, PARAMETERS, _JACOBIAN_TABLE, "
+            "_jacobian__value_and_grad if _JACOBIAN_TABLE['probes'] else None,",
+            "                        _sg_dimensions(_inputs, _SG_DIMENSIONS), forward, vjp, "
+            f"{tuple(table['row_output'])!r})",
+            ""]
+    for prefix, body, table in bundles:
+        kind = prefix.strip("_")
+        header = f"# --- {kind}: its expressions, compiled as one bundle "
+        out += [header + "-" * max(3, 92 - len(header)), "", body.rstrip(), "",
+                f"_{kind.upper()}_TABLE = {table!r}", "", ""]
+    out += functions
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ------------------------------------------------------------------------------------------
+# An explicit sympy.Matrix of scalar expressions, compiled: values and Jacobian
+# ------------------------------------------------------------------------------------------
+class ExplicitMatrixFunction:
+    """``sg.compile(sympy.Matrix([...]), wrt)``: an explicit matrix of scalar expressions in
+    scalar symbols, compiled as two bundles (one kernel for the entries, one for their
+    derivatives; see :class:`BundlePlan`).  ``f(**inputs)`` (or ``f.forward``) gives an array
+    of the matrix's shape and ``f.jacobian(**inputs)`` ``{q: array of the matrix's shape}``
+    (d entry / d q); inputs may be floats or arrays of points, which add their broadcast
+    shape at the end.
+
+    >>> import sympy as sp, symgrad as sg
+    >>> a, b = sp.symbols("a b")
+    >>> f = sg.compile(sp.Matrix([a * b, a + b**2]), [a, b])
+    >>> f.jacobian(a=2.0, b=3.0)["b"].ravel().tolist()
+    [2.0, 6.0]
+    """
+
+    def __init__(self, matrix, wrt, name: str = "model"):
+        from symgrad.compiled import compile as compile_
+
+        matrix = sp.ImmutableMatrix(matrix)
+        wrt = list(wrt) if isinstance(wrt, (list, tuple)) else [wrt]
+        for q in wrt:
+            if not isinstance(q, sp.Symbol):
+                raise TypeError(f"an explicit sympy.Matrix is differentiated with respect to "
+                                f"scalar symbols; wrt has {q!r}, a {type(q).__name__}")
+        symbols = set().union(*[sp.sympify(e).free_symbols for e in matrix]) if matrix \
+            else set()
+        others = [s for s in symbols if not isinstance(s, sp.Symbol)]
+        if others:
+            raise TypeError(f"an explicit sympy.Matrix must hold scalar expressions of scalar "
+                            f"symbols; it uses {others[0]!r}")
+        self.shape = tuple(matrix.shape)
+        self.parameters = [q.name for q in wrt]
+        self.inputs = self.parameters + sorted(s.name for s in symbols
+                                               if s.name not in self.parameters)
+        self.expression = matrix
+        names = set(self.inputs)
+        entries = {(i, j): matrix[i, j] for i in range(matrix.rows) for j in range(matrix.cols)}
+        derivatives = {(q.name, i, j): _entry_derivative(e, q)
+                       for q in wrt for (i, j), e in entries.items()}
+        self._bundles = {}
+        for kind, expressions in (("forward", entries), ("jacobian", derivatives)):
+            plan = BundlePlan(expressions, set(names))
+            compiled = (compile_(plan.expression, plan.probes, name=f"{name}_{kind}")
+                        if plan.expression is not None else None)
+            if compiled is not None:
+                plan.table["inputs"] = tuple(compiled.inputs)
+            self._bundles[kind] = (plan.table,
+                                   None if compiled is None else compiled.value_and_grad)
+
+    def _check(self, inputs: dict) -> tuple:
+        missing = [n for n in self.inputs if n not in inputs]
+        unknown = [n for n in inputs if n not in self.inputs]
+        if unknown:
+            raise TypeError(f"unknown input {unknown[0]!r}; this model takes "
+                            f"{', '.join(self.inputs)}")
+        if missing:
+            raise TypeError(f"missing input {missing[0]!r}; this model takes "
+                            f"{', '.join(self.inputs)}")
+        try:
+            return np.broadcast_shapes(*[np.shape(v) for v in inputs.values()])
+        except ValueError:
+            shapes = ", ".join(f"{n} {np.shape(v)}" for n, v in inputs.items())
+            raise ValueError(f"the inputs' shapes do not broadcast: {shapes}") from None
+
+    def _entries(self, kind: str, inputs: dict) -> dict:
+        from symgrad.codegen.second_runtime import _sg_bundle
+        table, value_and_grad = self._bundles[kind]
+        return _sg_bundle(value_and_grad, table, inputs, {})
+
+    def forward(self, **inputs) -> np.ndarray:
+        """The matrix's entries: an array of its shape (+ the points' shape)."""
+        points = self._check(inputs)
+        values = self._entries("forward", inputs)
+        out = np.zeros(self.shape + points)
+        for (i, j), value in values.items():
+            if value is not None:
+                out[i, j] = value
+        return out
+
+    __call__ = forward
+
+    def jacobian(self, **inputs) -> dict:
+        """``{q: d matrix / d q}``, each an array of the matrix's shape (+ the points')."""
+        points = self._check(inputs)
+        values = self._entries("jacobian", inputs)
+        out = {q: np.zeros(self.shape + points) for q in self.parameters}
+        for (q, i, j), value in values.items():
+            if value is not None:
+                out[q][i, j] = value
+        return out
+
+    def __repr__(self) -> str:
+        return (f"<symgrad explicit {self.shape[0]} x {self.shape[1]} matrix of "
+                f"{', '.join(self.inputs)}; wrt {', '.join(self.parameters)}>")

@@ -159,7 +159,8 @@ def test_to_dict_is_plain_json_with_one_entry_per_backend_and_quantity():
     data = report.to_dict()
     assert json.loads(json.dumps(data)) == data
     assert set(data) == {"model", "ok", "wrt", "backends", "reference", "points", "sizes",
-                         "comparisons", "skipped", "uncompared", "notes", "timings"}
+                         "comparisons", "skipped", "uncompared", "second_order", "notes",
+                         "timings"}
     assert data["model"] == "window_classifier"
     assert data["ok"] is True and data["points"] == 2
     assert data["wrt"] == ["W", "b", "u", "x"]

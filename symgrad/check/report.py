@@ -141,12 +141,14 @@ class CheckReport:
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     timings: list[Timing] | None = None
+    second_order: list[str] = field(default_factory=list)   # with order=2: "hessian", ...
 
     @property
     def uncompared(self) -> list[str]:
-        """The value and the parameters that no backend compared (all skipped, or none)."""
+        """The value, the parameters (and with ``order=2`` the second-order quantities) that
+        no backend compared (all skipped, or none)."""
         compared = {c.quantity for c in self.comparisons}
-        return [q for q in ["value", *self.wrt] if q not in compared]
+        return [q for q in ["value", *self.wrt, *self.second_order] if q not in compared]
 
     @property
     def ok(self) -> bool:
@@ -177,6 +179,7 @@ class CheckReport:
             "comparisons": [asdict(c) for c in self.comparisons],
             "skipped": dict(self.skipped),
             "uncompared": self.uncompared,
+            "second_order": list(self.second_order),
             "notes": list(self.notes),
             "timings": None if self.timings is None else [asdict(t) for t in self.timings],
         }

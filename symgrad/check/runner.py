@@ -35,7 +35,8 @@ def check(model_or_expr, wrt: Sequence | None = None,
           against: str | Sequence[str] | None = ("finite-differences",), points: int = 3,
           seed: int = 0, inputs: dict | None = None, time: bool = False, *,
           reference: str = "compiled",
-          tolerances: dict[str, tuple[Tolerance, Tolerance]] | None = None) -> CheckReport:
+          tolerances: dict[str, tuple[Tolerance, Tolerance]] | None = None,
+          order: int = 1) -> CheckReport:
     """Compare symgrad's value and gradients with autodiff frameworks and finite differences.
 
     ``model_or_expr`` is a :class:`symgrad.Model`, or a SymPy expression with ``wrt`` (the
@@ -60,6 +61,14 @@ def check(model_or_expr, wrt: Sequence | None = None,
     ``{"jax": ((rtol, atol) of the value, (rtol, atol) of the gradients)}``.  ``time=True``
     adds the median time of one value-and-gradient call per backend, on the last point.
 
+    ``order=2`` also compares the compiled second order (``reference="compiled"`` only;
+    see :mod:`symgrad.check.second`): for a scalar output ``f.hessian`` and ``f.hvp`` (the
+    quantities ``"hessian"`` and ``"hvp"``) against ``jax.hessian`` and jvp of grad,
+    ``torch.func.hessian`` and jvp of grad, and central differences of symgrad's gradient;
+    for a vector or matrix output ``f.jacobian`` (``"jacobian"``) against ``jax.jacfwd``,
+    ``torch.func.jacfwd`` and differences of the value (``tolerances``' gradient tolerance of
+    a backend applies to them too).  The report is then ok only if these were compared.
+
     >>> import sympy as sp
     >>> w, x, y = sp.symbols("w x y")
     >>> report = check((w * x - y) ** 2, [w], against="finite-differences", reference="symbolic")
@@ -70,6 +79,11 @@ def check(model_or_expr, wrt: Sequence | None = None,
         raise ValueError(f"reference must be 'compiled' or 'symbolic', got {reference!r}")
     if not isinstance(points, int) or points < 1:
         raise ValueError(f"points must be a positive integer, got {points!r}")
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+    if order == 2 and reference != "compiled":
+        raise ValueError("order=2 checks the compiled f.hessian, f.hvp and f.jacobian: use "
+                         "reference='compiled'")
     problem, compiled = _problem(model_or_expr, wrt)
     names, explicit = _backend_names(against)
     rng = np.random.default_rng(seed)
@@ -115,6 +129,14 @@ def check(model_or_expr, wrt: Sequence | None = None,
                 continue
             _compare_point(problem, backend.name, result, expected, tolerance[backend.name],
                            comparisons)
+        if order == 2:
+            from symgrad.check.second import compare_second_order, quantities
+            report.second_order = quantities(problem)
+            second_tolerances = {name: Tolerance(*pair[1]) for name, pair
+                                 in (tolerances or {}).items()}
+            compare_second_order(problem, symgrad.compiled, backends, values, dims, rng,
+                                 comparisons, {_ALIASES.get(k, k): v for k, v
+                                               in second_tolerances.items()}, report.skipped)
     report.backends = [b.name for b in backends]
     report.comparisons = [c for c in comparisons.values() if c.backend in report.backends]
     if time:
