@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from functools import cached_property
 
-import sympy as sp
-
 from symgrad.compiled import CompiledFunction, Gradients, _check_wrt, compile, grad, inputs_of
 
 __all__ = ["Model"]
@@ -32,7 +30,9 @@ class Model:
             raise ValueError(f"model name {name!r} must be a Python identifier (it names the "
                              "generated module)")
         self.name = name
-        self.output = sp.sympify(output)
+        from symgrad.forms import normalize
+
+        self.output, wrt = normalize(output, wrt)
         self.wrt = _check_wrt(self.output, wrt)
 
     @cached_property
