@@ -237,10 +237,16 @@ def _log_softmax(variables, body, operands):
         operand, v = operands[k], variables[k]
         if not body.has(sp.log(v)):
             continue
-        if isinstance(operand, ops.Softmax):
-            argument, axis = operand.arg, operand.axis
+        transposed = isinstance(operand, sp.Transpose) and isinstance(operand.arg, ops.Softmax)
+        if transposed or isinstance(operand, ops.Softmax):
+            softmax = operand.arg if transposed else operand
+            argument, axis = softmax.arg, softmax.axis
             logsumexp = (ops.LogSumExpAll(argument) if axis is None
                          else ops.LogSumExp(argument, axis))
+            if transposed:      # log(softmax(Z)^T) = Z^T - logsumexp(Z)^T
+                transpose = Canonicalizer()._transpose
+                argument = transpose(argument)
+                logsumexp = logsumexp if axis is None else transpose(logsumexp)
             z, lse = ops.map_variables(2, [f"{v.name}_z", f"{v.name}_l"])
             body = body.xreplace({sp.log(v): z - lse})
             variables += [z, lse]
@@ -416,8 +422,10 @@ class Canonicalizer:
         if isinstance(arg, sp.MatMul):
             return sp.MatMul(self._transpose(arg.args[1]), self._transpose(arg.args[0]))
         if isinstance(arg, ops.Map):
-            return ops.Map(arg.function, arg.shape[::-1],
-                           *[self._transpose(o) if is_matrix(o) else o for o in arg.operands])
+            operands = [self._transpose(o) if is_matrix(o) else o for o in arg.operands]
+            variables, body, operands = _log_softmax(arg.function.variables, arg.body,
+                                                     operands)
+            return ops.Map(sp.Lambda(variables, body), arg.shape[::-1], *operands)
         if isinstance(arg, ops.AxisSum):
             return self._transpose_sum(arg)
         if isinstance(arg, ops.Named):
