@@ -123,6 +123,9 @@ class Gradients(dict):
     so that :func:`symgrad.show` can name the shared pieces."""
 
     derivation: Derivation | None = None
+    # the key -> the symbol it stands for, where they differ: sg.grad keys the gradient of
+    # the input q1 by q1(t) when the user passed q1(t)
+    symbol_of: dict = {}
 
     def _repr_latex_(self) -> str:
         from symgrad.show import latex
@@ -144,15 +147,25 @@ def grad(expr, wrt) -> Gradients:
     >>> grad((w * x - y) ** 2, [w])[w]
     x*(2*w*x - 2*y)
     """
-    expr = sp.sympify(expr)
+    from symgrad.forms import normalize
+
+    given = list(wrt) if isinstance(wrt, Sequence) and not isinstance(wrt, str) else [wrt]
+    expr, wrt = normalize(expr, wrt)
     wrt = _check_wrt(expr, wrt)
-    if isinstance(expr, MatrixExpr) and tuple(expr.shape) != (1, 1):
-        raise ValueError(f"grad needs a scalar expression; this one has shape {expr.shape}. "
-                         "Use sg.compile(...).vjp for vector-Jacobian products.")
+    if isinstance(expr, MatrixExpr):
+        if tuple(expr.shape) != (1, 1):
+            raise ValueError(f"grad needs a scalar expression; this one has shape "
+                             f"{expr.shape}. Use sg.compile(...).vjp for vector-Jacobian "
+                             "products.")
+        from symgrad.ops import Entry
+        expr = Entry(expr, 0, 0)     # a 1 x 1 result is the scalar it holds
     derivation = derive(expr, wrt)
     result = Gradients()
-    for w in wrt:
-        result[w] = inline(derivation, derivation.gradients[w])
+    result.symbol_of = {}
+    for key, w in zip(given, wrt):   # keyed by what the user passed (q1(t), not q1)
+        result[key] = inline(derivation, derivation.gradients[w])
+        if key is not w:
+            result.symbol_of[key] = w
     result.derivation = derivation
     return result
 
@@ -184,9 +197,10 @@ def internal_symbols(inputs: list, dimensions: set) -> dict:
 
 def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     """Derive, optimize and describe the module for expr (see :func:`compile`)."""
+    from symgrad.forms import normalize
     from symgrad.show import module_docstring
 
-    expr = sp.sympify(expr)
+    expr, wrt = normalize(expr, wrt, compiled=True)
     wrt = _check_wrt(expr, wrt)
     inputs = inputs_of(expr, wrt)
     check_names(inputs)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from functools import cached_property
 
-import sympy as sp
-
 from symgrad.compiled import CompiledFunction, Gradients, _check_wrt, compile, grad, inputs_of
 
 __all__ = ["Model"]
@@ -36,7 +34,9 @@ class Model:
         if not isinstance(second_order, bool):
             raise TypeError(f"second_order must be True or False, got {second_order!r}")
         self.name = name
-        self.output = sp.sympify(output)
+        from symgrad.forms import normalize
+
+        self.output, wrt = normalize(output, wrt)
         self.wrt = _check_wrt(self.output, wrt)
         # the generated module also offers hessian and hvp (a scalar output) or jacobian
         self.second_order = second_order

@@ -434,8 +434,10 @@ def _pieces(grads, output: str):
     derivation = getattr(grads, "derivation", None)
     if derivation is None:
         return [], [(f"d{output}/d{_label(w)}", g) for w, g in grads.items()], {}
-    outputs = {_label(w): derivation.gradients[w] for w in grads}
-    program = lower(derivation, outputs, list(grads))
+    # the symbols the gradients are of (sg.grad keys q1(t)'s by the object the user passed)
+    symbols = [getattr(grads, "symbol_of", {}).get(w, w) for w in grads]
+    outputs = {_label(w): derivation.gradients[w] for w in symbols}
+    program = lower(derivation, outputs, symbols)
     if len(program.statements) > SHOW_MAX_STATEMENTS:
         return _program_pieces(program, output)
     named, candidates = piece_names(program)

@@ -202,7 +202,9 @@ def _problem(model_or_expr, wrt):
     else:
         if isinstance(model_or_expr, tuple) and len(model_or_expr) == 2 and wrt is None:
             model_or_expr, wrt = model_or_expr
-        name, expr = "model", sp.sympify(model_or_expr)
+        from symgrad.forms import normalize
+
+        name, (expr, wrt) = "model", normalize(model_or_expr, wrt, compiled=True)
         if wrt is None:
             dims = shape_symbols(expr)
             wrt = [s for s in inputs_of(expr, []) if s not in dims]

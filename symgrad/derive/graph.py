@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import ops
@@ -177,7 +178,8 @@ def _stable_form(e):
 def _rewrite_top(e):
     """One stable rewrite at the top of e, or None: 1/(1 + exp(-x)) -> sigmoid(x),
     log(sigmoid(x)) -> logsigmoid(x), log(1 - sigmoid(x)) -> logsigmoid(-x),
-    log(1 + exp(x)) -> softplus(x), log(exp(x)) -> x.
+    log(1 + exp(x)) -> softplus(x), log(exp(x)) -> x, log(1/x) -> -log(x),
+    log(c exp(x)) -> x + log(c), log(sum(exp(Z))) -> logsumexp(Z).
 
     Also the real form of complex parts: symgrad's values are real, so re(x) -> x,
     im(x) -> 0 and conjugate(x) -> x (SymPy writes |exp(x)| as exp(re(x)) when x is not
@@ -193,6 +195,15 @@ def _rewrite_top(e):
     if not isinstance(e, sp.log):
         return None
     inner = e.args[0]
+    if inner.is_Pow and inner.exp == -1:
+        return -_stable_form(sp.log(inner.base))    # log(1/x) = -log(x), nan and inf alike
+    if inner.is_Mul and any(isinstance(f, sp.exp) for f in inner.args):
+        # log(c exp(g)) = g + log(c) for real g, nan and inf alike: the exp never overflows
+        exponents = [f.args[0] for f in inner.args if isinstance(f, sp.exp)]
+        rest = [f for f in inner.args if not isinstance(f, sp.exp)]
+        return sp.Add(*exponents) + _stable_form(sp.log(sp.Mul(*rest)))
+    if isinstance(inner, ops.SumAll) and _exponent_of(inner.arg) is not None:
+        return ops.LogSumExpAll(_exponent_of(inner.arg))    # log(sum(exp(Z)))
     if isinstance(inner, ops.sigmoid):
         return ops.logsigmoid(inner.args[0])
     if isinstance(inner, sp.exp):
@@ -215,6 +226,72 @@ def _sigmoid_arg(e):
     if one != 1 or not isinstance(other, sp.exp):
         return None
     return -other.args[0]
+
+
+def _log_softmax(variables, body, operands):
+    """A Map's body with the log of a softmax operand rewritten to log-softmax, so that
+    log(softmax(Z)) is finite at |z| = 1000 in both passes:
+
+    * log(v) for v = softmax(Z, axis) becomes z - l, with Z and logsumexp(Z, axis) (over all
+      entries for axis None) as new operands;
+    * log(v) for v = sum(exp(Z), axis), the denominator of a softmax written by hand,
+      becomes l, with logsumexp(Z, axis) as the new operand;
+    * log(v) for a scalar operand v whose log has a stable form (log(1/sum(exp(Z))) is
+      -logsumexp(Z)) becomes a new scalar operand, that stable form.
+
+    An operand stays only where its variable still appears outside a log."""
+    variables, operands = list(variables), list(operands)
+    rewritten = []
+    for k in range(len(operands)):
+        operand, v = operands[k], variables[k]
+        if not body.has(sp.log(v)):
+            continue
+        transposed = isinstance(operand, sp.Transpose) and isinstance(operand.arg, ops.Softmax)
+        if transposed or isinstance(operand, ops.Softmax):
+            softmax = operand.arg if transposed else operand
+            argument, axis = softmax.arg, softmax.axis
+            logsumexp = (ops.LogSumExpAll(argument) if axis is None
+                         else ops.LogSumExp(argument, axis))
+            if transposed:      # log(softmax(Z)^T) = Z^T - logsumexp(Z)^T
+                transpose = Canonicalizer()._transpose
+                argument = transpose(argument)
+                logsumexp = logsumexp if axis is None else transpose(logsumexp)
+            z, lse = ops.map_variables(2, [f"{v.name}_z", f"{v.name}_l"])
+            body = body.xreplace({sp.log(v): z - lse})
+            variables += [z, lse]
+            operands += [argument, logsumexp]
+        elif isinstance(operand, ops.AxisSum) and _exponent_of(operand.arg) is not None:
+            (lse,) = ops.map_variables(1, [f"{v.name}_l"])
+            body = body.xreplace({sp.log(v): lse})
+            variables.append(lse)
+            operands.append(ops.LogSumExp(_exponent_of(operand.arg), operand.axis))
+        elif not is_matrix(operand):
+            logarithm = stabilize(sp.log(operand))
+            if isinstance(logarithm, sp.log) and logarithm.args[0] == operand:
+                continue        # no stable form: the log stays in the body
+            (lv,) = ops.map_variables(1, [f"{v.name}_log"])
+            body = body.xreplace({sp.log(v): lv})
+            variables.append(lv)
+            operands.append(logarithm)
+        else:
+            continue
+        rewritten.append(k)
+    used = body.free_symbols
+    keep = [k for k in range(len(variables)) if k not in rewritten or variables[k] in used]
+    return tuple(variables[k] for k in keep), body, [operands[k] for k in keep]
+
+
+def _exponent_of(m):
+    """Z where m is exp(Z) elementwise (a Map whose body is exp(...)), else None."""
+    if not (isinstance(m, ops.Map) and isinstance(m.body, sp.exp)):
+        return None
+    argument = m.body.args[0]
+    variables = m.function.variables
+    if argument in variables:
+        operand = m.operands[variables.index(argument)]
+        if is_matrix(operand) and tuple(operand.shape) == tuple(m.shape):
+            return operand
+    return ops.Map(sp.Lambda(variables, argument), m.shape, *m.operands)
 
 
 # ------------------------------------------------------------------------------------------
@@ -317,8 +394,12 @@ class Canonicalizer:
             return self._matmul(expr)
         if isinstance(expr, ops.Map):
             operands = [self._canon(o) for o in expr.operands]
-            return ops.Map(sp.Lambda(expr.function.variables, stabilize(expr.body)),
-                           expr.shape, *operands)
+            variables, body = expr.function.variables, stabilize(expr.body)
+            variables, body, operands = _log_softmax(variables, body, operands)
+            return ops.Map(sp.Lambda(variables, body), expr.shape, *operands)
+        if isinstance(expr, ElementwiseApplyFunction):      # A.applyfunc(f)
+            from symgrad.forms import map_of_applyfunc
+            return self._canon(map_of_applyfunc(expr))
         if isinstance(expr, ops.AxisSum):
             return self._sum(self._canon(expr.arg), expr.axis)
         if isinstance(expr, (ops.LogSumExp, ops.Softmax)):
@@ -354,8 +435,10 @@ class Canonicalizer:
         if isinstance(arg, sp.MatMul):
             return sp.MatMul(self._transpose(arg.args[1]), self._transpose(arg.args[0]))
         if isinstance(arg, ops.Map):
-            return ops.Map(arg.function, arg.shape[::-1],
-                           *[self._transpose(o) if is_matrix(o) else o for o in arg.operands])
+            operands = [self._transpose(o) if is_matrix(o) else o for o in arg.operands]
+            variables, body, operands = _log_softmax(arg.function.variables, arg.body,
+                                                     operands)
+            return ops.Map(sp.Lambda(variables, body), arg.shape[::-1], *operands)
         if isinstance(arg, ops.AxisSum):
             return self._transpose_sum(arg)
         if isinstance(arg, ops.Named):
@@ -701,6 +784,8 @@ class _Fuser:
             else:
                 substitutions[v] = add_operand(operand)
         body = stabilize(expr.body.xreplace(substitutions))
+        variables, body, operands = _log_softmax(variables, body, operands)
+        variables, operands = list(variables), list(operands)
         # A Map used elsewhere too is inlined only where that lets the stable rewrites
         # remove it (log(sigmoid(z)) becomes logsigmoid(z)): accuracy is worth recomputing.
         for variable, operand in list(zip(variables, operands)):

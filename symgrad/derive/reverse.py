@@ -174,7 +174,8 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
         if seed is None:
             if is_matrix(graph.output):
                 raise ValueError("the gradient needs a scalar output; this one has shape "
-                                 f"{graph.output.shape}: use a vector-Jacobian product")
+                                 f"{graph.output.shape}: use the vector-Jacobian product "
+                                 "sg.compile(expr, wrt).vjp")
             seed = sp.S.One
         contributions[graph.output].append(seed)
     for k, node in reversed(list(enumerate(graph.nodes))):

@@ -1,0 +1,208 @@
+"""Model forms users bring, brought to symgrad's own at the entry points.
+
+``sg.grad``, ``sg.compile``, ``sg.check``, ``sg.Model`` and the second-order functions pass
+the user's expression and ``wrt`` through :func:`normalize` first:
+
+* functions of time as ``sympy.physics.mechanics.dynamicsymbols`` makes them: ``q1(t)`` is
+  the plain symbol ``q1``, ``Derivative(q1(t), t)`` is ``q1_dot``, the second derivative
+  ``q1_ddot`` (the third ``q1_dddot``, and so on);
+* ``A.applyfunc(f)`` on a matrix expression (SymPy's ``ElementwiseApplyFunction``) is an
+  elementwise :class:`~symgrad.ops.Map`;
+* ``Sum`` (and ``Product``) with integer bounds are written out term by term; with symbolic
+  bounds they are refused, as are entries ``x[i, 0]`` at a symbolic position in compiled code.
+
+>>> import sympy as sp
+>>> from sympy.physics.mechanics import dynamicsymbols
+>>> q = dynamicsymbols("q")
+>>> t = dynamicsymbols._t
+>>> expr, wrt = normalize(q**2 + q.diff(t)**2, [q, q.diff(t)])
+>>> expr, wrt
+(q**2 + q_dot**2, [q, q_dot])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sympy as sp
+from sympy.core.function import AppliedUndef
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.matexpr import MatrixElement
+
+from symgrad.derive.graph import dag_free_symbols, dag_nodes, dag_xreplace
+
+__all__ = ["normalize", "time_function_name", "map_of_applyfunc"]
+
+# A sum or product written out term by term has at most this many terms: beyond, the user
+# meant a reduction over a matrix (sg.sum), which symgrad computes as one loop.
+MAX_EXPANDED_TERMS = 10_000
+
+
+def time_function_name(node) -> str | None:
+    """The input name of ``q1(t)`` (``q1``) or of its k-th derivative in t (``q1_dot``,
+    ``q1_ddot``, ...); None for anything else.
+
+    >>> from sympy.physics.mechanics import dynamicsymbols
+    >>> q = dynamicsymbols("q1")
+    >>> time_function_name(q.diff(dynamicsymbols._t, 2))
+    'q1_ddot'
+    """
+    if _is_function_of_time(node):
+        return node.func.__name__
+    if isinstance(node, sp.Derivative) and _is_function_of_time(node.expr):
+        (time,) = node.expr.args
+        if all(v == time for v, _ in node.variable_count):
+            order = int(sum(count for _, count in node.variable_count))
+            return f"{node.expr.func.__name__}_{'d' * order}ot"
+    return None
+
+
+def _is_function_of_time(node) -> bool:
+    return (isinstance(node, AppliedUndef) and len(node.args) == 1
+            and isinstance(node.args[0], sp.Symbol))
+
+
+def _time_function_table(nodes: list) -> dict:
+    """``{q1(t): q1, Derivative(q1(t), t): q1_dot, ...}`` for the functions of time among
+    nodes, each a real symbol when SymPy knows the function is real."""
+    table: dict = {}
+    for node in nodes:
+        name = time_function_name(node)
+        if name is None or node in table:
+            continue
+        function = node if _is_function_of_time(node) else node.expr
+        table[node] = sp.Symbol(name, real=True) if function.is_real else sp.Symbol(name)
+    return table
+
+
+def _refuse_clashes(table: dict, symbols: set) -> None:
+    """Two things that would become inputs of one name: an error naming both."""
+    by_name: dict = {}
+    for original, symbol in table.items():
+        other = by_name.setdefault(symbol.name, original)
+        if other != original:
+            raise ValueError(f"{other} and {original} would both be the input "
+                             f"{symbol.name!r}: rename one of the functions of time")
+    for s in symbols:
+        name = getattr(s, "name", None)
+        if name in by_name:
+            raise ValueError(f"the model has a symbol {name!r} and {by_name[name]}, which "
+                             f"symgrad names {name!r} too: rename the symbol {name!r}")
+
+
+def map_of_applyfunc(node: ElementwiseApplyFunction, operand=None):
+    """``A.applyfunc(f)`` as symgrad's elementwise Map of ``operand`` (default: A).
+
+    >>> A = sp.MatrixSymbol("A", 2, 2)
+    >>> map_of_applyfunc(A.applyfunc(sp.sin)).body
+    sin(a0)
+    """
+    from symgrad import ops
+
+    operand = node.expr if operand is None else operand
+    (a,) = ops.map_variables(1)
+    function = node.function
+    if isinstance(function, sp.Lambda):
+        if len(function.variables) != 1:
+            raise ValueError(f"{node}: applyfunc needs a function of one variable, got "
+                             f"{function}")
+        body = function.expr.xreplace({function.variables[0]: a})
+    else:
+        body = function(a)
+    return ops.Map(sp.Lambda((a,), body), node.shape, operand)
+
+
+def _expanded(node, what: str):
+    """A Sum or Product with integer bounds, written out; else an error naming it."""
+    term = node.function
+    for variable, low, high in reversed(node.limits):
+        low, high = sp.sympify(low), sp.sympify(high)
+        if not (low.is_Integer and high.is_Integer):
+            raise ValueError(
+                f"{what} {node} runs {variable} from {low} to {high}: symgrad writes out "
+                f"{what}s with integer bounds only; over a matrix of symbolic size use "
+                "sg.sum (or sg.mean, sg.dot) instead")
+        count = int(high) - int(low) + 1
+        if count > MAX_EXPANDED_TERMS:
+            raise ValueError(f"{what} {node} has {count} terms, more than symgrad writes out "
+                             f"({MAX_EXPANDED_TERMS}): put the terms in a matrix and use "
+                             "sg.sum")
+        terms = [term.xreplace({variable: sp.Integer(k)})
+                 for k in range(int(low), int(high) + 1)]
+        term = sp.Add(*terms) if isinstance(node, sp.Sum) else sp.Mul(*terms)
+    return term
+
+
+def _refuse_symbolic_entries(nodes: list) -> None:
+    for node in nodes:
+        if isinstance(node, MatrixElement) and not (node.i.is_Integer and node.j.is_Integer):
+            free = sorted({str(s) for s in (sp.sympify(node.i).free_symbols
+                                            | sp.sympify(node.j).free_symbols)})
+            raise ValueError(
+                f"the entry {node} is at a symbolic position ({', '.join(free)}): compiled "
+                "code takes entries at integer positions only; write the entry with numbers "
+                "(x[2, 0]), or select it with a one-hot data vector: sg.dot(e, x)")
+
+
+def normalize(expr, wrt=None, *, compiled: bool = False):
+    """The model and ``wrt`` in symgrad's own forms (see the module docstring).
+
+    Returns ``(expr, wrt)``: ``wrt`` is a list in the order given, its functions of time
+    replaced by their symbols (or None when ``wrt`` is None).  With ``compiled=True`` an
+    entry at a symbolic position is refused (``sg.grad`` differentiates it symbolically).
+    """
+    expr = sp.sympify(expr)
+    nodes = dag_nodes(expr)
+    table = _time_function_table(nodes)
+    if table:
+        _refuse_clashes(table, _namesakes(expr, table))
+        expr = dag_xreplace(expr, table)
+    if any(isinstance(n, (ElementwiseApplyFunction, sp.Sum, sp.Product)) for n in nodes):
+        expr = _rewrite(expr)
+    if compiled:
+        _refuse_symbolic_entries(dag_nodes(expr))
+    if wrt is None:
+        return expr, None
+    single = isinstance(wrt, (sp.Basic,)) and not isinstance(wrt, sp.Tuple)
+    entries = [wrt] if single else wrt
+    if not isinstance(entries, Sequence) or isinstance(entries, str):
+        return expr, wrt        # _check_wrt names what is wrong with it
+    wrt_table = _time_function_table(list(entries))
+    return expr, [wrt_table.get(w, w) for w in entries]
+
+
+def _namesakes(expr, table: dict) -> set:
+    """The model's own symbols that share a name with a function of time's symbol (so that
+    ``q1`` and ``q1(t)`` together are refused, though the symbol ``q1`` equals ours)."""
+    names = {s.name for s in table.values()}
+    return {s for s in dag_free_symbols(expr)
+            if isinstance(s, (sp.Symbol, sp.MatrixSymbol)) and s.name in names}
+
+
+def _rewrite(expr):
+    """expr with applyfunc nodes as Maps and sums and products with integer bounds written
+    out, children before parents, each shared node once."""
+    done: dict = {}
+    stack = [(expr, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if node in done:
+            continue
+        if not isinstance(node, sp.Basic) or not node.args:
+            done[node] = node
+            continue
+        if isinstance(node, (sp.Sum, sp.Product)):
+            written = _expanded(node, "sum" if isinstance(node, sp.Sum) else "product")
+            done[node] = _rewrite(written) if written != node else written
+            continue
+        if not expanded:
+            stack.append((node, True))
+            stack.extend((a, False) for a in node.args if a not in done)
+            continue
+        args = [done[a] for a in node.args]
+        unchanged = all(new is old for new, old in zip(args, node.args))
+        if isinstance(node, ElementwiseApplyFunction):
+            done[node] = map_of_applyfunc(node, args[1])
+            continue
+        done[node] = node if unchanged else node.func(*args)
+    return done[expr]

@@ -1,0 +1,170 @@
+"""Model forms users bring: functions of time (sympy.physics.mechanics), applyfunc, 1 x 1
+outputs, entries at symbolic positions, sympy.Sum, and log(softmax(Z))."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+from sympy.physics.mechanics import dynamicsymbols
+
+import symgrad as sg
+from symgrad.derive.graph import Canonicalizer
+
+t = dynamicsymbols._t
+
+
+# ------------------------------------------------------------------------------------------
+# Functions of time
+# ------------------------------------------------------------------------------------------
+def test_functions_of_time_are_inputs_named_dot_and_ddot():
+    q = dynamicsymbols("q")
+    qd, qdd = q.diff(t), q.diff(t, 2)
+    expr = q**2 * sp.sin(qd) + 3 * qdd * q
+    grads = sg.grad(expr, [q, qd, qdd])
+    assert list(grads) == [q, qd, qdd]          # keyed by what was passed
+    Q, QD, QDD = (sp.Symbol(n) for n in ["q", "q_dot", "q_ddot"])   # q(t) has no assumptions
+    plain = Q**2 * sp.sin(QD) + 3 * QDD * Q
+    for key, symbol in zip([q, qd, qdd], [Q, QD, QDD]):
+        assert sp.simplify(grads[key] - sp.diff(plain, symbol)) == 0
+    assert "df/dq_dot = q**2*cos(q_dot)" in sg.show(grads)
+
+    f = sg.compile(expr, [q, qd])
+    assert f.parameters == ("q", "q_dot")
+    value, g = f.value_and_grad(q=0.5, q_dot=0.3, q_ddot=2.0)
+    assert value == pytest.approx(0.25 * np.sin(0.3) + 3.0)
+    assert g == pytest.approx({"q": 2 * 0.5 * np.sin(0.3) + 6.0, "q_dot": 0.25 * np.cos(0.3)})
+
+    report = sg.check(expr, [q, qd], against=["finite-differences"], points=1)
+    assert report.ok and {c.quantity for c in report.comparisons} == {"value", "q", "q_dot"}
+
+
+def test_function_of_time_name_clashes_are_refused_naming_both():
+    q = dynamicsymbols("q1")
+    with pytest.raises(ValueError, match=r"'q1_dot'.*Derivative\(q1\(t\), t\)"):
+        sg.grad(q.diff(t) ** 2 + sp.Symbol("q1_dot"), [q])
+    with pytest.raises(ValueError, match=r"symbol 'q1' and q1\(t\)"):
+        sg.compile(q**2 + sp.Symbol("q1"), [q])
+
+
+# ------------------------------------------------------------------------------------------
+# applyfunc, 1 x 1 outputs
+# ------------------------------------------------------------------------------------------
+def test_applyfunc_is_an_elementwise_map():
+    A = sg.matrix("A", 2, 3)
+    expr = sg.sum(A.applyfunc(lambda a: a**3 + sp.sin(a)))
+    assert sg.grad(expr, [A])[A] == sg.grad(sg.sum(sg.hadamard(A, sg.hadamard(A, A))
+                                                    + sg.sin(A)), [A])[A]
+    canonical = Canonicalizer()(sg.sum(A.applyfunc(sp.tanh)))
+    assert any(isinstance(n, sg.ops.Map) for n in sp.preorder_traversal(canonical))
+    A0 = np.arange(6.0).reshape(2, 3) / 5
+    value, g = sg.compile(expr, [A]).value_and_grad(A=A0)
+    assert value == pytest.approx(np.sum(A0**3 + np.sin(A0)))
+    np.testing.assert_allclose(g["A"], 3 * A0**2 + np.cos(A0), rtol=1e-13)
+
+
+def test_gradient_of_a_one_by_one_matrix_expression():
+    a, b, X = sg.vector("a", 3), sg.vector("b", 3), sg.matrix("X", 3, 3)
+    grads = sg.grad(a.T @ X @ b, [X, a])
+    assert sp.simplify(sp.Matrix(grads[X]) - sp.Matrix(a @ b.T)) == sp.zeros(3, 3)
+    assert sp.Matrix(grads[a]) == sp.Matrix(X @ b)
+    rng = np.random.default_rng(0)
+    a0, b0, X0 = rng.normal(size=3), rng.normal(size=3), rng.normal(size=(3, 3))
+    value, g = sg.compile(a.T @ X @ b, [X]).value_and_grad(a=a0, b=b0, X=X0)
+    assert value == pytest.approx(a0 @ X0 @ b0)
+    np.testing.assert_allclose(g["X"], np.outer(a0, b0), rtol=1e-14)
+    with pytest.raises(ValueError, match=r"shape \(3, 1\).*vjp"):
+        sg.grad(X @ b, [X])
+
+
+# ------------------------------------------------------------------------------------------
+# Entries at symbolic positions, sympy.Sum
+# ------------------------------------------------------------------------------------------
+def test_entry_at_a_symbolic_position_is_refused_in_code():
+    x, i = sg.vector("x", 3), sp.Symbol("i", integer=True)
+    with pytest.raises(ValueError, match=r"entry x\[i, 0\] is at a symbolic position \(i\)"):
+        sg.compile(x[i, 0] ** 2, [x])
+    with pytest.raises(ValueError, match=r"symbolic position"):
+        sg.check(x[i, 0] ** 2, [x])
+
+
+def test_sum_with_integer_bounds_is_written_out():
+    x, k = sg.vector("x", 4), sp.Symbol("k", integer=True)
+    w = sp.Symbol("w")
+    expr = sp.Sum((k + 1) * sp.exp(w * x[k, 0]), (k, 0, 3))
+    x0 = np.array([0.1, -0.2, 0.3, 0.5])
+    value, g = sg.compile(expr, [x, w]).value_and_grad(x=x0, w=0.7)
+    weights = np.arange(1, 5)
+    assert value == pytest.approx(np.sum(weights * np.exp(0.7 * x0)), rel=1e-14)
+    np.testing.assert_allclose(g["x"], weights * 0.7 * np.exp(0.7 * x0), rtol=1e-14)
+    assert g["w"] == pytest.approx(np.sum(weights * x0 * np.exp(0.7 * x0)), rel=1e-14)
+    # a double sum over scalars
+    j = sp.Symbol("j", integer=True)
+    grads = sg.grad(sp.Sum(j * k * w**2, (j, 1, 2), (k, 1, 3)), [w])
+    assert sp.simplify(grads[w] - 36 * w) == 0
+
+
+def test_sum_with_symbolic_bounds_is_refused():
+    n = sp.Symbol("n", integer=True, positive=True)
+    x, k = sg.vector("x", n), sp.Symbol("k", integer=True)
+    with pytest.raises(ValueError, match=r"runs k from 0 to n - 1.*sg.sum"):
+        sg.grad(sp.Sum(x[k, 0] ** 2, (k, 0, n - 1)), [x])
+
+
+# ------------------------------------------------------------------------------------------
+# log(softmax(Z)) is log-softmax
+# ------------------------------------------------------------------------------------------
+def _log_softmax(Z, axis):
+    shifted = Z - Z.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+def _softmax(Z, axis):
+    return np.exp(_log_softmax(Z, axis))
+
+
+Z, Y = sg.matrix("Z", 3, 4), sg.matrix("Y", 3, 4)
+_HAND_COLUMN_SUMS = sg.broadcast(sg.sum(sg.exp(Z), axis=0), (3, 4)).applyfunc(lambda s: 1 / s)
+_CROSS_ENTROPIES = {
+    "softmax, axis 0": (-sg.sum(sg.hadamard(Y, sg.log(sg.softmax(Z, axis=0)))), 0),
+    "softmax, axis 1": (-sg.sum(sg.hadamard(Y, sg.log(sg.softmax(Z, axis=1)))), 1),
+    "softmax, all entries": (-sg.sum(sg.hadamard(Y, sg.log(sg.softmax(Z)))), None),
+    "by hand, all entries": (-sg.sum(sg.hadamard(Y, sg.log(sg.exp(Z) / sg.sum(sg.exp(Z))))),
+                             None),
+    "by hand, axis 0": (-sg.sum(sg.hadamard(Y, sg.log(sg.hadamard(sg.exp(Z),
+                                                                  _HAND_COLUMN_SUMS)))), 0),
+}
+
+
+@pytest.mark.parametrize("form", list(_CROSS_ENTROPIES))
+def test_textbook_cross_entropy_is_finite_at_a_thousand(form):
+    loss, axis = _CROSS_ENTROPIES[form]
+    canonical = Canonicalizer()(loss)
+    kinds = {type(n) for n in sp.preorder_traversal(canonical)}
+    assert sg.ops.Softmax not in kinds and kinds & {sg.ops.LogSumExp, sg.ops.LogSumExpAll}
+    f = sg.compile(loss, [Z])
+    rng = np.random.default_rng(1)
+    Y0 = np.eye(3)[:, rng.integers(0, 3, 4)]
+    for scale in (1.0, 1000.0):
+        Z0 = rng.normal(size=(3, 4)) * scale
+        value, g = f.value_and_grad(Z=Z0, Y=Y0)
+        log_p = _log_softmax(Z0, axis)
+        assert value == pytest.approx(-np.sum(Y0 * log_p), rel=1e-12)
+        # d/dZ of -sum(Y o log softmax(Z)) = softmax(Z) o (sum of Y along the axis) - Y
+        expected = _softmax(Z0, axis) * np.sum(Y0, axis=axis, keepdims=True) - Y0
+        np.testing.assert_allclose(g["Z"], expected, rtol=1e-10, atol=1e-12)
+    symbolic = sg.grad(loss, [Z])[Z]
+    assert not any(isinstance(n, sg.ops.Softmax) for n in sp.preorder_traversal(symbolic))
+
+
+def test_log_softmax_transposed_and_softmax_used_elsewhere():
+    w, A = sg.vector("w", 3), sg.matrix("A", 4, 3)
+    log_weights = sg.log(sg.softmax(w, axis=0)).T          # a row: log(softmax(w))^T
+    loss = (sg.sum(sg.logsumexp(A + sg.broadcast(log_weights, (4, 3)), axis=1))
+            + sg.sum(sg.softmax(w, axis=0)))                 # softmax kept where not logged
+    f = sg.compile(loss, [w])
+    value, g = f.value_and_grad(w=np.array([1000.0, 0.0, -1000.0]), A=np.zeros((4, 3)))
+    assert value == pytest.approx(1.0) and np.all(np.isfinite(g["w"]))
+    np.testing.assert_allclose(g["w"], 0.0, atol=1e-12)
+    report = sg.check(loss, [w], against=["finite-differences"], points=1)
+    assert report.ok, str(report)
