@@ -22,7 +22,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, module_source
 from symgrad.derive.graph import dag_atoms, dag_free_symbols, dag_nodes, dag_xreplace
-from symgrad.derive.reverse import Derivation, derive, inline
+from symgrad.derive.reverse import Derivation, derive, inline_all
 from symgrad.optimize import fuse, lower
 
 __all__ = ["grad", "compile", "CompiledFunction", "Gradients", "build_spec"]
@@ -151,8 +151,8 @@ def grad(expr, wrt) -> Gradients:
                          "Use sg.compile(...).vjp for vector-Jacobian products.")
     derivation = derive(expr, wrt)
     result = Gradients()
-    for w in wrt:
-        result[w] = inline(derivation, derivation.gradients[w])
+    for w, gradient in zip(wrt, inline_all(derivation, [derivation.gradients[w] for w in wrt])):
+        result[w] = gradient
     result.derivation = derivation
     return result
 
