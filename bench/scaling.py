@@ -6,6 +6,7 @@ grow with one size parameter.
     python -m bench.scaling [--label after] [--cap 60] [--only product,nesting]
                             [--sizes product=5,10,20]
     python -m bench.scaling --render          # rewrite SCALING.md and the plot from the JSON
+    python -m bench.scaling --ratio           # value and gradient / forward on the pendulums
 
 Families (n is the size):
 
@@ -13,7 +14,13 @@ Families (n is the size):
 * ``nesting``: f <- f sin(f + w), n times from f = x, gradient by x and w (a DAG of depth n
   whose tree is exponential);
 * ``sum``: n terms sin(x_j + (k + 1) x_l) sharing 10 variables, gradient by all 10;
-* ``rosenbrock``: sum_i 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2 over n variables.
+* ``rosenbrock``: sum_i 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2 over n variables;
+* ``pendulum``: the Lagrangian of an n-link planar pendulum, gradient by its 2n angles and
+  angular velocities (4n inputs with the lengths and masses).
+
+``--ratio`` times instead the value and gradient against the forward pass on pendulums of
+1 to 32 links (2 to 64 parameters) over 100,000 points, one thread, and counts the packed
+SIMD instructions of the value-and-gradient loop (whether it vectorised).
 
 Every measurement runs in a fresh process with a fresh symgrad cache folder (cold caches)
 and a time cap; once a size passes the cap (or fails), the larger sizes of that family and

@@ -44,12 +44,14 @@ def _check_wrt(expr, wrt) -> list:
         raise TypeError(f"wrt must be a list of SymPy symbols or matrix symbols, got {wrt!r}")
     present = dag_free_symbols(expr)
     out = []
+    listed: set = set()     # (a set: a model with 1,000 parameters checks in O(n))
     for w in wrt:
         if not isinstance(w, (sp.Symbol, sp.MatrixSymbol)):
             raise TypeError(f"wrt entry {w!r} is a {type(w).__name__}, not a sympy.Symbol or "
                             "MatrixSymbol: differentiate with respect to symbols only")
-        if w in out:
+        if w in listed:
             raise ValueError(f"wrt lists {w} twice")
+        listed.add(w)
         if w not in present:
             namesakes = [s for s in present if getattr(s, "name", None) == w.name]
             if namesakes:
