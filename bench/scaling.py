@@ -319,11 +319,11 @@ def render_ratio(entry: dict) -> list:
              "", "| links | parameters | forward ns/point | value and gradient ns/point | "
              "ratio | packed |", "|---:|---:|---:|---:|---:|---:|"]
     for n, r in sorted(entry["rows"].items(), key=lambda item: int(item[0])):
-        if "ratio" not in r:
+        if r.get("phase") != "ratio":
             lines.append(f"| {n} | | | | {'> cap' if 'capped' in r else 'error'} | |")
             continue
         lines.append(f"| {n} | {r['parameters']} | {r['forward_ns']:.1f} | "
-                     f"{r['both_ns']:.1f} | {r['ratio']:.2f} | {r['packed']} |")
+                     f"{r['both_ns']:.1f} | {r['s']:.2f} | {r['packed']} |")
     return lines + [""]
 
 
