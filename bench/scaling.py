@@ -315,7 +315,8 @@ def render_ratio(entry: dict) -> list:
              f"on {RATIO_POINTS:,} points, one thread, best of 5: nanoseconds per point and "
              "their ratio; `packed`: packed AVX (ymm/zmm) double instructions in the "
              "value-and-gradient loop (0: the loop runs one point at a time).", "",
-             f"{meta.get('date', '')}, `{meta.get('command', '')}`, {meta.get('machine', '')}.",
+             f"{meta.get('date', '')}, `{meta.get('command', '')}`, {meta.get('machine', '')}. "
+             f"{meta.get('note', '')}".rstrip(),
              "", "| links | parameters | forward ns/point | value and gradient ns/point | "
              "ratio | packed |", "|---:|---:|---:|---:|---:|---:|"]
     for n, r in sorted(entry["rows"].items(), key=lambda item: int(item[0])):
