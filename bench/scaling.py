@@ -6,6 +6,7 @@ grow with one size parameter.
     python -m bench.scaling [--label after] [--cap 60] [--only product,nesting]
                             [--sizes product=5,10,20]
     python -m bench.scaling --render          # rewrite SCALING.md and the plot from the JSON
+    python -m bench.scaling --ratio           # value and gradient / forward on the pendulums
 
 Families (n is the size):
 
@@ -13,7 +14,13 @@ Families (n is the size):
 * ``nesting``: f <- f sin(f + w), n times from f = x, gradient by x and w (a DAG of depth n
   whose tree is exponential);
 * ``sum``: n terms sin(x_j + (k + 1) x_l) sharing 10 variables, gradient by all 10;
-* ``rosenbrock``: sum_i 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2 over n variables.
+* ``rosenbrock``: sum_i 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2 over n variables;
+* ``pendulum``: the Lagrangian of an n-link planar pendulum, gradient by its 2n angles and
+  angular velocities (4n inputs with the lengths and masses).
+
+``--ratio`` times instead the value and gradient against the forward pass on pendulums of
+1 to 32 links (2 to 64 parameters) over 100,000 points, one thread, and counts the packed
+SIMD instructions of the value-and-gradient loop (whether it vectorised).
 
 Every measurement runs in a fresh process with a fresh symgrad cache folder (cold caches)
 and a time cap; once a size passes the cap (or fails), the larger sizes of that family and
@@ -48,6 +55,7 @@ SIZES = {
     "nesting": [5, 10, 20, 50, 100, 300, 1000],
     "sum": [10, 100, 300, 1000, 3000, 10000],
     "rosenbrock": [10, 30, 100, 300, 1000],
+    "pendulum": [2, 3, 5, 8, 12, 20],
 }
 TOOLS = ["grad", "symgrad", "jax", "lambdify"]
 
@@ -88,7 +96,35 @@ def model(family: str, n: int):
         expr = sp.Add(*[100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2
                         for i in range(n - 1)])
         return expr, list(x), {s.name: 0.5 + 0.001 * i for i, s in enumerate(x)}
+    if family == "pendulum":
+        return pendulum(n)
     raise ValueError(f"unknown family {family!r}")
+
+
+def pendulum(n: int):
+    """The Lagrangian T - V of an n-link planar pendulum (angles q_k from the vertical,
+    angular velocities u_k, link lengths l_k, point masses m_k at the link ends, g = 9.81),
+    differentiated by every q_k and u_k: 2n parameters of 4n inputs.  The form
+    sympy.physics.mechanics gives, with the functions of time as plain symbols."""
+    import sympy as sp
+
+    q = sp.symbols(f"q1:{n + 1}", real=True)
+    u = sp.symbols(f"u1:{n + 1}", real=True)
+    lengths = sp.symbols(f"l1:{n + 1}", positive=True)
+    masses = sp.symbols(f"m1:{n + 1}", positive=True)
+    vx = vy = height = sp.S.Zero
+    kinetic = potential = sp.S.Zero
+    for k in range(n):
+        vx += lengths[k] * sp.cos(q[k]) * u[k]
+        vy += lengths[k] * sp.sin(q[k]) * u[k]
+        height -= lengths[k] * sp.cos(q[k])
+        kinetic += masses[k] * (vx ** 2 + vy ** 2) / 2
+        potential += masses[k] * sp.Float(9.81) * height
+    point = {}
+    for k in range(n):
+        point.update({q[k].name: 0.3 + 0.1 * k, u[k].name: 0.5 - 0.05 * k,
+                      lengths[k].name: 1.0 + 0.1 * k, masses[k].name: 2.0 - 0.1 * k})
+    return kinetic - potential, list(q) + list(u), point
 
 
 def jax_model(family: str, n: int):
@@ -126,6 +162,21 @@ def jax_model(family: str, n: int):
                 out = out + 100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2
             return out
         return f, np.array([0.5 + 0.001 * i for i in range(n)])
+    if family == "pendulum":
+        lengths = np.array([1.0 + 0.1 * k for k in range(n)])
+        masses = np.array([2.0 - 0.1 * k for k in range(n)])
+
+        def f(v):
+            q, u = v[:n], v[n:]
+            vx = vy = height = kinetic = potential = 0.0
+            for k in range(n):
+                vx = vx + lengths[k] * jnp.cos(q[k]) * u[k]
+                vy = vy + lengths[k] * jnp.sin(q[k]) * u[k]
+                height = height - lengths[k] * jnp.cos(q[k])
+                kinetic = kinetic + masses[k] * (vx ** 2 + vy ** 2) / 2
+                potential = potential + masses[k] * 9.81 * height
+            return kinetic - potential
+        return f, np.array([0.3 + 0.1 * k for k in range(n)] + [0.5 - 0.05 * k for k in range(n)])
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -200,6 +251,81 @@ def _worker(family: str, n: int, tool: str) -> None:
     arrays = {k: np.full(4, v) for k, v in point.items()}
     f.value_and_grad(**arrays)
     _emit(phase="array_call", s=time.perf_counter() - t2)
+
+
+RATIO_SIZES = [1, 2, 3, 5, 8, 16, 32]      # pendulum links: 2, ..., 64 parameters
+RATIO_POINTS = 100_000
+_PACKED = r"\bv(?:mul|add|sub|div|fn?m(?:add|sub)\d{3})pd\s+[^\n]*%[yz]mm"
+
+
+def _ratio_worker(n: int) -> None:
+    """Forward and value-and-gradient of the n-link pendulum on RATIO_POINTS points, one
+    thread, best of 5; whether the value-and-gradient loop runs on packed SIMD registers
+    (counted as in tests/test_fastmath.py)."""
+    import re
+    import timeit
+
+    import numba
+    import numpy as np
+
+    import symgrad as sg
+
+    numba.set_num_threads(1)
+    expr, wrt, point = model("pendulum", n)
+    f = sg.compile(expr, wrt)
+    rng = np.random.default_rng(0)
+    arrays = {k: v + 0.1 * rng.standard_normal(RATIO_POINTS) for k, v in point.items()}
+    f(**arrays)
+    f.value_and_grad(**arrays)
+    forward = min(timeit.repeat(lambda: f(**arrays), number=1, repeat=5))
+    both = min(timeit.repeat(lambda: f.value_and_grad(**arrays), number=1, repeat=5))
+    loop = f.module._value_and_grad_loop
+    packed = len(re.findall(_PACKED, loop.inspect_asm(loop.signatures[0])))
+    _emit(phase="ratio", s=both / forward, forward_ns=forward / RATIO_POINTS * 1e9,
+          both_ns=both / RATIO_POINTS * 1e9, packed=packed, parameters=len(wrt))
+
+
+def measure_ratio(cap: float) -> dict:
+    rows = {}
+    for n in RATIO_SIZES:
+        env = dict(os.environ)
+        with tempfile.TemporaryDirectory(prefix="symgrad-ratio-") as cache:
+            env["SYMGRAD_CACHE_DIR"] = cache
+            env["NUMBA_CACHE_DIR"] = os.path.join(cache, "numba")
+            command = [sys.executable, "-m", "bench.scaling", "--worker", "ratio", str(n),
+                       "symgrad"]
+            try:
+                done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True,
+                                      text=True, timeout=cap)
+            except subprocess.TimeoutExpired:
+                rows[str(n)] = {"capped": cap}
+                print(f"ratio n={n} capped", flush=True)
+                break
+        records = [json.loads(line) for line in done.stdout.splitlines()
+                   if line.startswith("{")]
+        rows[str(n)] = records[-1] if records else {"error": done.stderr.strip()[-300:]}
+        print(f"ratio n={n} {rows[str(n)]}", flush=True)
+    return rows
+
+
+def render_ratio(entry: dict) -> list:
+    meta = entry.get("meta", {})
+    lines = ["## Value and gradient against the forward pass", "",
+             f"n-link pendulum Lagrangians (`model('pendulum', n)`: 2n parameters, 4n inputs) "
+             f"on {RATIO_POINTS:,} points, one thread, best of 5: nanoseconds per point and "
+             "their ratio; `packed`: packed AVX (ymm/zmm) double instructions in the "
+             "value-and-gradient loop (0: the loop runs one point at a time).", "",
+             f"{meta.get('date', '')}, `{meta.get('command', '')}`, {meta.get('machine', '')}. "
+             f"{meta.get('note', '')}".rstrip(),
+             "", "| links | parameters | forward ns/point | value and gradient ns/point | "
+             "ratio | packed |", "|---:|---:|---:|---:|---:|---:|"]
+    for n, r in sorted(entry["rows"].items(), key=lambda item: int(item[0])):
+        if r.get("phase") != "ratio":
+            lines.append(f"| {n} | | | | {'> cap' if 'capped' in r else 'error'} | |")
+            continue
+        lines.append(f"| {n} | {r['parameters']} | {r['forward_ns']:.1f} | "
+                     f"{r['both_ns']:.1f} | {r['s']:.2f} | {r['packed']} |")
+    return lines + [""]
 
 
 # =========================================================================== driver side
@@ -291,14 +417,15 @@ def _cell(r: dict | None, phase: str) -> str:
 
 def _ordered(data: dict) -> list:
     """The labels in the order of their runs (``before`` first)."""
-    return sorted(data.items(), key=lambda item: (item[0] != "before", item[0]))
+    return sorted(((label, entry) for label, entry in data.items() if "results" in entry),
+                  key=lambda item: (item[0] != "before", item[0]))
 
 
 def _with_peers(data: dict, entry: dict) -> dict:
     """The entry, with the columns of tools it did not run (JAX, lambdify: they do not
     change with symgrad) taken from another label that ran them."""
     results = {family: dict(tools) for family, tools in entry["results"].items()}
-    for other in data.values():
+    for _, other in _ordered(data):
         for family, tools in other["results"].items():
             for tool, rows in tools.items():
                 results.setdefault(family, {}).setdefault(tool, rows)
@@ -345,6 +472,8 @@ def render(data: dict) -> str:
             for tool, error in errors:
                 lines.append(f"\n{tool} failed: `{error}`")
             lines.append("")
+    if "ratio" in data:
+        lines += render_ratio(data["ratio"])
     lines += ["![Compile cost against model size, log-log](scaling.png)", ""]
     return "\n".join(lines)
 
@@ -356,7 +485,7 @@ def plot(data: dict, path: Path) -> None:
 
     families = list(SIZES)
     fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4.4))
-    styles = {"before": "--", "after": "-"}
+    styles = {"before": "--", "after": ":", "final": "-"}
     colors = {"grad": "tab:blue", "own": "tab:orange", "total": "tab:red",
               "jax": "tab:green", "lambdify": "tab:purple"}
     labels = [label for label, _ in _ordered(data)]
@@ -413,13 +542,24 @@ def main(argv=None) -> None:
                         help="FAMILY=n1,n2,... (repeatable)")
     parser.add_argument("--note", default="")
     parser.add_argument("--render", action="store_true")
+    parser.add_argument("--ratio", action="store_true",
+                        help="value-and-gradient / forward on the pendulums (section 'ratio')")
     args = parser.parse_args(argv)
     if args.worker:
         family, n, tool = args.worker
+        if family == "ratio":
+            _ratio_worker(int(n))
+            return
         _worker(family, int(n), tool)
         return
     data = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {}
-    if not args.render:
+    if args.ratio:
+        data["ratio"] = {"rows": measure_ratio(args.cap), "meta": {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "python -m bench.scaling " + " ".join(argv or sys.argv[1:]),
+            "machine": _machine()}}
+        JSON_PATH.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    elif not args.render:
         sizes = dict(SIZES)
         for item in args.sizes:
             family, values = item.split("=")

@@ -453,15 +453,15 @@ class SymbolicReference(Backend):
     framework = "numpy"
 
     def __init__(self, problem: Problem, rng=None):
-        from symgrad.derive.reverse import derive, inline
+        from symgrad.derive.reverse import derive, inline_all
 
         super().__init__(problem, rng)
         self.upstream = None
         if problem.output_shape:
             self.upstream = sp.MatrixSymbol("upstream", *problem.output_shape)
         derivation = derive(problem.expr, problem.wrt, seed=self.upstream)
-        self.outputs = [problem.expr] + [inline(derivation, derivation.gradients[w])
-                                         for w in problem.wrt]
+        self.outputs = [problem.expr] + inline_all(
+            derivation, [derivation.gradients[w] for w in problem.wrt])
         self._translations: dict = {}
 
     def function(self, dims):

@@ -154,10 +154,23 @@ def stabilize(expr: sp.Expr) -> sp.Expr:
             stack.extend((a, False) for a in node.args if a not in done)
             continue
         args = tuple(done[a] for a in node.args)
-        unchanged = all(new is old for new, old in zip(args, node.args))
-        rebuilt = node if unchanged else node.func(*args)
-        done[node] = _stable_form(rebuilt)
+        done[node] = _stable_form(rebuilt_with(node, args))
     return done[expr]
+
+
+def rebuilt_with(node, args):
+    """``node.func(*args)``, or node itself when the arguments are node's own.
+
+    A function of arguments that are values of the model, not numbers, is built without
+    SymPy's evaluation: its search for signs and multiples of pi costs about a millisecond
+    per call, and finds nothing in a model that SymPy built already.
+    """
+    if all(new is old or new == old for new, old in zip(args, node.args)):
+        return node
+    if isinstance(node, sp.Function) and not any(
+            a.is_number for a in args if isinstance(a, sp.Basic)):
+        return node.func(*args, evaluate=False)
+    return node.func(*args)
 
 
 def _stable_form(e):
@@ -372,7 +385,7 @@ class Canonicalizer:
             return sp.Piecewise(*[(self._canon(e), self._canon_condition(c))
                                   for e, c in expr.args], evaluate=False)
         return expr.func(*args, evaluate=False) if isinstance(expr, (sp.Add, sp.Mul, sp.Pow)) \
-            else expr.func(*args)
+            else rebuilt_with(expr, args)
 
     def _canon_condition(self, cond):
         if isinstance(cond, sp.logic.boolalg.BooleanAtom):
@@ -750,7 +763,7 @@ class _Fuser:
         args = [self(a) if isinstance(a, sp.Basic) else a for a in expr.args]
         if isinstance(expr, (sp.Add, sp.Mul, sp.Pow)):
             return expr.func(*args, evaluate=False)
-        return expr.func(*args)
+        return rebuilt_with(expr, args)
 
     def _fuse_map(self, expr: ops.Map):
         variables, operands = [], []

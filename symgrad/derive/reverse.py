@@ -269,6 +269,13 @@ def inline(derivation: Derivation, expr):
     products) whose inner links are used nowhere else is rebuilt as one n-ary sum, so that a
     sum of n terms costs O(n), not the O(n^2) of n nested two-term sums each flattened again.
     """
+    return inline_all(derivation, [expr])[0]
+
+
+def inline_all(derivation: Derivation, exprs: list) -> list:
+    """:func:`inline` of several expressions of one program in one walk: the pieces they
+    share are rebuilt once, and the cost is that of the program, not of the program times
+    the number of expressions (one gradient per input of a model with 1,000 inputs)."""
     definitions = dict(derivation.assignments)
 
     def plain_children(e) -> list:
@@ -283,7 +290,7 @@ def inline(derivation: Derivation, expr):
 
     uses: dict = {}
     seen: set = set()
-    stack = [expr]
+    stack = list(exprs)
     while stack:
         e = stack.pop()
         if e in seen:
@@ -314,7 +321,7 @@ def inline(derivation: Derivation, expr):
         return plain_children(e)
 
     memo: dict = {}
-    stack = [(expr, None)]
+    stack = [(expr, None) for expr in reversed(exprs)]
     while stack:
         e, kids = stack.pop()
         if e in memo:
@@ -343,7 +350,7 @@ def inline(derivation: Derivation, expr):
         else:
             result = e
         memo[e] = result
-    return memo[expr]
+    return [memo[expr] for expr in exprs]
 
 
 # ------------------------------------------------------------------------------------------
@@ -438,5 +445,5 @@ def _is_negated(e) -> bool:
     return e.could_extract_minus_sign()
 
 
-__all__ = ["Derivation", "Walk", "derive", "inline", "scalar_partials", "rebuild", "is_leaf",
-           "MAP_OUTPUT", "small_enough_to_expand"]
+__all__ = ["Derivation", "Walk", "derive", "inline", "inline_all", "scalar_partials", "rebuild",
+           "is_leaf", "MAP_OUTPUT", "small_enough_to_expand"]

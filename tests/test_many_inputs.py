@@ -1,0 +1,123 @@
+"""Scalar models with many inputs: keyword calls, 1,000 inputs, and a batched
+value-and-gradient loop that stays vectorised with many parameters.
+
+Results are checked against closed forms; the cost of a keyword call is checked through its
+mechanism (one dictionary lookup per input instead of CPython's keyword binding, which scans
+the parameter names for each keyword given), never through timings (bench/scaling.py measures
+those).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symgrad as sg
+from symgrad.codegen.module import CALL_STACK_ARGUMENTS, KEYWORDS_BY_DICT_FROM
+
+from .test_fastmath import _PACKED, needs_avx2
+
+
+def chain(n: int):
+    """sum_i (x_i - 1)^2 x_{i+1} (cyclic): every gradient has two terms."""
+    x = sp.symbols(f"x0:{n}", real=True)
+    return sp.Add(*[(x[i] - 1) ** 2 * x[(i + 1) % n] for i in range(n)]), list(x)
+
+
+def chain_by_hand(x0: np.ndarray):
+    after = np.roll(x0, -1, axis=0)
+    value = np.sum((x0 - 1) ** 2 * after, axis=0)
+    grad = 2 * (x0 - 1) * after + np.roll((x0 - 1) ** 2, 1, axis=0)
+    return value, grad
+
+
+def test_keyword_calls_of_a_model_with_many_inputs_look_each_name_up_once():
+    n = 40
+    expr, x = chain(n)
+    f = sg.compile(expr, x[:5])
+    assert n >= KEYWORDS_BY_DICT_FROM
+    # no keyword-only parameters for CPython to scan: the inputs arrive as one dictionary
+    for public in (f.module.forward, f.module.value_and_grad, f.module.grad):
+        assert public.__code__.co_kwonlyargcount == 0
+        assert public.__code__.co_flags & 0x08      # CO_VARKEYWORDS
+    x0 = np.linspace(-0.5, 1.5, n)
+    inputs = {s.name: float(v) for s, v in zip(x, x0)}
+    value, grads = f.value_and_grad(**dict(reversed(list(inputs.items()))))  # any order
+    expected_value, expected = chain_by_hand(x0)
+    assert value == pytest.approx(expected_value, rel=1e-13)
+    assert [grads[s.name] for s in x[:5]] == pytest.approx(expected[:5], rel=1e-13)
+    assert f(**inputs) == pytest.approx(expected_value, rel=1e-13)
+    assert f.grad(**inputs) == grads
+    in_order = [inputs[name] for name in f.module.INPUTS]      # parameters, then by name
+    assert f.module.value_and_grad_positional(*in_order)[0] == pytest.approx(value, rel=1e-13)
+
+
+def test_a_keyword_call_missing_or_adding_an_input_names_it():
+    expr, x = chain(KEYWORDS_BY_DICT_FROM + 3)
+    f = sg.compile(expr, x[:2])
+    inputs = {s.name: 0.5 for s in x}
+    with pytest.raises(TypeError, match=r"forward\(\) missing 1 required keyword-only "
+                                        r"argument: 'x7'"):
+        f(**{k: v for k, v in inputs.items() if k != "x7"})
+    with pytest.raises(TypeError, match=r"missing 2 required keyword-only arguments: "
+                                        r"'x0', 'x3'"):
+        f.value_and_grad(**{k: v for k, v in inputs.items() if k not in ("x0", "x3")})
+    with pytest.raises(TypeError, match=r"grad\(\) got an unexpected keyword argument 'y'"):
+        f.grad(**inputs, y=1.0)
+    with pytest.raises(TypeError):
+        f.module.forward(*inputs.values())
+
+
+def test_a_model_with_hundreds_of_inputs_works_on_floats_and_arrays():
+    # 300 inputs: ten times CPython's stack limit for calls; 1,000 work the same way, but
+    # Numba needs minutes for their kernels on a loaded machine (bench/scaling.py times them)
+    n = 300
+    x = sp.symbols(f"x0:{n}", real=True)
+    weights = np.arange(1, n + 1) / n
+    expr = sp.Add(*[sp.Float(w) * xi for w, xi in zip(weights, x)]) * x[0]
+    f = sg.compile(expr, x[:3])
+    x0 = np.linspace(-1.0, 1.0, n)
+    inputs = {s.name: float(v) for s, v in zip(x, x0)}
+    total = float(weights @ x0)
+    value, grads = f.value_and_grad(**inputs)
+    assert value == pytest.approx(total * x0[0], rel=1e-12)
+    assert grads["x0"] == pytest.approx(total + weights[0] * x0[0], rel=1e-12)
+    assert grads["x2"] == pytest.approx(weights[2] * x0[0], rel=1e-12)
+    batch = {**inputs, "x0": np.array([x0[0], 2.0]), "x5": np.array([x0[5], -3.0])}
+    values, batch_grads = f.value_and_grad(**batch)
+    second_total = total + weights[0] * (2.0 - x0[0]) + weights[5] * (-3.0 - x0[5])
+    np.testing.assert_allclose(values, [total * x0[0], second_total * 2.0], rtol=1e-12)
+    np.testing.assert_allclose(batch_grads["x1"], [weights[1] * x0[0], weights[1] * 2.0],
+                               rtol=1e-12)
+
+
+def _vectorised_loop(f):
+    loop = f.module._value_and_grad_loop
+    return len(_PACKED.findall(loop.inspect_asm(loop.signatures[0])))
+
+
+@needs_avx2
+@pytest.mark.parametrize("n", [12, 40])
+def test_the_value_and_gradient_loop_stays_vectorised_with_many_parameters(n):
+    """With 9 or more parameters LLVM needed more run-time alias checks than it allows by
+    default and ran the loop one point at a time; with more inputs than CPython passes on
+    its stack the point kernel was called, not inlined, and the loop could not vectorise."""
+    expr, x = chain(n)
+    f = sg.compile(expr, x)
+    assert (n > CALL_STACK_ARGUMENTS) == ("_array_0" in f.source)
+    x0 = np.linspace(-0.5, 1.5, n)[:, None] + np.linspace(0.0, 0.3, 5)[None, :]
+    value, grads = f.value_and_grad(**{s.name: x0[i] for i, s in enumerate(x)})
+    expected_value, expected = chain_by_hand(x0)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-13)
+    np.testing.assert_allclose([grads[s.name] for s in x], expected, rtol=1e-12, atol=1e-14)
+    assert _vectorised_loop(f) >= 10, "value-and-gradient loop not vectorised"
+
+
+def test_many_alias_checks_are_allowed_only_where_needed():
+    small, x = chain(4)
+    assert "_allow_many_alias_checks" not in sg.compile(small, x).source
+    large, x = chain(12)
+    assert re.search(r"^_allow_many_alias_checks\(\)$", sg.compile(large, x).source, re.M)
