@@ -30,6 +30,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad.derive.graph import dag_free_symbols, dag_nodes, dag_xreplace
+from symgrad.derive.rules import RULES
 
 __all__ = ["normalize", "time_function_name", "map_of_applyfunc"]
 
@@ -58,8 +59,10 @@ def time_function_name(node) -> str | None:
 
 
 def _is_function_of_time(node) -> bool:
+    """q1(t): an undefined function of one symbol, unless the user gave it a rule with
+    sg.register_rule (then it is a function the model applies, not an input)."""
     return (isinstance(node, AppliedUndef) and len(node.args) == 1
-            and isinstance(node.args[0], sp.Symbol))
+            and isinstance(node.args[0], sp.Symbol) and type(node) not in RULES)
 
 
 def _time_function_table(nodes: list) -> dict:
