@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import io
 import os
-import pickle
+import pickletools
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -275,15 +276,8 @@ def drop_damaged_numba_cache(path: Path) -> list[Path]:
     again instead of failing on their first call; return what was deleted.  Numba writes an
     index (.nbi: a pickled version, then a pickled table) per kernel and a pickled .nbc file
     per compiled signature."""
-    damaged = []
-    for file in sorted((path.parent / "__pycache__").glob(f"{path.stem}.*.nb[ic]")):
-        try:
-            with open(file, "rb") as handle:
-                pickle.load(handle)
-                if file.suffix == ".nbi":
-                    pickle.loads(handle.read())
-        except Exception:  # noqa: BLE001 - whatever the damage, the file is rebuilt
-            damaged.append(file)
+    damaged = [file for file in sorted((path.parent / "__pycache__").glob(f"{path.stem}.*.nb[ic]"))
+               if not _whole_pickles(file.read_bytes(), 2 if file.suffix == ".nbi" else 1)]
     for file in damaged:
         # an index without its data, or data without its index, is rebuilt as a pair
         kernel = file.name.split(".nb")[0].rsplit(".", 1)[0] if file.suffix == ".nbc" \
@@ -291,6 +285,20 @@ def drop_damaged_numba_cache(path: Path) -> list[Path]:
         for partner in [file, *file.parent.glob(glob.escape(kernel) + "*.nb[ic]")]:
             partner.unlink(missing_ok=True)
     return damaged
+
+
+def _whole_pickles(data: bytes, count: int) -> bool:
+    """Whether data is ``count`` complete pickle streams, read opcode by opcode without
+    running them: unpickling a kernel's data imports its module, which is not loaded yet
+    when the cache is checked (a healthy entry must not look damaged)."""
+    stream = io.BytesIO(data)
+    try:
+        for _ in range(count):
+            if not any(op.name == "STOP" for op, _, _ in pickletools.genops(stream)):
+                return False
+    except Exception:  # noqa: BLE001 - any malformed stream is damage
+        return False
+    return stream.tell() == len(data)
 
 
 def load_module(path: Path, name: str) -> ModuleType:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import cmath
 import math
+import os
 import random
 import re
 import subprocess
@@ -450,6 +451,27 @@ def test_a_damaged_numba_cache_entry_is_rebuilt(tmp_path, monkeypatch):
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout == first
     assert drop_damaged_numba_cache(sg.compile(sg.sum(sg.tanh(W @ x)), [W]).path) == []
+
+
+def test_a_healthy_numba_cache_entry_is_loaded_by_the_next_process(tmp_path, monkeypatch):
+    """The damage check reads the cache files without unpickling them (unpickling a kernel
+    imports its module, not loaded yet): a healthy entry is kept and loaded, a truncated one
+    is dropped."""
+    monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(tmp_path))
+    script = ("import numpy as np, symgrad as sg\n"
+              "x = sg.vector('x', 3)\n"
+              "f = sg.compile(sg.sum(sg.tanh(x)) ** 2, [x])\n"
+              "print(f.value_and_grad(x=np.ones(3))[0])\n")
+    env = {**os.environ, "NUMBA_DEBUG_CACHE": "1"}
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env=env, check=True).stdout for _ in range(2)]
+    assert "data saved" in runs[0] and "data loaded" not in runs[0]
+    assert "data loaded" in runs[1] and "data saved" not in runs[1], runs[1]
+    module = next(tmp_path.glob("*.py"))
+    assert drop_damaged_numba_cache(module) == []
+    data = next((tmp_path / "__pycache__").glob("*.nbc"))
+    data.write_bytes(data.read_bytes()[:-7])
+    assert drop_damaged_numba_cache(module) == [data]
 
 
 # ------------------------------------------------------------------------------------------
