@@ -156,7 +156,11 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
     """
     expr = sp.sympify(expr)
     nodes = dag_nodes(expr)
-    table = _time_function_table(nodes)
+    # f(w) differentiated in w is a function the model applies (an error if it has no
+    # rule), not a function of time: only an argument that is not differentiated is time
+    given = wrt if isinstance(wrt, Sequence) and not isinstance(wrt, str) else [wrt]
+    table = {node: symbol for node, symbol in _time_function_table(nodes).items()
+             if _argument_of(node) not in given}
     if table:
         _refuse_clashes(table, _namesakes(expr, table))
         expr = dag_xreplace(expr, table)
@@ -172,6 +176,12 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
         return expr, wrt        # _check_wrt names what is wrong with it
     wrt_table = _time_function_table(list(entries))
     return expr, [wrt_table.get(w, w) for w in entries]
+
+
+def _argument_of(node):
+    """t of q1(t) or of a derivative of q1(t)."""
+    function = node if isinstance(node, AppliedUndef) else node.expr
+    return function.args[0]
 
 
 def _namesakes(expr, table: dict) -> set:
