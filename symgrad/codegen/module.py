@@ -159,6 +159,9 @@ def module_source(spec: ModuleSpec, version: str) -> str:
 
 def _body(spec: ModuleSpec) -> list[str]:
     lines = ["", runtime_source().rstrip(), ""]
+    from symgrad.codegen.factor import linalg_source, uses_factorisations
+    if any(uses_factorisations(p) for p in (spec.forward, spec.value_and_grad, spec.vjp)):
+        lines += [linalg_source().rstrip(), ""]
     lines += [f"INPUTS = {tuple(spec.public_name(s) for s in spec.inputs)!r}",
               f"PARAMETERS = {tuple(spec.public_name(s) for s in spec.parameters)!r}",
               f"OUTPUT_SHAPE = {tuple(str(d) for d in spec.output_shape)!r}", ""]
