@@ -364,7 +364,7 @@ class _Rewriter:
                 operation = self.product(*operation.args)
             self.add(Statement(s.target, operation))
         statements = self._share()
-        statements = _live(statements, program.outputs.values())
+        statements = _live(statements, self.outputs.values())
         return Program(inputs=program.inputs, statements=statements, outputs=dict(self.outputs),
                        labels=program.labels, adjoints=program.adjoints, names=program.names)
 
