@@ -35,34 +35,53 @@ def sg_is_symmetric(a):
     return True
 
 
+# columns per panel of the blocked LU: the update of the rest is one BLAS product per panel
+_SG_LU_BLOCK = 48
+
+
 @numba.njit(cache=True, fastmath=_SG_LINALG_FLAGS, error_model="numpy")
 def sg_lu(a):
     """(LU packed in one matrix, the row swapped with row k at step k): a = P^T L U with L
-    unit lower triangular.  A zero pivot is left in place (the determinant is then 0; a
-    solve or an inverse raises)."""
+    unit lower triangular.  Blocked as LAPACK's getrf: each panel of columns is factorised
+    by loops (whole rows swapped), its block row of U solved, and the rest of the matrix
+    updated by one matrix product.  A zero pivot is left in place (the determinant is then
+    0; a solve or an inverse raises)."""
     lu = a.copy()
     n = lu.shape[0]
     piv = np.empty(n, dtype=np.int64)
-    for k in range(n):
-        p = k
-        best = abs(lu[k, k])
-        for i in range(k + 1, n):
-            if abs(lu[i, k]) > best:
-                best = abs(lu[i, k])
-                p = i
-        piv[k] = p
-        if p != k:
-            for j in range(n):
-                lu[k, j], lu[p, j] = lu[p, j], lu[k, j]
-        pivot = lu[k, k]
-        if pivot == 0.0:
-            continue
-        for i in range(k + 1, n):
-            factor = lu[i, k] / pivot
-            lu[i, k] = factor
-            if factor != 0.0:
-                for j in range(k + 1, n):
+    for k0 in range(0, n, _SG_LU_BLOCK):
+        k1 = min(k0 + _SG_LU_BLOCK, n)
+        for k in range(k0, k1):
+            p = k
+            best = abs(lu[k, k])
+            for i in range(k + 1, n):
+                if abs(lu[i, k]) > best:
+                    best = abs(lu[i, k])
+                    p = i
+            piv[k] = p
+            if p != k:
+                for j in range(n):
+                    lu[k, j], lu[p, j] = lu[p, j], lu[k, j]
+            pivot = lu[k, k]
+            if pivot == 0.0:
+                continue
+            for i in range(k + 1, n):
+                factor = lu[i, k] / pivot
+                lu[i, k] = factor
+                for j in range(k + 1, k1):
                     lu[i, j] -= factor * lu[k, j]
+        if k1 < n:
+            for k in range(k0, k1):             # U12 = L11^-1 A12
+                for i in range(k + 1, k1):
+                    factor = lu[i, k]
+                    for j in range(k1, n):
+                        lu[i, j] -= factor * lu[k, j]
+            lower = lu[k1:, k0:k1].copy()
+            upper = lu[k0:k1, k1:].copy()
+            product = np.dot(lower, upper)
+            for i in range(k1, n):
+                for j in range(k1, n):
+                    lu[i, j] -= product[i - k1, j - k1]
     return lu, piv
 
 
@@ -204,9 +223,12 @@ def _sg_upper_transposed_solve(f, x):
 def sg_factor_solve(f, piv, cholesky, b, transposed):
     """a^-1 b (a^-T b if transposed) from the factor of a, as a new array."""
     x = np.ascontiguousarray(b).copy()
+    # the unit-diagonal flags are read from the run-time cholesky rather than written as
+    # constants: Numba would compile a copy of each triangular solve per constant value
+    unit = not cholesky
     if cholesky:                        # a = L L^T is symmetric: a^-T = a^-1
-        _sg_lower_solve(f, x, False)
-        _sg_lower_transposed_solve(f, x, False)
+        _sg_lower_solve(f, x, unit)
+        _sg_lower_transposed_solve(f, x, unit)
         return x
     _sg_check_pivots(f)
     n, m = x.shape
@@ -216,11 +238,11 @@ def sg_factor_solve(f, piv, cholesky, b, transposed):
             if p != k:
                 for j in range(m):
                     x[k, j], x[p, j] = x[p, j], x[k, j]
-        _sg_lower_solve(f, x, True)
+        _sg_lower_solve(f, x, unit)
         _sg_upper_solve(f, x)
         return x
     _sg_upper_transposed_solve(f, x)    # a^T = U^T L^T P: x = P^T L^-T U^-T b
-    _sg_lower_transposed_solve(f, x, True)
+    _sg_lower_transposed_solve(f, x, unit)
     for k in range(n - 1, -1, -1):
         p = piv[k]
         if p != k:
@@ -230,8 +252,30 @@ def sg_factor_solve(f, piv, cholesky, b, transposed):
 
 
 @numba.njit(cache=True, fastmath=_SG_LINALG_FLAGS, error_model="numpy")
-def _sg_lower_inverse(f):
-    """L^-1 for the lower triangle L of f, row by row (each update runs along rows)."""
+def _sg_lower_inverse(f, unit):
+    """L^-1 for the lower triangle L of f (unit diagonal if unit), by blocks of rows: each
+    diagonal block inverted by loops, the blocks left of it by two BLAS products,
+    L^-1[I, :I] = -L[I, I]^-1 (L[I, :I] L^-1[:I, :I])."""
+    n = f.shape[0]
+    inverse = np.zeros((n, n))
+    for k0 in range(0, n, _SG_LU_BLOCK):
+        k1 = min(k0 + _SG_LU_BLOCK, n)
+        block = _sg_lower_inverse_loops(f[k0:k1, k0:k1].copy(), unit)
+        for i in range(k1 - k0):
+            for j in range(i + 1):
+                inverse[k0 + i, k0 + j] = block[i, j]
+        if k0 > 0:
+            left = np.dot(block, np.dot(f[k0:k1, :k0].copy(), inverse[:k0, :k0].copy()))
+            for i in range(k1 - k0):
+                for j in range(k0):
+                    inverse[k0 + i, j] = -left[i, j]
+    return inverse
+
+
+@numba.njit(cache=True, fastmath=_SG_LINALG_FLAGS, error_model="numpy")
+def _sg_lower_inverse_loops(f, unit):
+    """L^-1 for the lower triangle L of f (unit diagonal if unit), row by row (each update
+    runs along rows)."""
     n = f.shape[0]
     inverse = np.zeros((n, n))
     for i in range(n):
@@ -239,6 +283,9 @@ def _sg_lower_inverse(f):
             c = f[i, k]
             for j in range(k + 1):
                 inverse[i, j] -= c * inverse[k, j]
+        if unit:
+            inverse[i, i] = 1.0
+            continue
         r = 1.0 / f[i, i]
         for j in range(i):
             inverse[i, j] *= r
@@ -248,10 +295,20 @@ def _sg_lower_inverse(f):
 
 @numba.njit(cache=True, fastmath=_SG_LINALG_FLAGS, error_model="numpy")
 def sg_factor_inverse(f, piv, cholesky):
-    """a^-1 from the factor of a: from a Cholesky factor L, a^-1 = L^-T L^-1 (a triangular
-    inverse, then one BLAS product); from LU, the solve of a X = I."""
+    """a^-1 from the factor of a: from a Cholesky factor L, a^-1 = L^-T L^-1; from
+    a = P^T L U, a^-1 = U^-1 L^-1 P.  Triangular inverses by loops, then one BLAS product."""
+    unit = not cholesky                 # (run-time flags: one compiled copy, see above)
+    if cholesky:
+        inverse = _sg_lower_inverse(f, unit)
+        return np.dot(inverse.T, inverse)
+    _sg_check_pivots(f)
+    lower = _sg_lower_inverse(f, unit)
+    upper_t = _sg_lower_inverse(f.T.copy(), cholesky)      # (U^-1)^T
+    out = np.dot(upper_t.T, lower)
     n = f.shape[0]
-    if not cholesky:
-        return sg_factor_solve(f, piv, cholesky, np.eye(n), False)
-    inverse = _sg_lower_inverse(f)
-    return np.dot(inverse.T, inverse)
+    for k in range(n - 1, -1, -1):      # times P: the column swaps in reverse order
+        p = piv[k]
+        if p != k:
+            for i in range(n):
+                out[i, k], out[i, p] = out[i, p], out[i, k]
+    return out
