@@ -65,6 +65,8 @@ def test_gp_likelihood_gradient_agrees_with_finite_differences(gp):
     value, grads = gp.value_and_grad(X=X0, y=Y0, **THETA)
     theta = np.array(list(THETA.values()))
     assert value == pytest.approx(_numpy_nll(theta, X0), rel=1e-12)
+    # the value alone: a Cholesky solve instead of the inverse
+    assert gp(X=X0, y=Y0, **THETA) == pytest.approx(value, rel=1e-13)
     h = 1e-6
     for k, name in enumerate(THETA):
         step = np.eye(3)[k] * h
@@ -257,3 +259,27 @@ def test_programs_without_linear_algebra_are_unchanged():
     W, x = sg.matrix("W", 3, 4), sg.vector("x", 4)
     program = build_spec(sg.sum(sg.tanh(W @ x)), [W]).value_and_grad
     assert share_factorisations(program).statements == program.statements
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["cholesky", "lu"])
+def test_factor_helpers_agree_with_numpy(symmetric):
+    n = 7
+    A0 = rng.normal(size=(n, n))
+    A0 = A0 @ A0.T + n * np.eye(n) if symmetric else A0 + 2 * np.eye(n)
+    factor, pivots, cholesky = linalg_runtime.sg_factor(A0, False)
+    assert cholesky == symmetric
+    for columns in (1, 3):
+        B0 = rng.normal(size=(n, columns))
+        for transposed in (False, True):
+            expected = np.linalg.solve(A0.T if transposed else A0, B0)
+            np.testing.assert_allclose(
+                linalg_runtime.sg_factor_solve(factor, pivots, cholesky, B0, transposed),
+                expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(linalg_runtime.sg_factor_inverse(factor, pivots, cholesky),
+                               np.linalg.inv(A0), rtol=1e-10, atol=1e-12)
+    sign, logdet = np.linalg.slogdet(A0)
+    expected_logdet = logdet if sign > 0 else np.nan
+    np.testing.assert_allclose(linalg_runtime.sg_factor_logdet(factor, pivots, cholesky),
+                               expected_logdet, rtol=1e-12)
+    assert linalg_runtime.sg_factor_det(factor, pivots, cholesky) == pytest.approx(
+        np.linalg.det(A0), rel=1e-10)

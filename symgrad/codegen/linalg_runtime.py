@@ -168,55 +168,25 @@ def _sg_lower_solve(f, x, unit):
 
 
 @numba.njit(cache=True, fastmath=_SG_LINALG_FLAGS, error_model="numpy")
-def _sg_lower_transposed_solve(f, x, unit):
-    """x <- L^-T x in place (column sweeps: row k of L is read contiguously)."""
+def _sg_upper_solve(f, x, unit):
+    """x <- U^-1 x in place (U the upper triangle of f; unit diagonal if unit)."""
     n, m = x.shape
-    if m == 1:
-        v = x[:, 0]
-        for k in range(n - 1, -1, -1):
-            if not unit:
-                v[k] /= f[k, k]
-            t = v[k]
-            for i in range(k):
-                v[i] -= f[k, i] * t
+    if m == 1:                          # a vector: a dot product per row of U
+        for i in range(n - 1, -1, -1):
+            t = x[i, 0]
+            for k in range(i + 1, n):
+                t -= f[i, k] * x[k, 0]
+            x[i, 0] = t if unit else t / f[i, i]
         return
-    for k in range(n - 1, -1, -1):
-        if not unit:
-            r = 1.0 / f[k, k]
-            for j in range(m):
-                x[k, j] *= r
-        for i in range(k):
-            c = f[k, i]
-            for j in range(m):
-                x[i, j] -= c * x[k, j]
-
-
-@numba.njit(cache=True, fastmath=_SG_LINALG_FLAGS, error_model="numpy")
-def _sg_upper_solve(f, x):
-    """x <- U^-1 x in place (U the upper triangle of f)."""
-    n, m = x.shape
     for i in range(n - 1, -1, -1):
         for k in range(i + 1, n):
             c = f[i, k]
             for j in range(m):
                 x[i, j] -= c * x[k, j]
-        r = 1.0 / f[i, i]
-        for j in range(m):
-            x[i, j] *= r
-
-
-@numba.njit(cache=True, fastmath=_SG_LINALG_FLAGS, error_model="numpy")
-def _sg_upper_transposed_solve(f, x):
-    """x <- U^-T x in place (U^T is lower triangular; row k of U read contiguously)."""
-    n, m = x.shape
-    for k in range(n):
-        r = 1.0 / f[k, k]
-        for j in range(m):
-            x[k, j] *= r
-        for i in range(k + 1, n):
-            c = f[k, i]
+        if not unit:
+            r = 1.0 / f[i, i]
             for j in range(m):
-                x[i, j] -= c * x[k, j]
+                x[i, j] *= r
 
 
 @numba.njit(cache=True, fastmath=_SG_LINALG_FLAGS, error_model="numpy")
@@ -228,7 +198,7 @@ def sg_factor_solve(f, piv, cholesky, b, transposed):
     unit = not cholesky
     if cholesky:                        # a = L L^T is symmetric: a^-T = a^-1
         _sg_lower_solve(f, x, unit)
-        _sg_lower_transposed_solve(f, x, unit)
+        _sg_upper_solve(f.T.copy(), x, unit)
         return x
     _sg_check_pivots(f)
     n, m = x.shape
@@ -239,10 +209,12 @@ def sg_factor_solve(f, piv, cholesky, b, transposed):
                 for j in range(m):
                     x[k, j], x[p, j] = x[p, j], x[k, j]
         _sg_lower_solve(f, x, unit)
-        _sg_upper_solve(f, x)
+        _sg_upper_solve(f, x, cholesky)
         return x
-    _sg_upper_transposed_solve(f, x)    # a^T = U^T L^T P: x = P^T L^-T U^-T b
-    _sg_lower_transposed_solve(f, x, unit)
+    # a^T = U^T L^T P: x = P^T L^-T U^-T b; f^T holds U^T below its diagonal, L^T above
+    flipped = f.T.copy()
+    _sg_lower_solve(flipped, x, cholesky)
+    _sg_upper_solve(flipped, x, unit)
     for k in range(n - 1, -1, -1):
         p = piv[k]
         if p != k:
