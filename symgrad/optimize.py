@@ -201,8 +201,11 @@ def fuse(program: Program) -> Program:
     * a Map used once, by another Map of the same shape, is inlined into it (no temporary
       matrix is written and read back).
 
-    Reductions of a Map are fused into the Map's loop by the emitter.
+    Reductions of a Map are fused into the Map's loop by the emitter.  Inverses and
+    determinants first share one factorisation per matrix (codegen/factor.py).
     """
+    from symgrad.codegen.factor import share_factorisations
+    program = share_factorisations(program)
     statements = [Statement(s.target, _outer_product_as_map(s.operation))
                   for s in program.statements]
     uses: dict = {}

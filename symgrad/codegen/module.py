@@ -19,6 +19,7 @@ from pathlib import Path
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
+from symgrad.codegen.factor import linalg_source, uses_factorisations
 from symgrad.codegen.ir import Program
 from symgrad.codegen.numba import (
     FASTMATH_FLAGS,
@@ -239,6 +240,8 @@ def _body(spec: ModuleSpec) -> list[str]:
         lines += _matrix_model(spec)
     # the runtime this code calls, and nothing else (the user's names are in string literals
     # only, and a word of them that names a runtime function costs that function's text)
+    if any(uses_factorisations(p) for p in (spec.forward, spec.value_and_grad, spec.vjp)):
+        lines = [linalg_source().rstrip(), ""] + lines     # a matrix factorised: its helpers
     return ["", runtime_source("\n".join(lines)).rstrip(), ""] + lines
 
 

@@ -716,6 +716,32 @@ class KernelEmitter:
     def _emit_Inverse(self, target, e):
         self.emit(f"{target.name} = np.linalg.inv(np.ascontiguousarray({self.name(e.arg)}))")
 
+    # one factorisation per matrix (codegen/factor.py; helpers in codegen/linalg_runtime.py)
+    def _factor_arguments(self, factor) -> str:
+        return f"{factor.name}, {factor.name}_piv, {factor.name}_chol"
+
+    def _emit_Factorisation(self, target, e):
+        self.emit(f"{self._factor_arguments(target)} = sg_factor({self.name(e.arg)}, "
+                  f"{e.symmetric})")
+
+    def _emit_FactorInverse(self, target, e):
+        self.emit(f"{target.name} = sg_factor_inverse({self._factor_arguments(e.arg)})")
+
+    def _emit_FactorSolve(self, target, e):
+        factor = self._factor_arguments(e.factor)
+        if not e.right:
+            self.emit(f"{target.name} = sg_factor_solve({factor}, {self.name(e.rhs)}, "
+                      f"{e.transposed})")
+        else:       # B K^-1 = (K^-T B^T)^T
+            self.emit(f"{target.name} = np.ascontiguousarray(sg_factor_solve({factor}, "
+                      f"{self.name(e.rhs)}.T, {not e.transposed}).T)")
+
+    def _emit_FactorLogDet(self, target, e):
+        self.emit(f"{target.name} = sg_factor_logdet({self._factor_arguments(e.arg)})")
+
+    def _emit_FactorDet(self, target, e):
+        self.emit(f"{target.name} = sg_factor_det({self._factor_arguments(e.arg)})")
+
     def _emit_Scatter(self, target, e: ops.Scatter):
         i, j = e.index
         self.emit(f"{target.name} = np.zeros({self.shape(e.shape)})")
