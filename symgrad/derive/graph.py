@@ -411,8 +411,7 @@ class Canonicalizer:
             variables, body, operands = _log_softmax(variables, body, operands)
             return ops.Map(sp.Lambda(variables, body), expr.shape, *operands)
         if isinstance(expr, ElementwiseApplyFunction):      # A.applyfunc(f)
-            from symgrad.forms import map_of_applyfunc
-            return self._canon(map_of_applyfunc(expr))
+            return self._canon(ops.map_of_applyfunc(expr))
         if isinstance(expr, ops.AxisSum):
             return self._sum(self._canon(expr.arg), expr.axis)
         if isinstance(expr, (ops.LogSumExp, ops.Softmax)):
