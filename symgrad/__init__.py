@@ -39,8 +39,7 @@ from symgrad.present.explain import explain
 from symgrad.present.graph import graph
 from symgrad.second import NoMatrixForm, hessian, hvp, jacobian
 from symgrad.show import latex, show
-
-__version__ = "0.1.0"
+from symgrad.version import __version__
 
 # Elementwise functions (sg.sigmoid, sg.exp, ...): one per row of symgrad/functions.py's
 # table, each taking a scalar or a matrix.

@@ -7,12 +7,6 @@ not compile again.  The folder is ``$SYMGRAD_CACHE_DIR`` or ``~/.cache/symgrad``
 
 from __future__ import annotations
 
-import glob
-import importlib.util
-import os
-import pickle
-import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -23,14 +17,11 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, module_source
 from symgrad.derive.graph import dag_atoms, dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.reverse import Derivation, derive, inline_all
+from symgrad.files import cache_dir, drop_damaged_numba_cache, load_module, write_atomically
 from symgrad.optimize import fuse, lower
+from symgrad.version import __version__
 
 __all__ = ["grad", "compile", "CompiledFunction", "Gradients", "build_spec"]
-
-
-def _version() -> str:
-    from symgrad import __version__
-    return __version__
 
 
 def _check_wrt(expr, wrt) -> list:
@@ -247,66 +238,6 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     return spec
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("SYMGRAD_CACHE_DIR") or Path.home() / ".cache" / "symgrad"
-    return Path(root)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write text to path so that a failure never leaves a partial file there."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def drop_damaged_numba_cache(path: Path) -> list[Path]:
-    """Delete the Numba cache files of the module at ``path`` that cannot be read back (a
-    crash while writing, a full disk, a damaged copy), so that Numba compiles those kernels
-    again instead of failing on their first call; return what was deleted.  Numba writes an
-    index (.nbi: a pickled version, then a pickled table) per kernel and a pickled .nbc file
-    per compiled signature."""
-    damaged = []
-    for file in sorted((path.parent / "__pycache__").glob(f"{path.stem}.*.nb[ic]")):
-        try:
-            with open(file, "rb") as handle:
-                pickle.load(handle)
-                if file.suffix == ".nbi":
-                    pickle.loads(handle.read())
-        except Exception:  # noqa: BLE001 - whatever the damage, the file is rebuilt
-            damaged.append(file)
-    for file in damaged:
-        # an index without its data, or data without its index, is rebuilt as a pair
-        kernel = file.name.split(".nb")[0].rsplit(".", 1)[0] if file.suffix == ".nbc" \
-            else file.name[:-len(".nbi")]
-        for partner in [file, *file.parent.glob(glob.escape(kernel) + "*.nb[ic]")]:
-            partner.unlink(missing_ok=True)
-    return damaged
-
-
-def load_module(path: Path, name: str) -> ModuleType:
-    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
 def _batchable_inputs(spec: ModuleSpec) -> tuple:
     """The data inputs of a scalar model that have a symbolic dimension (X of shape n_x x m):
     the ones a call may pass as Dask arrays chunked along that dimension."""
@@ -455,7 +386,7 @@ def compile(expr, wrt, name: str = "model") -> CompiledFunction:  # noqa: A001 -
         from symgrad.second import ExplicitMatrixFunction
         return ExplicitMatrixFunction(expr, wrt, name)
     spec = build_spec(expr, wrt, name)
-    source = module_source(spec, _version())
+    source = module_source(spec, __version__)
     module_name = module_name_for(source)
     path = cache_dir() / f"{module_name}.py"
     if not path.exists() or path.read_text(encoding="utf-8", errors="replace") != source:
