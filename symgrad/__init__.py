@@ -36,9 +36,9 @@ from symgrad.ops import (
     vector,
 )
 from symgrad.present.explain import explain
+from symgrad.present.formulas import latex, show
 from symgrad.present.graph import graph
 from symgrad.second import NoMatrixForm, hessian, hvp, jacobian
-from symgrad.show import latex, show
 from symgrad.version import __version__
 
 # Elementwise functions (sg.sigmoid, sg.exp, ...): one per row of symgrad/functions.py's

@@ -148,8 +148,8 @@ def _load(files: Sequence[str]) -> list[tuple[str, list]]:
 
 
 def _show(args) -> int:
+    from symgrad.codegen.docstring import FormulaPrinter
     from symgrad.generate import has_scalar_output
-    from symgrad.show import FormulaPrinter
 
     first = True
     for file, models in _load(args.files):

@@ -14,9 +14,10 @@ from types import ModuleType
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
+from symgrad.codegen.docstring import Gradients, module_docstring
 from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, module_source
 from symgrad.derive.graph import dag_atoms, dag_free_symbols, dag_nodes, dag_xreplace
-from symgrad.derive.reverse import Derivation, derive, inline_all
+from symgrad.derive.reverse import derive, inline_all
 from symgrad.files import cache_dir, drop_damaged_numba_cache, load_module, write_atomically
 from symgrad.optimize import fuse, lower
 from symgrad.version import __version__
@@ -111,24 +112,6 @@ def inputs_of(expr, wrt: list) -> list:
     return list(wrt) + data
 
 
-class Gradients(dict):
-    """``{symbol: gradient}`` as SymPy expressions, remembering the derivation they came from
-    so that :func:`symgrad.show` can name the shared pieces."""
-
-    derivation: Derivation | None = None
-    # the key -> the symbol it stands for, where they differ: sg.grad keys the gradient of
-    # the input q1 by q1(t) when the user passed q1(t)
-    symbol_of: dict = {}
-
-    def _repr_latex_(self) -> str:
-        from symgrad.show import latex
-        return "$\\displaystyle " + latex(self) + "$"
-
-    def __str__(self) -> str:
-        from symgrad.show import show
-        return show(self)
-
-
 def grad(expr, wrt) -> Gradients:
     """The gradient of a scalar expression with respect to each symbol of ``wrt``.
 
@@ -192,7 +175,6 @@ def internal_symbols(inputs: list, dimensions: set) -> dict:
 def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     """Derive, optimize and describe the module for expr (see :func:`compile`)."""
     from symgrad.forms import normalize
-    from symgrad.show import module_docstring
 
     expr, wrt = normalize(expr, wrt, compiled=True)
     wrt = _check_wrt(expr, wrt)

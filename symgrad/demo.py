@@ -438,7 +438,7 @@ def _baseline_agrees(baseline: Callable, inputs: dict, ours) -> bool:
 
 
 def _formula(expr) -> str:
-    from symgrad.show import FormulaPrinter
+    from symgrad.codegen.docstring import FormulaPrinter
 
     return FormulaPrinter().doprint(expr)
 

@@ -57,7 +57,7 @@ class Model:
 
     def show(self) -> str:
         """The derived formulas, shared pieces named once."""
-        from symgrad.show import show
+        from symgrad.present.formulas import show
         return show(self.grad(), output=self.name)
 
     def __repr__(self) -> str:

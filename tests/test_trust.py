@@ -550,7 +550,8 @@ def test_printed_formulas_group_pieces_as_the_expression_does():
         standard_transformations,
     )
 
-    from symgrad.show import FormulaLatexPrinter, FormulaPrinter, _looks_atomic, _Piece
+    from symgrad.codegen.docstring import FormulaPrinter, _looks_atomic, _Piece
+    from symgrad.present.formulas import FormulaLatexPrinter
 
     x, y, z = sp.symbols("x y z")
     meanings = [x + y, x - 2 * z, y * z, x, -y + z / 2]

@@ -165,7 +165,7 @@ class _Builder:
     """Turns a derivation's walk into nodes and edges with printable texts."""
 
     def __init__(self, derivation, wrt):
-        from symgrad.show import piece_names
+        from symgrad.codegen.docstring import piece_names
 
         self.derivation = derivation
         self.walk = derivation.walk
@@ -291,7 +291,7 @@ class _Builder:
     # -- text ------------------------------------------------------------------------------
     def operator_text(self, node) -> str:
         """What the picture writes in an operation's node."""
-        from symgrad.show import FormulaPrinter
+        from symgrad.codegen.docstring import FormulaPrinter
 
         if not isinstance(node, MatrixExpr):
             if isinstance(node, MatrixElement):
@@ -324,7 +324,7 @@ class _Builder:
 
     def formula(self, expression, top: bool = False) -> str:
         """An expression of the derivation's names, written out with the pieces' names."""
-        from symgrad.show import FormulaPrinter
+        from symgrad.codegen.docstring import FormulaPrinter
 
         return _tidy(FormulaPrinter().doprint(self._readable(expression, top)))
 
@@ -371,7 +371,7 @@ def _operands(operation) -> list:
 
 
 def _printed(e) -> str:
-    from symgrad.show import FormulaPrinter
+    from symgrad.codegen.docstring import FormulaPrinter
 
     return _tidy(FormulaPrinter().doprint(e))
 
