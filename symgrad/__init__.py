@@ -9,12 +9,12 @@ x*(2*w*x - 2*y)
 """
 
 from symgrad import functions as _functions
-from symgrad.check import CheckReport, check
+from symgrad.checking import CheckReport, check
 from symgrad.compiled import CompiledFunction, Gradients, compile, grad
 from symgrad.derive.rules import RULES, register_rule
 from symgrad.derive.split import NotSplittable
 from symgrad.functions import elementwise
-from symgrad.generate import generate
+from symgrad.generation import generate
 from symgrad.model import Model
 from symgrad.ops import (
     Map,

@@ -28,8 +28,8 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
-from symgrad.check.backends import median_time
-from symgrad.generate import has_scalar_output, load_models
+from symgrad.checking.backends import median_time
+from symgrad.generation import has_scalar_output, load_models
 from symgrad.model import Model
 
 __all__ = ["run_demo", "demo_models", "builtin_models", "sample_inputs", "NUMPY_BASELINES",
@@ -318,7 +318,7 @@ def _finite_differences(model: Model, seed: int = 0, coordinates: int = 4) -> st
 
 def _check_line(model: Model) -> tuple[str, bool]:
     try:
-        from symgrad.check import check
+        from symgrad.checking import check
     except ImportError:
         check = None
     if check is not None:

@@ -1,6 +1,6 @@
 """Files: the cache folder, atomic writes, and loading a module from its path.
 
-Compiled models (symgrad.compiled), generated modules (symgrad.generate) and the modules
+Compiled models (symgrad.compiled), generated modules (symgrad.generation) and the modules
 built for Dask and XLA write their files through these.
 """
 

@@ -1013,7 +1013,7 @@ def second_order_text(model) -> str:
     from pathlib import Path
 
     from symgrad.codegen.module import docstring_literal
-    from symgrad.generate import has_scalar_output
+    from symgrad.model import has_scalar_output
 
     names = {s.name for s in model.inputs}
     params = list(model.wrt)

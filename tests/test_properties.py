@@ -41,7 +41,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement  # noqa: E402
 
 import symgrad as sg  # noqa: E402
 from symgrad import ops  # noqa: E402
-from symgrad.check import check  # noqa: E402
+from symgrad.checking import check  # noqa: E402
 
 CAMPAIGN = int(os.environ.get("SYMGRAD_HYPOTHESIS_EXAMPLES", "0"))
 TOTAL = CAMPAIGN or 300

@@ -397,8 +397,8 @@ def _dimension_symbols(expr) -> set:
 # ------------------------------------------------------------------------------------------
 def _evaluate(walk: Backprop, derivation, expr, wrt, at: dict) -> None:
     """Evaluate every node value, adjoint, edge contribution and local gradient at ``at``."""
-    from symgrad.check.sampling import bind_dimensions, normalize
-    from symgrad.check.translate import translate
+    from symgrad.checking.sampling import bind_dimensions, normalize
+    from symgrad.checking.translate import translate
     from symgrad.compiled import inputs_of, shape_symbols
     from symgrad.derive.reverse import inline
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from symgrad.files import stage_beside
-from symgrad.model import Model
+from symgrad.model import Model, has_scalar_output
 from symgrad.version import __version__
 
 __all__ = ["generate", "generate_file", "load_models", "module_text", "plan_modules",
@@ -112,20 +112,6 @@ def load_models(path: PathLike) -> list[Model]:
         raise ModelFileError(f"{path}: two models are named {twice[0]!r}; each model names "
                              "its generated module, so names must differ")
     return models
-
-
-def has_scalar_output(model: Model) -> bool:
-    """Whether the model's output is a scalar (a 1 x 1 matrix counts): its module then has
-    ``value_and_grad`` and ``grad``; otherwise ``vjp``.
-
-    >>> import sympy as sp
-    >>> w = sp.Symbol("w")
-    >>> has_scalar_output(Model("square", w**2, wrt=[w]))
-    True
-    """
-    from sympy.matrices.expressions.matexpr import MatrixExpr
-
-    return not isinstance(model.output, MatrixExpr) or tuple(model.output.shape) == (1, 1)
 
 
 def _where(path: Path, exc: BaseException) -> str:
