@@ -35,7 +35,7 @@ from symgrad.model import Model
 __all__ = ["run_demo", "demo_models", "builtin_models", "sample_inputs", "NUMPY_BASELINES",
            "DEMO_SIZES"]
 
-# The seed models (/work/shared/SEEDS.md), in the order the lectures build them up.
+# The seed models (examples/), in the order the lectures build them up.
 SEED_FILES = ("linear_regression", "branching_graph", "window_classifier", "two_layer_net",
               "logistic_regression")
 

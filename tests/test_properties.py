@@ -499,8 +499,7 @@ def test_compiled_gradients_agree_with_jax_and_finite_differences():
 
 
 # ------------------------------------------------------------------------------------------
-# Gaps the random models found: regression tests for the closed ones, strict xfails for the
-# open ones
+# Gaps the random models found, closed: regression tests
 # ------------------------------------------------------------------------------------------
 def test_an_inverse_has_a_gradient():
     """Was: Inverse(X) has args (X, -1), so its rule got one input too many."""
