@@ -518,7 +518,8 @@ DOCSTRING_MAX_NODES = 2000
 
 class Gradients(dict):
     """``{symbol: gradient}`` as SymPy expressions, remembering the derivation they came from
-    so that ``sg.show`` can name the shared pieces."""
+    so that ``sg.show`` can name the shared pieces.  Its notebook display (``_repr_latex_``)
+    is symgrad.present.formulas', which adds it on import, as it adds LaTeX to the nodes."""
 
     derivation: object = None    # a symgrad.derive.reverse.Derivation
     # the key -> the symbol it stands for, where they differ: sg.grad keys the gradient of
