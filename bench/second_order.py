@@ -132,7 +132,7 @@ def w4_implementations():
     try:
         import jax
 
-        from symgrad.check.translate import translate
+        from symgrad.checking.translate import translate
         jax.config.update("jax_enable_x64", True)
         model = translate(energy, wrt, "jax")
 

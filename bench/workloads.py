@@ -1,4 +1,4 @@
-"""The benchmark workloads (see /work/shared/BENCHMARKS.md).
+"""The benchmark workloads (see bench/README.md).
 
 For every workload this module holds the one definition of
   * its deterministic inputs (``inputs()``: name -> float64 array or Python float, from a

@@ -9,12 +9,12 @@ x*(2*w*x - 2*y)
 """
 
 from symgrad import functions as _functions
-from symgrad.check import CheckReport, check
+from symgrad.checking import CheckReport, check
 from symgrad.compiled import CompiledFunction, Gradients, compile, grad
 from symgrad.derive.rules import RULES, register_rule
 from symgrad.derive.split import NotSplittable
 from symgrad.functions import elementwise
-from symgrad.generate import generate
+from symgrad.generation import generate
 from symgrad.model import Model
 from symgrad.ops import (
     Map,
@@ -36,11 +36,10 @@ from symgrad.ops import (
     vector,
 )
 from symgrad.present.explain import explain
+from symgrad.present.formulas import latex, show
 from symgrad.present.graph import graph
 from symgrad.second import NoMatrixForm, hessian, hvp, jacobian
-from symgrad.show import latex, show
-
-__version__ = "0.1.0"
+from symgrad.version import __version__
 
 # Elementwise functions (sg.sigmoid, sg.exp, ...): one per row of symgrad/functions.py's
 # table, each taking a scalar or a matrix.

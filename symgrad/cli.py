@@ -142,14 +142,14 @@ def _positive(text: str) -> int:
 # Commands
 # ------------------------------------------------------------------------------------------
 def _load(files: Sequence[str]) -> list[tuple[str, list]]:
-    from symgrad.generate import load_models
+    from symgrad.generation import load_models
 
     return [(file, load_models(file)) for file in files]
 
 
 def _show(args) -> int:
-    from symgrad.generate import has_scalar_output
-    from symgrad.show import FormulaPrinter
+    from symgrad.codegen.docstring import FormulaPrinter
+    from symgrad.generation import has_scalar_output
 
     first = True
     for file, models in _load(args.files):
@@ -177,7 +177,7 @@ def _about(file: str, model, action):
 
 
 def _generate(args) -> int:
-    from symgrad.generate import plan_modules, write_modules
+    from symgrad.generation import plan_modules, write_modules
 
     loaded = _load(args.files)
     seen: dict[str, str] = {}
@@ -208,9 +208,9 @@ def _generate(args) -> int:
 
 def _check(args) -> int:
     try:
-        from symgrad.check import check
+        from symgrad.checking import check
     except ImportError as exc:
-        raise CommandError(f"symgrad.check is not available: {exc}") from exc
+        raise CommandError(f"symgrad.checking is not available: {exc}") from exc
     all_ok = True
     reports = 0
     for file, models in _load(args.files):
@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.traceback:
             raise
-        from symgrad.generate import ModelFileError, OutputError
+        from symgrad.generation import ModelFileError, OutputError
 
         if isinstance(exc, (CommandError, ModelFileError, OutputError)):
             message = str(exc)

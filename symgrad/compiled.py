@@ -7,13 +7,6 @@ not compile again.  The folder is ``$SYMGRAD_CACHE_DIR`` or ``~/.cache/symgrad``
 
 from __future__ import annotations
 
-import glob
-import importlib.util
-import io
-import os
-import pickletools
-import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -21,17 +14,15 @@ from types import ModuleType
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
+from symgrad.codegen.docstring import Gradients, module_docstring
 from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, module_source
 from symgrad.derive.graph import dag_atoms, dag_free_symbols, dag_nodes, dag_xreplace
-from symgrad.derive.reverse import Derivation, derive, inline_all
+from symgrad.derive.reverse import derive, inline_all
+from symgrad.files import cache_dir, drop_damaged_numba_cache, load_module, write_atomically
 from symgrad.optimize import fuse, lower
+from symgrad.version import __version__
 
 __all__ = ["grad", "compile", "CompiledFunction", "Gradients", "build_spec"]
-
-
-def _version() -> str:
-    from symgrad import __version__
-    return __version__
 
 
 def _check_wrt(expr, wrt) -> list:
@@ -121,24 +112,6 @@ def inputs_of(expr, wrt: list) -> list:
     return list(wrt) + data
 
 
-class Gradients(dict):
-    """``{symbol: gradient}`` as SymPy expressions, remembering the derivation they came from
-    so that :func:`symgrad.show` can name the shared pieces."""
-
-    derivation: Derivation | None = None
-    # the key -> the symbol it stands for, where they differ: sg.grad keys the gradient of
-    # the input q1 by q1(t) when the user passed q1(t)
-    symbol_of: dict = {}
-
-    def _repr_latex_(self) -> str:
-        from symgrad.show import latex
-        return "$\\displaystyle " + latex(self) + "$"
-
-    def __str__(self) -> str:
-        from symgrad.show import show
-        return show(self)
-
-
 def grad(expr, wrt) -> Gradients:
     """The gradient of a scalar expression with respect to each symbol of ``wrt``.
 
@@ -202,7 +175,6 @@ def internal_symbols(inputs: list, dimensions: set) -> dict:
 def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     """Derive, optimize and describe the module for expr (see :func:`compile`)."""
     from symgrad.forms import normalize
-    from symgrad.show import module_docstring
 
     expr, wrt = normalize(expr, wrt, compiled=True)
     wrt = _check_wrt(expr, wrt)
@@ -246,73 +218,6 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     spec.docstring = module_docstring(name, user_expr, user_wrt, user_inputs, spec,
                                       derivation=derivation)
     return spec
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("SYMGRAD_CACHE_DIR") or Path.home() / ".cache" / "symgrad"
-    return Path(root)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write text to path so that a failure never leaves a partial file there."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def drop_damaged_numba_cache(path: Path) -> list[Path]:
-    """Delete the Numba cache files of the module at ``path`` that cannot be read back (a
-    crash while writing, a full disk, a damaged copy), so that Numba compiles those kernels
-    again instead of failing on their first call; return what was deleted.  Numba writes an
-    index (.nbi: a pickled version, then a pickled table) per kernel and a pickled .nbc file
-    per compiled signature."""
-    damaged = [file for file in sorted((path.parent / "__pycache__").glob(f"{path.stem}.*.nb[ic]"))
-               if not _whole_pickles(file.read_bytes(), 2 if file.suffix == ".nbi" else 1)]
-    for file in damaged:
-        # an index without its data, or data without its index, is rebuilt as a pair
-        kernel = file.name.split(".nb")[0].rsplit(".", 1)[0] if file.suffix == ".nbc" \
-            else file.name[:-len(".nbi")]
-        for partner in [file, *file.parent.glob(glob.escape(kernel) + "*.nb[ic]")]:
-            partner.unlink(missing_ok=True)
-    return damaged
-
-
-def _whole_pickles(data: bytes, count: int) -> bool:
-    """Whether data is ``count`` complete pickle streams, read opcode by opcode without
-    running them: unpickling a kernel's data imports its module, which is not loaded yet
-    when the cache is checked (a healthy entry must not look damaged)."""
-    stream = io.BytesIO(data)
-    try:
-        for _ in range(count):
-            if not any(op.name == "STOP" for op, _, _ in pickletools.genops(stream)):
-                return False
-    except Exception:  # noqa: BLE001 - any malformed stream is damage
-        return False
-    return stream.tell() == len(data)
-
-
-def load_module(path: Path, name: str) -> ModuleType:
-    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
 
 
 def _batchable_inputs(spec: ModuleSpec) -> tuple:
@@ -463,7 +368,7 @@ def compile(expr, wrt, name: str = "model") -> CompiledFunction:  # noqa: A001 -
         from symgrad.second import ExplicitMatrixFunction
         return ExplicitMatrixFunction(expr, wrt, name)
     spec = build_spec(expr, wrt, name)
-    source = module_source(spec, _version())
+    source = module_source(spec, __version__)
     module_name = module_name_for(source)
     path = cache_dir() / f"{module_name}.py"
     if not path.exists() or path.read_text(encoding="utf-8", errors="replace") != source:

@@ -28,14 +28,14 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
-from symgrad.check.backends import median_time
-from symgrad.generate import has_scalar_output, load_models
+from symgrad.checking.backends import median_time
+from symgrad.generation import has_scalar_output, load_models
 from symgrad.model import Model
 
 __all__ = ["run_demo", "demo_models", "builtin_models", "sample_inputs", "NUMPY_BASELINES",
            "DEMO_SIZES"]
 
-# The seed models (/work/shared/SEEDS.md), in the order the lectures build them up.
+# The seed models (examples/), in the order the lectures build them up.
 SEED_FILES = ("linear_regression", "branching_graph", "window_classifier", "two_layer_net",
               "logistic_regression")
 
@@ -318,7 +318,7 @@ def _finite_differences(model: Model, seed: int = 0, coordinates: int = 4) -> st
 
 def _check_line(model: Model) -> tuple[str, bool]:
     try:
-        from symgrad.check import check
+        from symgrad.checking import check
     except ImportError:
         check = None
     if check is not None:
@@ -438,7 +438,7 @@ def _baseline_agrees(baseline: Callable, inputs: dict, ours) -> bool:
 
 
 def _formula(expr) -> str:
-    from symgrad.show import FormulaPrinter
+    from symgrad.codegen.docstring import FormulaPrinter
 
     return FormulaPrinter().doprint(expr)
 

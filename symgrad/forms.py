@@ -31,6 +31,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad.derive.graph import dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.rules import RULES
+from symgrad.ops import map_of_applyfunc
 
 __all__ = ["normalize", "time_function_name", "map_of_applyfunc"]
 
@@ -91,28 +92,6 @@ def _refuse_clashes(table: dict, symbols: set) -> None:
         if name in by_name:
             raise ValueError(f"the model has a symbol {name!r} and {by_name[name]}, which "
                              f"symgrad names {name!r} too: rename the symbol {name!r}")
-
-
-def map_of_applyfunc(node: ElementwiseApplyFunction, operand=None):
-    """``A.applyfunc(f)`` as symgrad's elementwise Map of ``operand`` (default: A).
-
-    >>> A = sp.MatrixSymbol("A", 2, 2)
-    >>> map_of_applyfunc(A.applyfunc(sp.sin)).body
-    sin(a0)
-    """
-    from symgrad import ops
-
-    operand = node.expr if operand is None else operand
-    (a,) = ops.map_variables(1)
-    function = node.function
-    if isinstance(function, sp.Lambda):
-        if len(function.variables) != 1:
-            raise ValueError(f"{node}: applyfunc needs a function of one variable, got "
-                             f"{function}")
-        body = function.expr.xreplace({function.variables[0]: a})
-    else:
-        body = function(a)
-    return ops.Map(sp.Lambda((a,), body), node.shape, operand)
 
 
 def _expanded(node, what: str):

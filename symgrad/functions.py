@@ -318,10 +318,19 @@ def elementwise(name: str, value: Callable, derivative: Callable | None = None) 
     return builder(row)
 
 
-def _register(row: Elementwise) -> None:
-    """Add a row to the table and its rule to the rule table."""
-    from symgrad.derive.rules import RULES, elementwise_rule
+# Called with each row added after import (the rule table adds the row's rule): the table
+# knows nothing of its users, which import it.
+_ON_REGISTER: list[Callable[[Elementwise], None]] = []
 
+
+def on_register(callback: Callable[[Elementwise], None]) -> None:
+    """Call ``callback(row)`` for each row added from now on (see :func:`elementwise`)."""
+    _ON_REGISTER.append(callback)
+
+
+def _register(row: Elementwise) -> None:
+    """Add a row to the table and tell the tables built from it."""
     ROWS[row.name] = row
     _BY_NODE[row.node] = row
-    RULES[row.node] = elementwise_rule(row)
+    for callback in _ON_REGISTER:
+        callback(row)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from sympy.matrices.expressions.matexpr import MatrixExpr
+
 from symgrad.compiled import CompiledFunction, Gradients, _check_wrt, compile, grad, inputs_of
 
 __all__ = ["Model"]
@@ -57,9 +59,21 @@ class Model:
 
     def show(self) -> str:
         """The derived formulas, shared pieces named once."""
-        from symgrad.show import show
+        from symgrad.present.formulas import show
         return show(self.grad(), output=self.name)
 
     def __repr__(self) -> str:
         extra = ", second_order=True" if self.second_order else ""
         return f"Model({self.name!r}, wrt=[{', '.join(str(w) for w in self.wrt)}]{extra})"
+
+
+def has_scalar_output(model: Model) -> bool:
+    """Whether the model's output is a scalar (a 1 x 1 matrix counts): its module then has
+    ``value_and_grad`` and ``grad``; otherwise ``vjp``.
+
+    >>> import sympy as sp
+    >>> w = sp.Symbol("w")
+    >>> has_scalar_output(Model("square", w**2, wrt=[w]))
+    True
+    """
+    return not isinstance(model.output, MatrixExpr) or tuple(model.output.shape) == (1, 1)

@@ -580,3 +580,23 @@ def softmax_cross_entropy(logits, labels, axis: int = 0):
     per_entry = Map(sp.Lambda((z, y, lse), y * (lse - z)), logits.shape, logits, labels,
                     LogSumExp(logits, axis))
     return SumAll(per_entry)
+
+
+def map_of_applyfunc(node, operand=None):
+    """``A.applyfunc(f)`` as symgrad's elementwise Map of ``operand`` (default: A).
+
+    >>> A = sp.MatrixSymbol("A", 2, 2)
+    >>> map_of_applyfunc(A.applyfunc(sp.sin)).body
+    sin(a0)
+    """
+    operand = node.expr if operand is None else operand
+    (a,) = map_variables(1)
+    function = node.function
+    if isinstance(function, sp.Lambda):
+        if len(function.variables) != 1:
+            raise ValueError(f"{node}: applyfunc needs a function of one variable, got "
+                             f"{function}")
+        body = function.expr.xreplace({function.variables[0]: a})
+    else:
+        body = function(a)
+    return Map(sp.Lambda((a,), body), node.shape, operand)

@@ -32,8 +32,8 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
+from symgrad.codegen.docstring import fresh_names
 from symgrad.derive.second import NoMatrixForm, jacobian_columns, jvp
-from symgrad.show import fresh_names
 
 __all__ = ["hessian", "hvp", "jacobian", "SecondOrder", "NoMatrixForm", "ScipyProblem"]
 
@@ -304,7 +304,8 @@ def _restricted(body, variables, operands, shape):
 
 def _show(blocks: SecondOrder, output: str, latex: bool) -> str:
     from symgrad import ops
-    from symgrad.show import FormulaLatexPrinter, FormulaPrinter
+    from symgrad.codegen.docstring import FormulaPrinter
+    from symgrad.present.formulas import FormulaLatexPrinter
 
     class Printer(FormulaPrinter):
         def _print_DiagMatrix(self, expr):
@@ -1012,7 +1013,7 @@ def second_order_text(model) -> str:
     from pathlib import Path
 
     from symgrad.codegen.module import docstring_literal
-    from symgrad.generate import has_scalar_output
+    from symgrad.model import has_scalar_output
 
     names = {s.name for s in model.inputs}
     params = list(model.wrt)

@@ -11,7 +11,7 @@ import sympy as sp
 
 import symgrad as sg
 from symgrad import ops
-from symgrad.check import CheckReport, check
+from symgrad.checking import CheckReport, check
 from symgrad.derive import reverse
 from symgrad.derive.rules import RULES
 
@@ -134,7 +134,7 @@ def test_a_missing_framework_named_explicitly_raises_import_error(monkeypatch):
 
 def test_an_operation_a_framework_lacks_is_skipped_or_raised(monkeypatch):
     pytest.importorskip("autograd")
-    from symgrad.check.translate import AutogradTranslator
+    from symgrad.checking.translate import AutogradTranslator
 
     lacking = {k: v for k, v in AutogradTranslator.functions.items() if k != "sin"}
     monkeypatch.setattr(AutogradTranslator, "functions", lacking)

@@ -16,7 +16,7 @@ distributed = pytest.importorskip("distributed")
 
 import symgrad as sg  # noqa: E402
 from symgrad.derive.split import NotSplittable, split_over_batch  # noqa: E402
-from symgrad.generate import load_models  # noqa: E402
+from symgrad.generation import load_models  # noqa: E402
 from symgrad.interop.dask import build_graph, loaded_modules  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -231,7 +231,7 @@ def test_an_undefined_function_names_sg_elementwise_when_compiled():
 # The table of symgrad's own functions
 # --------------------------------------------------------------------------------------
 def test_every_public_row_is_an_sg_function_with_a_rule_and_code_for_every_target():
-    from symgrad.check.translate import TRANSLATORS
+    from symgrad.checking.translate import TRANSLATORS
 
     for name, row in functions.ROWS.items():
         if row.value is not None or row.node is None:

@@ -17,7 +17,7 @@ import sympy as sp
 
 import symgrad as sg
 from symgrad.demo import sample_inputs
-from symgrad.generate import (
+from symgrad.generation import (
     ModelFileError,
     OutputError,
     generate,

@@ -14,7 +14,7 @@ import sympy as sp
 
 import symgrad as sg
 from symgrad.codegen.second_runtime import _sg_symmetric_product
-from symgrad.generate import module_text
+from symgrad.generation import module_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_IMPORTS = {"numpy", "numba", "llvmlite", "math"}
@@ -116,7 +116,7 @@ def test_generated_scalar_model_hessian_is_per_point(tmp_path):
 
 
 def test_generated_newton_logistic_has_second_order_and_matches_compile(tmp_path):
-    from symgrad.generate import load_models
+    from symgrad.generation import load_models
 
     (model,) = load_models(ROOT / "examples" / "newton_logistic.py")
     assert model.second_order

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, reject, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import symgrad as sg  # noqa: E402
-from symgrad.check.translate import translate  # noqa: E402
+from symgrad.checking.translate import translate  # noqa: E402
 from tests.test_properties import M, N, matrix_models, scalar_models  # noqa: E402
 
 EXAMPLES = int(os.environ.get("SYMGRAD_SECOND_EXAMPLES", "20"))

@@ -1,4 +1,4 @@
-"""The worked examples of the teaching material, with their numbers (shared/SEEDS.md)."""
+"""The worked examples of the teaching material (examples/), with their numbers."""
 
 import importlib.util
 from pathlib import Path

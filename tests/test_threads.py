@@ -1,5 +1,7 @@
-"""The parallel twin of each loop kernel computes what the serial kernel computes."""
+"""The parallel twin of each loop kernel computes what the serial kernel computes, on two
+threads (on one, a parallel loop runs serially and the comparison would prove nothing)."""
 
+import numba
 import numpy as np
 import pytest
 import sympy as sp
@@ -7,6 +9,19 @@ import sympy as sp
 import symgrad as sg
 
 from .test_seeds import load_example
+
+
+@pytest.fixture(autouse=True)
+def two_threads():
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here (NUMBA_NUM_THREADS); the parallel twins would "
+                    "run serially")
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def test_scalar_model_parallel_loop_matches_serial_loop():
@@ -62,5 +77,11 @@ def test_scalar_model_picks_threads_only_for_large_work(size, parallel):
     x = sp.Symbol("x")
     f = sg.compile(sp.exp(x), [x])
     loop = f.module._value_and_grad_loop_for(size)
-    many_threads = __import__("numba").get_num_threads() > 1
-    assert (loop is f.module._value_and_grad_loop_parallel) == (parallel and many_threads)
+    assert (loop is f.module._value_and_grad_loop_parallel) == parallel
+
+
+def test_one_thread_keeps_the_serial_loop_for_large_work():
+    x = sp.Symbol("x")
+    f = sg.compile(sp.exp(x), [x])
+    numba.set_num_threads(1)          # the fixture sets two again afterwards
+    assert f.module._value_and_grad_loop_for(1 << 23) is f.module._value_and_grad_loop

@@ -13,7 +13,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 
 import symgrad as sg
 from symgrad import functions, ops
-from symgrad.check.translate import (
+from symgrad.checking.translate import (
     TRANSLATORS,
     NumpyTranslator,
     require,
@@ -256,7 +256,7 @@ def test_every_framework_has_a_translator():
 @pytest.mark.parametrize("name", ["jax", "torch", "autograd"])
 def test_kink_conventions_match_symgrad(name):
     """relu'(0) = 0 and a tie of max splits the gradient in halves, as symgrad's rules say."""
-    from symgrad.check.backends import BACKENDS, Problem
+    from symgrad.checking.backends import BACKENDS, Problem
 
     framework(name)
     y = sp.Symbol("y")

@@ -21,7 +21,8 @@ import pytest
 import sympy as sp
 
 import symgrad as sg
-from symgrad.compiled import build_spec, drop_damaged_numba_cache
+from symgrad.compiled import build_spec
+from symgrad.files import drop_damaged_numba_cache
 
 # ------------------------------------------------------------------------------------------
 # 1. No user text reaches generated code outside escaped docstrings
@@ -572,7 +573,8 @@ def test_printed_formulas_group_pieces_as_the_expression_does():
         standard_transformations,
     )
 
-    from symgrad.show import FormulaLatexPrinter, FormulaPrinter, _looks_atomic, _Piece
+    from symgrad.codegen.docstring import FormulaPrinter, _looks_atomic, _Piece
+    from symgrad.present.formulas import FormulaLatexPrinter
 
     x, y, z = sp.symbols("x y z")
     meanings = [x + y, x - 2 * z, y * z, x, -y + z / 2]

@@ -288,7 +288,7 @@ def _kernel(name: str, arguments: list[str], program: Program, returns: list[str
     """The source of one kernel, and the sizes of its loops that can run in parallel (none
     when it calls BLAS, see _entry_kernels)."""
     printer = PythonScalarPrinter() if python else None
-    emitter = KernelEmitter(program, {}, parallel=parallel, printer=printer)
+    emitter = KernelEmitter(parallel=parallel, printer=printer)
     emitter.emit_program(program.statements, list(program.outputs.values()))
     decorator = [] if python else [POINT_INLINED if inline else PARALLEL if parallel else SERIAL]
     out = decorator + [f"def {name}({', '.join(arguments)}):"]
@@ -315,7 +315,7 @@ def _output_expressions(program: Program, emitter_names: list[str]) -> list[str]
             fresh = atom in computed and atom not in returned
             out.append(atom.name if fresh else f"{atom.name}.copy()")
         elif isinstance(atom, (sp.ZeroMatrix, sp.OneMatrix, sp.Identity)):
-            out.append(KernelEmitter(program, {})._constant_matrix(atom))
+            out.append(KernelEmitter()._constant_matrix(atom))
         elif isinstance(atom, MatrixExpr):
             raise NotImplementedError(f"output {name} is {atom}")
         else:

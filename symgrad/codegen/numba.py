@@ -19,7 +19,7 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from symgrad import functions, ops
-from symgrad.codegen.ir import Program, Statement
+from symgrad.codegen.ir import Statement
 
 FASTMATH_FLAGS = '{"nsz", "arcp", "contract", "reassoc"}'  # never nnan/ninf: inf/nan stay right
 
@@ -246,10 +246,7 @@ def unsupported(kind: str) -> NotImplementedError:
 class KernelEmitter:
     """Emits the body of one kernel: one method per operation."""
 
-    def __init__(self, program: Program, dims: dict, parallel: bool = False,
-                 printer: ScalarPrinter | None = None):
-        self.program = program
-        self.dims = dims        # dimension symbol -> its name in the kernel
+    def __init__(self, parallel: bool = False, printer: ScalarPrinter | None = None):
         self.lines: list[str] = []
         self.printer = printer or ScalarPrinter()
         self.parallel = parallel          # outer loops as numba.prange

@@ -33,10 +33,6 @@ def is_matrix(expr) -> bool:
     return isinstance(expr, MatrixExpr)
 
 
-def shape_of(expr) -> tuple:
-    return tuple(expr.shape) if is_matrix(expr) else ()
-
-
 # ------------------------------------------------------------------------------------------
 # Walks over a whole model as a DAG (SymPy's free_symbols, atoms and xreplace walk it as a
 # tree, recursively: exponential in a nested model's depth, and too deep for Python's stack)
@@ -411,8 +407,7 @@ class Canonicalizer:
             variables, body, operands = _log_softmax(variables, body, operands)
             return ops.Map(sp.Lambda(variables, body), expr.shape, *operands)
         if isinstance(expr, ElementwiseApplyFunction):      # A.applyfunc(f)
-            from symgrad.forms import map_of_applyfunc
-            return self._canon(map_of_applyfunc(expr))
+            return self._canon(ops.map_of_applyfunc(expr))
         if isinstance(expr, ops.AxisSum):
             return self._sum(self._canon(expr.arg), expr.axis)
         if isinstance(expr, (ops.LogSumExp, ops.Softmax)):
@@ -648,12 +643,6 @@ def _probe(dim) -> int:
     if dim.is_number:
         return int(dim)
     return int(dim.subs({s: _CHAIN_PROBE for s in dim.free_symbols}))
-
-
-def _has_matrix_parts(expr) -> bool:
-    return any(isinstance(a, (MatrixExpr, MatrixElement, ops.SumAll, ops.LogDet, ops.LogSumExpAll,
-                              sp.Trace, sp.Determinant))
-               for a in sp.preorder_traversal(expr))
 
 
 def _constant_along(arg, axis: int) -> bool:

@@ -25,6 +25,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad import ops
+from symgrad.derive import rules
 from symgrad.derive.graph import (
     Canonicalizer,
     build_graph,
@@ -447,3 +448,31 @@ def _is_negated(e) -> bool:
 
 __all__ = ["Derivation", "Walk", "derive", "inline", "inline_all", "scalar_partials", "rebuild",
            "is_leaf", "MAP_OUTPUT", "small_enough_to_expand"]
+
+
+# ------------------------------------------------------------------------------------------
+# The Map rule: reverse mode on the Map's scalar body
+# ------------------------------------------------------------------------------------------
+def map_rule(g, y, *operands, node):
+    """d operand_k = g o (d body / d a_k), reduced to the operand's shape if it broadcast;
+    the partials come from the same rules, run on the scalar body (scalar_partials)."""
+    variables = node.function.variables
+    partials = scalar_partials(node.body, variables)
+    shape = node.shape
+    result = []
+    for operand, partial in zip(operands, partials):
+        if partial == 0:
+            result.append(None)
+            continue
+
+        def body_of(gv, *rest, partial=partial):
+            *v, yv = rest
+            return gv * partial.xreplace({**dict(zip(variables, v)), MAP_OUTPUT: yv})
+
+        adjoint = rules._map(body_of, shape, g, *operands, y)
+        operand_shape = tuple(operand.shape) if hasattr(operand, "shape") else ()
+        result.append(rules._reduce_to(adjoint, operand_shape, shape))
+    return tuple(result)
+
+
+rules.RULES[ops.Map] = map_rule

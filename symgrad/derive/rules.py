@@ -15,6 +15,9 @@ Tie rule for Max and Min: where the two inputs are equal, each receives half the
 gradient (the convention of JAX and PyTorch; a sum of the two halves is the true one-sided
 average).  An n-ary max is applied pairwise.
 
+The Map rule runs reverse mode on the Map's scalar body, so it lives with reverse mode
+(symgrad/derive/reverse.py adds it to this table).
+
 Add a rule with :func:`register_rule`.
 """
 
@@ -100,32 +103,6 @@ def _matrix_element_rule(g, y, parent, **kw):
     return (ops.Scatter(g, node.i, node.j, *shape),)
 
 
-def _map_rule(g, y, *operands, node):
-    """d operand_k = g o (d body / d a_k), reduced to the operand's shape if it broadcast."""
-    from symgrad.derive.reverse import (
-        MAP_OUTPUT,
-        scalar_partials,  # the same scalar rules, on the body
-    )
-
-    variables = node.function.variables
-    partials = scalar_partials(node.body, variables)
-    shape = node.shape
-    result = []
-    for operand, partial in zip(operands, partials):
-        if partial == 0:
-            result.append(None)
-            continue
-
-        def body_of(gv, *rest, partial=partial):
-            *v, yv = rest
-            return gv * partial.xreplace({**dict(zip(variables, v)), MAP_OUTPUT: yv})
-
-        adjoint = _map(body_of, shape, g, *operands, y)
-        operand_shape = tuple(operand.shape) if hasattr(operand, "shape") else ()
-        result.append(_reduce_to(adjoint, operand_shape, shape))
-    return tuple(result)
-
-
 def _logsumexp_rule(g, y, a, **_):
     return (_map(lambda gv, av, yv: gv * sp.exp(av - yv), a.shape, g, a, y),)
 
@@ -160,7 +137,6 @@ RULES: dict[type, Rule] = {
     ops.LogDet:      lambda g, y, a, **_: (_map(lambda gv, i: gv * i, a.shape, g,
                                                 sp.Inverse(a).T),),
     MatrixElement:   _matrix_element_rule,
-    ops.Map:         _map_rule,
     ops.AxisSum:         lambda g, y, a, **_: (_broadcast(g, a.shape),),
     ops.SumAll:      lambda g, y, a, **_: (_broadcast(g, a.shape),),
     ops.LogSumExp:   _logsumexp_rule,
@@ -183,6 +159,8 @@ def elementwise_rule(row: functions.Elementwise) -> Rule:
 
 RULES.update({row.node: elementwise_rule(row) for row in functions.ROWS.values()
               if row.node is not None})
+# a row added later (sg.elementwise) brings its rule too
+functions.on_register(lambda row: RULES.__setitem__(row.node, elementwise_rule(row)))
 
 
 def register_rule(node_type: type, rule: Rule) -> None:

@@ -110,7 +110,7 @@ class _Kernel:
         with _IMPORT_LOCK:
             module = _MODULES.get(self.module_name)
             if module is None:
-                from symgrad.compiled import cache_dir, load_module, write_atomically
+                from symgrad.files import cache_dir, load_module, write_atomically
 
                 path = cache_dir() / f"{self.module_name}.py"
                 if not path.exists() or path.read_text(encoding="utf-8") != self.source:
@@ -176,9 +176,9 @@ class _Plan:
     where it runs), the compiled part without data, and the scalar for the total size."""
 
     def __init__(self, function, dimension):
-        from symgrad import __version__
         from symgrad.codegen.module import module_name_for, module_source
         from symgrad.compiled import build_spec, compile
+        from symgrad.version import __version__
 
         spec = function.spec
         if dimension is None:           # one chunk: the whole model, as compiled

@@ -200,7 +200,7 @@ def handler_name(function, pass_: str) -> str:
         return name
     import jax
 
-    from symgrad.compiled import load_module, write_atomically
+    from symgrad.files import load_module, write_atomically
 
     path = Path(function.path).with_name(f"{module.__name__}_xla_{pass_}.py")
     source = (f'"""XLA handler of {module.__name__}.{pass_} (written by symgrad)."""\n'

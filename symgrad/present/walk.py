@@ -165,7 +165,7 @@ class _Builder:
     """Turns a derivation's walk into nodes and edges with printable texts."""
 
     def __init__(self, derivation, wrt):
-        from symgrad.show import piece_names
+        from symgrad.codegen.docstring import piece_names
 
         self.derivation = derivation
         self.walk = derivation.walk
@@ -291,7 +291,7 @@ class _Builder:
     # -- text ------------------------------------------------------------------------------
     def operator_text(self, node) -> str:
         """What the picture writes in an operation's node."""
-        from symgrad.show import FormulaPrinter
+        from symgrad.codegen.docstring import FormulaPrinter
 
         if not isinstance(node, MatrixExpr):
             if isinstance(node, MatrixElement):
@@ -324,7 +324,7 @@ class _Builder:
 
     def formula(self, expression, top: bool = False) -> str:
         """An expression of the derivation's names, written out with the pieces' names."""
-        from symgrad.show import FormulaPrinter
+        from symgrad.codegen.docstring import FormulaPrinter
 
         return _tidy(FormulaPrinter().doprint(self._readable(expression, top)))
 
@@ -371,7 +371,7 @@ def _operands(operation) -> list:
 
 
 def _printed(e) -> str:
-    from symgrad.show import FormulaPrinter
+    from symgrad.codegen.docstring import FormulaPrinter
 
     return _tidy(FormulaPrinter().doprint(e))
 
@@ -397,8 +397,8 @@ def _dimension_symbols(expr) -> set:
 # ------------------------------------------------------------------------------------------
 def _evaluate(walk: Backprop, derivation, expr, wrt, at: dict) -> None:
     """Evaluate every node value, adjoint, edge contribution and local gradient at ``at``."""
-    from symgrad.check.sampling import bind_dimensions, normalize
-    from symgrad.check.translate import translate
+    from symgrad.checking.sampling import bind_dimensions, normalize
+    from symgrad.checking.translate import translate
     from symgrad.compiled import inputs_of, shape_symbols
     from symgrad.derive.reverse import inline
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from symgrad.check.report import Comparison, Tolerance, compare
+from symgrad.checking.report import Comparison, Tolerance, compare
 
 __all__ = ["SECOND_ORDER_TOLERANCES", "MAX_COLUMNS", "quantities", "compare_second_order"]
 

@@ -4,7 +4,7 @@
   symbolic gradients of ``sg.grad`` evaluated with NumPy (``reference="symbolic"``: no
   compilation, for checking many models quickly);
 * ``jax``, ``torch``, ``autograd``: the model translated to the framework
-  (:mod:`symgrad.check.translate`) and differentiated by the framework's own autodiff;
+  (:mod:`symgrad.checking.translate`) and differentiated by the framework's own autodiff;
 * ``finite-differences``: the model translated to NumPy, and central differences with the
   step h = eps^(1/3) max(1, |x|) for each coordinate (eps the float64 machine epsilon) and
   h / 2, combined by Richardson extrapolation (and h / 4 for the error estimate);
@@ -29,7 +29,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
-from symgrad.check.translate import TRANSLATORS, Translated, require, translate
+from symgrad.checking.translate import TRANSLATORS, Translated, require, translate
 
 __all__ = ["Problem", "Result", "Backend", "FrameworkBackend", "JaxBackend", "TorchBackend",
            "AutogradBackend", "FiniteDifferences", "CompiledReference", "CompiledFloats",

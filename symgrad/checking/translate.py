@@ -189,7 +189,7 @@ class Translator(Printer):
         kind = type(expr).__name__
         raise NotImplementedError(
             f"the {self.framework} translator has no method for {kind} (in {expr}): add "
-            f"_print_{kind} to symgrad.check.translate.{type(self).__name__}")
+            f"_print_{kind} to symgrad.checking.translate.{type(self).__name__}")
 
     def _assign(self, code: str) -> str:
         name = f"_t{self.counter}"

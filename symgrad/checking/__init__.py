@@ -4,11 +4,11 @@
 and central differences on random inputs and returns a :class:`CheckReport`
 (``report.ok``, ``print(report)``, ``report.to_dict()``).  The pieces:
 
-* :mod:`symgrad.check.translate`: the model as NumPy / JAX / PyTorch / autograd code, one
+* :mod:`symgrad.checking.translate`: the model as NumPy / JAX / PyTorch / autograd code, one
   printer per framework over one dispatch;
-* :mod:`symgrad.check.backends`: value and gradients by each means;
-* :mod:`symgrad.check.sampling`: sizes and random inputs in the domain;
-* :mod:`symgrad.check.report`: errors, tolerances and the printed table.
+* :mod:`symgrad.checking.backends`: value and gradients by each means;
+* :mod:`symgrad.checking.sampling`: sizes and random inputs in the domain;
+* :mod:`symgrad.checking.report`: errors, tolerances and the printed table.
 
 >>> import sympy as sp
 >>> w, x, y = sp.symbols("w x y")
@@ -16,7 +16,7 @@ and central differences on random inputs and returns a :class:`CheckReport`
 True
 """
 
-from symgrad.check.report import CheckReport
-from symgrad.check.runner import check
+from symgrad.checking.report import CheckReport
+from symgrad.checking.runner import check
 
 __all__ = ["check", "CheckReport"]

@@ -10,7 +10,7 @@ each parameter's gradient) and backend, over all points:
   elementwise scalar model, the larger of the two entries themselves (each is its own point);
 * a comparison passes when every entry's error is at most ``atol + rtol * scale``, plus,
   for finite differences, the entry's estimated truncation error (see
-  :class:`~symgrad.check.backends.FiniteDifferences`).
+  :class:`~symgrad.checking.backends.FiniteDifferences`).
 
 Entries that are NaN in both results, or the same infinity, agree; a NaN or infinity on one
 side only is an infinite error.

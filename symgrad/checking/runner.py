@@ -8,7 +8,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
-from symgrad.check.backends import (
+from symgrad.checking.backends import (
     BACKENDS,
     Backend,
     CompiledFloats,
@@ -16,8 +16,8 @@ from symgrad.check.backends import (
     Problem,
     SymbolicReference,
 )
-from symgrad.check.report import TOLERANCES, CheckReport, Comparison, Timing, Tolerance, compare
-from symgrad.check.sampling import (
+from symgrad.checking.report import TOLERANCES, CheckReport, Comparison, Timing, Tolerance, compare
+from symgrad.checking.sampling import (
     bind_dimensions,
     concrete_shape,
     draws,
@@ -48,7 +48,7 @@ def check(model_or_expr, wrt: Sequence | None = None,
     ``"all"`` it is skipped, and the report says so.
 
     ``points`` sets of random inputs are drawn from ``numpy.random.default_rng(seed)``, in the
-    functions' domain (see :mod:`symgrad.check.sampling`: symbolic dimensions get sizes
+    functions' domain (see :mod:`symgrad.checking.sampling`: symbolic dimensions get sizes
     3, 4, ..., and inputs are drawn again where the value is not finite); ``inputs`` fixes
     some or all of them (name -> value, vectors as (n,) or (n, 1)).  A matrix-valued model is
     checked through its vector-Jacobian product with a random ``upstream``.
@@ -57,12 +57,12 @@ def check(model_or_expr, wrt: Sequence | None = None,
     array path is the reference, and what Python floats take is compared with it as
     ``"symgrad-floats"``); ``"symbolic"`` checks the formulas of ``sg.grad`` evaluated with
     NumPy, without compiling.  ``tolerances``
-    overrides the defaults of :data:`symgrad.check.report.TOLERANCES`, per backend:
+    overrides the defaults of :data:`symgrad.checking.report.TOLERANCES`, per backend:
     ``{"jax": ((rtol, atol) of the value, (rtol, atol) of the gradients)}``.  ``time=True``
     adds the median time of one value-and-gradient call per backend, on the last point.
 
     ``order=2`` also compares the compiled second order (``reference="compiled"`` only;
-    see :mod:`symgrad.check.second`): for a scalar output ``f.hessian`` and ``f.hvp`` (the
+    see :mod:`symgrad.checking.second`): for a scalar output ``f.hessian`` and ``f.hvp`` (the
     quantities ``"hessian"`` and ``"hvp"``) against ``jax.hessian`` and jvp of grad,
     ``torch.func.hessian`` and jvp of grad, and central differences of symgrad's gradient;
     for a vector or matrix output ``f.jacobian`` (``"jacobian"``) against ``jax.jacfwd``,
@@ -130,7 +130,7 @@ def check(model_or_expr, wrt: Sequence | None = None,
             _compare_point(problem, backend.name, result, expected, tolerance[backend.name],
                            comparisons)
         if order == 2:
-            from symgrad.check.second import compare_second_order, quantities
+            from symgrad.checking.second import compare_second_order, quantities
             report.second_order = quantities(problem)
             second_tolerances = {name: Tolerance(*pair[1]) for name, pair
                                  in (tolerances or {}).items()}

@@ -1,0 +1,3 @@
+"""symgrad's version, written into every module it generates."""
+
+__version__ = "0.1.0"
