@@ -20,7 +20,8 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import ops
-from symgrad.codegen.ir import Program, Statement
+from symgrad.codegen.factor import share_factorisations
+from symgrad.codegen.ir import Program, Statement, live_statements, symbols_in
 from symgrad.derive.reverse import Derivation
 
 _CONSTANT_MATRICES = (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
@@ -152,42 +153,11 @@ def lower(derivation: Derivation, outputs: dict, inputs: list) -> Program:
     program_outputs = {}
     for output_name, expression in outputs.items():
         program_outputs[output_name] = flat.atom(sp.sympify(expression).xreplace(resolved))
-    statements = _live(flat.statements, program_outputs.values())
+    statements = live_statements(flat.statements, program_outputs.values())
     kept = {s.target for s in statements}
     return Program(inputs=list(inputs), statements=statements, outputs=program_outputs,
                    labels={t: label for t, label in labels.items() if t in kept},
                    adjoints={a for a in adjoints if a in kept}, names=resolved)
-
-
-def _live(statements: list, outputs) -> list:
-    """The statements the outputs depend on, in their original order."""
-    needed = set()
-    for o in outputs:
-        needed |= _symbols_in(o)
-    live = []
-    for statement in reversed(statements):
-        if statement.target in needed:
-            live.append(statement)
-            needed |= _symbols_in(statement.operation)
-    return live[::-1]
-
-
-def _symbols_in(e) -> set:
-    if isinstance(e, sp.MatrixSymbol):
-        return {e}
-    if isinstance(e, sp.Symbol):
-        return {e}
-    if isinstance(e, ops.Map):
-        out = set()
-        for o in e.operands:
-            out |= _symbols_in(o)
-        return out
-    if not isinstance(e, sp.Basic):
-        return set()
-    out = set()
-    for a in e.args:
-        out |= _symbols_in(a)
-    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -204,7 +174,6 @@ def fuse(program: Program) -> Program:
     Reductions of a Map are fused into the Map's loop by the emitter.  Inverses and
     determinants first share one factorisation per matrix (codegen/factor.py).
     """
-    from symgrad.codegen.factor import share_factorisations
     program = share_factorisations(program)
     statements = [Statement(s.target, _outer_product_as_map(s.operation))
                   for s in program.statements]
@@ -213,7 +182,7 @@ def fuse(program: Program) -> Program:
         for operand in _operands_of(s.operation):
             uses[operand] = uses.get(operand, 0) + 1
     for atom in program.outputs.values():
-        for symbol in _symbols_in(atom):
+        for symbol in symbols_in(atom):
             uses[symbol] = uses.get(symbol, 0) + 2      # an output is always kept
     definitions = {s.target: s for s in statements}
     inlined: set = set()
@@ -240,7 +209,7 @@ def _outer_product_as_map(operation):
 
 def _operands_of(operation) -> list:
     """The program names an operation reads (a transposed name counts as its name)."""
-    return sorted(_symbols_in(operation), key=str)
+    return sorted(symbols_in(operation), key=str)
 
 
 def _inline_single_use(operation: ops.Map, definitions: dict, uses: dict, inlined: set):
@@ -251,7 +220,7 @@ def _inline_single_use(operation: ops.Map, definitions: dict, uses: dict, inline
         # (X + X^T reads X twice in one statement)
         if (producer is not None and isinstance(producer.operation, ops.Map)
                 and uses.get(operand, 0) == 1
-                and sum(operand in _symbols_in(o) for o in operation.operands) == 1
+                and sum(operand in symbols_in(o) for o in operation.operands) == 1
                 and tuple(producer.operation.shape) == tuple(operation.shape)):
             inner = {iv: _variable_for(io, operands, variables)
                      for iv, io in zip(producer.operation.function.variables,

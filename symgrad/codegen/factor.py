@@ -40,7 +40,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad import ops
-from symgrad.codegen.ir import Program, Statement
+from symgrad.codegen.ir import Program, Statement, live_statements, symbols_in
 
 
 class Factorisation(MatrixExpr):
@@ -364,7 +364,7 @@ class _Rewriter:
                 operation = self.product(*operation.args)
             self.add(Statement(s.target, operation))
         statements = self._share()
-        statements = _live(statements, self.outputs.values())
+        statements = live_statements(statements, self.outputs.values())
         return Program(inputs=program.inputs, statements=statements, outputs=dict(self.outputs),
                        labels=program.labels, adjoints=program.adjoints, names=program.names)
 
@@ -422,9 +422,9 @@ class _Rewriter:
         """Products with an inverse that nothing else reads become solves."""
         for stored, inverse in inverse_of.items():
             factor = factor_of[stored]
-            if any(inverse in _symbols_in(atom) for atom in self.outputs.values()):
+            if any(inverse in symbols_in(atom) for atom in self.outputs.values()):
                 continue
-            readers = [s for s in statements if inverse in _symbols_in(s.operation)
+            readers = [s for s in statements if inverse in symbols_in(s.operation)
                        and s.target != inverse]
             if not all(_solve_for(s.operation, inverse, factor) is not None for s in readers):
                 continue
@@ -438,9 +438,9 @@ def _solve_for(operation, inverse, factor):
     if not isinstance(operation, sp.MatMul) or len(operation.args) != 2:
         return None
     a, b = operation.args
-    if a in (inverse, sp.Transpose(inverse)) and inverse not in _symbols_in(b):
+    if a in (inverse, sp.Transpose(inverse)) and inverse not in symbols_in(b):
         return FactorSolve(factor, b, transposed=a != inverse)
-    if b in (inverse, sp.Transpose(inverse)) and inverse not in _symbols_in(a):
+    if b in (inverse, sp.Transpose(inverse)) and inverse not in symbols_in(a):
         return FactorSolve(factor, a, transposed=b != inverse, right=True)
     return None
 
@@ -454,16 +454,6 @@ def _substituted(operation, replaced: dict):
     for old, new in replaced.items():
         table[sp.Transpose(old)] = _transposed(new)
     return operation.xreplace(table) if isinstance(operation, sp.Basic) else operation
-
-
-def _symbols_in(e) -> set:
-    from symgrad.optimize import _symbols_in as symbols
-    return symbols(e)
-
-
-def _live(statements: list, outputs) -> list:
-    from symgrad.optimize import _live as live
-    return live(statements, outputs)
 
 
 def share_factorisations(program: Program) -> Program:

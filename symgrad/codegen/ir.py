@@ -62,3 +62,35 @@ def operation_cost(operation) -> int:
     if isinstance(operation, MatrixExpr) or not isinstance(operation, sp.Expr):
         return 1
     return max(1, sp.count_ops(operation))
+
+
+def live_statements(statements: list, outputs) -> list:
+    """The statements the outputs depend on, in their original order."""
+    needed = set()
+    for o in outputs:
+        needed |= symbols_in(o)
+    live = []
+    for statement in reversed(statements):
+        if statement.target in needed:
+            live.append(statement)
+            needed |= symbols_in(statement.operation)
+    return live[::-1]
+
+
+def symbols_in(e) -> set:
+    """The symbols an operation reads (a Map's operands, not its body's variables)."""
+    if isinstance(e, sp.MatrixSymbol):
+        return {e}
+    if isinstance(e, sp.Symbol):
+        return {e}
+    if isinstance(e, ops.Map):
+        out = set()
+        for o in e.operands:
+            out |= symbols_in(o)
+        return out
+    if not isinstance(e, sp.Basic):
+        return set()
+    out = set()
+    for a in e.args:
+        out |= symbols_in(a)
+    return out
