@@ -956,9 +956,6 @@ class ScipyProblem:
 # ------------------------------------------------------------------------------------------
 # Generated modules: hessian, hvp, jacobian beside forward and value_and_grad
 # ------------------------------------------------------------------------------------------
-_SECOND_MARKER = "# --- symgrad second order: copied verbatim into generated modules"
-
-
 def _namespaced(text: str, prefix: str) -> str:
     """``text`` with every name it defines at top level prefixed, so that several modules'
     bodies can live in one file; names it only uses (the shared runtime's) stay."""
@@ -991,7 +988,7 @@ def _namespaced(text: str, prefix: str) -> str:
 
 def _bundle_body(plan: BundlePlan, name: str, prefix: str) -> tuple[str, dict]:
     """The bundle's kernels as module text (its names prefixed), and its table."""
-    from symgrad.codegen.module import _body
+    from symgrad.codegen.module import model_code
     from symgrad.compiled import build_spec
 
     table = dict(plan.table)
@@ -999,20 +996,17 @@ def _bundle_body(plan: BundlePlan, name: str, prefix: str) -> tuple[str, dict]:
         return "", table
     spec = build_spec(plan.expression, plan.probes, name=name)
     table["inputs"] = tuple(spec.public_name(s) for s in spec.inputs)
-    lines = _body(spec)
-    text = "\n".join(lines[3:])       # without the runtime the module already carries
-    return _namespaced(text, prefix), table
+    return _namespaced("\n".join(model_code(spec)), prefix), table
 
 
 def second_order_text(model) -> str:
     """The part of a generated module that offers ``hessian`` and ``hvp`` (a scalar output)
-    or ``jacobian`` (a vector or matrix output): the compiled bundles of
-    :mod:`symgrad.second`, their tables, the code of
-    :mod:`symgrad.codegen.second_runtime` and one public function each, with the model's
-    inputs as keyword arguments (as ``value_and_grad``)."""
-    from pathlib import Path
-
-    from symgrad.codegen.module import docstring_literal
+    or ``jacobian`` (a vector or matrix output): of the compiled bundles of
+    :mod:`symgrad.second`, what these functions call, the bundles' tables and one public
+    function each, with the model's inputs as keyword arguments (as ``value_and_grad``).
+    The functions of :mod:`symgrad.codegen.second_runtime` they call come with the rest of
+    the module's runtime (see :func:`symgrad.codegen.module.module_source`)."""
+    from symgrad.codegen.module import docstring_literal, used_part
     from symgrad.model import has_scalar_output
 
     names = {s.name for s in model.inputs}
@@ -1020,9 +1014,7 @@ def second_order_text(model) -> str:
     public = [s.name for s in model.inputs]
     signature = ", ".join(["*"] + public) if public else ""
     gather = "{" + ", ".join(f"{n!r}: {n}" for n in public) + "}"
-    runtime = (Path(__file__).parent / "codegen" / "second_runtime.py").read_text()
-    out = ["", "", runtime[runtime.index(_SECOND_MARKER):].rstrip(), "", "",
-           f"_SG_DIMENSIONS = {dimension_table(model.inputs)!r}",
+    out = [f"_SG_DIMENSIONS = {dimension_table(model.inputs)!r}",
            f"_SG_SCALAR_MODEL = {not any(isinstance(s, MatrixExpr) for s in model.inputs)!r}",
            ""]
     if has_scalar_output(model):
@@ -1075,9 +1067,12 @@ def second_order_text(model) -> str:
             "                        _sg_dimensions(_inputs, _SG_DIMENSIONS), forward, vjp, "
             f"{tuple(table['row_output'])!r})",
             ""]
+    calls = "\n".join(functions)
     for prefix, body, table in bundles:
         kind = prefix.strip("_")
         header = f"# --- {kind}: its expressions, compiled as one bundle "
+        # of the bundle's module, only what the public function calls (its value_and_grad)
+        body = used_part(body, calls) if body else ""
         out += [header + "-" * max(3, 92 - len(header)), "", body.rstrip(), "",
                 f"_{kind.upper()}_TABLE = {table!r}", "", ""]
     out += functions

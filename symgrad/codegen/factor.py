@@ -127,25 +127,6 @@ class FactorDet(sp.Expr):
         return self.args[0]
 
 
-LINALG_NODES = (Factorisation, FactorInverse, FactorSolve, FactorLogDet, FactorDet)
-
-
-def uses_factorisations(program: Program | None) -> bool:
-    """Whether the program's code needs the helpers of ``codegen/linalg_runtime.py``."""
-    return program is not None and any(isinstance(s.operation, LINALG_NODES)
-                                       for s in program.statements)
-
-
-_LINALG_MARKER = "# --- symgrad linear algebra: copied into generated modules"
-
-
-def linalg_source() -> str:
-    """The helpers' code that a generated module carries when it factorises a matrix."""
-    from pathlib import Path
-    text = (Path(__file__).parent / "linalg_runtime.py").read_text()
-    return text[text.index(_LINALG_MARKER):]
-
-
 # ------------------------------------------------------------------------------------------
 # Structure: symmetry by construction, transposes, rank-one matrices
 # ------------------------------------------------------------------------------------------

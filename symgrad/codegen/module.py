@@ -19,7 +19,6 @@ from pathlib import Path
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
-from symgrad.codegen.factor import linalg_source, uses_factorisations
 from symgrad.codegen.ir import Program
 from symgrad.codegen.numba import (
     FASTMATH_FLAGS,
@@ -28,7 +27,15 @@ from symgrad.codegen.numba import (
     ScalarPrinter,
 )
 
-_RUNTIME_MARKER = "# --- symgrad runtime: copied verbatim into generated modules"
+# symgrad's runtime: each file's text from its marker line on (fastmath.py has no marker: all
+# of it after its docstring) is what generated modules take their runtime from, statement by
+# statement (see runtime_source).
+_RUNTIME_FILES = (
+    ("fastmath.py", None),
+    ("runtime.py", "# --- symgrad runtime: copied verbatim into generated modules"),
+    ("linalg_runtime.py", "# --- symgrad linear algebra: copied into generated modules"),
+    ("second_runtime.py", "# --- symgrad second order: copied verbatim into generated modules"),
+)
 
 
 @dataclass
@@ -142,18 +149,14 @@ def docstring_literal(text: str) -> str:
     return '"""' + "".join(out) + '"""'
 
 
-@functools.cache
-def _runtime_pieces() -> tuple:
-    """fastmath.py's functions (without their module docstring), then runtime.py's loads and
-    checks, as top-level statements: (text, names it defines, names it reads, names it
-    registers with) in order.  A statement's text starts with the blank lines and comments
-    above it."""
-    here = Path(__file__).parent
-    fast = (here / "fastmath.py").read_text()
-    fast = fast[fast.index('"""', 3) + 3:].lstrip()      # drop the module docstring
-    runtime = (here / "runtime.py").read_text()
-    runtime = runtime[runtime.index(_RUNTIME_MARKER):].split("\n", 1)[1]
-    text = fast.rstrip() + "\n\n\n" + runtime
+def statements(text: str) -> tuple:
+    """The top-level statements of ``text`` as (text, names it defines, names it reads, names
+    it registers with), in order.  A statement's text starts with the blank lines and comments
+    above it; an import's text is the import alone.
+
+    >>> [sorted(defined) for _, defined, _, _ in statements("import math\\nx = math.pi\\n")]
+    [['math'], ['x']]
+    """
     lines = text.splitlines()
     pieces = []
     previous_end = 0
@@ -181,17 +184,10 @@ def _runtime_pieces() -> tuple:
     return tuple(pieces)
 
 
-def runtime_source(code: str) -> str:
-    """The part of symgrad's runtime (codegen/fastmath.py, codegen/runtime.py) that ``code``
-    calls, directly or through other runtime functions, in the runtime's own order: a module
-    carries only what it uses, and the same code gives the same text.
-
-    >>> "def sg_exp(" in runtime_source("y = sg_tanh(x)")      # tanh calls expm1, not exp
-    False
-    >>> "def sg_expm1(" in runtime_source("y = sg_tanh(x)")
-    True
-    """
-    pieces = _runtime_pieces()
+def _reached(pieces: tuple, code: str) -> list:
+    """The indices of the statements in ``pieces`` that ``code`` reaches: those defining a
+    word of ``code``, and, transitively, what they read.  Words, not parsed names: a word of a
+    string literal costs at most one statement too many, never one too few."""
     wanted = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", code))
     kept: set = set()
     changed = True
@@ -202,33 +198,85 @@ def runtime_source(code: str) -> str:
                 kept.add(k)
                 wanted |= read | registers
                 changed = True
+    return sorted(kept)
+
+
+def used_part(text: str, code: str) -> str:
+    """The statements of ``text`` that ``code`` calls, directly or through each other, in
+    their order in ``text``.
+
+    >>> text = "def a():\\n    return b()\\n\\n\\ndef b():\\n    return 1\\n\\n\\n"
+    >>> text += "def c():\\n    return 2\\n"
+    >>> part = used_part(text, "y = a()")
+    >>> "def b(" in part, "def c(" in part
+    (True, False)
+    """
+    pieces = statements(text)
+    return "\n".join(pieces[k][0] for k in _reached(pieces, code)).strip("\n") + "\n"
+
+
+@functools.cache
+def _runtime_pieces() -> tuple:
+    """The statements of symgrad's runtime files (``_RUNTIME_FILES``), in order."""
+    here = Path(__file__).parent
+    texts = []
+    for name, marker in _RUNTIME_FILES:
+        text = (here / name).read_text()
+        if marker is None:
+            text = text[text.index('"""', 3) + 3:].lstrip()      # drop the module docstring
+        else:
+            text = text[text.index(marker):].split("\n", 1)[1]
+        texts.append(text.rstrip())
+    return statements("\n\n\n".join(texts) + "\n")
+
+
+def runtime_source(code: str) -> str:
+    """The part of symgrad's runtime (codegen/fastmath.py, runtime.py, linalg_runtime.py,
+    second_runtime.py) that ``code`` calls, directly or through other runtime functions, in
+    the runtime's own order: a module carries only what it uses, and the same code gives the
+    same text.
+
+    >>> "def sg_exp(" in runtime_source("y = sg_tanh(x)")      # tanh calls expm1, not exp
+    False
+    >>> "def sg_expm1(" in runtime_source("y = sg_tanh(x)")
+    True
+    """
+    pieces = _runtime_pieces()
     imports, out = [], []
-    for k, (text, _, _, _) in enumerate(pieces):
-        if k not in kept:
-            continue
+    for k in _reached(pieces, code):
+        text = pieces[k][0]
         if text.startswith(("import ", "from ")):
-            if text not in imports:     # fastmath.py and runtime.py both import math
+            if text not in imports:     # several runtime files import numpy and math
                 imports.append(text)
         else:
             out.append(text)
-    return ("# --- symgrad runtime: what this module calls of symgrad/codegen/fastmath.py and "
-            "runtime.py\n" + "\n".join(imports) + "\n\n\n" + "\n".join(out).strip("\n")
-            + "\n")
+    return ("# --- symgrad runtime: what this module calls of symgrad/codegen/fastmath.py, "
+            "runtime.py,\n# linalg_runtime.py and second_runtime.py\n" + "\n".join(imports)
+            + "\n\n\n" + "\n".join(out).strip("\n") + "\n")
 
 
-def module_source(spec: ModuleSpec, version: str) -> str:
-    """The full, deterministic text of the module."""
-    body = "\n".join(_body(spec))
+def module_source(spec: ModuleSpec, version: str, *, appended: str = "",
+                  appended_note: str = "") -> str:
+    """The full, deterministic text of the module: its docstring, the runtime it calls, the
+    model's code, then ``appended`` (more code, such as second-order functions, said in the
+    docstring by ``appended_note``)."""
+    code = "\n".join(model_code(spec)) + "\n" + appended
+    # the runtime this code calls, and nothing else (the user's names are in string literals
+    # only, and a word of them that names a runtime function costs that function's text)
+    body = "\n" + runtime_source(code).rstrip() + "\n\n" + code
     digest = hashlib.sha256(body.encode()).hexdigest()[:16]
     header = spec.docstring.rstrip() + "\n\n" if spec.docstring else ""
     header += (f"Operation counts after CSE: forward {spec.op_counts.get('forward', '-')}, "
                f"value and gradient {spec.op_counts.get('value_and_grad', '-')}.\n"
+               + appended_note +
                f"Generated by symgrad {version}; content hash {digest}.  Do not edit: "
                "regenerate.\n")
-    return docstring_literal(header) + "\n" + body
+    return docstring_literal(header) + "\n" + body.rstrip("\n") + "\n"
 
 
-def _body(spec: ModuleSpec) -> list[str]:
+def model_code(spec: ModuleSpec) -> list[str]:
+    """The lines of the model's own code: its tables, kernels and public functions (the
+    runtime they call is added by :func:`module_source`)."""
     lines = [f"INPUTS = {tuple(spec.public_name(s) for s in spec.inputs)!r}",
              f"PARAMETERS = {tuple(spec.public_name(s) for s in spec.parameters)!r}",
              f"OUTPUT_SHAPE = {tuple(str(d) for d in spec.output_shape)!r}", ""]
@@ -238,11 +286,7 @@ def _body(spec: ModuleSpec) -> list[str]:
         lines += _scalar_model(spec)
     else:
         lines += _matrix_model(spec)
-    # the runtime this code calls, and nothing else (the user's names are in string literals
-    # only, and a word of them that names a runtime function costs that function's text)
-    if any(uses_factorisations(p) for p in (spec.forward, spec.value_and_grad, spec.vjp)):
-        lines = [linalg_source().rstrip(), ""] + lines     # a matrix factorised: its helpers
-    return ["", runtime_source("\n".join(lines)).rstrip(), ""] + lines
+    return lines
 
 
 # ------------------------------------------------------------------------------------------
