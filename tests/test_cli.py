@@ -240,12 +240,14 @@ def test_demo_shows_checks_and_times_a_model_file(capsys):
     assert "Summary" in out
 
 
-def test_demo_checks_with_its_own_finite_differences_without_sg_check(model_file,
-                                                                         monkeypatch):
-    monkeypatch.setitem(sys.modules, "symgrad.checking", None)
+def test_demo_fails_when_its_check_raises_and_names_the_error(model_file, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("backend exploded")
+
+    monkeypatch.setattr(demo, "check", broken)
     out, err = io.StringIO(), io.StringIO()
-    assert demo.run_demo([model_file], out=out, err=err) == 0
-    assert "finite differences: ok (largest relative error " in out.getvalue()
+    assert demo.run_demo([model_file], out=out, err=err) != 0
+    assert "raised RuntimeError: backend exploded" in out.getvalue()
     assert "(no NumPy baseline)" in out.getvalue()
     assert err.getvalue() == ""      # no progress line: err is not a terminal
 
