@@ -148,7 +148,9 @@ class Translator(Printer):
                           self.framework, len(outputs), namespace)
 
     def namespace(self) -> dict:
-        """The names the generated code uses: module aliases and constant arrays."""
+        """The names the generated code uses: module aliases and constant arrays (a missing
+        framework is an ImportError that says what to install)."""
+        require(self.framework)
         names = {alias: importlib.import_module(module) for alias, module in self.modules.items()}
         names.update({name: self.array_constant(value) for name, value in self.constants.items()})
         return names
@@ -498,9 +500,8 @@ class JaxTranslator(Translator):
     functions = _templates("jax", "jnp", "jspecial")
 
     def namespace(self) -> dict:
-        jax = require("jax")
-        jax.config.update("jax_enable_x64", True)   # symgrad computes in float64
-        importlib.import_module("jax.scipy.special")
+        # before the constants become jax arrays: symgrad computes in float64
+        require("jax").config.update("jax_enable_x64", True)
         return super().namespace()
 
     def array_constant(self, value):
@@ -521,10 +522,6 @@ class AutogradTranslator(Translator):
     special = "aspecial"
     functions = _templates("autograd", "anp", "aspecial")
 
-    def namespace(self) -> dict:
-        require("autograd")
-        return super().namespace()
-
     def _print_Softmax(self, expr):
         # autograd has no softmax: exp(a - logsumexp(a)), the stable textbook form
         a = self._print(expr.arg)
@@ -541,10 +538,6 @@ class TorchTranslator(Translator):
     xp = "torch"
     special = "torch.special"
     functions = _templates("torch", "torch", "torch.special")
-
-    def namespace(self) -> dict:
-        require("torch")
-        return super().namespace()
 
     def array_constant(self, value):
         import torch
