@@ -146,40 +146,21 @@ def _sg_check_pivots(f):
 
 
 @numba.njit(cache=True, fastmath=_SG_LINALG_FLAGS, error_model="numpy")
-def _sg_lower_solve(f, x, unit):
-    """x <- L^-1 x in place (L the lower triangle of f; unit diagonal if unit)."""
+def _sg_triangular_solve(f, x, unit, lower):
+    """x <- T^-1 x in place, T the lower (if lower) or upper triangle of f, with a unit
+    diagonal if unit: forward substitution from the first row, or back substitution from
+    the last."""
     n, m = x.shape
-    if m == 1:                          # a vector: a dot product per row of L
-        for i in range(n):
+    for step in range(n):
+        i = step if lower else n - 1 - step
+        first, stop = (0, i) if lower else (i + 1, n)   # the solved rows row i reads
+        if m == 1:                      # a vector: a dot product per row of T
             t = x[i, 0]
-            for k in range(i):
+            for k in range(first, stop):
                 t -= f[i, k] * x[k, 0]
             x[i, 0] = t if unit else t / f[i, i]
-        return
-    for i in range(n):
-        for k in range(i):
-            c = f[i, k]
-            for j in range(m):
-                x[i, j] -= c * x[k, j]
-        if not unit:
-            r = 1.0 / f[i, i]
-            for j in range(m):
-                x[i, j] *= r
-
-
-@numba.njit(cache=True, fastmath=_SG_LINALG_FLAGS, error_model="numpy")
-def _sg_upper_solve(f, x, unit):
-    """x <- U^-1 x in place (U the upper triangle of f; unit diagonal if unit)."""
-    n, m = x.shape
-    if m == 1:                          # a vector: a dot product per row of U
-        for i in range(n - 1, -1, -1):
-            t = x[i, 0]
-            for k in range(i + 1, n):
-                t -= f[i, k] * x[k, 0]
-            x[i, 0] = t if unit else t / f[i, i]
-        return
-    for i in range(n - 1, -1, -1):
-        for k in range(i + 1, n):
+            continue
+        for k in range(first, stop):
             c = f[i, k]
             for j in range(m):
                 x[i, j] -= c * x[k, j]
@@ -193,12 +174,15 @@ def _sg_upper_solve(f, x, unit):
 def sg_factor_solve(f, piv, cholesky, b, transposed):
     """a^-1 b (a^-T b if transposed) from the factor of a, as a new array."""
     x = np.ascontiguousarray(b).copy()
-    # the unit-diagonal flags are read from the run-time cholesky rather than written as
-    # constants: Numba would compile a copy of each triangular solve per constant value
+    # the unit-diagonal and direction flags are computed from the run-time cholesky rather
+    # than written as constants: Numba would compile a copy of the triangular solve per
+    # constant value
     unit = not cholesky
+    lower = cholesky or unit            # always true
+    upper = not lower
     if cholesky:                        # a = L L^T is symmetric: a^-T = a^-1
-        _sg_lower_solve(f, x, unit)
-        _sg_upper_solve(f.T.copy(), x, unit)
+        _sg_triangular_solve(f, x, unit, lower)
+        _sg_triangular_solve(f.T.copy(), x, unit, upper)
         return x
     _sg_check_pivots(f)
     n, m = x.shape
@@ -208,13 +192,13 @@ def sg_factor_solve(f, piv, cholesky, b, transposed):
             if p != k:
                 for j in range(m):
                     x[k, j], x[p, j] = x[p, j], x[k, j]
-        _sg_lower_solve(f, x, unit)
-        _sg_upper_solve(f, x, cholesky)
+        _sg_triangular_solve(f, x, unit, lower)
+        _sg_triangular_solve(f, x, cholesky, upper)
         return x
     # a^T = U^T L^T P: x = P^T L^-T U^-T b; f^T holds U^T below its diagonal, L^T above
     flipped = f.T.copy()
-    _sg_lower_solve(flipped, x, cholesky)
-    _sg_upper_solve(flipped, x, unit)
+    _sg_triangular_solve(flipped, x, cholesky, lower)
+    _sg_triangular_solve(flipped, x, unit, upper)
     for k in range(n - 1, -1, -1):
         p = piv[k]
         if p != k:
