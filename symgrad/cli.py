@@ -3,6 +3,7 @@
     symgrad show examples/window_classifier.py
     symgrad generate examples/*.py -o generated
     symgrad check examples/two_layer_net.py --against finite-differences,jax
+    symgrad check examples/newton_logistic.py --order 2
     symgrad graph examples/branching_graph.py --at x=1 --at y=2 --at z=0 -o graph.svg
     symgrad demo
 
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="random points per model (default: 3)")
     check.add_argument("--seed", type=int, default=0, metavar="S",
                        help="random seed (default: 0)")
+    check.add_argument("--order", type=int, choices=(1, 2), default=1,
+                       help="1: value and gradients (default); 2: also the compiled Hessian "
+                            "and Hessian-vector products (scalar output) or Jacobian")
 
     graph = commands.add_parser(
         "graph", help="draw the computation graph with values and gradients",
@@ -216,7 +220,8 @@ def _check(args) -> int:
     for file, models in _load(args.files):
         for model in models:
             report = _about(file, model, lambda m=model: check(
-                m, against=args.against, points=args.points, seed=args.seed, time=args.time))
+                m, against=args.against, points=args.points, seed=args.seed, time=args.time,
+                order=args.order))
             print(("\n" if reports else "") + str(report))
             reports += 1
             all_ok = all_ok and bool(report.ok)

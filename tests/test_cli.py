@@ -76,6 +76,7 @@ def test_every_command_has_help(command, capsys):
     ["generate", "examples/linear_regression.py"],  # no -o
     ["check", "m.py", "--against", "maple"],        # unknown method
     ["check", "m.py", "--points", "0"],
+    ["check", "m.py", "--order", "3"],              # no third order
 ])
 def test_bad_arguments_exit_2_with_usage_on_stderr(arguments, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -202,17 +203,17 @@ class FakeReport:
 def test_check_prints_each_report_and_fails_if_one_disagrees(model_file, monkeypatch, capsys):
     calls = []
 
-    def check(model, against, points, seed, time):
-        calls.append((model.name, against, points, seed, time))
+    def check(model, against, points, seed, time, order):
+        calls.append((model.name, against, points, seed, time, order))
         return FakeReport(ok=False, text=f"table for {model.name}")
 
     monkeypatch.setitem(sys.modules, "symgrad.checking",
                         types.SimpleNamespace(check=check))
     code = main(["check", str(model_file), "--against", "finite-differences,jax",
-                 "--points", "5", "--seed", "7", "--time"])
+                 "--points", "5", "--seed", "7", "--time", "--order", "2"])
     assert code == 1
     assert capsys.readouterr().out == "table for square_loss\n"
-    assert calls == [("square_loss", ["finite-differences", "jax"], 5, 7, True)]
+    assert calls == [("square_loss", ["finite-differences", "jax"], 5, 7, True, 2)]
 
 
 def test_check_without_symgrad_check_is_a_clean_error(model_file, monkeypatch, capsys):
@@ -224,6 +225,14 @@ def test_check_without_symgrad_check_is_a_clean_error(model_file, monkeypatch, c
 def test_check_against_finite_differences(model_file, capsys):
     assert main(["check", str(model_file)]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_check_of_second_order_compares_the_hessian(model_file, capsys):
+    first = main(["check", str(model_file)])
+    first_out = capsys.readouterr().out
+    assert main(["check", str(model_file), "--order", "2"]) == first == 0
+    second_out = capsys.readouterr().out
+    assert "hessian" in second_out.lower() and "hessian" not in first_out.lower()
 
 
 # ------------------------------------------------------------------------------------------
