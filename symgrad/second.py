@@ -42,6 +42,7 @@ class SecondOrder(dict):
     """Second-order (or Jacobian) blocks as SymPy expressions; prints with ``sg.show``."""
 
     kind: str = "hessian"
+    names: dict = {}        # a key the user gave -> its name in formulas (q(t) -> "q")
 
     def _show(self, output: str = "f", latex: bool = False) -> str:
         return _show(self, output, latex)
@@ -99,6 +100,29 @@ def _name(s) -> str:
     return getattr(s, "name", str(s))
 
 
+def _in_symgrad_forms(expr, wrt):
+    """``(expr, symbols, user)``: the model and ``wrt`` in symgrad's forms (a function of
+    time ``q(t)`` becomes the symbol ``q``, its derivative ``q_dot``: see
+    :func:`symgrad.forms.normalize`), and the user's entry of ``wrt`` for each symbol, so that
+    results come back under the keys the user gave, as from :func:`symgrad.grad`."""
+    from symgrad.forms import normalize
+
+    entries = list(wrt) if isinstance(wrt, (list, tuple)) else [wrt]
+    expr, symbols = normalize(expr, entries)
+    return expr, symbols, dict(zip(symbols, entries))
+
+
+def _keyed_by_user(result: SecondOrder, user: dict, pairs: bool) -> SecondOrder:
+    """``result`` with its keys (or pairs of keys) the user's entries of ``wrt``."""
+    def theirs(s):
+        return user.get(s, s)
+    out = SecondOrder({((theirs(k[0]), theirs(k[1])) if pairs else theirs(k)): v
+                       for k, v in result.items()})
+    out.kind = result.kind
+    out.names = {theirs(s): s.name for s in user if theirs(s) is not s}
+    return out
+
+
 def hessian(expr, wrt) -> SecondOrder:
     """The Hessian of a scalar expression, block by block: ``{(p, q): d²f/dp dq}`` for every
     pair of ``wrt`` entries, each block in the shape convention (see the module docstring).
@@ -111,7 +135,8 @@ def hessian(expr, wrt) -> SecondOrder:
     """
     from symgrad.compiled import grad
 
-    gradients = grad(expr, wrt)
+    expr, symbols, user = _in_symgrad_forms(expr, wrt)
+    gradients = grad(expr, symbols)
     wrt = list(gradients)
     result = SecondOrder()
     result.kind = "hessian"
@@ -124,7 +149,7 @@ def hessian(expr, wrt) -> SecondOrder:
     # in wrt order, pair by pair
     ordered = SecondOrder({(p, q): result[(p, q)] for p in wrt for q in wrt})
     ordered.kind = "hessian"
-    return ordered
+    return _keyed_by_user(ordered, user, pairs=True)
 
 
 def hvp(expr, wrt, tangents: Mapping) -> SecondOrder:
@@ -139,9 +164,12 @@ def hvp(expr, wrt, tangents: Mapping) -> SecondOrder:
     """
     from symgrad.compiled import grad
 
-    gradients = grad(expr, wrt)
+    expr, symbols, user = _in_symgrad_forms(expr, wrt)
+    gradients = grad(expr, symbols)
+    ours = {theirs: s for s, theirs in user.items()}
     moving = {}
     for s, v in dict(tangents).items():
+        s = ours.get(s, s)
         if s not in gradients:
             raise ValueError(f"tangent given for {_name(s)}, which is not in wrt "
                              f"({', '.join(_name(w) for w in gradients)})")
@@ -157,7 +185,7 @@ def hvp(expr, wrt, tangents: Mapping) -> SecondOrder:
     for p, g in gradients.items():
         d = jvp(g, moving)
         result[p] = _zero_like(g) if d is None else _tidy(d)
-    return result
+    return _keyed_by_user(result, user, pairs=False)
 
 
 def jacobian(expr, wrt) -> SecondOrder:
@@ -182,14 +210,14 @@ def jacobian(expr, wrt) -> SecondOrder:
                                 f"respect to scalar symbols; {q!r} is a {type(q).__name__}")
             result[q] = explicit.applyfunc(lambda e, q=q: _entry_derivative(e, q))
         return result
-    expr = sp.sympify(expr)
+    expr, symbols, user = _in_symgrad_forms(expr, wrt)
     if not isinstance(expr, MatrixExpr):
         from symgrad.compiled import grad
-        gradients = grad(expr, wrt)
+        gradients = grad(expr, symbols)
         result.update(gradients)
-        return result
+        return _keyed_by_user(result, user, pairs=False)
     from symgrad.compiled import _check_wrt
-    for q in _check_wrt(expr, wrt):
+    for q in _check_wrt(expr, symbols):
         if _is_scalar(q):
             d = jvp(expr, {q: sp.S.One})
             result[q] = _zero_like(expr) if d is None else _tidy(d)
@@ -203,7 +231,7 @@ def jacobian(expr, wrt) -> SecondOrder:
         except NoMatrixForm as error:
             raise NoMatrixForm(f"d {expr} / d {_name(q)} has no matrix form ({error}): use "
                                "the compiled f.jacobian") from None
-    return result
+    return _keyed_by_user(result, user, pairs=False)
 
 
 def _entry_derivative(e, q):
@@ -364,6 +392,9 @@ def _show(blocks: SecondOrder, output: str, latex: bool) -> str:
     for text, name in aliases.items():
         text = text if latex else text.replace("**", "^")
         lines.append(f"{name} &= {text}" if latex else f"{name} = {text}")
+    def _name(s) -> str:      # (the names of formulas: q for the function of time q(t))
+        return blocks.names.get(s) or getattr(s, "name", str(s))
+
     for key, e in forms.items():
         text = printer.doprint(e).replace("+ -", "- ")
         if not latex:

@@ -39,6 +39,35 @@ def test_functions_of_time_are_inputs_named_dot_and_ddot():
     assert report.ok and {c.quantity for c in report.comparisons} == {"value", "q", "q_dot"}
 
 
+def test_second_order_of_functions_of_time_is_their_symbols_second_order():
+    # a double pendulum's Lagrangian as mechanics writes it: every block of the Hessian, the
+    # HVP and the Jacobian equal SymPy's derivatives of the same model over plain symbols
+    # (they had been 0: the gradient was differentiated by q(t), which it no longer held)
+    q1, q2 = dynamicsymbols("q1 q2")
+    u1, u2 = q1.diff(t), q2.diff(t)
+    lagrangian = (u1**2 + u2**2 / 2 + u1 * u2 * sp.cos(q1 - q2)
+                  + 3 * sp.cos(q1) + sp.cos(q2))
+    wrt = [q1, q2, u1, u2]
+    plain_symbols = sp.symbols("q1 q2 q1_dot q2_dot")
+    plain = lagrangian.subs(dict(zip([u1, u2], plain_symbols[2:]))).subs(
+        dict(zip([q1, q2], plain_symbols[:2])))
+    by_key = dict(zip(wrt, plain_symbols))
+
+    hessian = sg.hessian(lagrangian, wrt)
+    assert list(hessian) == [(p, q) for p in wrt for q in wrt]      # keyed by what was passed
+    for (p, q), block in hessian.items():
+        assert sp.simplify(block - sp.diff(plain, by_key[p], by_key[q])) == 0, (p, q)
+    assert "d²f/dq1_dot dq2_dot = cos(q1 - q2)" in sg.show(hessian)
+
+    v = sp.Symbol("v")
+    hvp = sg.hvp(lagrangian, wrt, {u1: v})
+    for p, value in hvp.items():
+        assert sp.simplify(value - v * sp.diff(plain, by_key[p], by_key[u1])) == 0, p
+    jacobian = sg.jacobian(lagrangian, wrt)
+    for p, value in jacobian.items():
+        assert sp.simplify(value - sp.diff(plain, by_key[p])) == 0, p
+
+
 def test_function_of_time_name_clashes_are_refused_naming_both():
     q = dynamicsymbols("q1")
     with pytest.raises(ValueError, match=r"'q1_dot'.*Derivative\(q1\(t\), t\)"):
