@@ -42,22 +42,13 @@ def _worker(index: int) -> None:
     import numba  # noqa: F401 - imported once per process by any use, not timed here
 
     import symgrad.compiled as compiled
+    from bench.scaling import timing
     from symgrad.demo import demo_models, sample_inputs
 
     model, _ = demo_models()[index]
     spent = dict.fromkeys(PHASES, 0.0)
-
-    def timed(phase, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[phase] += time.perf_counter() - start
-        return wrapper
-
     for name, phase in WRAPPED.items():
-        setattr(compiled, name, timed(phase, getattr(compiled, name)))
+        setattr(compiled, name, timing(spent, phase, getattr(compiled, name)))
     start = time.perf_counter()
     f = compiled.compile(model.output, model.wrt, name=model.name)
     before_numba = time.perf_counter() - start

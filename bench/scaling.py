@@ -185,6 +185,18 @@ def _emit(**record) -> None:
     print(json.dumps(record), flush=True)
 
 
+def timing(spent: dict, key: str, fn):
+    """``fn``, adding the seconds each call takes to ``spent[key]`` (to time a phase of
+    ``sg.compile`` from inside, by wrapping the function it calls)."""
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[key] += time.perf_counter() - start
+    return wrapper
+
+
 def _worker(family: str, n: int, tool: str) -> None:
     """Measure one tool at one size; print one JSON line per finished phase (a killed run
     still reports the phases it finished)."""
@@ -220,19 +232,9 @@ def _worker(family: str, n: int, tool: str) -> None:
     import importlib
     compiled = importlib.import_module("symgrad.compiled")
     spent = {"spec": 0.0, "source": 0.0, "docstring": 0.0}
-
-    def timed(key, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[key] += time.perf_counter() - start
-        return wrapper
-
-    compiled.build_spec = timed("spec", compiled.build_spec)
-    compiled.module_source = timed("source", compiled.module_source)
-    compiled.module_docstring = timed("docstring", compiled.module_docstring)
+    compiled.build_spec = timing(spent, "spec", compiled.build_spec)
+    compiled.module_source = timing(spent, "source", compiled.module_source)
+    compiled.module_docstring = timing(spent, "docstring", compiled.module_docstring)
     t0 = time.perf_counter()
     f = sg.compile(expr, wrt)
     t_compile = time.perf_counter() - t0
