@@ -36,6 +36,7 @@ _RUNTIME_FILES = (
     ("linalg_runtime.py", "# --- symgrad linear algebra: copied into generated modules"),
     ("second_runtime.py", "# --- symgrad second order: copied verbatim into generated modules"),
 )
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
@@ -188,7 +189,7 @@ def _reached(pieces: tuple, code: str) -> list:
     """The indices of the statements in ``pieces`` that ``code`` reaches: those defining a
     word of ``code``, and, transitively, what they read.  Words, not parsed names: a word of a
     string literal costs at most one statement too many, never one too few."""
-    wanted = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", code))
+    wanted = set(_WORD.findall(code))
     kept: set = set()
     changed = True
     while changed:
@@ -215,19 +216,46 @@ def used_part(text: str, code: str) -> str:
     return "\n".join(pieces[k][0] for k in _reached(pieces, code)).strip("\n") + "\n"
 
 
+_TOP_LEVEL_NAME = re.compile(r"^(?:def|class)\s+(\w+)|^(\w+)\s*[:=]", re.MULTILINE)
+
+
 @functools.cache
-def _runtime_pieces() -> tuple:
-    """The statements of symgrad's runtime files (``_RUNTIME_FILES``), in order."""
-    here = Path(__file__).parent
-    texts = []
-    for name, marker in _RUNTIME_FILES:
-        text = (here / name).read_text()
-        if marker is None:
-            text = text[text.index('"""', 3) + 3:].lstrip()      # drop the module docstring
-        else:
-            text = text[text.index(marker):].split("\n", 1)[1]
-        texts.append(text.rstrip())
-    return statements("\n\n\n".join(texts) + "\n")
+def _runtime_file(index: int) -> tuple[str, frozenset, frozenset]:
+    """The runtime file's text (from its marker on), the names it defines at top level and
+    every word in it (a cheap over-approximation of what it reads: see _runtime_pieces)."""
+    name, marker = _RUNTIME_FILES[index]
+    text = (Path(__file__).parent / name).read_text()
+    if marker is None:
+        text = text[text.index('"""', 3) + 3:].lstrip()      # drop the module docstring
+    else:
+        text = text[text.index(marker):].split("\n", 1)[1]
+    defined = frozenset(a or b for a, b in _TOP_LEVEL_NAME.findall(text))
+    return text.rstrip(), defined, frozenset(_WORD.findall(text))
+
+
+@functools.cache
+def _runtime_pieces(files: tuple[int, ...]) -> tuple:
+    """The statements of those runtime files (indices into ``_RUNTIME_FILES``), in order.
+    Parsing is the costly part, so a module parses only the files its code can reach."""
+    return statements("\n\n\n".join(_runtime_file(k)[0] for k in files) + "\n")
+
+
+def _runtime_files_reached(code: str) -> tuple[int, ...]:
+    """The runtime files that ``code`` can reach: those defining a word of it, and the files
+    that their words reach in turn (words over-approximate what a file calls, so this never
+    leaves out a file that the statement-level walk of runtime_source needs)."""
+    words = set(_WORD.findall(code))
+    files: set = set()
+    changed = True
+    while changed:
+        changed = False
+        for k in range(len(_RUNTIME_FILES)):
+            _, defined, file_words = _runtime_file(k)
+            if k not in files and defined & words:
+                files.add(k)
+                words |= file_words
+                changed = True
+    return tuple(sorted(files))
 
 
 def runtime_source(code: str) -> str:
@@ -241,7 +269,7 @@ def runtime_source(code: str) -> str:
     >>> "def sg_expm1(" in runtime_source("y = sg_tanh(x)")
     True
     """
-    pieces = _runtime_pieces()
+    pieces = _runtime_pieces(_runtime_files_reached(code))
     imports, out = [], []
     for k in _reached(pieces, code):
         text = pieces[k][0]
