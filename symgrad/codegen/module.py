@@ -26,6 +26,7 @@ from symgrad.codegen.numba import (
     PythonScalarPrinter,
     ScalarPrinter,
 )
+from symgrad.codegen.schedule import build_schedule
 
 # symgrad's runtime: each file's text from its marker line on (fastmath.py has no marker: all
 # of it after its docstring) is what generated modules take their runtime from, statement by
@@ -360,15 +361,16 @@ def _kernel(name: str, arguments: list[str], program: Program, returns: list[str
     """The source of one kernel, and the sizes of its loops that can run in parallel (none
     when it calls BLAS, see _entry_kernels)."""
     printer = PythonScalarPrinter() if python else None
+    schedule = build_schedule(program)
     emitter = KernelEmitter(parallel=parallel, printer=printer)
-    emitter.emit_program(program.statements, list(program.outputs.values()))
+    emitter.render(schedule)
     decorator = [] if python else [POINT_INLINED if inline else PARALLEL if parallel else SERIAL]
     out = decorator + [f"def {name}({', '.join(arguments)}):"]
     out += list(prologue)
     out += emitter.lines or []
     out.append(f"    return {_tuple_text(returns) if len(returns) != 1 else returns[0]}")
     out.append("")
-    return out, [] if emitter.uses_blas else emitter.loop_sizes
+    return out, [] if schedule.uses_blas else schedule.parallel_sizes
 
 
 def _output_expressions(program: Program, emitter_names: list[str]) -> list[str]:

@@ -1,12 +1,15 @@
-"""The Numba emitter: Python source with ``@numba.njit`` kernels from a
-:class:`~symgrad.codegen.ir.Program`.
+"""The Numba target: Python source with ``@numba.njit`` kernels, rendered from the
+:class:`~symgrad.codegen.schedule.Schedule` of a :class:`~symgrad.codegen.ir.Program`.
 
+The schedule has decided what runs in which loop, which array each Map writes, how each
+product runs and which loops may be split between threads; this module only writes it down.
 One emitter method per operation (``_emit_MatMul``, ``_emit_Map`` ...), dispatched by class
 name like SymPy's printers, so that a new operation is one method here and a missing one fails
 loudly.  Scalar expressions inside statements are printed by :class:`ScalarPrinter`.
 
-Matrix products go to BLAS through ``np.dot`` (transposed operands are passed as views, never
-copied); each Map is one loop nest without temporaries; reductions are loops.
+Products that the schedule sends to BLAS go through ``np.dot`` (transposed operands are
+passed as views, never copied); each Map is one loop nest without temporaries; reductions are
+loops.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from symgrad import functions, ops
 from symgrad.codegen.ir import Statement
+from symgrad.codegen.schedule import FusedLoop, Schedule, stored
 
 FASTMATH_FLAGS = '{"nsz", "arcp", "contract", "reassoc"}'  # never nnan/ninf: inf/nan stay right
 
@@ -172,71 +176,6 @@ class PythonScalarPrinter(ScalarPrinter):
         return "math.e"
 
 
-def _names_read(operation) -> set:
-    """The program names an operation reads (a transposed name counts as its name)."""
-    if isinstance(operation, (sp.Symbol, sp.MatrixSymbol)):
-        return set()
-    if isinstance(operation, ops.Map):
-        out = set()
-        for o in operation.operands:
-            out |= _names_read(o) | ({o} if isinstance(o, (sp.Symbol, sp.MatrixSymbol)) else set())
-        return out
-    out = set()
-    for a in getattr(operation, "args", ()):
-        if isinstance(a, (sp.Symbol, sp.MatrixSymbol)):
-            out.add(a)
-        elif isinstance(a, sp.Basic) and not isinstance(a, sp.Lambda):
-            out |= _names_read(a)
-    return out
-
-
-def _summed_along(operation, target) -> str:
-    """How a sum fused into target's loop runs: "row" (each row to one entry: a row sum,
-    or target times a column vector) or "column" (a column sum, or a row vector times
-    target)."""
-    if isinstance(operation, sp.MatMul):
-        return "column" if operation.args[1] == target else "row"
-    return "column" if operation.axis == 0 else "row"
-
-
-def _vector_times_map(operation, maps: set):
-    """(vector, Map target) when operation is a row vector times a Map or a Map times a
-    column vector: a sum of the Map's entries weighted by the vector, which the Map's own
-    loop can accumulate (then the Map's matrix is not read a second time)."""
-    if not isinstance(operation, sp.MatMul) or len(operation.args) != 2:
-        return None
-    a, b = operation.args
-    if b in maps and a.shape[0] == 1 and _is_array(a):
-        return a, b
-    if a in maps and b.shape[1] == 1 and _is_array(b):
-        return b, a
-    return None
-
-
-def _stored(matrix):
-    """The array behind a matrix operand: the operand itself, or what it transposes."""
-    return matrix.arg if isinstance(matrix, sp.Transpose) else matrix
-
-
-def _is_array(matrix) -> bool:
-    """Whether a matrix operand is an array of the kernel, or the transpose of one."""
-    return isinstance(_stored(matrix), sp.MatrixSymbol)
-
-
-def _loops_suit(matrix) -> bool:
-    """Whether matrix @ vector should be emitted as loops (KernelEmitter._matrix_vector)
-    rather than sent to BLAS: the matrix is an array of the kernel (or its transpose), and
-    its stored rows are not short and of a known length.  Over rows of 4 to 16 known
-    entries LLVM unrolls the inner loop completely and vectorises the outer one with
-    gathers, 5-10x slower than BLAS (measured for 1024 x 16, 4096 x 4, 1024 x 12); from 32
-    entries (dot products along rows) or 16 (row updates) the loops tie or beat BLAS."""
-    if not _is_array(matrix):
-        return False
-    row_length = sp.sympify(_stored(matrix).shape[1])
-    shortest = 16 if isinstance(matrix, sp.Transpose) else 32
-    return not (row_length.is_Integer and int(row_length) < shortest)
-
-
 def unsupported(kind: str) -> NotImplementedError:
     return NotImplementedError(
         f"the Numba emitter has no method for {kind}: add _emit_{kind} to "
@@ -249,13 +188,9 @@ class KernelEmitter:
     def __init__(self, parallel: bool = False, printer: ScalarPrinter | None = None):
         self.lines: list[str] = []
         self.printer = printer or ScalarPrinter()
-        self.parallel = parallel          # outer loops as numba.prange
-        self.loop_sizes: list = []        # element counts of the loops that may run in parallel
-        self.uses_blas = False            # whether a product goes to BLAS (np.dot)
-        # per name, the readers not yet emitted, and the arrays this kernel allocated itself:
-        # set by emit_program, they let a Map write over a dead operand (_buffer_for)
-        self._remaining: dict = {}
-        self._fresh: set = set()
+        self.parallel = parallel          # the schedule's parallel loops as numba.prange
+        self._step = None                 # the step being rendered
+        self._loops: list = []            # its loops (schedule.Loop) not yet opened
 
     # -- helpers -----------------------------------------------------------------------
     def emit(self, line: str, depth: int = 1):
@@ -313,16 +248,20 @@ class KernelEmitter:
             return f"{operand.arg.name}[{jj}, {ii}]"
         return f"{operand.name}[{ii}, {jj}]"
 
-    def loops(self, shape, depth: int = 1, independent: bool = True,
-              before_inner: list[str] = ()):
-        """Open a loop nest over shape; returns (i, j, inner depth).  The outer loop is a
-        prange in a parallel kernel when its iterations are independent (or a reduction
-        into one scalar, which Numba handles).  before_inner: lines for the body of the
-        outer loop, before the inner one (nests of two loops only)."""
+    def outer_range(self) -> str:
+        """The outer loop of the step's next top-level loop nest: a prange in a parallel
+        kernel where the schedule lets its iterations be split."""
+        if not self._loops:
+            raise AssertionError(f"{self._step} opens a loop that its schedule does not have")
+        loop = self._loops.pop(0)
+        return "numba.prange" if self.parallel and loop.parallel else "range"
+
+    def loops(self, shape, depth: int = 1, before_inner: list[str] = ()):
+        """Open a loop nest over shape; returns (i, j, inner depth).  At the top of the
+        kernel (depth 1) it is the step's next loop of the schedule.  before_inner: lines
+        for the body of the outer loop, before the inner one (nests of two loops only)."""
         rows, cols = shape
-        if independent and depth == 1:
-            self.loop_sizes.append(sp.sympify(rows) * sp.sympify(cols))
-        outer = "numba.prange" if self.parallel and independent and depth == 1 else "range"
+        outer = self.outer_range() if depth == 1 else "range"
         if cols == 1:
             self.emit(f"for _i in {outer}({self.dim(rows)}):", depth)
             return "_i", "0", depth + 1
@@ -336,149 +275,50 @@ class KernelEmitter:
         return "_i", "_j", depth + 2
 
     # -- statements --------------------------------------------------------------------
-    def emit_program(self, statements: list, outputs) -> None:
-        """Emit every statement.  A row, column or total sum of a Map is accumulated in the
-        Map's own loop, and the Map's matrix is not stored when only its sums read it; Maps
-        of one shape that do not wait on each other's sums share one loop (statements
-        between them that they do not read move after it), and the pieces their bodies
-        share are computed once."""
-        uses: dict = {}
-        for s in statements:
-            for name in _names_read(s.operation):
-                uses[name] = uses.get(name, 0) + 1
-        for atom in outputs:        # an output is read after the kernel: always stored
-            for name in _names_read(atom) | ({atom} if isinstance(atom, sp.Basic) else set()):
-                uses[name] = float("inf")
-        # readers not yet emitted, per name; with the arrays this kernel allocated itself
-        # (not inputs, not views of them), it lets a Map write over an operand that nothing
-        # after it reads (see _buffer_for)
-        self._remaining = dict(uses)
-        self._fresh = {s.target for s in statements if isinstance(s.operation, (sp.MatMul,
-                                                                                ops.Map))}
-        maps = {s.target for s in statements if isinstance(s.operation, ops.Map)}
-        sums: dict = {}
-        position = {s.target: k for k, s in reversed(list(enumerate(statements)))}
-        for s in statements:
-            if isinstance(s.operation, (ops.AxisSum, ops.SumAll)) and s.operation.arg in maps:
-                sums.setdefault(s.operation.arg, []).append(s)
-            elif (pair := _vector_times_map(s.operation, maps)) is not None:
-                vector, matrix = pair
-                stored = _stored(vector)
-                # the vector must be ready when the loop starts (and not filled by a loop)
-                if stored not in maps and (stored not in position
-                                           or position[stored] < position[matrix]):
-                    sums.setdefault(matrix, []).append(s)
-        summed = {r.target for rs in sums.values() for r in rs}
-        pending = [s for s in statements if s.target not in summed]
-        while pending:
-            s = pending.pop(0)
-            if not isinstance(s.operation, ops.Map):
-                self._emit_and_count(s)
-                continue
-            self._hoist_last_readers(s, pending, sums)
-            group = [s] + self._loop_partners(s, pending, sums)
-            # a member whose only readers are its sums and later members (which take its
-            # element in the loop itself) is not stored
-            readers = {m.target: sum(m.target in _names_read(later.operation)
-                                     for later in group[k + 1:])
-                       for k, m in enumerate(group)}
-            units = [(m.target, m.operation, sums.get(m.target, []),
-                      uses.get(m.target, 0) > len(sums.get(m.target, [])) + readers[m.target])
-                     for m in group]
-            if len(units) == 1 and not units[0][2]:
-                self.statement(s)
+    def render(self, schedule: Schedule) -> None:
+        """Emit every step of the schedule, in order."""
+        for step in schedule.steps:
+            self._step = step
+            if isinstance(step, FusedLoop):
+                self._loops = [step.loop]
+                self._fused_loop(step)
             else:
-                self._maps_in_one_loop(units)
-            for m in group:
-                self._count_read(m)
-                for r in sums.get(m.target, []):
-                    self._count_read(r)
+                self._loops = list(step.loops)
+                self.statement(step.statement)
+            if self._loops:
+                raise AssertionError(f"the schedule has loops that {step} does not open")
 
-    def _emit_and_count(self, s) -> None:
-        self.statement(s)
-        self._count_read(s)
-
-    def _count_read(self, s) -> None:
-        for name in _names_read(s.operation):
-            self._remaining[name] = self._remaining.get(name, 1) - 1
-
-    def _hoist_last_readers(self, s, pending: list, sums: dict) -> None:
-        """Before the Map s, emit the other readers of an operand that s could write over,
-        when they can run now (a product reading A1 before dZ1 = ... A1 ... overwrites it):
-        then the Map needs no new array."""
-        waiting = {q.target for q in pending} | {s.target}
-        waiting |= {r.target for q in [s, *pending] for r in sums.get(q.target, [])}
-        for operand in s.operation.operands:
-            if operand not in self._fresh or tuple(operand.shape) != tuple(s.operation.shape) \
-                    or self._remaining.get(operand, 0) <= 1:
-                continue
-            readers = [q for q in pending if operand in _names_read(q.operation)]
-            if len(readers) != self._remaining[operand] - 1 or any(
-                    isinstance(q.operation, ops.Map) or _names_read(q.operation) & waiting
-                    for q in readers):
-                continue
-            for q in readers:
-                pending.remove(q)
-                self._emit_and_count(q)
-
-    def _loop_partners(self, first, pending: list, sums: dict) -> list:
-        """The later Maps of first's shape that can share its loop, taken out of pending:
-        each reads nothing that the loop would not have ready (a statement it passes over,
-        a sum the loop is still accumulating, a transposed member)."""
-        shape = tuple(first.operation.shape)
-        members = {first.target}
-        waiting = {r.target for r in sums.get(first.target, [])}
-        partners = []
-        for s in list(pending):
-            read = _names_read(s.operation)
-            for r in sums.get(s.target, []):   # a weighted sum reads its vector in the loop
-                read |= _names_read(r.operation) - {s.target}
-            if isinstance(s.operation, ops.Map) and tuple(s.operation.shape) == shape \
-                    and not read & waiting \
-                    and not any(isinstance(o, sp.Transpose) and o.arg in members
-                                for o in s.operation.operands):
-                partners.append(s)
-                members.add(s.target)
-                waiting |= {r.target for r in sums.get(s.target, [])}
-                pending.remove(s)
-            else:       # emitted after the loop, with the sums that come with it
-                waiting |= {s.target} | {r.target for r in sums.get(s.target, [])}
-        return partners
-
-    def _maps_in_one_loop(self, units: list) -> None:
-        """One loop nest for Maps of one shape, each with its sums, stored or not (only its
-        sums read it): their operands are loaded once, their bodies go through one CSE.
-        A sum whose entry stays the same through the innermost loop (a row sum, a total)
-        is accumulated in a local variable and stored once: LLVM then keeps it in a
-        register and vectorises the loop; the other sums add into their arrays."""
-        shape = units[0][1].shape
+    def _fused_loop(self, group: FusedLoop) -> None:
+        """One loop nest for the Maps of a fused group, each with its sums, stored or not:
+        their operands are loaded once, their bodies go through one CSE.  A sum the
+        schedule keeps in a register is accumulated in a local variable (per row in a nest
+        of two loops) and stored once; the other sums add into their arrays."""
+        shape = group.shape
         rows, cols = shape
         nested = rows != 1 and cols != 1
         registers = []      # (accumulator, reduction target, entry, whether per row)
-        in_memory = False   # some sum adds into an array entry that the outer loop revisits
-        for target, e, reductions, store in units:
-            for r in reductions:
-                if isinstance(r.operation, ops.SumAll):
+        for member in group.members:
+            for carried in member.sums:
+                r = carried.statement
+                if carried.along == "total":
                     self.emit(f"{r.target.name} = 0.0")
-                    continue
-                along = _summed_along(r.operation, target)
-                if (along == "row" and cols != 1) or (along == "column" and cols == 1):
+                elif carried.register:
                     registers.append((f"_acc{len(registers)}", r.target,
                                       "_i, 0" if nested else "0, 0", nested))
                     self.emit(f"{r.target.name} = np.empty({self.shape(r.operation.shape)})")
                 else:
-                    in_memory |= nested and along == "column"
                     self.emit(f"{r.target.name} = np.zeros({self.shape(r.operation.shape)})")
-            if store:
-                # not over a member of this loop: that one is written in the loop too
-                self.emit(f"{target.name} = {self._buffer_for(e, {u[0] for u in units})}")
+            if member.store:
+                self.emit(f"{member.statement.target.name} = "
+                          f"{self._array_for(member.statement.operation, member.buffer)}")
         accumulator = {target: acc for acc, target, _, _ in registers}
         for acc, _, _, per_row in registers:
             if not per_row:
                 self.emit(f"{acc} = 0.0")
-        i, j, depth = self.loops(shape, independent=not in_memory,
-                                 before_inner=[f"{acc} = 0.0" for acc, _, _, per_row
-                                               in registers if per_row])
+        i, j, depth = self.loops(shape, before_inner=[f"{acc} = 0.0" for acc, _, _, per_row
+                                                      in registers if per_row])
+        units = [(m.statement.target, m.statement.operation, m.sums, m.store)
+                 for m in group.members]
         loads: dict = {}            # load expression -> variable
         values: dict = {}           # member target -> its element, as a SymPy expression
         bodies = []
@@ -505,7 +345,8 @@ class KernelEmitter:
             self.emit(f"_e{k} = {self.scalar(body)}", depth)
             if store:
                 self.emit(f"{target.name}[{i}, {j}] = _e{k}", depth)
-            for r in reductions:
+            for carried in reductions:
+                r = carried.statement
                 term = f"_e{k}"
                 if isinstance(r.operation, sp.MatMul):       # a vector times this Map
                     a, b = r.operation.args
@@ -513,11 +354,11 @@ class KernelEmitter:
                     weight = (self.load(a, "0", i, a.shape) if b == target
                               else self.load(b, j, "0", b.shape))
                     term += " * " + (loads[weight].name if weight in loads else weight)
-                if isinstance(r.operation, ops.SumAll):
+                if carried.along == "total":
                     self.emit(f"{r.target.name} += {term}", depth)
                 elif r.target in accumulator:
                     self.emit(f"{accumulator[r.target]} += {term}", depth)
-                elif _summed_along(r.operation, target) == "column":
+                elif carried.along == "column":
                     self.emit(f"{r.target.name}[0, {j}] += {term}", depth)
                 else:
                     self.emit(f"{r.target.name}[{i}, 0] += {term}", depth)
@@ -538,47 +379,40 @@ class KernelEmitter:
         self.emit(f"{target.name} = {self.scalar(e)}")
 
     def _emit_MatMul(self, target, e):
-        """BLAS for real products; the degenerate shapes get what suits them: gemv for a
-        matrix times a vector, a loop for an outer product (inner dimension 1) or a dot
-        product (a 1 x 1 result)."""
+        """The product as the schedule runs it: a loop for an outer product or a dot
+        product, loops over the matrix for a matrix times a vector, else BLAS (gemv for a
+        matrix times a vector)."""
         a, b = e.args
         rows, inner = a.shape
         cols = b.shape[1]
-        if inner == 1:
+        step = self._step
+        if step.product == "outer":
             self.emit(f"{target.name} = np.empty({self.shape(e.shape)})")
             i, j, depth = self.loops(e.shape)
             self.emit(f"{target.name}[{i}, {j}] = {self.load(a, i, '0', (rows, 1))} * "
                       f"{self.load(b, '0', j, (1, cols))}", depth)
-        elif rows == 1 and cols == 1:
+        elif step.product == "dot":
             self.emit("_total = 0.0")
             self.emit(f"for _r in range({self.dim(inner)}):")
             self.emit(f"_total += {self.load(a, '0', '_r', (1, inner))} * "
                       f"{self.load(b, '_r', '0', (inner, 1))}", 2)
             self.emit(f"{target.name} = np.full((1, 1), _total)")
-        elif cols == 1 and _loops_suit(a):
-            self._matrix_vector(target, e, a, b)
-        elif rows == 1 and _loops_suit(b.T):
-            # (a b)^T = b^T a^T: the matrix is b^T, the vector a^T
-            self._matrix_vector(target, e, b.T, a.T)
+        elif step.product == "matrix_vector":
+            self._matrix_vector(target, e, step.matrix, step.vector)
         elif cols == 1:
-            self.uses_blas = True
             self.emit(f"{target.name} = np.dot({self.name(a)}, {self.flat(b)})"
                       f".reshape({self.shape(e.shape)})")
         elif rows == 1:
-            self.uses_blas = True
             self.emit(f"{target.name} = np.dot({self.flat(a)}, {self.name(b)})"
                       f".reshape({self.shape(e.shape)})")
         else:
-            self.uses_blas = True
             self.emit(f"{target.name} = np.dot({self.name(a)}, {self.name(b)})")
 
     def _matrix_vector(self, target, e, matrix, vector) -> None:
         """out[p] = sum_r matrix[p, r] vector[r] as loops over the matrix in its storage
         order, four rows at a time (each load then serves four multiply-adds): a dot
         product per row where r runs along the stored rows, else a scaled-row update per
-        stored row.  Measured against OpenBLAS gemv on one thread from 64 x 64 to
-        128 x 16384, both forms tie or win; and a kernel without BLAS calls needs no
-        scipy at load time and may get a parallel twin."""
+        stored row."""
         n, k = (self.dim(d) for d in matrix.shape)
         n_blocked, k_blocked = (self._multiple_of_4(d) for d in matrix.shape)
         v = self.flat(vector)
@@ -599,8 +433,7 @@ class KernelEmitter:
                 self.emit(f"_out[_p] += {store}[_r, _p] * _s0", 3)
         else:                                      # stored as n x k: a dot product per row
             store = matrix.name
-            self.loop_sizes.append(sp.sympify(matrix.shape[0]) * sp.sympify(matrix.shape[1]))
-            outer = "numba.prange" if self.parallel else "range"
+            outer = self.outer_range()
             self.emit(f"_out = np.empty({n})")
             blocks = n_blocked // 4 if isinstance(n_blocked, int) else f"{n} // 4"
             self.emit(f"for _q in {outer}({blocks}):")
@@ -629,28 +462,18 @@ class KernelEmitter:
     def flat(self, vector) -> str:
         """A row or column vector as a 1-D view (its memory is the same either way)."""
         length = max(vector.shape, key=lambda d: d != 1)
-        return f"{_stored(vector).name}.reshape({self.dim(length)})"
+        return f"{stored(vector).name}.reshape({self.dim(length)})"
 
     def _emit_Transpose(self, target, e):
         self.emit(f"{target.name} = {self.name(e.arg)}.T")
 
-    def _buffer_for(self, e: ops.Map, exclude: set = frozenset()) -> str:
-        """Where a Map's matrix goes: over an operand of its own shape that this kernel
-        allocated and that nothing else reads (each entry is loaded before the same entry is
-        stored), else a new array.  Fewer large arrays per call: a 16 MB temporary freed and
-        allocated again each call costs more in page faults than the loop that fills it."""
-        for operand in e.operands:
-            # not when the Map also reads it transposed: entry (j, i) would be read after
-            # entry (i, j) was written over
-            reads = sum(operand in _names_read(o) | {o} for o in e.operands)
-            if operand in self._fresh and self._remaining.get(operand, 0) == 1 and reads == 1 \
-                    and operand not in exclude and tuple(operand.shape) == tuple(e.shape):
-                self._fresh = self._fresh - {operand}
-                return operand.name
-        return f"np.empty({self.shape(e.shape)})"
+    def _array_for(self, e: ops.Map, buffer) -> str:
+        """The array a Map's matrix goes to: the dead operand the schedule gives it, or a
+        new one."""
+        return buffer.name if buffer is not None else f"np.empty({self.shape(e.shape)})"
 
     def _emit_Map(self, target, e: ops.Map):
-        self.emit(f"{target.name} = {self._buffer_for(e)}")
+        self.emit(f"{target.name} = {self._array_for(e, self._step.buffer)}")
         i, j, depth = self.loops(e.shape)
         self.emit(f"{target.name}[{i}, {j}] = {self.map_body(e, i, j, depth)}", depth)
 
@@ -671,18 +494,15 @@ class KernelEmitter:
 
     def _emit_AxisSum(self, target, e: ops.AxisSum):
         if tuple(e.shape) == (1, 1):
-            # a vector summed whole: a scalar reduction, which a parallel loop splits into
-            # per-thread partials (an array entry there would be written by every thread)
+            # a vector summed whole: a scalar reduction (an array entry in a parallel loop
+            # would be written by every thread)
             self.emit("_total = 0.0")
             i, j, depth = self.loops(e.arg.shape)
             self.emit(f"_total += {self.load(e.arg, i, j, e.arg.shape)}", depth)
             self.emit(f"{target.name} = np.full((1, 1), _total)")
             return
         self.emit(f"{target.name} = np.zeros({self.shape(e.shape)})")
-        # the outer loop may be split between threads when each of its iterations writes
-        # entries of its own: row sums (one per row), column sums of a single row; column
-        # sums of a matrix accumulate across the outer loop and stay on one thread
-        i, j, depth = self.loops(e.arg.shape, independent=e.axis == 1 or e.arg.shape[0] == 1)
+        i, j, depth = self.loops(e.arg.shape)
         where = f"0, {j}" if e.axis == 0 else f"{i}, 0"
         self.emit(f"{target.name}[{where}] += {self.load(e.arg, i, j, e.arg.shape)}", depth)
 
@@ -747,7 +567,7 @@ class KernelEmitter:
     def _emit_LogSumExpAll(self, target, e):
         a = e.arg
         self.emit("_peak = -np.inf")
-        i, j, depth = self.loops(a.shape, independent=False)
+        i, j, depth = self.loops(a.shape)
         self.emit(f"_peak = sg_max(_peak, {self.load(a, i, j, a.shape)})", depth)
         self.emit("_total = 0.0")
         self.emit("if np.isfinite(_peak):")
@@ -787,10 +607,10 @@ class KernelEmitter:
         self.emit(f"{target.name} = np.empty({self.shape(a.shape)})")
         if e.axis is None:
             self.emit("_peak = -np.inf")
-            i, j, depth = self.loops(a.shape, independent=False)
+            i, j, depth = self.loops(a.shape)
             self.emit(f"_peak = sg_max(_peak, {self.load(a, i, j, a.shape)})", depth)
             self.emit("_total = 0.0")
-            i, j, depth = self.loops(a.shape, independent=False)
+            i, j, depth = self.loops(a.shape)
             self.emit(f"{target.name}[{i}, {j}] = np.exp({self.load(a, i, j, a.shape)} - _peak)",
                       depth)
             self.emit(f"_total += {target.name}[{i}, {j}]", depth)
