@@ -1,10 +1,10 @@
 """Property: on random models, symgrad's gradients agree with JAX and with finite differences.
 
 Hypothesis builds random scalar expressions and random matrix expressions from the supported
-operations, with functions of restricted domain applied only where their arguments are in
-it (the log of softplus(.) + 1/10 or of a^2 + 1, the square root of a^2 + 1, asin of
-tanh(.)/2 ...), and ``sg.check`` compares symgrad with JAX's autodiff and with central
-differences on random inputs (two points, seeded by Hypothesis).
+operations (tests/random_models.py), with functions of restricted domain applied only where
+their arguments are in it (the log of softplus(.) + 1/10 or of a^2 + 1, the square root of
+a^2 + 1, asin of tanh(.)/2 ...), and ``sg.check`` compares symgrad with JAX's autodiff and
+with central differences on random inputs (two points, seeded by Hypothesis).
 
 Most examples check the *symbolic* gradients (the formulas of ``sg.grad`` evaluated with
 NumPy: ``reference="symbolic"``), since compiling each random model with Numba costs about a
@@ -36,12 +36,13 @@ import numpy as np  # noqa: E402
 import sympy as sp  # noqa: E402
 from hypothesis import HealthCheck, given, reject, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from sympy.codegen.cfunctions import log1p  # noqa: E402
 from sympy.matrices.expressions.matexpr import MatrixElement  # noqa: E402
 
 import symgrad as sg  # noqa: E402
 from symgrad import ops  # noqa: E402
 from symgrad.checking import check  # noqa: E402
+
+from .random_models import M, N, matrix_models, scalar_models  # noqa: E402
 
 CAMPAIGN = int(os.environ.get("SYMGRAD_HYPOTHESIS_EXAMPLES", "0"))
 TOTAL = CAMPAIGN or 300
@@ -56,52 +57,6 @@ def _settings(examples: int):
                     derandomize=not CAMPAIGN, suppress_health_check=list(HealthCheck))
 
 
-# ------------------------------------------------------------------------------------------
-# Scalar expressions
-# ------------------------------------------------------------------------------------------
-TENTH = sp.Rational(1, 10)
-
-# Functions of one argument, each safe on the whole real line.
-UNARY = {
-    "sin": sp.sin, "cos": sp.cos, "tanh": sp.tanh, "atan": sp.atan, "erf": sp.erf,
-    "exp": sp.exp, "sinh": sp.sinh, "cosh": sp.cosh,
-    "sigmoid": ops.sigmoid, "softplus": ops.softplus, "logsigmoid": ops.logsigmoid,
-    "relu": ops.relu, "abs": sp.Abs, "square": lambda a: a**2, "cube": lambda a: a**3,
-    "neg": lambda a: -a, "half": lambda a: a / 2,
-    "log_softplus": lambda a: sp.log(ops.softplus(a) + TENTH),
-    "log_square": lambda a: sp.log(a**2 + 1),
-    "log1p_square": lambda a: log1p(a**2),
-    "log_exp": lambda a: sp.log(sp.exp(a)),                    # stabilized to a
-    "log_one_plus_exp": lambda a: sp.log(1 + sp.exp(a)),       # ... to softplus(a)
-    "log_sigmoid_textbook": lambda a: sp.log(1 / (1 + sp.exp(-a))),   # ... to logsigmoid
-    "log_one_minus_sigmoid": lambda a: sp.log(1 - ops.sigmoid(a)),
-    "sqrt_square": lambda a: sp.sqrt(a**2 + 1),
-    "reciprocal_square": lambda a: 1 / (a**2 + 1),
-    "power_three_halves": lambda a: (a**2 + 1) ** sp.Rational(3, 2),
-    "rsqrt": lambda a: (a**2 + 1) ** sp.Rational(-1, 2),
-    "asin": lambda a: sp.asin(sp.tanh(a) / 2),
-    "acos": lambda a: sp.acos(sp.tanh(a) / 2),
-    "tan": lambda a: sp.tan(sp.tanh(a)),
-}
-
-# Functions of two arguments.
-BINARY = {
-    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-    "div": lambda a, b: a / (b**2 + 1), "max": sp.Max, "min": sp.Min,
-    "heaviside": lambda a, b: sp.Heaviside(a) * b,
-    "heaviside0": lambda a, b: sp.Heaviside(a, 0) * b,
-    "sign": lambda a, b: sp.sign(a) * b,
-    "piecewise": lambda a, b: sp.Piecewise((a, b > 0), (b, True)),
-    "power": lambda a, b: (ops.softplus(a) + TENTH) ** sp.tanh(b),
-}
-
-# Functions of three arguments.
-TERNARY = {
-    "max3": sp.Max, "min3": sp.Min,
-    "piecewise3": lambda a, b, c: sp.Piecewise((a, b > c), (c, b < -1), (b, True)),
-    "piecewise_and": lambda a, b, c: sp.Piecewise((a * b, sp.And(b > 0, c < 1)), (c, True)),
-}
-
 # The minimal models of gaps the random models found and the core has closed: regression
 # tests at the end of this file.
 _n, _m = sp.symbols("n m", integer=True, positive=True)
@@ -115,222 +70,6 @@ HEAVISIDE_OF_REDUCTION_MODEL = (ops.relu(ops.relu(sg.mean(_M))), [_M])
 INVERSE_SQUARED_MODEL = (sg.sum(sg.inv(_SPD) @ sg.inv(_SPD)), [_A])
 ABS_OF_EXP_MODEL = (sg.sum(sg.abs(sg.exp(_A))), [_A])
 SINGLETON_SOFTMAX_MODEL = (MatrixElement(_c * _v.T @ sg.softplus(sg.softmax(_v, 1)), 0, 0), [_v])
-
-
-CONSTANTS = [sp.Integer(2), sp.Integer(3), sp.Rational(1, 2), sp.Integer(-1),
-             sp.Rational(3, 2), sp.Float(0.7)]
-
-
-@st.composite
-def scalar_expressions(draw, variables, depth: int = 3):
-    """A random scalar expression of the variables, at most ``depth`` operations deep."""
-    if depth == 0 or draw(st.integers(0, 3)) == 0:
-        if draw(st.integers(0, 4)) == 0:
-            return draw(st.sampled_from(CONSTANTS))
-        return draw(st.sampled_from(variables))
-    arity = draw(st.sampled_from([1, 1, 2, 2, 3]))
-    table = {1: UNARY, 2: BINARY, 3: TERNARY}[arity]
-    name = draw(st.sampled_from(sorted(table)))
-    args = [draw(scalar_expressions(variables, depth - 1)) for _ in range(arity)]
-    expr = table[name](*args)
-    if expr.is_number and abs(complex(expr)) > 100:
-        # functions of constants fold into numbers like sinh(sinh(3)) = 1.6e4, and a model
-        # made of those can be too ill-conditioned for any float64 evaluation to agree
-        reject()
-    return expr
-
-
-SCALARS = sp.symbols("x y z")
-
-
-def _complex_parts(expr) -> bool:
-    """Whether SymPy's own rewriting (of tanh of a power, say) put re() or im() into the
-    model: symbols are complex to SymPy, but symgrad's models are real and have no rule
-    for them."""
-    return bool(expr.atoms(sp.re, sp.im))
-
-
-@st.composite
-def scalar_models(draw):
-    try:
-        expr = draw(scalar_expressions(list(SCALARS)))
-    except (RecursionError, TypeError, ValueError):
-        reject()    # SymPy's own simplification of some nested Max/Min gives up
-    free = sorted(expr.free_symbols, key=lambda s: s.name)
-    if not free or _complex_parts(expr):
-        reject()
-    wrt = [s for s in free if draw(st.booleans())] or free
-    return expr, wrt
-
-
-# ------------------------------------------------------------------------------------------
-# Matrix expressions
-# ------------------------------------------------------------------------------------------
-N, M = sp.symbols("n m", integer=True, positive=True)
-ELEMENTWISE = ["sigmoid", "tanh", "sin", "cos", "softplus", "logsigmoid", "relu", "abs",
-               "square", "exp"]
-
-
-
-
-class MatrixBuilder:
-    """Random matrix expressions over a pool of matrix symbols of the dimensions (r, c)."""
-
-    def __init__(self, draw, rows, cols):
-        self.draw = draw
-        self.dims = (rows, cols)
-        self.symbols = {
-            (rows, cols): sp.MatrixSymbol("A", rows, cols),
-            (cols, rows): sp.MatrixSymbol("B", cols, rows),
-            (rows, rows): sp.MatrixSymbol("C", rows, rows),
-            (cols, cols): sp.MatrixSymbol("D", cols, cols),
-            (rows, 1): sp.MatrixSymbol("u", rows, 1),
-            (cols, 1): sp.MatrixSymbol("v", cols, 1),
-            (1, cols): sp.MatrixSymbol("r", 1, cols),
-        }
-        self.scale = sp.Symbol("s")
-        self.names = 0
-
-    def choose(self, options):
-        return self.draw(st.sampled_from(options))
-
-    def leaf(self, shape):
-        if shape in self.symbols:
-            return self.symbols[shape]
-        if (shape[1], shape[0]) in self.symbols:
-            return self.symbols[(shape[1], shape[0])].T
-        return sg.broadcast(self.scale, shape)
-
-    def inner(self, shape):
-        """The inner dimension of a product or reduction giving shape: never one where that
-        would make a 1 x 1 factor (SymPy turns products of those into explicit sums)."""
-        return self.choose([self.dims[0], self.dims[1]] + ([] if 1 in shape else [1]))
-
-    def matrix(self, shape, depth):
-        rows, cols = shape
-        kinds = ["leaf"]
-        if depth > 0:
-            kinds += ["function", "map", "add", "sub", "hadamard", "scale", "matmul",
-                      "transpose", "named", "softmax", "ones"]
-            if cols == 1:
-                kinds += ["row_sums", "row_logsumexp", "row_means"]
-            if rows == 1:
-                kinds += ["column_sums", "column_logsumexp"]
-            if shape != (1, 1):
-                kinds += ["broadcast"]
-            if rows == cols:
-                kinds += ["inverse"]
-        kind = self.choose(kinds)
-        sub = depth - 1
-        if kind == "leaf":
-            return self.leaf(shape)
-        if kind == "function":
-            return getattr(sg, self.choose(ELEMENTWISE))(self.matrix(shape, sub))
-        if kind == "map":
-            a0, a1 = sp.symbols("a0 a1")
-            body = self.draw(scalar_expressions([a0, a1], depth=2))
-            other = self.choose(["column", "row", "scalar", "full"])
-            second = {"column": lambda: self.matrix((rows, 1), sub),
-                      "row": lambda: self.matrix((1, cols), sub),
-                      "scalar": lambda: self.scalar(sub),
-                      "full": lambda: self.matrix(shape, sub)}[other]()
-            return ops.Map(sp.Lambda((a0, a1), body), shape, self.matrix(shape, sub), second)
-        if kind == "add":
-            return self.matrix(shape, sub) + self.matrix(shape, sub)
-        if kind == "sub":
-            return self.matrix(shape, sub) - self.matrix(shape, sub)
-        if kind == "hadamard":
-            return sg.hadamard(self.matrix(shape, sub), self.matrix(shape, sub))
-        if kind == "scale":
-            factor = self.scale if self.draw(st.booleans()) else self.scalar(sub)
-            if factor.is_commutative and self.draw(st.booleans()):
-                return factor * self.matrix(shape, sub)
-            a0, a1 = sp.symbols("a0 a1")    # the same product, as a Map
-            return ops.Map(sp.Lambda((a0, a1), a0 * a1), shape, factor, self.matrix(shape, sub))
-        if kind == "matmul":
-            k = self.inner(shape)
-            return self.matrix((rows, k), sub) @ self.matrix((k, cols), sub)
-        if kind == "transpose":
-            return self.matrix((cols, rows), sub).T
-        if kind == "named":
-            self.names += 1
-            return sg.name(f"Z{self.names}", self.matrix(shape, sub))
-        if kind == "softmax":
-            return sg.softmax(self.matrix(shape, sub), axis=self.choose([0, 1, None]))
-        if kind == "ones":
-            k = self.inner(shape)
-            return self.matrix((rows, k), sub) @ sp.OneMatrix(k, cols)
-        if kind == "row_sums":
-            return sg.sum(self.matrix((rows, self.inner(shape)), sub), axis=1)
-        if kind == "row_means":
-            return sg.mean(self.matrix((rows, self.inner(shape)), sub), axis=1)
-        if kind == "row_logsumexp":
-            return sg.logsumexp(self.matrix((rows, self.inner(shape)), sub), axis=1)
-        if kind == "column_sums":
-            return sg.sum(self.matrix((self.inner(shape), cols), sub), axis=0)
-        if kind == "column_logsumexp":
-            return sg.logsumexp(self.matrix((self.inner(shape), cols), sub), axis=0)
-        if kind == "broadcast":
-            source = self.choose(["column", "row", "scalar"])
-            operand = {"column": lambda: self.matrix((rows, 1), sub),
-                       "row": lambda: self.matrix((1, cols), sub),
-                       "scalar": lambda: self.scale}[source]()
-            return sg.broadcast(operand, shape)
-        if kind == "inverse":
-            X = self.matrix((rows, self.inner(shape)), sub)
-            return sg.inv(X @ X.T + sp.Identity(rows))    # well conditioned
-        raise AssertionError(kind)
-
-    def scalar(self, depth):
-        """A scalar made of matrices: a reduction, maybe inside a scalar function."""
-        kind = self.choose(["sum", "mean", "dot", "logsumexp", "trace", "logdet", "det",
-                            "element", "function", "combine"] if depth > 0 else
-                           ["sum", "dot", "element"])
-        sub = max(depth - 1, 0)
-        rows, cols = self.dims
-        if kind == "sum":
-            return sg.sum(self.matrix(self.choose(list(self.symbols)), sub))
-        if kind == "mean":
-            return sg.mean(self.matrix(self.choose(list(self.symbols)), sub))
-        if kind == "dot":
-            k = self.choose([rows, cols])
-            return sg.dot(self.matrix((k, 1), sub), self.matrix((k, 1), sub))
-        if kind == "logsumexp":
-            return sg.logsumexp(self.matrix(self.choose(list(self.symbols)), sub))
-        if kind == "trace":
-            k = self.choose([rows, cols])
-            return sg.trace(self.matrix((k, k), sub))
-        if kind in ("logdet", "det"):
-            k = self.choose([rows, cols])
-            X = self.matrix((k, self.inner((k, k))), sub)
-            spd = X @ X.T + sp.Identity(k)     # positive determinant, well conditioned
-            return sg.logdet(spd) if kind == "logdet" else sg.det(spd)
-        if kind == "element":
-            shape = self.choose(list(self.symbols))
-            i = self.draw(st.integers(0, 1)) if shape[0] != 1 else 0
-            j = self.draw(st.integers(0, 1)) if shape[1] != 1 else 0
-            return MatrixElement(self.matrix(shape, sub), i, j)
-        if kind == "function":
-            return UNARY[self.choose(sorted(UNARY))](self.scalar(sub))
-        return BINARY[self.choose(sorted(BINARY))](self.scalar(sub), self.scalar(sub))
-
-
-@st.composite
-def matrix_models(draw):
-    rows, cols = draw(st.sampled_from([(2, 3), (3, 2), (N, M)]))
-    try:
-        expr = MatrixBuilder(draw, rows, cols).scalar(depth=3)
-    except (TypeError, ValueError, NotImplementedError, AttributeError, RecursionError):
-        # SymPy itself cannot build some combinations (Max of two reductions of matrices
-        # fails in Max's simplification): not a model symgrad is given
-        reject()
-    parameters = sorted((s for s in expr.free_symbols
-                         if isinstance(s, (sp.MatrixSymbol, sp.Symbol)) and s not in (N, M)),
-                        key=lambda s: s.name)
-    if not parameters or _complex_parts(expr):
-        reject()
-    wrt = [s for s in parameters if draw(st.booleans())] or parameters
-    return expr, wrt
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""Random models (the generators of test_properties): symgrad's Hessian-vector products and
-Hessian blocks, evaluated from their formulas, against JAX (jvp of grad, jax.hessian) and
-against central differences of symgrad's own gradient."""
+"""Random models (tests/random_models.py, as test_properties draws them): symgrad's
+Hessian-vector products and Hessian blocks, evaluated from their formulas, against JAX (jvp
+of grad, jax.hessian) and against central differences of symgrad's own gradient."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import symgrad as sg  # noqa: E402
 from symgrad.checking.translate import translate  # noqa: E402
-from tests.test_properties import M, N, matrix_models, scalar_models  # noqa: E402
+from tests.random_models import M, N, matrix_models, scalar_models  # noqa: E402
 
 EXAMPLES = int(os.environ.get("SYMGRAD_SECOND_EXAMPLES", "20"))
 DIMS = {N: 3, M: 2}
