@@ -31,6 +31,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad.derive.graph import dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.rules import RULES
+from symgrad.nodes import dag_rebuild, operands, rebuild
 from symgrad.ops import map_of_applyfunc
 
 __all__ = ["normalize", "time_function_name", "map_of_applyfunc"]
@@ -173,28 +174,21 @@ def _namesakes(expr, table: dict) -> set:
 
 def _rewrite(expr):
     """expr with applyfunc nodes as Maps and sums and products with integer bounds written
-    out, children before parents, each shared node once."""
-    done: dict = {}
-    stack = [(expr, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if node in done:
-            continue
-        if not isinstance(node, sp.Basic) or not node.args:
-            done[node] = node
-            continue
+    out, children before parents, each shared node once.
+
+    >>> i = sp.Symbol("i", integer=True)
+    >>> x = sp.IndexedBase("x")
+    >>> _rewrite(sp.Sum(x[i] ** 2, (i, 1, 3)))
+    x[1]**2 + x[2]**2 + x[3]**2
+    """
+    def rewritten(node, new_operands):
         if isinstance(node, (sp.Sum, sp.Product)):
             written = _expanded(node, "sum" if isinstance(node, sp.Sum) else "product")
-            done[node] = _rewrite(written) if written != node else written
-            continue
-        if not expanded:
-            stack.append((node, True))
-            stack.extend((a, False) for a in node.args if a not in done)
-            continue
-        args = [done[a] for a in node.args]
-        unchanged = all(new is old for new, old in zip(args, node.args))
+            return _rewrite(written) if written != node else written
         if isinstance(node, ElementwiseApplyFunction):
-            done[node] = map_of_applyfunc(node, args[1])
-            continue
-        done[node] = node if unchanged else node.func(*args)
-    return done[expr]
+            return map_of_applyfunc(node, new_operands[1])
+        return rebuild(node, new_operands, xreplace=True)
+
+    # a sum or product is written out from its own terms: the walk does not enter it
+    return dag_rebuild(expr, rewritten, operands=lambda node: (
+        () if isinstance(node, (sp.Sum, sp.Product)) else operands(node)))

@@ -25,6 +25,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import ops
+from symgrad.nodes import dag_rebuild, operands, rebuild
 
 _CHAIN_PROBE = 1000  # size given to symbolic dimensions when comparing matrix-chain costs
 
@@ -96,27 +97,19 @@ def dag_atoms(expr, kind) -> set:
 
 
 def dag_xreplace(expr, table: dict):
-    """``expr.xreplace(table)``, each shared subexpression rebuilt once, without recursion."""
-    done: dict = {}
-    stack = [(expr, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if node in done:
-            continue
-        if node in table:
-            done[node] = table[node]
-            continue
-        if not isinstance(node, sp.Basic) or not node.args:
-            done[node] = node
-            continue
-        if not expanded:
-            stack.append((node, True))
-            stack.extend((a, False) for a in node.args if a not in done)
-            continue
-        args = [done[a] for a in node.args]
-        unchanged = all(new is old for new, old in zip(args, node.args))
-        done[node] = node if unchanged else node.func(*args)
-    return done[expr]
+    """``expr.xreplace(table)``, each shared subexpression rebuilt once, without recursion.
+
+    >>> x, y = sp.symbols("x y")
+    >>> dag_xreplace(sp.sin(x) + x * y, {x: 2 * y})
+    2*y**2 + sin(2*y)
+    """
+    def replaced(node, new_operands):
+        if not new_operands:    # a leaf, or a node of the table (the walk did not enter it)
+            return table.get(node, node)
+        return rebuild(node, new_operands, xreplace=True)
+
+    return dag_rebuild(expr, replaced,
+                       operands=lambda node: () if node in table else operands(node))
 
 
 # ------------------------------------------------------------------------------------------
@@ -134,39 +127,12 @@ def stabilize(expr: sp.Expr) -> sp.Expr:
     >>> stabilize(sp.log(1 / (1 + sp.exp(-z))))
     logsigmoid(z)
     """
-    if not isinstance(expr, sp.Basic) or expr.is_Atom:
-        return expr
-    done: dict = {}
-    stack = [(expr, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if node in done:
-            continue
-        if not isinstance(node, sp.Basic) or node.is_Atom or not node.args:
-            done[node] = node
-            continue
-        if not expanded:
-            stack.append((node, True))
-            stack.extend((a, False) for a in node.args if a not in done)
-            continue
-        args = tuple(done[a] for a in node.args)
-        done[node] = _stable_form(rebuilt_with(node, args))
-    return done[expr]
+    def stable(node, new_operands):
+        if not new_operands:
+            return node         # a leaf has no stable form to take
+        return _stable_form(rebuild(node, new_operands))
 
-
-def rebuilt_with(node, args):
-    """``node.func(*args)``, or node itself when the arguments are node's own.
-
-    A function of arguments that are values of the model, not numbers, is built without
-    SymPy's evaluation: its search for signs and multiples of pi costs about a millisecond
-    per call, and finds nothing in a model that SymPy built already.
-    """
-    if all(new is old or new == old for new, old in zip(args, node.args)):
-        return node
-    if isinstance(node, sp.Function) and not any(
-            a.is_number for a in args if isinstance(a, sp.Basic)):
-        return node.func(*args, evaluate=False)
-    return node.func(*args)
+    return dag_rebuild(expr, stable)
 
 
 def _stable_form(e):
@@ -325,11 +291,7 @@ class Canonicalizer:
             # recursion of _canon stays shallow however deep the model is
             self._canon(node)
         unfused = self._canon(expr)
-        uses = _count_uses(unfused)
-        fuser = _Fuser(uses)
-        for node in _postorder(unfused):
-            fuser(node)
-        return fuser(unfused)
+        return dag_rebuild(unfused, _Fuser(_count_uses(unfused)), operands=_children)
 
     # -- dispatch ----------------------------------------------------------------------
     def _canon(self, expr):
@@ -380,8 +342,7 @@ class Canonicalizer:
         if isinstance(expr, sp.Piecewise):
             return sp.Piecewise(*[(self._canon(e), self._canon_condition(c))
                                   for e, c in expr.args], evaluate=False)
-        return expr.func(*args, evaluate=False) if isinstance(expr, (sp.Add, sp.Mul, sp.Pow)) \
-            else rebuilt_with(expr, args)
+        return _rebuild_canonical(expr, args)
 
     def _canon_condition(self, cond):
         if isinstance(cond, sp.logic.boolalg.BooleanAtom):
@@ -569,6 +530,14 @@ class Canonicalizer:
 _CHAIN_MAX = 8
 
 
+def _rebuild_canonical(node, args):
+    """node with new args: a sum, product or power as it is (a binary sum stays binary, see
+    _binary), anything else as :func:`~symgrad.nodes.rebuild` makes it."""
+    if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
+        return node.func(*args, evaluate=False)
+    return rebuild(node, args)
+
+
 def _binary(kind, args: list):
     """The n-ary operation as nested binary ones (see _CHAIN_MAX)."""
     if len(args) <= _CHAIN_MAX:
@@ -607,25 +576,6 @@ def _scalar_postorder(expr) -> list:
                 node.args[0], sp.Determinant)) or not isinstance(node, sp.Expr):
             continue
         stack.extend((a, False) for a in node.args if a not in seen)
-    return order
-
-
-def _postorder(expr) -> list:
-    """The distinct nodes of a canonical expression, children (as _children gives them)
-    before parents (an iterative walk)."""
-    order: list = []
-    seen: set = set()
-    stack = [(expr, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            order.append(node)
-            continue
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.append((node, True))
-        stack.extend((c, False) for c in _children(node) if c not in seen)
     return order
 
 
@@ -717,44 +667,44 @@ def _children(node):
 
 
 class _Fuser:
-    """Inlines single-use Maps (and all pure broadcasts) into the Maps that consume them."""
+    """Inlines single-use Maps (and all pure broadcasts) into the Maps that consume them.
+
+    The visit of a :func:`~symgrad.nodes.dag_rebuild` over the canonical DAG with the
+    children ``_children`` gives: each node is called with what its children became.
+    """
 
     def __init__(self, uses: dict):
         self.uses = uses
-        self.memo: dict = {}
 
-    def __call__(self, expr):
-        if expr in self.memo:
-            return self.memo[expr]
-        result = self._rebuild(expr)
-        self.memo[expr] = result
-        return result
-
-    def _rebuild(self, expr):
+    def __call__(self, expr, new):
         if isinstance(expr, ops.Map):
-            return self._fuse_map(expr)
+            return self._fuse_map(expr, new)
         if isinstance(expr, ops.Named):
-            return ops.Named(expr.label, self(expr.arg))
+            return ops.Named(expr.label, new[0])
         if isinstance(expr, MatrixElement):
-            return ops.Entry(self(expr.parent), expr.i, expr.j)
-        if isinstance(expr, (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):
-            return expr
+            return ops.Entry(new[0], expr.i, expr.j)
         if isinstance(expr, (ops.AxisSum, ops.LogSumExp, ops.Softmax)):
-            return type(expr)(self(expr.arg), expr.args[1])
+            return type(expr)(new[0], expr.args[1])
+        if isinstance(expr, sp.Inverse):    # its args hold the exponent -1 beside the child
+            return rebuild(expr, [new[0], *expr.args[1:]])
         if isinstance(expr, ops.Scatter):
-            return ops.Scatter(self(expr.value), *expr.args[1:])
+            return ops.Scatter(new[0], *expr.args[1:])
         if isinstance(expr, sp.Piecewise):
-            return sp.Piecewise(*[(self(e), c if isinstance(c, sp.logic.boolalg.BooleanAtom)
-                                   else c.func(*[self(a) for a in c.args]))
-                                  for e, c in expr.args])
-        if not isinstance(expr, sp.Basic) or expr.is_Atom:
+            children = iter(new)
+            pieces = []
+            for e, c in expr.args:
+                e = next(children)
+                if not isinstance(c, sp.logic.boolalg.BooleanAtom):
+                    c = c.func(*[next(children) for _ in c.args])
+                pieces.append((e, c))
+            return sp.Piecewise(*pieces)
+        if not new:     # a leaf: a matrix symbol, Identity, a number, a Lambda ...
             return expr
-        args = [self(a) if isinstance(a, sp.Basic) else a for a in expr.args]
-        if isinstance(expr, (sp.Add, sp.Mul, sp.Pow)):
-            return expr.func(*args, evaluate=False)
-        return rebuilt_with(expr, args)
+        children = iter(new)
+        return _rebuild_canonical(expr, [next(children) if isinstance(a, sp.Basic) else a
+                                         for a in expr.args])
 
-    def _fuse_map(self, expr: ops.Map):
+    def _fuse_map(self, expr: ops.Map, new_operands):
         variables, operands = [], []
         substitutions = {}
         counter = [0]
@@ -773,8 +723,7 @@ class _Fuser:
             operands.append(operand)
             return v
 
-        for v, operand in zip(expr.function.variables, expr.operands):
-            operand = self(operand)
+        for v, operand in zip(expr.function.variables, new_operands):
             if self._inlinable(operand, expr):
                 substitutions[v] = self._inline(operand, add_operand)
             elif isinstance(operand, sp.OneMatrix):

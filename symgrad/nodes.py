@@ -1,0 +1,129 @@
+"""How symgrad's passes walk and rebuild a model's SymPy nodes.
+
+A model is a DAG: a subexpression used twice is one node, and a model nested n deep is a
+tree of up to 2^n nodes.  A pass that rewrites a model therefore walks it with
+:func:`dag_rebuild`: children before parents, each distinct node once (memoised by node),
+without recursion (so a model 10,000 deep does not overflow Python's stack), and a node is
+rebuilt only when one of its operands changed (so an untouched model comes back as the very
+same object, and nothing SymPy built already is evaluated again).
+
+* :func:`operands`: the children a pass walks (a SymPy node's args; none for a leaf);
+* :func:`rebuild`: a node with new operands, or the node itself when they are its own;
+* :func:`dag_rebuild`: the walk, calling ``visit(node, new_operands)`` once per node.
+
+>>> import sympy as sp
+>>> x, y = sp.symbols("x y")
+>>> expr = sp.sin(x) * sp.sin(x) + x
+>>> dag_rebuild(expr) is expr                       # nothing changed: the same object
+True
+>>> dag_rebuild(expr, lambda node, new: y if node == x else rebuild(node, new))
+y + sin(y)**2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sympy as sp
+
+__all__ = ["operands", "rebuild", "dag_rebuild"]
+
+
+def operands(node) -> tuple:
+    """The children of node that a rebuilding pass walks into: its SymPy args (all of them,
+    as SymPy's ``xreplace`` walks them: a MatrixSymbol's name and dimensions, a
+    MatrixElement's indices, a Lambda's variables and body), or none for a leaf (a symbol, a
+    number, anything without args, anything that is not a SymPy object).
+
+    >>> x = sp.Symbol("x")
+    >>> operands(sp.sin(x) + 1)
+    (1, sin(x))
+    >>> operands(x)
+    ()
+    """
+    if not isinstance(node, sp.Basic) or node.is_Atom:
+        return ()
+    return node.args
+
+
+def rebuild(node, new_operands, *, xreplace: bool = False):
+    """node with ``new_operands`` in place of its :func:`operands`, or node itself when they
+    are its own.
+
+    By default a node is kept when every new operand equals its old one, and a function
+    (``sin``, ``exp``, ``sigmoid`` ...) none of whose new operands is a number is built
+    without SymPy's evaluation: its search for signs and multiples of pi costs about a
+    millisecond per call and finds nothing in a model that SymPy built already.  Sums,
+    products, powers and functions of numbers are evaluated as SymPy builds them.
+
+    With ``xreplace=True`` the node is rebuilt exactly as SymPy's ``xreplace`` rebuilds it:
+    kept only when every new operand is the very same object, otherwise
+    ``node.func(*new_operands)`` with SymPy's evaluation.
+
+    >>> x, y = sp.symbols("x y")
+    >>> e = sp.sin(x + y)
+    >>> rebuild(e, [x + y]) is e
+    True
+    >>> rebuild(e, [-x])                # unevaluated: SymPy would write -sin(x)
+    sin(-x)
+    >>> rebuild(e, [-x], xreplace=True)
+    -sin(x)
+    """
+    old_operands = node.args if isinstance(node, sp.Basic) else ()
+    if xreplace:
+        if all(new is old for new, old in zip(new_operands, old_operands)):
+            return node
+        return node.func(*new_operands)
+    # Unequal hashes prove two nodes different without comparing them: SymPy's == compares
+    # whole subtrees, recursively, which on a 1,000-deep chain whose leaf was rewritten
+    # costs a walk to that leaf per level and overflows Python's stack.  The hashes are
+    # cached in the nodes, and a node's hash is known once its children's are.
+    if all(new is old or (hash(new) == hash(old) and new == old)
+           for new, old in zip(new_operands, old_operands)):
+        return node
+    if isinstance(node, sp.Function) and not any(
+            a.is_number for a in new_operands if isinstance(a, sp.Basic)):
+        return node.func(*new_operands, evaluate=False)
+    return node.func(*new_operands)
+
+
+def dag_rebuild(expr, visit: Callable = rebuild, *, operands: Callable = operands):
+    """expr rebuilt from the leaves up: ``visit(node, new_operands)`` for each distinct
+    node, children before parents, where ``new_operands`` lists what visit returned for each
+    of ``operands(node)``; returns what visit returned for expr.
+
+    Each distinct node is visited once however many parents share it (the results are
+    memoised by node, so a model nested n deep costs n visits, not 2^n), and the walk keeps
+    its own stack (no recursion, whatever the depth).  The default visit, :func:`rebuild`,
+    returns expr itself; a pass passes its own visit, which usually ends in
+    ``rebuild(node, new_operands)``.  A node for which ``operands`` gives nothing is a leaf
+    (a pass can make any node a leaf that way: its visit then sees ``new_operands == []``).
+
+    >>> x, w = sp.symbols("x w")
+    >>> f = x
+    >>> for _ in range(100):        # a tree of 2^100 nodes, a DAG of 302
+    ...     f = f * sp.sin(f + w)
+    >>> dag_rebuild(f) is f
+    True
+    >>> visits = []
+    >>> _ = dag_rebuild(f, lambda node, new: visits.append(node) or rebuild(node, new))
+    >>> len(visits)
+    302
+    """
+    done: dict = {}
+    # (node, None): not yet expanded; (node, children): its children are done
+    stack: list = [(expr, None)]
+    while stack:
+        node, children = stack.pop()
+        if children is not None:
+            done[node] = visit(node, [done[c] for c in children])
+            continue
+        if node in done:
+            continue
+        children = operands(node)
+        if not children:
+            done[node] = visit(node, [])
+            continue
+        stack.append((node, children))
+        stack.extend((c, None) for c in children if c not in done)
+    return done[expr]

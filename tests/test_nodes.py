@@ -1,0 +1,244 @@
+"""The node protocol (symgrad/nodes.py): the one walk that rewrites a model's DAG.
+
+Properties of :func:`dag_rebuild` on random and on adversarial expressions: nothing changed
+gives back the very same object; each distinct node is visited once however widely it is
+shared; depth and width take no recursion; a replacement table agrees with SymPy's own
+``xreplace``.  And the passes built on it (``dag_xreplace``, ``stabilize``, the forms'
+rewrite, map fusion) keep those properties on deep models.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import sympy as sp
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+
+import symgrad as sg
+from symgrad import forms, ops
+from symgrad.derive.graph import Canonicalizer, dag_nodes, dag_xreplace, stabilize
+from symgrad.nodes import dag_rebuild, operands, rebuild
+
+x, y, z, w = sp.symbols("x y z w", real=True)
+a0 = sp.Symbol("a0", real=True)        # a Map's variable: no table replaces it
+n = sp.Symbol("n", integer=True, positive=True)
+X = sp.MatrixSymbol("X", n, 3)
+LEAVES = [x, y, z, w, sp.Integer(2), sp.Rational(1, 3), sp.Float(0.5), X[0, 1], X[1, 2],
+          sp.pi]
+UNARY = [sp.sin, sp.exp, sp.tanh, ops.sigmoid, ops.softplus, sp.Abs, lambda a: -a,
+         lambda a: sp.log(1 + sp.exp(a))]
+BINARY = [lambda a, b: a + b, lambda a, b: a * b, lambda a, b: a - b, lambda a, b: a / (b**2 + 1),
+          lambda a, b: sp.Max(a, b), lambda a, b: sp.Piecewise((a, b > 0), (b, True))]
+
+
+def _expressions():
+    leaves = st.sampled_from(LEAVES)
+
+    def extend(inner):
+        return st.one_of(
+            st.builds(lambda f, a: f(a), st.sampled_from(UNARY), inner),
+            st.builds(lambda f, a, b: f(a, b), st.sampled_from(BINARY), inner, inner),
+            st.builds(lambda a: ops.SumAll(ops.Map(sp.Lambda((a0,), a0 * a), (n, 3), X)),
+                      inner))
+
+    return st.recursive(leaves, extend, max_leaves=12)
+
+
+EXPRESSIONS = _expressions()
+SETTINGS = settings(max_examples=100, deadline=None, database=None, derandomize=True,
+                    suppress_health_check=list(HealthCheck))
+
+
+def _distinct_nodes(expr) -> set:
+    """The distinct nodes dag_rebuild walks (operands of each), found independently."""
+    seen, stack = set(), [expr]
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(operands(node))
+    return seen
+
+
+def _nested(depth: int):
+    """f <- f * sin(f + w): a DAG of 3 nodes a level, a tree of about 2^depth."""
+    f = x
+    for _ in range(depth):
+        f = f * sp.sin(f + w)
+    return f
+
+
+def _chain(bottom, depth: int):
+    """bottom under depth alternating sums and products: a path, not a tree."""
+    f = bottom
+    for k in range(depth):
+        f = f * z if k % 2 else f + w
+    return f
+
+
+def _bottom(expr):
+    """The end of a chain, found without recursion."""
+    while expr.args:
+        expr = next((a for a in expr.args if a not in (w, z)), expr.args[0])
+    return expr
+
+
+def _chain_contains(expr, kind) -> bool:
+    return any(isinstance(node, kind) for node in dag_nodes(expr))
+
+
+# ------------------------------------------------------------------------------------------
+# dag_rebuild on random expressions
+# ------------------------------------------------------------------------------------------
+@SETTINGS
+@given(EXPRESSIONS)
+def test_a_walk_that_changes_nothing_returns_the_very_same_object(expr):
+    assert dag_rebuild(expr) is expr
+    # As SymPy's xreplace, by identity: the memo takes equal nodes for one (Lambda((a,), a)
+    # equals Lambda((b,), b)), so a node whose operand equals another's is rebuilt, equal.
+    assert dag_rebuild(expr, lambda node, new: rebuild(node, new, xreplace=True)) == expr
+    assert dag_xreplace(expr, {sp.Symbol("absent"): y}) == expr
+
+
+@SETTINGS
+@given(EXPRESSIONS)
+def test_each_distinct_node_is_visited_once_children_first(expr):
+    visited = []
+
+    def visit(node, new):
+        assert all(c in visited for c in operands(node))     # children before parents
+        visited.append(node)
+        return rebuild(node, new)
+
+    dag_rebuild(expr, visit)
+    assert len(visited) == len(set(visited)) == len(_distinct_nodes(expr))
+
+
+@SETTINGS
+@given(EXPRESSIONS, st.sampled_from([{x: y}, {x: 2 * y, w: sp.Integer(0)}, {y: x + 1},
+                                     {n: sp.Integer(4)}, {X: sp.MatrixSymbol("Y", n, 3)},
+                                     {sp.sin(x): z}, {sp.Rational(1, 3): sp.Rational(1, 7)}]))
+def test_a_replacement_table_gives_what_sympy_xreplace_gives(expr, table):
+    expected = expr.xreplace(table)
+    assert dag_xreplace(expr, table) == expected
+    # the same table as a visit of dag_rebuild, entering every node (a leaf of the table is
+    # replaced on the way up)
+    assert dag_rebuild(expr, lambda node, new: table.get(node) if node in table
+                       else rebuild(node, new, xreplace=True)) == expected
+
+
+@SETTINGS
+@given(EXPRESSIONS)
+def test_rebuild_with_equal_operands_keeps_the_node(expr):
+    # equal operands that are other objects: copies made with SymPy's cache emptied
+    sp.core.cache.clear_cache()
+    copies = [pickle.loads(pickle.dumps(a)) for a in operands(expr)]
+    assume(all(c == a for c, a in zip(copies, operands(expr))))
+    assert rebuild(expr, copies) is expr
+
+
+def test_rebuild_of_a_function_of_values_skips_sympy_evaluation():
+    e = sp.sin(x + y)
+    assert rebuild(e, [-x]) == sp.sin(-x, evaluate=False)     # SymPy would give -sin(x)
+    assert rebuild(e, [-x], xreplace=True) == -sp.sin(x)
+    assert rebuild(e, [sp.pi]) == 0                           # a number: evaluated
+    assert rebuild(x + y, [y, y]) == 2 * y                   # sums evaluate
+
+
+# ------------------------------------------------------------------------------------------
+# Shared subexpressions: linear cost
+# ------------------------------------------------------------------------------------------
+def test_a_model_with_exponential_tree_size_is_walked_once_per_distinct_node():
+    f = _nested(200)                # a tree of more than 2^200 nodes
+    distinct = _distinct_nodes(f)
+    assert len(distinct) < 4 * 200 + 10
+    calls = []
+    assert dag_rebuild(f, lambda node, new: calls.append(node) or rebuild(node, new)) is f
+    assert len(calls) == len(distinct)
+    # a change at the bottom reaches the top, each level rebuilt once
+    calls.clear()
+    replaced = dag_rebuild(f, lambda node, new: calls.append(node) or (
+        z if node == x else rebuild(node, new, xreplace=True)))
+    assert len(calls) == len(distinct)
+    assert x not in _distinct_nodes(replaced) and z in _distinct_nodes(replaced)
+
+
+def test_the_passes_visit_a_shared_subexpression_once():
+    f = _nested(200)
+    replaced = dag_xreplace(f, {x: y})
+    expected = y
+    for _ in range(200):
+        expected = expected * sp.sin(expected + w)
+    # (compared by hash: SymPy's == would walk the tree)
+    assert hash(replaced) == hash(expected)
+    assert len(_distinct_nodes(replaced)) == len(_distinct_nodes(f))
+    assert stabilize(f) is f                    # nothing to rewrite: the same object
+    g = x
+    for _ in range(60):             # each level uses the last twice, through a log(1 + exp)
+        g = sp.log(1 + sp.exp(g + w, evaluate=False), evaluate=False) * g + x
+    stable = stabilize(g)
+    assert _chain_contains(stable, ops.softplus) and not _chain_contains(stable, sp.log)
+
+
+# ------------------------------------------------------------------------------------------
+# Depth and width: no recursion
+# ------------------------------------------------------------------------------------------
+DEPTH = 5000
+
+
+def test_a_deep_chain_is_walked_without_recursion():
+    f = _chain(x, DEPTH)
+    assert dag_rebuild(f) is f
+    replaced = dag_xreplace(f, {x: y})
+    assert _bottom(replaced) == y and len(_distinct_nodes(replaced)) == len(_distinct_nodes(f))
+
+
+def test_a_rewrite_at_the_bottom_of_a_deep_chain_reaches_the_top_without_recursion():
+    # every level compares its rebuilt operand with the old one: SymPy's == on the two
+    # chains would recurse down to the rewritten leaf
+    f = _chain(sp.log(1 + sp.exp(x)), DEPTH)
+    stable = stabilize(f)
+    assert _bottom(stable) == x
+    assert _chain_contains(stable, ops.softplus) and not _chain_contains(stable, sp.log)
+
+
+def test_a_deep_sum_is_written_out_without_recursion():
+    i = sp.Symbol("i", integer=True)
+    v = sp.IndexedBase("v")
+    f = _chain(sp.Sum(v[i] ** 2, (i, 0, 2)), DEPTH)
+    written = forms._rewrite(f)
+    assert not _chain_contains(written, sp.Sum) and _chain_contains(written, sp.Indexed)
+
+
+def test_a_chain_of_maps_is_fused_into_one():
+    A = sp.MatrixSymbol("A", 3, 3)
+    m = A
+    # (not deeper: SymPy hashes a matrix expression it was not asked to hash before, as a
+    # model built by symgrad's functions is, recursively)
+    for k in range(150):        # a chain of elementwise functions: one Map after fusion
+        m = sg.tanh(m) if k % 2 else sg.hadamard(m, A)
+    fused = Canonicalizer()(sg.sum(m))
+    maps = [node for node in dag_nodes(fused) if isinstance(node, ops.Map)]
+    assert len(maps) == 1 and maps[0].operands == (A,)
+
+
+def test_a_wide_model_is_walked_without_recursion():
+    terms = sp.symbols("t0:10000", real=True)
+    f = sp.Add(*[sp.sin(t) * t for t in terms])
+    assert dag_rebuild(f) is f
+    assert stabilize(f) is f
+    replaced = dag_xreplace(f, {terms[0]: y})
+    assert replaced == f.xreplace({terms[0]: y})
+
+
+def test_applyfunc_becomes_a_map_with_the_rewritten_operand():
+    A = sp.MatrixSymbol("A", 2, 2)
+    i = sp.Symbol("i", integer=True)
+    v = sp.IndexedBase("v")
+    inside = ElementwiseApplyFunction(sp.Lambda(w, sp.sin(w)),
+                                      A * sp.Sum(v[i], (i, 0, 1)))
+    written = forms._rewrite(inside)
+    assert isinstance(written, ops.Map) and written.body == sp.sin(written.function.variables[0])
+    assert written.operands == ((v[0] + v[1]) * A,)
