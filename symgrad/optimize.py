@@ -19,7 +19,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
-from symgrad import ops
+from symgrad import operations, ops
 from symgrad.codegen.factor import share_factorisations
 from symgrad.codegen.ir import Program, Statement, live_statements, symbols_in
 from symgrad.derive.reverse import Derivation
@@ -84,7 +84,10 @@ class _Flattener:
             return sp.Transpose(inner) if not isinstance(inner, sp.Transpose) else inner.arg
         if isinstance(e, MatrixElement):
             return ops.Entry(self.atom(e.parent), e.i, e.j)
-        if isinstance(e, (ops.AxisSum, ops.LogSumExp, ops.Softmax)):
+        operation = operations.of(e)
+        if operation is not None:
+            return operation.rebuild(e, [self.atom(o) for o in operation.operands(e)])
+        if isinstance(e, ops.AxisSum):
             return type(e)(self.atom(e.arg), e.args[1])
         if isinstance(e, ops.Scatter):
             return ops.Scatter(self.atom(e.value), *e.args[1:])

@@ -19,7 +19,7 @@ PACKAGE = Path(sg.__file__).parent
 # The pipeline, from a SymPy expression to a compiled module.
 PIPELINE = ("symgrad.derive", "symgrad.optimize", "symgrad.codegen", "symgrad.compiled",
             "symgrad.generation", "symgrad.files", "symgrad.forms", "symgrad.functions",
-            "symgrad.ops")
+            "symgrad.ops", "symgrad.operations")
 # What people read: formulas, LaTeX, pictures and walks.
 PRESENTATION = ("symgrad.present",)
 

@@ -12,7 +12,7 @@ from sympy.codegen.cfunctions import log1p
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 import symgrad as sg
-from symgrad import functions, ops
+from symgrad import functions, operations, ops
 from symgrad.checking.translate import (
     TRANSLATORS,
     NumpyTranslator,
@@ -177,14 +177,18 @@ def test_stable_functions_stay_finite_far_out(name):
 @pytest.mark.parametrize("name", FRAMEWORKS)
 def test_every_node_with_a_rule_has_a_translation(name):
     """The translators stay in step with the rule table: each differentiable node type has a
-    method in the shared dispatch (by class name, as the printers look it up), or is an
-    elementwise function whose row (symgrad/functions.py) gives this framework's code."""
+    method in the shared dispatch (by class name, as the printers look it up), is an
+    elementwise function whose row (symgrad/functions.py) gives this framework's code, or is
+    a matrix operation whose file (symgrad/operations/) has its NumPy code (which serves every
+    framework through its module aliases) or this framework's own."""
     translator = TRANSLATORS[name]
     rows = {row.node: row for row in functions.ROWS.values()}
 
     def translated(cls) -> bool:
         if cls in rows:     # a user's function translates the expression that defines it
             return rows[cls].value is not None or rows[cls].key in translator.functions
+        if cls in operations.OPERATIONS:
+            return "numpy" in operations.OPERATIONS[cls].translations
         return any(hasattr(translator, f"_print_{base.__name__}") for base in cls.__mro__)
 
     assert [cls.__name__ for cls in RULES if not translated(cls)] == []

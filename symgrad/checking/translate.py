@@ -3,7 +3,9 @@
 Each translator is a printer in the manner of SymPy's (``_print_MatMul``, ``_print_Map`` ...):
 one method per node type, dispatched by class name through a shared base class, so that a new
 node is one method in each translator and a missing one fails loudly with
-``NotImplementedError`` naming the node and the framework.
+``NotImplementedError`` naming the node and the framework.  Elementwise functions print their
+rows of symgrad/functions.py and the matrix operations of symgrad/operations/ their
+``translations``.
 
 The printed text is a straight-line Python function, one temporary per distinct
 subexpression (a DAG, like symgrad's own derivation), which the framework's autodiff then
@@ -34,7 +36,7 @@ from sympy.logic.boolalg import BooleanAtom
 from sympy.matrices.expressions.matexpr import MatrixExpr
 from sympy.printing.printer import Printer
 
-from symgrad import functions, ops
+from symgrad import functions, operations, ops
 
 __all__ = ["Translator", "NumpyTranslator", "JaxTranslator", "TorchTranslator",
            "AutogradTranslator", "TRANSLATORS", "Translated", "translate", "require"]
@@ -174,7 +176,10 @@ class Translator(Printer):
         if literal is not None:
             return literal
         row = functions.row_of(expr)
-        if row is None:
+        operation = operations.of(expr)
+        if operation is not None:       # symgrad/operations/: its file has its translations
+            code = operation.translate(expr, self)
+        elif row is None:
             code = super()._print(expr, **kwargs)
         elif row.value is not None:     # a user's function: the expression that defines it
             code = self._print(row.value(expr.args[0]))
@@ -392,14 +397,6 @@ class Translator(Printer):
     def _print_SumAll(self, expr):
         return f"{self.xp}.sum({self._print(expr.arg)})"
 
-    def _print_LogSumExpAll(self, expr):
-        return f"{self.special}.logsumexp({self._print(expr.arg)})"
-
-    def _print_LogDet(self, expr):
-        # symgrad's logdet is NaN where the determinant is not positive
-        parts = self._assign(f"{self.xp}.linalg.slogdet({self._print(expr.arg)})")
-        return self._where(f"({parts}[0] > 0)", f"{parts}[1]", 'float("nan")')
-
     def _print_Determinant(self, expr):
         return f"{self.xp}.linalg.det({self._print(expr.arg)})"
 
@@ -471,14 +468,6 @@ class Translator(Printer):
     def _print_AxisSum(self, expr):
         return f"{self.xp}.sum({self._print(expr.arg)}, axis={expr.axis}, keepdims=True)"
 
-    def _print_LogSumExp(self, expr):
-        return (f"{self.special}.logsumexp({self._print(expr.arg)}, axis={expr.axis}, "
-                "keepdims=True)")
-
-    def _print_Softmax(self, expr):
-        axis = expr.axis
-        return f"{self.special}.softmax({self._print(expr.arg)}, axis={axis})"
-
     def _print_Scatter(self, expr):
         i, j = (int(k) for k in expr.index)
         one_hot = np.zeros(self._shape(expr.shape))
@@ -508,10 +497,6 @@ class JaxTranslator(Translator):
         import jax.numpy as jnp
         return jnp.asarray(value)
 
-    def _print_Softmax(self, expr):
-        axis = (0, 1) if expr.axis is None else expr.axis
-        return f"jax.nn.softmax({self._print(expr.arg)}, axis={axis})"
-
 
 class AutogradTranslator(Translator):
     """HIPS autograd's wrapped NumPy and SciPy."""
@@ -521,13 +506,6 @@ class AutogradTranslator(Translator):
     xp = "anp"
     special = "aspecial"
     functions = _templates("autograd", "anp", "aspecial")
-
-    def _print_Softmax(self, expr):
-        # autograd has no softmax: exp(a - logsumexp(a)), the stable textbook form
-        a = self._print(expr.arg)
-        if expr.axis is None:
-            return f"anp.exp({a} - aspecial.logsumexp({a}))"
-        return f"anp.exp({a} - aspecial.logsumexp({a}, axis={expr.axis}, keepdims=True))"
 
 
 class TorchTranslator(Translator):
@@ -552,18 +530,6 @@ class TorchTranslator(Translator):
 
     def _print_AxisSum(self, expr):
         return f"torch.sum({self._print(expr.arg)}, dim={expr.axis}, keepdim=True)"
-
-    def _print_LogSumExp(self, expr):
-        return f"torch.logsumexp({self._print(expr.arg)}, dim={expr.axis}, keepdim=True)"
-
-    def _print_LogSumExpAll(self, expr):
-        return f"torch.logsumexp({self._print(expr.arg)}.reshape(-1), dim=0)"
-
-    def _print_Softmax(self, expr):
-        a = self._print(expr.arg)
-        if expr.axis is None:
-            return f"torch.softmax({a}.reshape(-1), dim=0).reshape({a}.shape)"
-        return f"torch.softmax({a}, dim={expr.axis})"
 
 
 TRANSLATORS: dict[str, type[Translator]] = {

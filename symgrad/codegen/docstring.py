@@ -19,7 +19,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
 
-from symgrad import ops
+from symgrad import operations, ops
 
 __all__ = ["FormulaPrinter", "Gradients", "fresh_names", "module_docstring", "piece_names"]
 
@@ -160,19 +160,6 @@ class FormulaPrinter(StrPrinter):
 
     def _print_SumAll(self, expr):
         return f"sum({self._print(expr.arg)})"
-
-    def _print_LogSumExp(self, expr):
-        return f"logsumexp({self._print(expr.arg)}, axis={expr.axis})"
-
-    def _print_LogSumExpAll(self, expr):
-        return f"logsumexp({self._print(expr.arg)})"
-
-    def _print_Softmax(self, expr):
-        axis = "" if expr.axis is None else f", axis={expr.axis}"
-        return f"softmax({self._print(expr.arg)}{axis})"
-
-    def _print_LogDet(self, expr):
-        return f"logdet({self._print(expr.arg)})"
 
     def _print_Determinant(self, expr):
         return f"det({self._print(expr.arg)})"
@@ -618,13 +605,19 @@ def _dag_size(expr) -> int:
 
 
 def _install_printing() -> None:
-    """str() of symgrad's nodes uses the formula printer (LaTeX is symgrad.present.formulas')."""
-    for cls in (ops.Map, ops.AxisSum, ops.SumAll, ops.LogSumExp, ops.LogSumExpAll, ops.Softmax,
-                ops.LogDet, ops.Named, ops.NamedScalar, ops.Scatter):
+    """str() of symgrad's nodes uses the formula printer (LaTeX is symgrad.present.formulas'):
+    the operations of symgrad/operations/ print by their ``text`` hook, the other nodes by a
+    method of the printer."""
+    def printer_for(printer):
+        return printer if isinstance(printer, FormulaPrinter) else FormulaPrinter()
+
+    for cls in (ops.Map, ops.AxisSum, ops.SumAll, ops.Named, ops.NamedScalar, ops.Scatter):
         method = f"_print_{cls.__name__}"
-        cls._sympystr = (lambda m: lambda self, printer: getattr(
-            printer if isinstance(printer, FormulaPrinter) else FormulaPrinter(), m)(self))(
-            method)
+        cls._sympystr = (lambda m: lambda self, printer: getattr(printer_for(printer), m)(
+            self))(method)
+    for cls, operation in operations.OPERATIONS.items():
+        cls._sympystr = (lambda text: lambda self, printer: text(self, printer_for(printer)))(
+            operation.text)
 
 
 _install_printing()

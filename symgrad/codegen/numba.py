@@ -3,9 +3,10 @@
 
 The schedule has decided what runs in which loop, which array each Map writes, how each
 product runs and which loops may be split between threads; this module only writes it down.
-One emitter method per operation (``_emit_MatMul``, ``_emit_Map`` ...), dispatched by class
-name like SymPy's printers, so that a new operation is one method here and a missing one fails
-loudly.  Scalar expressions inside statements are printed by :class:`ScalarPrinter`.
+The operations of symgrad/operations/ write their own code with this module's helpers
+(their ``emit`` hook); SymPy's operations have one emitter method each (``_emit_MatMul``,
+``_emit_Map`` ...), dispatched by class name like SymPy's printers, so that a missing one
+fails loudly.  Scalar expressions inside statements are printed by :class:`ScalarPrinter`.
 
 Products that the schedule sends to BLAS go through ``np.dot`` (transposed operands are
 passed as views, never copied); each Map is one loop nest without temporaries; reductions are
@@ -21,7 +22,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
-from symgrad import functions, ops
+from symgrad import functions, operations, ops
 from symgrad.codegen.ir import Statement
 from symgrad.codegen.schedule import FusedLoop, Schedule, stored
 
@@ -366,6 +367,10 @@ class KernelEmitter:
             self.emit(f"{reduced.name}[{entry}] = {acc}", depth - 1 if per_row else 1)
 
     def statement(self, s: Statement):
+        operation = operations.of(s.operation)
+        if operation is not None:       # symgrad/operations/: its file writes its code
+            operation.emit(self, s.target, s.operation)
+            return
         kind = type(s.operation).__name__
         method = next((getattr(self, f"_emit_{c.__name__}") for c in type(s.operation).__mro__
                        if hasattr(self, f"_emit_{c.__name__}")), None)
@@ -524,12 +529,6 @@ class KernelEmitter:
     def _emit_Determinant(self, target, e):
         self.emit(f"{target.name} = np.linalg.det(np.ascontiguousarray({self.name(e.arg)}))")
 
-    def _emit_LogDet(self, target, e):
-        self.emit(f"_sign, {target.name} = np.linalg.slogdet("
-                  f"np.ascontiguousarray({self.name(e.arg)}))")
-        self.emit("if _sign <= 0.0:")
-        self.emit(f"{target.name} = np.nan", 2)
-
     def _emit_Inverse(self, target, e):
         self.emit(f"{target.name} = np.linalg.inv(np.ascontiguousarray({self.name(e.arg)}))")
 
@@ -564,68 +563,10 @@ class KernelEmitter:
         self.emit(f"{target.name} = np.zeros({self.shape(e.shape)})")
         self.emit(f"{target.name}[{int(i)}, {int(j)}] = {self.scalar(e.value)}")
 
-    def _emit_LogSumExpAll(self, target, e):
-        a = e.arg
-        self.emit("_peak = -np.inf")
-        i, j, depth = self.loops(a.shape)
-        self.emit(f"_peak = sg_max(_peak, {self.load(a, i, j, a.shape)})", depth)
-        self.emit("_total = 0.0")
-        self.emit("if np.isfinite(_peak):")
-        i, j, depth = self.loops(a.shape, 2)
-        self.emit(f"_total += np.exp({self.load(a, i, j, a.shape)} - _peak)", depth)
-        self.emit(f"{target.name} = _peak + np.log(_total)", 2)
-        self.emit("else:")
-        self.emit(f"{target.name} = _peak", 2)
-
-    def _axis_loops(self, shape, axis):
+    def axis_loops(self, shape, axis):
         """Outer loop over the kept axis (k), inner over the reduced one (r)."""
         rows, cols = shape
         if axis == 0:     # reduce rows: for each column j
             return self.dim(cols), self.dim(rows), lambda k, r: (r, k)
         return self.dim(rows), self.dim(cols), lambda k, r: (k, r)
 
-    def _emit_LogSumExp(self, target, e: ops.LogSumExp):
-        a = e.arg
-        outer, inner, index = self._axis_loops(a.shape, e.axis)
-        out = (lambda k: f"0, {k}") if e.axis == 0 else (lambda k: f"{k}, 0")
-        self.emit(f"{target.name} = np.empty({self.shape(e.shape)})")
-        self.emit(f"for _k in range({outer}):")
-        self.emit("_peak = -np.inf", 2)
-        self.emit(f"for _r in range({inner}):", 2)
-        i, j = index("_k", "_r")
-        self.emit(f"_peak = sg_max(_peak, {self.load(a, i, j, a.shape)})", 3)
-        self.emit("if not np.isfinite(_peak):", 2)
-        self.emit(f"{target.name}[{out('_k')}] = _peak", 3)
-        self.emit("continue", 3)
-        self.emit("_total = 0.0", 2)
-        self.emit(f"for _r in range({inner}):", 2)
-        self.emit(f"_total += np.exp({self.load(a, i, j, a.shape)} - _peak)", 3)
-        self.emit(f"{target.name}[{out('_k')}] = _peak + np.log(_total)", 2)
-
-    def _emit_Softmax(self, target, e: ops.Softmax):
-        a = e.arg
-        self.emit(f"{target.name} = np.empty({self.shape(a.shape)})")
-        if e.axis is None:
-            self.emit("_peak = -np.inf")
-            i, j, depth = self.loops(a.shape)
-            self.emit(f"_peak = sg_max(_peak, {self.load(a, i, j, a.shape)})", depth)
-            self.emit("_total = 0.0")
-            i, j, depth = self.loops(a.shape)
-            self.emit(f"{target.name}[{i}, {j}] = np.exp({self.load(a, i, j, a.shape)} - _peak)",
-                      depth)
-            self.emit(f"_total += {target.name}[{i}, {j}]", depth)
-            i, j, depth = self.loops(a.shape)
-            self.emit(f"{target.name}[{i}, {j}] /= _total", depth)
-            return
-        outer, inner, index = self._axis_loops(a.shape, e.axis)
-        i, j = index("_k", "_r")
-        self.emit(f"for _k in range({outer}):")
-        self.emit("_peak = -np.inf", 2)
-        self.emit(f"for _r in range({inner}):", 2)
-        self.emit(f"_peak = sg_max(_peak, {self.load(a, i, j, a.shape)})", 3)
-        self.emit("_total = 0.0", 2)
-        self.emit(f"for _r in range({inner}):", 2)
-        self.emit(f"{target.name}[{i}, {j}] = np.exp({self.load(a, i, j, a.shape)} - _peak)", 3)
-        self.emit(f"_total += {target.name}[{i}, {j}]", 3)
-        self.emit(f"for _r in range({inner}):", 2)
-        self.emit(f"{target.name}[{i}, {j}] /= _total", 3)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from symgrad import ops
+from symgrad import operations, ops
 from symgrad.codegen.ir import Program, Statement
 
 
@@ -242,12 +242,9 @@ def _alone(s: Statement, hoisted: bool = False) -> Step:
         return Step(s, (Loop(_elements(e.arg.shape), split),), hoisted=hoisted)
     if isinstance(e, ops.SumAll):
         return Step(s, (Loop(_elements(e.arg.shape), True),), hoisted=hoisted)
-    if isinstance(e, ops.LogSumExpAll):      # a running maximum first
-        return Step(s, (Loop(_elements(e.arg.shape), False),), hoisted=hoisted)
-    if isinstance(e, ops.Softmax) and e.axis is None:
-        # a running maximum, a sum of exponentials, then a normalisation of each entry
-        size = _elements(e.arg.shape)
-        return Step(s, (Loop(size, False), Loop(size, False), Loop(size, True)),
+    operation = operations.of(e)
+    if operation is not None:       # the loop nests its emitter opens (symgrad/operations/)
+        return Step(s, tuple(Loop(size, parallel) for size, parallel in operation.loops(e)),
                     hoisted=hoisted)
     return Step(s, hoisted=hoisted)
 

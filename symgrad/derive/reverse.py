@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement
 
-from symgrad import ops
+from symgrad import operations, ops
 from symgrad.derive import rules
 from symgrad.derive.graph import (
     Canonicalizer,
@@ -94,7 +94,10 @@ def rebuild(node, kids_new: list):
         return ops.Map(node.function, node.shape, *kids_new)
     if isinstance(node, MatrixElement):
         return ops.Entry(kids_new[0], node.i, node.j)
-    if isinstance(node, (ops.AxisSum, ops.LogSumExp, ops.Softmax)):
+    operation = operations.of(node)
+    if operation is not None:
+        return operation.rebuild(node, kids_new)
+    if isinstance(node, ops.AxisSum):
         return type(node)(kids_new[0], node.args[1])
     if isinstance(node, ops.Named):
         return ops.Named(node.label, kids_new[0])

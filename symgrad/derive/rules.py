@@ -7,9 +7,11 @@ that need its parameters (an axis, an index).  It returns one adjoint contributi
 (``None`` for an input that gets none).  Rules build SymPy expressions, so each rule is also
 its own documentation: ``symgrad show`` prints what it built.
 
-Elementwise functions (exp, sigmoid, a user's own ...) take their rules from their rows in
-symgrad/functions.py, whose derivatives use the output where that is cheaper (exp: y,
-tanh: 1 - y^2, sigmoid: y (1 - y)), so the backward pass reuses forward values.
+Matrix operations (softmax, logsumexp, logdet ...) take their rules from their files in
+symgrad/operations/.  Elementwise functions (exp, sigmoid, a user's own ...) take their rules
+from their rows in symgrad/functions.py, whose derivatives use the output where that is
+cheaper (exp: y, tanh: 1 - y^2, sigmoid: y (1 - y)), so the backward pass reuses forward
+values.
 
 Tie rule for Max and Min: where the two inputs are equal, each receives half the upstream
 gradient (the convention of JAX and PyTorch; a sum of the two halves is the true one-sided
@@ -28,7 +30,7 @@ from collections.abc import Callable
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement
 
-from symgrad import functions, ops
+from symgrad import functions, operations, ops
 
 Rule = Callable[..., tuple]
 
@@ -103,19 +105,6 @@ def _matrix_element_rule(g, y, parent, **kw):
     return (ops.Scatter(g, node.i, node.j, *shape),)
 
 
-def _logsumexp_rule(g, y, a, **_):
-    return (_map(lambda gv, av, yv: gv * sp.exp(av - yv), a.shape, g, a, y),)
-
-
-def _softmax_rule(g, y, a, node):
-    weighted = _map(lambda gv, yv: gv * yv, a.shape, g, y)
-    if node.axis is None:
-        total = ops.SumAll(weighted)
-    else:
-        total = ops.AxisSum(weighted, node.axis)
-    return (_map(lambda yv, gv, sv: yv * (gv - sv), a.shape, y, g, total),)
-
-
 # One line per node type: rule(g, y, *inputs) -> adjoint of each input.
 RULES: dict[type, Rule] = {
     # scalar arithmetic
@@ -134,16 +123,15 @@ RULES: dict[type, Rule] = {
                                                 sp.Identity(a.shape[0])),),
     sp.Determinant:  lambda g, y, a, **_: (_map(lambda gv, yv, i: gv * yv * i, a.shape, g, y,
                                                 sp.Inverse(a).T),),
-    ops.LogDet:      lambda g, y, a, **_: (_map(lambda gv, i: gv * i, a.shape, g,
-                                                sp.Inverse(a).T),),
     MatrixElement:   _matrix_element_rule,
     ops.AxisSum:         lambda g, y, a, **_: (_broadcast(g, a.shape),),
     ops.SumAll:      lambda g, y, a, **_: (_broadcast(g, a.shape),),
-    ops.LogSumExp:   _logsumexp_rule,
-    ops.LogSumExpAll: _logsumexp_rule,
-    ops.Softmax:     _softmax_rule,
     ops.Named:       lambda g, y, a, **_: (g,),
 }
+
+
+# the matrix operations of symgrad/operations/ bring their own
+RULES.update({operation.node: operation.vjp for operation in operations.OPERATIONS.values()})
 
 
 def elementwise_rule(row: functions.Elementwise) -> Rule:

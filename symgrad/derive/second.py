@@ -34,7 +34,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
-from symgrad import ops
+from symgrad import operations, ops
 
 __all__ = ["NoMatrixForm", "jvp", "jacobian_columns"]
 
@@ -125,38 +125,15 @@ class _Forward:
         if isinstance(e, sp.Determinant):
             t = self(e.arg)
             return None if t is None else e * sp.Trace(sp.Inverse(e.arg) @ t)
-        if isinstance(e, ops.LogDet):
-            t = self(e.arg)
-            return None if t is None else sp.Trace(sp.Inverse(e.arg) @ t)
         if isinstance(e, ops.SumAll):
             t = self(e.arg)
             return None if t is None else ops.SumAll(t)
         if isinstance(e, ops.AxisSum):
             t = self(e.arg)
             return None if t is None else ops.AxisSum(t, e.axis)
-        if isinstance(e, ops.LogSumExpAll):
-            t = self(e.arg)
-            if t is None:
-                return None
-            a, y, dt = _map_variables(3, "l")
-            return ops.SumAll(ops.Map(sp.Lambda((a, y, dt), sp.exp(a - y) * dt), e.arg.shape,
-                                      e.arg, e, t))
-        if isinstance(e, ops.LogSumExp):
-            t = self(e.arg)
-            if t is None:
-                return None
-            a, y, dt = _map_variables(3, "l")
-            return ops.AxisSum(ops.Map(sp.Lambda((a, y, dt), sp.exp(a - y) * dt), e.arg.shape,
-                                       e.arg, e, t), e.axis)
-        if isinstance(e, ops.Softmax):
-            t = self(e.arg)
-            if t is None:
-                return None
-            s, dt = _map_variables(2, "s")
-            weighted = ops.Map(sp.Lambda((s, dt), s * dt), e.shape, e, t)
-            total = ops.SumAll(weighted) if e.axis is None else ops.AxisSum(weighted, e.axis)
-            s, dt, c = _map_variables(3, "s")
-            return ops.Map(sp.Lambda((s, dt, c), s * (dt - c)), e.shape, e, t, total)
+        operation = operations.of(e)
+        if operation is not None:
+            return operation.jvp(e, self)
         if isinstance(e, ops.Scatter):
             t = self(e.value)
             return None if t is None else ops.Scatter(t, *e.args[1:])
@@ -285,14 +262,9 @@ class _Columns(_Forward):
             if (kind == "c" and e.axis == 1) or (kind == "r" and e.axis == 0):
                 return t
             return ops.AxisSum(t, 0)
-        if isinstance(e, ops.LogSumExpAll):
-            t = self(e.arg)
-            if t is None:
-                return None
-            a, y = _map_variables(2, "l")
-            arg = e.arg if _kind(e.arg) == "c" else e.arg.T
-            weights = ops.Map(sp.Lambda((a, y), sp.exp(a - y)), arg.shape, arg, e)
-            return weights.T @ t
+        operation = operations.of(e)
+        if operation is not None and operation.jvp_columns is not None:
+            return operation.jvp_columns(e, self, _kind)
         if isinstance(e, MatrixElement):
             if tuple(e.parent.shape) != (1, 1):
                 t = self(e.parent)
@@ -300,8 +272,8 @@ class _Columns(_Forward):
                     return None
                 raise NoMatrixForm(f"an entry {e} of a vector in every direction")
             return self(e.parent)
-        if isinstance(e, (ops.LogSumExp, ops.Softmax, sp.Inverse, sp.Trace, sp.Determinant,
-                          ops.LogDet, ops.Scatter)):
+        if operation is not None or isinstance(e, (sp.Inverse, sp.Trace, sp.Determinant,
+                                                   ops.Scatter)):
             if all(self(a) is None for a in e.args if isinstance(a, sp.Basic)):
                 return None
             raise NoMatrixForm(f"{type(e).__name__} in every direction of a vector")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
-from symgrad import ops
+from symgrad import operations, ops
 
 __all__ = ["NotSplittable", "BatchSplit", "split_over_batch"]
 
@@ -117,6 +117,9 @@ class _Walk:
     """The kind of each node (memoized: each shared subexpression is looked at once) and the
     split of the SUM nodes into their data part and their part without data."""
 
+    # the kinds, for the split hooks of symgrad/operations/
+    FIXED, ROWS, COLUMNS, SUM, AXIS_KIND = FIXED, ROWS, COLUMNS, SUM, _AXIS_KIND
+
     def __init__(self, expr, wrt: list, dimension: sp.Symbol):
         self.dimension = dimension
         self.wrt = set(wrt)
@@ -186,24 +189,14 @@ class _Walk:
             return FIXED if self.kind(node.arg) == FIXED else SUM
         if isinstance(node, sp.Trace):
             return self.kind(node.arg)      # a square matrix: without data, or a sum
-        if isinstance(node, ops.LogSumExpAll):
-            if self.kind(node.arg) != FIXED:
-                self.refuse(node, "logsumexp over all entries mixes the examples")
-            return FIXED
         if isinstance(node, ops.AxisSum):
             kind = self.kind(node.arg)
             if kind in (ROWS, COLUMNS):
                 return SUM if kind == _AXIS_KIND[node.axis] else kind
             return kind
-        if isinstance(node, (ops.LogSumExp, ops.Softmax)):
-            kind = self.kind(node.arg)
-            what = "logsumexp" if isinstance(node, ops.LogSumExp) else "softmax"
-            if kind == SUM:
-                self.refuse(node, f"{what} of a sum over the examples")
-            if kind in (ROWS, COLUMNS) and (node.axis is None
-                                            or kind == _AXIS_KIND[node.axis]):
-                self.refuse(node, f"{what} along {m} mixes the examples")
-            return kind
+        operation = operations.of(node)
+        if operation is not None and operation.split is not None:
+            return operation.split(node, self)
         if isinstance(node, sp.HadamardPower):
             kind = self.kind(node.base)
             if self.kind(node.exp) != FIXED:
@@ -211,7 +204,7 @@ class _Walk:
             if kind == SUM and node.exp != 1:
                 self.refuse(node, "a power of a sum over the examples")
             return kind
-        # anything else (exp, log, det, inverse, logsumexp of all entries, Max, powers ...)
+        # anything else (exp, log, det, inverse, logdet, Max, powers ...)
         # is nonlinear in its arguments: it splits only when none depends on the examples
         kinds = {self.kind(a) for a in node.args if isinstance(a, sp.Basic)}
         if kinds <= {FIXED}:

@@ -11,7 +11,7 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE
 
-from symgrad import ops
+from symgrad import operations, ops
 from symgrad.codegen.docstring import (
     FormulaPrinter,
     Gradients,
@@ -100,9 +100,6 @@ class FormulaLatexPrinter(LatexPrinter):
     def _print_SumAll(self, expr):
         return rf"\operatorname{{sum}}\left({self._print(expr.arg)}\right)"
 
-    def _print_LogDet(self, expr):
-        return rf"\log\det\left({self._print(expr.arg)}\right)"
-
     def _print_Named(self, expr):
         return expr.label
 
@@ -143,13 +140,17 @@ def _latex_name(name: str) -> str:
 
 def _install_printing() -> None:
     """latex() of symgrad's nodes uses the LaTeX printer; gradients display as LaTeX in a
-    notebook."""
-    for cls in (ops.Map, ops.AxisSum, ops.SumAll, ops.LogSumExp, ops.LogSumExpAll, ops.Softmax,
-                ops.LogDet, ops.Named, ops.NamedScalar, ops.Scatter):
+    notebook.  The operations of symgrad/operations/ print by their ``latex`` hook (those
+    without one as SymPy prints them)."""
+    for cls in (ops.Map, ops.AxisSum, ops.SumAll, ops.Named, ops.NamedScalar, ops.Scatter):
         method = f"_print_{cls.__name__}"
         if hasattr(FormulaLatexPrinter, method):
             cls._latex = (lambda m: lambda self, printer: getattr(FormulaLatexPrinter(), m)(
                 self))(method)
+    for cls, operation in operations.OPERATIONS.items():
+        if operation.latex is not None:
+            cls._latex = (lambda latex: lambda self, printer: latex(self, FormulaLatexPrinter()))(
+                operation.latex)
     Gradients._repr_latex_ = lambda self: "$\\displaystyle " + latex(self) + "$"
 
 

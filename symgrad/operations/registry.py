@@ -1,0 +1,166 @@
+"""The registry of matrix operations: :class:`Operation` (the hooks the machinery calls),
+:func:`register`, :func:`of`, and helpers for the operations' files (see the package).
+
+>>> import symgrad as sg
+>>> of(sg.logdet(sg.matrix("K", 2, 2))).name
+'logdet'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixExpr
+
+from symgrad import ops
+
+__all__ = ["Operation", "register", "of", "OPERATIONS", "map_of", "variables", "axis_split",
+           "HOOKS", "OPTIONAL_HOOKS"]
+
+
+def _first_operand(node) -> tuple:
+    return (node.args[0],)
+
+
+def _rebuild_first(node, new_operands):
+    """The node with its first argument replaced, its parameters (the other args) kept."""
+    return type(node)(new_operands[0], *node.args[1:])
+
+
+@dataclass(frozen=True)
+class Operation:
+    """Everything about one matrix operation; the machinery calls these hooks.
+
+    Structure:
+
+    * ``name``: the operation's name in messages; ``node``: its SymPy class (symgrad/ops.py);
+      ``example()``: a small scalar model that uses it, of matrix symbols (the checks of every
+      operation compile it and compare its derivatives with finite differences);
+    * ``operands(node)``: the children the passes walk (default: the first argument);
+      ``parameters``: the names of the node's other properties (``("axis",)``), which
+      ``rebuild`` keeps; ``rebuild(node, new_operands)``: the node with new operands;
+
+    Derivatives (``g``: upstream adjoint, ``y``: the node's value, ``a``: its operand):
+
+    * ``vjp(g, y, a, node=node)``: the adjoint of each operand (a rule of
+      symgrad/derive/rules.py);
+    * ``jvp(node, tangent)``: the tangent of the node in one direction, where
+      ``tangent(e)`` is the tangent of a subexpression (None: zero); None when zero;
+    * ``jvp_columns(node, tangent, kind)``: the same in every direction of a vector at once
+      (``kind(e)`` is ``'s'``, ``'c'``, ``'r'`` or ``'m'``, see symgrad/derive/second.py), or
+      None where the operation has no such form (the machinery then refuses it unless its
+      operands' tangents are zero);
+
+    Code:
+
+    * ``emit(emitter, target, node)``: the Numba statements, written with the emitter's
+      helpers (``emit``, ``load``, ``loops``, ``shape``, ``name``, ``axis_loops``) of
+      symgrad/codegen/numba.py;
+    * ``loops(node)``: ``(entries, parallel)`` for each loop nest that ``emit`` opens with
+      ``emitter.loops`` at the top of the kernel, in order (the schedule's view of it);
+    * ``translations``: framework -> ``f(node, translator)`` giving the node's array code
+      (``"numpy"`` is required and serves the others through the translator's module aliases
+      ``xp`` and ``special``);
+
+    Presentation and analysis:
+
+    * ``text(node, printer)``: plain text for formulas (``printer._print`` prints operands);
+      ``latex(node, printer)``: LaTeX, or None to print as SymPy prints the node;
+    * ``split(node, walk)``: the node's kind in a split over the examples (``walk.kind``,
+      ``walk.refuse`` and the kinds ``walk.FIXED`` ... of symgrad/derive/split.py), or None
+      for an operation that is nonlinear in its operands: it splits only where none of them
+      depends on the examples.
+    """
+
+    name: str
+    node: type
+    example: Callable
+    vjp: Callable
+    jvp: Callable
+    emit: Callable
+    text: Callable
+    translations: dict
+    split: Callable | None = None
+    jvp_columns: Callable | None = None
+    latex: Callable | None = None
+    loops: Callable = field(default=lambda node: ())
+    parameters: tuple = ()
+    operands: Callable = field(default=_first_operand)
+    rebuild: Callable = field(default=_rebuild_first)
+
+    @property
+    def is_matrix(self) -> bool:
+        """Whether the node is a matrix (else a scalar, such as a reduction of a matrix)."""
+        return issubclass(self.node, MatrixExpr)
+
+    def translate(self, node, translator) -> str:
+        """The node's code for the translator's framework (its own, else NumPy's)."""
+        own = self.translations.get(translator.framework, self.translations["numpy"])
+        return own(node, translator)
+
+
+# The hooks every operation provides (a test checks them).
+HOOKS = ("example", "vjp", "jvp", "emit", "text", "operands", "rebuild", "loops")
+# The hooks an operation may leave None (see Operation).
+OPTIONAL_HOOKS = ("jvp_columns", "latex", "split")
+
+OPERATIONS: dict[type, Operation] = {}
+
+
+def register(operation: Operation) -> Operation:
+    """Add an operation; the machinery finds it by its node class from now on."""
+    if "numpy" not in operation.translations:
+        raise ValueError(f"operation {operation.name}: a NumPy translation is required")
+    OPERATIONS[operation.node] = operation
+    return operation
+
+
+def of(node) -> Operation | None:
+    """The operation of a node (by its class, then its bases), or None."""
+    for cls in type(node).__mro__:
+        found = OPERATIONS.get(cls)
+        if found is not None:
+            return found
+    return None
+
+
+def axis_split(what: str) -> Callable:
+    """The ``split`` hook of an operation along an axis of its operand (softmax, logsumexp):
+    per-example operands stay per-example unless the axis runs over the examples.
+
+    >>> axis_split("softmax").__name__
+    'split'
+    """
+    def split(node, walk):
+        kind = walk.kind(node.arg)
+        if kind == walk.SUM:
+            walk.refuse(node, f"{what} of a sum over the examples")
+        if kind in (walk.ROWS, walk.COLUMNS) and (node.axis is None
+                                                  or kind == walk.AXIS_KIND[node.axis]):
+            walk.refuse(node, f"{what} along {walk.dimension} mixes the examples")
+        return kind
+
+    return split
+
+
+def map_of(body_of, shape, *operands):
+    """``Map(Lambda(v, body_of(*v)), shape, *operands)``, its variables ``_r0, _r1 ...``
+    (the names of the VJP rules' Maps).
+
+    >>> map_of(lambda a: 2 * a, (2, 1), ops.matrix("x", 2, 1)).body
+    2*_r0
+    """
+    names = ops.map_variables(len(operands), [f"_r{k}" for k in range(len(operands))])
+    return ops.Map(sp.Lambda(names, body_of(*names)), shape, *operands)
+
+
+def variables(n: int, prefix: str) -> tuple:
+    """Real symbols ``prefix0 ... prefix{n-1}`` for the bodies of the JVP rules' Maps.
+
+    >>> variables(2, "l")
+    (l0, l1)
+    """
+    return tuple(sp.Symbol(f"{prefix}{k}", real=True) for k in range(n))
+
