@@ -20,9 +20,9 @@ from symgrad.operations import HOOKS, OPERATIONS, OPTIONAL_HOOKS
 from tests.test_architecture import PACKAGE
 
 # The modules that work on every node and so must name no operation of the registry.
-MACHINERY = ("derive/reverse.py", "derive/rules.py", "derive/second.py", "derive/split.py",
-             "optimize.py", "codegen/schedule.py", "codegen/numba.py", "codegen/docstring.py",
-             "present/formulas.py", "checking/translate.py")
+MACHINERY = ("derive/graph.py", "derive/reverse.py", "derive/rules.py", "derive/second.py",
+             "derive/split.py", "optimize.py", "codegen/schedule.py", "codegen/numba.py",
+             "codegen/docstring.py", "present/formulas.py", "checking/translate.py")
 
 
 def _names_in(source: str, names: set[str]) -> list[str]:

@@ -24,7 +24,7 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
-from symgrad import ops
+from symgrad import operations, ops
 from symgrad.nodes import dag_rebuild, operands, rebuild
 
 _CHAIN_PROBE = 1000  # size given to symbolic dimensions when comparing matrix-chain costs
@@ -177,8 +177,9 @@ def _rewrite_top(e):
         exponents = [f.args[0] for f in inner.args if isinstance(f, sp.exp)]
         rest = [f for f in inner.args if not isinstance(f, sp.exp)]
         return sp.Add(*exponents) + _stable_form(sp.log(sp.Mul(*rest)))
-    if isinstance(inner, ops.SumAll) and _exponent_of(inner.arg) is not None:
-        return ops.LogSumExpAll(_exponent_of(inner.arg))    # log(sum(exp(Z)))
+    stable = operations.stable_log(inner)    # log(sum(exp(Z))) -> logsumexp(Z) ...
+    if stable is not None:
+        return stable
     if isinstance(inner, ops.sigmoid):
         return ops.logsigmoid(inner.args[0])
     if isinstance(inner, sp.exp):
@@ -214,32 +215,20 @@ def _log_softmax(variables, body, operands):
     * log(v) for a scalar operand v whose log has a stable form (log(1/sum(exp(Z))) is
       -logsumexp(Z)) becomes a new scalar operand, that stable form.
 
-    An operand stays only where its variable still appears outside a log."""
+    An operand stays only where its variable still appears outside a log.  The matrix
+    operations say which logs of theirs have such forms (their ``stable_log_operand``)."""
     variables, operands = list(variables), list(operands)
     rewritten = []
     for k in range(len(operands)):
         operand, v = operands[k], variables[k]
         if not body.has(sp.log(v)):
             continue
-        transposed = isinstance(operand, sp.Transpose) and isinstance(operand.arg, ops.Softmax)
-        if transposed or isinstance(operand, ops.Softmax):
-            softmax = operand.arg if transposed else operand
-            argument, axis = softmax.arg, softmax.axis
-            logsumexp = (ops.LogSumExpAll(argument) if axis is None
-                         else ops.LogSumExp(argument, axis))
-            if transposed:      # log(softmax(Z)^T) = Z^T - logsumexp(Z)^T
-                transpose = Canonicalizer()._transpose
-                argument = transpose(argument)
-                logsumexp = logsumexp if axis is None else transpose(logsumexp)
-            z, lse = ops.map_variables(2, [f"{v.name}_z", f"{v.name}_l"])
-            body = body.xreplace({sp.log(v): z - lse})
-            variables += [z, lse]
-            operands += [argument, logsumexp]
-        elif isinstance(operand, ops.AxisSum) and _exponent_of(operand.arg) is not None:
-            (lse,) = ops.map_variables(1, [f"{v.name}_l"])
-            body = body.xreplace({sp.log(v): lse})
-            variables.append(lse)
-            operands.append(ops.LogSumExp(_exponent_of(operand.arg), operand.axis))
+        stable = _stable_log_operand(operand, v) if is_matrix(operand) else None
+        if stable is not None:
+            expression, new_variables, new_operands = stable
+            body = body.xreplace({sp.log(v): expression})
+            variables += new_variables
+            operands += new_operands
         elif not is_matrix(operand):
             logarithm = stabilize(sp.log(operand))
             if isinstance(logarithm, sp.log) and logarithm.args[0] == operand:
@@ -256,17 +245,14 @@ def _log_softmax(variables, body, operands):
     return tuple(variables[k] for k in keep), body, [operands[k] for k in keep]
 
 
-def _exponent_of(m):
-    """Z where m is exp(Z) elementwise (a Map whose body is exp(...)), else None."""
-    if not (isinstance(m, ops.Map) and isinstance(m.body, sp.exp)):
-        return None
-    argument = m.body.args[0]
-    variables = m.function.variables
-    if argument in variables:
-        operand = m.operands[variables.index(argument)]
-        if is_matrix(operand) and tuple(operand.shape) == tuple(m.shape):
-            return operand
-    return ops.Map(sp.Lambda(variables, argument), m.shape, *m.operands)
+def _stable_log_operand(operand, v):
+    """The first operation's stable form of log(v) for the matrix operand v stands for."""
+    for operation in operations.OPERATIONS.values():
+        if operation.stable_log_operand is not None:
+            found = operation.stable_log_operand(operand, v, Canonicalizer()._transpose)
+            if found is not None:
+                return found
+    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -327,14 +313,16 @@ class Canonicalizer:
             return sp.Trace(self._canon(expr.arg))
         if isinstance(expr, ops.SumAll):
             return self._sum_all(self._canon(expr.arg))
-        if isinstance(expr, (ops.LogSumExpAll, ops.LogDet)):
-            return type(expr)(self._canon(expr.arg))
+        operation = operations.of(expr)
+        if operation is not None:
+            return operation.rebuild(expr, [self._canon(o) for o in operation.operands(expr)])
         if isinstance(expr, (sp.re, sp.conjugate)):     # values are real: see _rewrite_top
             return self._canon(expr.args[0])
         if isinstance(expr, sp.im):
             return sp.S.Zero
-        if isinstance(expr, sp.log) and isinstance(expr.args[0], sp.Determinant):
-            return ops.LogDet(self._canon(expr.args[0].arg))
+        stable = operations.stable_log(expr.args[0]) if isinstance(expr, sp.log) else None
+        if stable is not None:          # log(det(A)) -> logdet(A) ...
+            return self._canon(stable)
         args = [self._canon(a) for a in expr.args]
         if isinstance(expr, (sp.Add, sp.Mul, sp.Max, sp.Min)) and len(args) > 2:
             # binary, in SymPy's canonical argument order: partial results get shared
@@ -371,8 +359,9 @@ class Canonicalizer:
             return self._canon(ops.map_of_applyfunc(expr))
         if isinstance(expr, ops.AxisSum):
             return self._sum(self._canon(expr.arg), expr.axis)
-        if isinstance(expr, (ops.LogSumExp, ops.Softmax)):
-            return type(expr)(self._canon(expr.arg), expr.args[1])
+        operation = operations.of(expr)
+        if operation is not None:
+            return operation.rebuild(expr, [self._canon(o) for o in operation.operands(expr)])
         if isinstance(expr, sp.Inverse):
             return sp.Inverse(self._canon(expr.arg))
         if isinstance(expr, sp.MatPow) and expr.exp == -1:
@@ -551,8 +540,9 @@ def _binary(kind, args: list):
 
 # Scalar nodes whose operands the canonicalizer handles one by one (their args), and which
 # _scalar_postorder may therefore walk into.
-_SPECIAL_SCALARS = (MatrixElement, sp.Determinant, sp.Trace, ops.SumAll, ops.LogSumExpAll,
-                    ops.LogDet, sp.Piecewise, ops.Named, ops.NamedScalar)
+_SPECIAL_SCALARS = (MatrixElement, sp.Determinant, sp.Trace, ops.SumAll, sp.Piecewise,
+                    ops.Named, ops.NamedScalar,
+                    *(cls for cls, o in operations.OPERATIONS.items() if not o.is_matrix))
 
 
 def _scalar_postorder(expr) -> list:
@@ -572,8 +562,9 @@ def _scalar_postorder(expr) -> list:
         if not isinstance(node, sp.Basic) or is_matrix(node) or node.is_Atom:
             continue
         stack.append((node, True))
-        if isinstance(node, _SPECIAL_SCALARS) or (isinstance(node, sp.log) and isinstance(
-                node.args[0], sp.Determinant)) or not isinstance(node, sp.Expr):
+        if isinstance(node, _SPECIAL_SCALARS) or (isinstance(node, sp.log) and (
+                operations.stable_log(node.args[0]) is not None)) \
+                or not isinstance(node, sp.Expr):
             continue
         stack.extend((a, False) for a in node.args if a not in seen)
     return order
@@ -653,7 +644,10 @@ def _children(node):
             if not isinstance(c, sp.logic.boolalg.BooleanAtom):
                 out.extend(c.args)
         return tuple(out)
-    if isinstance(node, (ops.AxisSum, ops.LogSumExp, ops.Softmax, sp.Inverse)):
+    operation = operations.of(node)
+    if operation is not None:
+        return operation.operands(node)
+    if isinstance(node, (ops.AxisSum, sp.Inverse)):
         return (node.arg,)     # (an Inverse is a MatPow: its args hold the exponent -1 too)
     if isinstance(node, ops.Named):
         return (node.arg,)
@@ -683,7 +677,10 @@ class _Fuser:
             return ops.Named(expr.label, new[0])
         if isinstance(expr, MatrixElement):
             return ops.Entry(new[0], expr.i, expr.j)
-        if isinstance(expr, (ops.AxisSum, ops.LogSumExp, ops.Softmax)):
+        operation = operations.of(expr)
+        if operation is not None:
+            return operation.rebuild(expr, new)
+        if isinstance(expr, ops.AxisSum):
             return type(expr)(new[0], expr.args[1])
         if isinstance(expr, sp.Inverse):    # its args hold the exponent -1 beside the child
             return rebuild(expr, [new[0], *expr.args[1:]])

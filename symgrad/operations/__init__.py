@@ -26,11 +26,14 @@ from symgrad.operations.registry import (
     OPTIONAL_HOOKS,
     Operation,
     axis_split,
+    exponent_of,
     map_of,
     of,
     register,
+    stable_log,
     variables,
 )
 
 __all__ = ["Operation", "register", "of", "OPERATIONS", "map_of", "variables", "axis_split",
-           "HOOKS", "OPTIONAL_HOOKS", "logdet", "logsumexp", "softmax"]
+           "HOOKS", "OPTIONAL_HOOKS", "exponent_of", "stable_log", "logdet", "logsumexp",
+           "softmax"]

@@ -27,6 +27,11 @@ def jvp(e, tangent):
     return None if t is None else sp.Trace(sp.Inverse(e.arg) @ t)
 
 
+def stable_log(inner):
+    """log(det(A)) -> logdet(A)."""
+    return ops.LogDet(inner.arg) if isinstance(inner, sp.Determinant) else None
+
+
 def emit(emitter, target, e):
     emitter.emit(f"_sign, {target.name} = np.linalg.slogdet("
                  f"np.ascontiguousarray({emitter.name(e.arg)}))")
@@ -48,7 +53,7 @@ def example():
 
 LOGDET = register(Operation(
     name="logdet", node=ops.LogDet, example=example,
-    vjp=vjp, jvp=jvp, emit=emit,
+    vjp=vjp, jvp=jvp, emit=emit, stable_log=stable_log,
     text=lambda e, p: f"logdet({p._print(e.arg)})",
     latex=lambda e, p: rf"\log\det\left({p._print(e.arg)}\right)",
     translations={"numpy": translate},

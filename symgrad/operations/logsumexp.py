@@ -14,7 +14,14 @@ from __future__ import annotations
 import sympy as sp
 
 from symgrad import ops
-from symgrad.operations.registry import Operation, axis_split, map_of, register, variables
+from symgrad.operations.registry import (
+    Operation,
+    axis_split,
+    exponent_of,
+    map_of,
+    register,
+    variables,
+)
 
 
 def vjp(g, y, a, **_):
@@ -53,6 +60,22 @@ def jvp_columns_all(e, tangent, kind):
     arg = e.arg if kind(e.arg) == "c" else e.arg.T
     weights = ops.Map(sp.Lambda((a, y), sp.exp(a - y)), arg.shape, arg, e)
     return weights.T @ t
+
+
+def stable_log_all(inner):
+    """log(sum(exp(Z))) -> logsumexp(Z)."""
+    if isinstance(inner, ops.SumAll) and exponent_of(inner.arg) is not None:
+        return ops.LogSumExpAll(exponent_of(inner.arg))
+    return None
+
+
+def stable_log_operand(operand, v, transpose):
+    """log(v) for v = sum(exp(Z), axis), the denominator of a softmax written by hand:
+    l, with logsumexp(Z, axis) as the new operand."""
+    if not (isinstance(operand, ops.AxisSum) and exponent_of(operand.arg) is not None):
+        return None
+    (lse,) = ops.map_variables(1, [f"{v.name}_l"])
+    return lse, [lse], [ops.LogSumExp(exponent_of(operand.arg), operand.axis)]
 
 
 def emit_all(emitter, target, e):
@@ -110,7 +133,7 @@ def example():
 
 LOGSUMEXP = register(Operation(
     name="logsumexp", node=ops.LogSumExp, parameters=("axis",), example=example,
-    vjp=vjp, jvp=jvp_axis, emit=emit_axis,
+    vjp=vjp, jvp=jvp_axis, emit=emit_axis, stable_log_operand=stable_log_operand,
     text=lambda e, p: f"logsumexp({p._print(e.arg)}, axis={e.axis})",
     translations={
         "numpy": lambda e, t: (f"{t.special}.logsumexp({t._print(e.arg)}, axis={e.axis}, "
@@ -124,6 +147,7 @@ LOGSUMEXP = register(Operation(
 LOGSUMEXP_ALL = register(Operation(
     name="logsumexp of all entries", node=ops.LogSumExpAll, example=example,
     vjp=vjp, jvp=jvp_all, jvp_columns=jvp_columns_all, emit=emit_all, loops=loops_all,
+    stable_log=stable_log_all,
     text=lambda e, p: f"logsumexp({p._print(e.arg)})",
     translations={
         "numpy": lambda e, t: f"{t.special}.logsumexp({t._print(e.arg)})",

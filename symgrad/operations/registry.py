@@ -17,7 +17,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 from symgrad import ops
 
 __all__ = ["Operation", "register", "of", "OPERATIONS", "map_of", "variables", "axis_split",
-           "HOOKS", "OPTIONAL_HOOKS"]
+           "HOOKS", "OPTIONAL_HOOKS", "exponent_of", "stable_log"]
 
 
 def _first_operand(node) -> tuple:
@@ -68,6 +68,14 @@ class Operation:
 
     * ``text(node, printer)``: plain text for formulas (``printer._print`` prints operands);
       ``latex(node, printer)``: LaTeX, or None to print as SymPy prints the node;
+    * ``stable_log(inner)``: the operation as the stable form of ``log(inner)``
+      (``log(det(A))`` -> ``logdet(A)``), or None where it is not one; and
+      ``stable_log_operand(operand, v, transpose)``: the same inside an elementwise body,
+      for ``log(v)`` where ``v`` stands for the matrix ``operand``: ``(expression, new
+      variables, their operands)`` to put in place of ``log(v)``, or None
+      (``log(softmax(Z))`` -> ``z - l`` with operands Z and logsumexp(Z)); ``transpose``
+      is the canonical transpose.  Both are optional (symgrad/derive/graph.py asks every
+      operation);
     * ``split(node, walk)``: the node's kind in a split over the examples (``walk.kind``,
       ``walk.refuse`` and the kinds ``walk.FIXED`` ... of symgrad/derive/split.py), or None
       for an operation that is nonlinear in its operands: it splits only where none of them
@@ -85,6 +93,8 @@ class Operation:
     split: Callable | None = None
     jvp_columns: Callable | None = None
     latex: Callable | None = None
+    stable_log: Callable | None = None
+    stable_log_operand: Callable | None = None
     loops: Callable = field(default=lambda node: ())
     parameters: tuple = ()
     operands: Callable = field(default=_first_operand)
@@ -104,7 +114,7 @@ class Operation:
 # The hooks every operation provides (a test checks them).
 HOOKS = ("example", "vjp", "jvp", "emit", "text", "operands", "rebuild", "loops")
 # The hooks an operation may leave None (see Operation).
-OPTIONAL_HOOKS = ("jvp_columns", "latex", "split")
+OPTIONAL_HOOKS = ("jvp_columns", "latex", "split", "stable_log", "stable_log_operand")
 
 OPERATIONS: dict[type, Operation] = {}
 
@@ -143,6 +153,38 @@ def axis_split(what: str) -> Callable:
         return kind
 
     return split
+
+
+def exponent_of(m):
+    """Z where m is exp(Z) elementwise (a Map whose body is exp(...)), else None.
+
+    >>> Z = ops.matrix("Z", 2, 2)
+    >>> exponent_of(ops.Map(sp.Lambda((sp.Symbol("a"),), sp.exp(sp.Symbol("a"))), (2, 2), Z))
+    Z
+    """
+    if not (isinstance(m, ops.Map) and isinstance(m.body, sp.exp)):
+        return None
+    argument = m.body.args[0]
+    variables = m.function.variables
+    if argument in variables:
+        operand = m.operands[variables.index(argument)]
+        if isinstance(operand, MatrixExpr) and tuple(operand.shape) == tuple(m.shape):
+            return operand
+    return ops.Map(sp.Lambda(variables, argument), m.shape, *m.operands)
+
+
+def stable_log(inner):
+    """The stable form of log(inner) that an operation gives, or None.
+
+    >>> print(stable_log(sp.Determinant(ops.matrix("K", 2, 2))))
+    logdet(K)
+    """
+    for operation in OPERATIONS.values():
+        if operation.stable_log is not None:
+            found = operation.stable_log(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def map_of(body_of, shape, *operands):

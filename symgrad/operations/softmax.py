@@ -34,6 +34,22 @@ def jvp(e, tangent):
     return ops.Map(sp.Lambda((s, dt, c), s * (dt - c)), e.shape, e, t, total)
 
 
+def stable_log_operand(operand, v, transpose):
+    """log(v) for v = softmax(Z, axis): z - l, with Z and logsumexp(Z, axis) (over all
+    entries for axis None) as new operands, finite at |z| = 1000 in both passes."""
+    transposed = isinstance(operand, sp.Transpose) and isinstance(operand.arg, ops.Softmax)
+    if not (transposed or isinstance(operand, ops.Softmax)):
+        return None
+    softmax = operand.arg if transposed else operand
+    argument, axis = softmax.arg, softmax.axis
+    logsumexp = ops.LogSumExpAll(argument) if axis is None else ops.LogSumExp(argument, axis)
+    if transposed:      # log(softmax(Z)^T) = Z^T - logsumexp(Z)^T
+        argument = transpose(argument)
+        logsumexp = logsumexp if axis is None else transpose(logsumexp)
+    z, lse = ops.map_variables(2, [f"{v.name}_z", f"{v.name}_l"])
+    return z - lse, [z, lse], [argument, logsumexp]
+
+
 def emit(emitter, target, e):
     """Per column (axis 0) or row (axis 1), or over all entries: a running maximum, the
     exponentials of the shifted entries and their sum, then a normalisation."""
@@ -106,6 +122,7 @@ def example():
 SOFTMAX = register(Operation(
     name="softmax", node=ops.Softmax, parameters=("axis",), example=example,
     vjp=vjp, jvp=jvp, emit=emit, loops=loops, text=text,
+    stable_log_operand=stable_log_operand,
     translations={
         "numpy": lambda e, t: f"{t.special}.softmax({t._print(e.arg)}, axis={e.axis})",
         "jax": lambda e, t: (f"jax.nn.softmax({t._print(e.arg)}, "
