@@ -397,12 +397,6 @@ class Translator(Printer):
     def _print_SumAll(self, expr):
         return f"{self.xp}.sum({self._print(expr.arg)})"
 
-    def _print_Determinant(self, expr):
-        return f"{self.xp}.linalg.det({self._print(expr.arg)})"
-
-    def _print_Trace(self, expr):
-        return f"{self.xp}.trace({self._print(expr.arg)})"
-
     def _print_MatrixElement(self, expr):
         return f"{self._print(expr.parent)}[{int(expr.i)}, {int(expr.j)}]"
 

@@ -53,7 +53,9 @@ class FormulaPrinter(StrPrinter):
             return self.names[expr]
         self._depth += 1
         try:
-            text = super()._print(expr, **kwargs)
+            operation = operations.of(expr)     # symgrad/operations/: its file prints it
+            text = (operation.text(expr, self) if operation is not None
+                    else super()._print(expr, **kwargs))
         finally:
             self._depth -= 1
         if self._depth > 0 and text in self.aliases:
@@ -160,12 +162,6 @@ class FormulaPrinter(StrPrinter):
 
     def _print_SumAll(self, expr):
         return f"sum({self._print(expr.arg)})"
-
-    def _print_Determinant(self, expr):
-        return f"det({self._print(expr.arg)})"
-
-    def _print_Trace(self, expr):
-        return f"tr({self._print(expr.arg)})"
 
     def _print_Scatter(self, expr):
         i, j = expr.index
@@ -616,8 +612,9 @@ def _install_printing() -> None:
         cls._sympystr = (lambda m: lambda self, printer: getattr(printer_for(printer), m)(
             self))(method)
     for cls, operation in operations.OPERATIONS.items():
-        cls._sympystr = (lambda text: lambda self, printer: text(self, printer_for(printer)))(
-            operation.text)
+        if cls.__module__.partition(".")[0] == "symgrad":    # SymPy's own print as SymPy's
+            cls._sympystr = (lambda text: lambda self, printer: text(
+                self, printer_for(printer)))(operation.text)
 
 
 _install_printing()

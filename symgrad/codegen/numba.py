@@ -523,12 +523,6 @@ class KernelEmitter:
         else:
             self.emit(f"{target.name} = {self.name(parent)}[{int(e.i)}, {int(e.j)}]")
 
-    def _emit_Trace(self, target, e):
-        self.emit(f"{target.name} = np.trace({self.name(e.arg)})")
-
-    def _emit_Determinant(self, target, e):
-        self.emit(f"{target.name} = np.linalg.det(np.ascontiguousarray({self.name(e.arg)}))")
-
     def _emit_Inverse(self, target, e):
         self.emit(f"{target.name} = np.linalg.inv(np.ascontiguousarray({self.name(e.arg)}))")
 

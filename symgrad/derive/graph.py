@@ -307,10 +307,6 @@ class Canonicalizer:
         if isinstance(expr, MatrixElement):
             parent = self._canon(expr.parent)
             return ops.Entry(parent, expr.i, expr.j)
-        if isinstance(expr, sp.Determinant):
-            return sp.Determinant(self._canon(expr.arg))
-        if isinstance(expr, sp.Trace):
-            return sp.Trace(self._canon(expr.arg))
         if isinstance(expr, ops.SumAll):
             return self._sum_all(self._canon(expr.arg))
         operation = operations.of(expr)
@@ -540,7 +536,7 @@ def _binary(kind, args: list):
 
 # Scalar nodes whose operands the canonicalizer handles one by one (their args), and which
 # _scalar_postorder may therefore walk into.
-_SPECIAL_SCALARS = (MatrixElement, sp.Determinant, sp.Trace, ops.SumAll, sp.Piecewise,
+_SPECIAL_SCALARS = (MatrixElement, ops.SumAll, sp.Piecewise,
                     ops.Named, ops.NamedScalar,
                     *(cls for cls, o in operations.OPERATIONS.items() if not o.is_matrix))
 

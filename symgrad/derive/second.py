@@ -119,12 +119,6 @@ class _Forward:
         if isinstance(e, sp.Inverse):
             t = self(e.arg)
             return None if t is None else -e @ t @ e
-        if isinstance(e, sp.Trace):
-            t = self(e.arg)
-            return None if t is None else sp.Trace(t)
-        if isinstance(e, sp.Determinant):
-            t = self(e.arg)
-            return None if t is None else e * sp.Trace(sp.Inverse(e.arg) @ t)
         if isinstance(e, ops.SumAll):
             t = self(e.arg)
             return None if t is None else ops.SumAll(t)
@@ -272,8 +266,7 @@ class _Columns(_Forward):
                     return None
                 raise NoMatrixForm(f"an entry {e} of a vector in every direction")
             return self(e.parent)
-        if operation is not None or isinstance(e, (sp.Inverse, sp.Trace, sp.Determinant,
-                                                   ops.Scatter)):
+        if operation is not None or isinstance(e, (sp.Inverse, ops.Scatter)):
             if all(self(a) is None for a in e.args if isinstance(a, sp.Basic)):
                 return None
             raise NoMatrixForm(f"{type(e).__name__} in every direction of a vector")

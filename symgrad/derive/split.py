@@ -187,8 +187,6 @@ class _Walk:
             return kind
         if isinstance(node, ops.SumAll):
             return FIXED if self.kind(node.arg) == FIXED else SUM
-        if isinstance(node, sp.Trace):
-            return self.kind(node.arg)      # a square matrix: without data, or a sum
         if isinstance(node, ops.AxisSum):
             kind = self.kind(node.arg)
             if kind in (ROWS, COLUMNS):

@@ -9,7 +9,9 @@ framework of ``sg.check`` and what it does to a split over the examples (Dask).
 
 The machinery looks a node up with :func:`of` and calls the hooks; it names no operation of
 this package.  To add an operation: its node class in symgrad/ops.py (and a builder), then a
-file here that calls :func:`register`, imported by this module.
+file here that calls :func:`register`, imported by this module.  SymPy's own matrix
+operations (``Determinant``, ``Trace``) are files here too; outside symgrad's formulas they
+print as SymPy prints them.
 
 >>> import symgrad as sg
 >>> A = sg.matrix("A", 2, 3)
@@ -19,7 +21,7 @@ file here that calls :func:`register`, imported by this module.
 True
 """
 
-from symgrad.operations import logdet, logsumexp, softmax
+from symgrad.operations import determinant, logdet, logsumexp, softmax, trace
 from symgrad.operations.registry import (
     HOOKS,
     OPERATIONS,
@@ -35,5 +37,5 @@ from symgrad.operations.registry import (
 )
 
 __all__ = ["Operation", "register", "of", "OPERATIONS", "map_of", "variables", "axis_split",
-           "HOOKS", "OPTIONAL_HOOKS", "exponent_of", "stable_log", "logdet", "logsumexp",
-           "softmax"]
+           "HOOKS", "OPTIONAL_HOOKS", "exponent_of", "stable_log", "determinant", "logdet",
+           "logsumexp", "softmax", "trace"]

@@ -37,6 +37,9 @@ class FormulaLatexPrinter(LatexPrinter):
     def _print(self, expr, **kwargs):
         if expr in self.names:
             return self.names[expr]
+        operation = operations.of(expr)     # symgrad/operations/: its file prints it
+        if operation is not None and operation.latex is not None:
+            return operation.latex(expr, self)
         return super()._print(expr, **kwargs)
 
     def _print_Map(self, expr):
@@ -148,7 +151,7 @@ def _install_printing() -> None:
             cls._latex = (lambda m: lambda self, printer: getattr(FormulaLatexPrinter(), m)(
                 self))(method)
     for cls, operation in operations.OPERATIONS.items():
-        if operation.latex is not None:
+        if operation.latex is not None and cls.__module__.partition(".")[0] == "symgrad":
             cls._latex = (lambda latex: lambda self, printer: latex(self, FormulaLatexPrinter()))(
                 operation.latex)
     Gradients._repr_latex_ = lambda self: "$\\displaystyle " + latex(self) + "$"
