@@ -35,7 +35,8 @@ class Operation:
 
     Structure:
 
-    * ``name``: the operation's name in messages; ``node``: its SymPy class (symgrad/ops.py);
+    * ``name``: the operation's name in messages; ``node``: its SymPy class (symgrad/ops.py,
+      or SymPy's own);
       ``example()``: a small scalar model that uses it, of matrix symbols (the checks of every
       operation compile it and compare its derivatives with finite differences);
     * ``operands(node)``: the children the passes walk (default: the first argument);
@@ -117,6 +118,8 @@ HOOKS = ("example", "vjp", "jvp", "emit", "text", "operands", "rebuild", "loops"
 OPTIONAL_HOOKS = ("jvp_columns", "latex", "split", "stable_log", "stable_log_operand")
 
 OPERATIONS: dict[type, Operation] = {}
+# of()'s answer per node type: the passes ask it for every node they visit
+_BY_TYPE: dict[type, Operation | None] = {}
 
 
 def register(operation: Operation) -> Operation:
@@ -124,16 +127,20 @@ def register(operation: Operation) -> Operation:
     if "numpy" not in operation.translations:
         raise ValueError(f"operation {operation.name}: a NumPy translation is required")
     OPERATIONS[operation.node] = operation
+    _BY_TYPE.clear()
     return operation
 
 
 def of(node) -> Operation | None:
     """The operation of a node (by its class, then its bases), or None."""
-    for cls in type(node).__mro__:
-        found = OPERATIONS.get(cls)
-        if found is not None:
-            return found
-    return None
+    kind = type(node)
+    try:
+        return _BY_TYPE[kind]
+    except KeyError:
+        pass
+    found = next((OPERATIONS[cls] for cls in kind.__mro__ if cls in OPERATIONS), None)
+    _BY_TYPE[kind] = found
+    return found
 
 
 def axis_split(what: str) -> Callable:
