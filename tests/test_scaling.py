@@ -347,3 +347,25 @@ def test_a_long_programs_docstring_names_only_the_steps_it_shows(monkeypatch):
         assert "more steps)" in spec.docstring
     # the first and last DOCSTRING_MAX_LINES // 2 lines, and one per gradient line
     assert named[400] == named[100] <= docstring.DOCSTRING_MAX_LINES + 10
+
+
+def test_sums_of_two_names_print_as_sympy_orders_them():
+    import itertools
+
+    from sympy.printing.numpy import NumPyPrinter
+
+    from symgrad.codegen.numba import PythonScalarPrinter, ScalarPrinter
+
+    names = ["_t1", "_t10", "_t9", "_t100", "in_0", "in_10", "in_2", "x", "X", "_d5", "_c0"]
+    symbols = [sp.Symbol(n, real=True) for n in names] + [sp.Symbol("q"),
+                                                         sp.Symbol("q", positive=True)]
+    for printer in (ScalarPrinter, PythonScalarPrinter):
+        class SymPys(printer):
+            _print_Add = NumPyPrinter._print_Add
+
+        for a, b in itertools.product(symbols, repeat=2):
+            for evaluate in (True, False):
+                e = sp.Add(a, b, evaluate=evaluate)
+                assert printer().doprint(e) == SymPys().doprint(e), e
+    renamed = ScalarPrinter({symbols[0]: "x_[0]"}).doprint(symbols[1] + symbols[0])
+    assert renamed == "x_[0] + _t10"
