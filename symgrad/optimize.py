@@ -49,7 +49,11 @@ class _Flattener:
     def atom(self, e):
         if is_atom(e):
             return e
-        operation = self._operation(e)
+        return self._named(self._operation(e))
+
+    def _named(self, operation):
+        """The atom of an operation over atoms: itself if it folded to one, else the target
+        of its statement (a new one the first time)."""
         if is_atom(operation):
             return operation
         if operation in self.table:
@@ -69,8 +73,7 @@ class _Flattener:
             operands = [self.atom(o) for o in e.operands]
             return _normalized_map(e.function, e.shape, operands)
         if isinstance(e, (sp.Add, sp.Mul)) and len(e.args) > 2:
-            head = self.atom(e.func(*e.args[:-1]))
-            return e.func(head, self.atom(e.args[-1]))
+            return self._chain(e)
         if isinstance(e, sp.Mul) and len(e.args) == 2:
             a, b = e.args
             if _is_reciprocal(b) and not _is_reciprocal(a):   # a / b is one operation
@@ -102,6 +105,36 @@ class _Flattener:
             return sp.Piecewise(*pieces)
         args = [self.atom(a) if isinstance(a, sp.Basic) else a for a in e.args]
         return e.func(*args)
+
+
+    def _chain(self, e):
+        """An n-ary sum or product as a chain of binary operations, left to right: the
+        operation ``head + a_n`` whose head is the statement of ``a_1 + ... + a_{n-1}``, and
+        so on down to ``a_1 + a_2``.
+
+        The prefixes of an evaluated sum's (or product's) arguments are sums in SymPy's
+        form already (sorted, like terms combined), so they are not built and evaluated
+        again: that costs O(n) per prefix, O(n^2) for the chain, and a recursion per prefix
+        (a sum of 3,000 terms would exhaust Python's stack).  The first two arguments are
+        evaluated as before (SymPy distributes 2 (x + y)), and so is a prefix of numbers
+        only (an atom of its own, such as 1 + sqrt(2)).  Arguments SymPy may combine in
+        other ways (non-commutative, infinite, a sum built unevaluated) take the general
+        path.
+        """
+        args, func = e.args, e.func
+        if (not all(a.is_commutative for a in args)
+                or (args[0].is_Number and not args[0].is_finite) or func(*args).args != args):
+            head = self.atom(func(*args[:-1]))
+            return func(head, self.atom(args[-1]))
+        numbers = all(a.is_number for a in args[:2])
+        head = self.atom(func(*args[:2]))
+        for k in range(2, len(args) - 1):
+            numbers = numbers and args[k].is_number
+            if numbers:     # the prefix is a number: an atom, or one operation, as SymPy has it
+                head = self.atom(func(*args[:k + 1]))
+                continue
+            head = self._named(func(head, self.atom(args[k])))
+        return func(head, self.atom(args[-1]))
 
 
 def _is_reciprocal(e) -> bool:

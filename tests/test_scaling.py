@@ -244,3 +244,128 @@ def test_stable_rewrites_of_numbers_terminate():
     x = sp.Symbol("x")
     assert stabilize(sp.log(1 + sp.exp(2 * x)) + 1 / (1 + sp.exp(-2))) == (
         ops.softplus(2 * x) + 1 / (1 + sp.exp(-2)))
+
+
+# ------------------------------------------------------------------------------------------
+# Linear passes, counted (not timed): the work of a pass at n and at 4n
+# ------------------------------------------------------------------------------------------
+def _flattened_terms(monkeypatch) -> list:
+    """A counter of the operands SymPy's Add.flatten and Mul.flatten receive when they build
+    a sum or product of more than two (the cost of evaluating n-ary sums), reset by the
+    caller."""
+    counted = [0]
+    for cls in (sp.Add, sp.Mul):
+        original = cls.flatten.__func__
+
+        def flatten(kind, seq, original=original):
+            if len(seq) > 2:
+                counted[0] += len(seq)
+            return original(kind, seq)
+
+        monkeypatch.setattr(cls, "flatten", classmethod(flatten))
+    return counted
+
+
+def test_lowering_a_long_sum_is_a_linear_chain(monkeypatch):
+    from symgrad.optimize import _Flattener
+
+    counted = _flattened_terms(monkeypatch)
+    work = {}
+    for n in (300, 1200):
+        x = sp.symbols(f"x0:{n}", real=True)
+        total = sp.Add(*[sp.sin(s) for s in x])
+        flat = _Flattener()
+        counted[0] = 0
+        # 1,200 terms: one link each, far deeper than Python's stack lets a recursion go
+        result = flat.atom(total)
+        work[n] = counted[0]
+        assert len(flat.statements) == 2 * n - 1      # n sines, n - 1 additions
+        assert flat.statements[-1].target == result
+        assert all(len(s.operation.args) <= 2 for s in flat.statements)
+    # building each prefix of the sum again costs n^2 / 2 operands (16 times as many at 4n);
+    # the chain reads the sum's operands once or twice
+    assert work[300] <= 2 * 300 and work[1200] <= 2 * 1200
+
+
+def test_lowering_keeps_sympy_forms_of_sums_and_products():
+    from symgrad.optimize import _Flattener
+
+    a, b, c, d = sp.symbols("a b c d", real=True)
+    for expr in (a + b + c + d + 1 + sp.sqrt(2), 2 * (a + b) * c * d,
+                 sp.pi + sp.sqrt(2) + sp.sin(1) + a + b, -a * b * sp.exp(c) / d):
+        flat = _Flattener()
+        value = flat.atom(expr)
+        values = {s.target: s.operation for s in flat.statements}
+        assert dag_xreplace(value, {}) is not None
+        while any(t in values for t in dag_free_symbols(value)):
+            value = value.xreplace(values)
+        assert sp.simplify(value - expr) == 0
+
+
+def test_one_operation_forms_count_as_count_ops_counts():
+    import itertools
+
+    from symgrad.codegen.ir import _one_operation, operation_cost
+
+    x, y = sp.symbols("x y", real=True)
+    numbers = [sp.Integer(k) for k in range(-4, 5)] + [sp.Rational(1, 2), sp.Float(2.5),
+                                                       sp.Float(-1.5), sp.pi]
+    forms = []
+    for a, b in itertools.product([x, y, *numbers], repeat=2):
+        for kind in (sp.Add, sp.Mul, sp.Pow):
+            for evaluate in (True, False):
+                forms.append(kind(a, b, evaluate=evaluate))
+    for f in (sp.sin, sp.exp, sp.log, ops.sigmoid, sp.Abs, sp.Function("g")):
+        forms += [f(x), f(x, evaluate=False), f(2 * x)]
+    fast = [e for e in forms if _one_operation(e)]
+    assert len(fast) > 100
+    for e in forms:
+        assert operation_cost(e) == max(1, sp.count_ops(e)) or isinstance(
+            e, (sp.Symbol, sp.Number)), e
+        if _one_operation(e):
+            assert sp.count_ops(e) == 1, e
+
+
+def test_a_long_programs_docstring_names_only_the_steps_it_shows(monkeypatch):
+    import symgrad.codegen.docstring as docstring
+    from symgrad.compiled import build_spec
+
+    calls = [0]
+    original = docstring._named_operands
+
+    def counting(*args):
+        calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(docstring, "_named_operands", counting)
+    named = {}
+    for n in (100, 400):
+        expr, x, _ = long_sum(n)
+        calls[0] = 0
+        spec = build_spec(expr, x)
+        named[n] = calls[0]
+        assert "more steps)" in spec.docstring
+    # the first and last DOCSTRING_MAX_LINES // 2 lines, and one per gradient line
+    assert named[400] == named[100] <= docstring.DOCSTRING_MAX_LINES + 10
+
+
+def test_sums_of_two_names_print_as_sympy_orders_them():
+    import itertools
+
+    from sympy.printing.numpy import NumPyPrinter
+
+    from symgrad.codegen.numba import PythonScalarPrinter, ScalarPrinter
+
+    names = ["_t1", "_t10", "_t9", "_t100", "in_0", "in_10", "in_2", "x", "X", "_d5", "_c0"]
+    symbols = [sp.Symbol(n, real=True) for n in names] + [sp.Symbol("q"),
+                                                         sp.Symbol("q", positive=True)]
+    for printer in (ScalarPrinter, PythonScalarPrinter):
+        class SymPys(printer):
+            _print_Add = NumPyPrinter._print_Add
+
+        for a, b in itertools.product(symbols, repeat=2):
+            for evaluate in (True, False):
+                e = sp.Add(a, b, evaluate=evaluate)
+                assert printer().doprint(e) == SymPys().doprint(e), e
+    renamed = ScalarPrinter({symbols[0]: "x_[0]"}).doprint(symbols[1] + symbols[0])
+    assert renamed == "x_[0] + _t10"

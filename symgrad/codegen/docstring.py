@@ -13,6 +13,7 @@ transpose, ``sum(A, axis=1)`` row sums; a column vector added to a matrix is bro
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
@@ -403,12 +404,43 @@ def _program_pieces(program, output: str):
     for k, statement in enumerate(program.statements):
         label = named.get(statement.target, f"{prefix}{k}")
         names[statement.target] = label
-    pieces = []
-    for statement in program.statements:
-        pieces.append((names[statement.target], _named_operands(statement.operation, names)))
+    pieces = _Steps(program.statements, names)
     lines = [(f"d{output}/d{name}", _named_operands(atom, names))
              for name, atom in program.outputs.items()]
     return pieces, lines, names
+
+
+class _Steps(Sequence):
+    """The statements of a program as ``(name, operation over display names)`` pieces, each
+    made when it is read: a docstring shows the first and last steps of a long program only,
+    and naming the operands of thousands of steps it does not show is most of its cost.
+
+    >>> x = sp.Symbol("x")
+    >>> t0, t1 = sp.symbols("_t0 _t1")
+    >>> from symgrad.codegen.ir import Statement
+    >>> steps = _Steps([Statement(t0, sp.sin(x)), Statement(t1, 2 * t0)], {t0: "a", t1: "b"})
+    >>> len(steps), steps[-1], steps[:1]
+    (2, ('b', 2*a), [('a', sin(x))])
+    """
+
+    def __init__(self, statements: list, names: dict):
+        self._statements = statements
+        self._names = names
+
+    def __len__(self) -> int:
+        return len(self._statements)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._piece(s) for s in self._statements[index]]
+        return self._piece(self._statements[index])
+
+    def __add__(self, other) -> list:
+        return list(self) + list(other)
+
+    def _piece(self, statement) -> tuple:
+        return (self._names[statement.target],
+                _named_operands(statement.operation, self._names))
 
 
 def _named_operands(operation, names: dict):
@@ -468,15 +500,23 @@ def _show_lines(grads, output: str, keep: int | None = None) -> list[str]:
     ``keep`` lines around one that says how many were left out (only those are printed)."""
     pieces, lines, _ = _pieces(grads, output)
     printer = FormulaPrinter(aliases=_aliases(grads))
-    items = pieces + lines
+    total = len(pieces) + len(lines)
     left_out = []
-    if keep is not None and len(items) > 2 * keep + 1:
-        left_out = [f"... ({len(items) - 2 * keep} more steps)"]
-        head, tail = items[:keep], items[-keep:]
+    if keep is not None and total > 2 * keep + 1:
+        # only the lines shown are made (the pieces of a long program are made when read)
+        left_out = [f"... ({total - 2 * keep} more steps)"]
+        head, tail = _items(pieces, lines, 0, keep), _items(pieces, lines, total - keep, total)
     else:
-        head, tail = items, []
+        head, tail = _items(pieces, lines, 0, total), []
     return ([f"{name} = {_tidy(printer.doprint(e))}" for name, e in head] + left_out
             + [f"{name} = {_tidy(printer.doprint(e))}" for name, e in tail])
+
+
+def _items(pieces, lines: list, start: int, stop: int) -> list:
+    """Items start to stop of pieces followed by lines, reading only those."""
+    n = len(pieces)
+    return (list(pieces[min(start, n):min(stop, n)])
+            + lines[max(start - n, 0):max(stop - n, 0)])
 
 
 def _aliases(grads) -> dict:

@@ -48,6 +48,18 @@ class ScalarPrinter(NumPyPrinter):
     def _print_Symbol(self, expr):
         return self.names.get(expr, expr.name)
 
+    def _print_Add(self, expr, order=None):
+        # most statements of a large program add two names: SymPy orders two symbols of
+        # one kind by name (as_ordered_terms, the printer's default order), and finding
+        # that order costs a polynomial decomposition per statement
+        args = expr.args
+        if (order is None and self.order is None and len(args) == 2
+                and type(args[0]) is type(args[1]) is sp.Symbol
+                and args[0].name != args[1].name):
+            first, second = sorted(args, key=lambda s: s.name)
+            return f"{self._print(first)} + {self._print(second)}"
+        return super()._print_Add(expr, order=order)
+
     def _print_MatrixSymbol(self, expr):
         return self.names.get(expr, expr.name)
 

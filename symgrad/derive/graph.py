@@ -694,8 +694,12 @@ class _Fuser:
         if not new:     # a leaf: a matrix symbol, Identity, a number, a Lambda ...
             return expr
         children = iter(new)
-        return _rebuild_canonical(expr, [next(children) if isinstance(a, sp.Basic) else a
-                                         for a in expr.args])
+        args = [next(children) if isinstance(a, sp.Basic) else a for a in expr.args]
+        if all(a is b for a, b in zip(args, expr.args)):
+            # nothing fused below: the node as it is (rebuilding it unevaluated would give
+            # an equal node, at the cost of a SymPy construction per node of each adjoint)
+            return expr
+        return _rebuild_canonical(expr, args)
 
     def _fuse_map(self, expr: ops.Map, new_operands):
         variables, operands = [], []
