@@ -45,6 +45,7 @@ class _Flattener:
     def __init__(self):
         self.statements: list[Statement] = []
         self.table: dict = {}
+        self.negations: dict = {}       # target of -a -> a
 
     def atom(self, e):
         if is_atom(e):
@@ -61,14 +62,34 @@ class _Flattener:
             target = sp.Symbol(f"_t{k}", real=True)
         self.statements.append(Statement(target, operation))
         self.table[operation] = target
+        if (isinstance(operation, sp.Mul) and len(operation.args) == 2
+                and operation.args[0] == -1):
+            self.negations[target] = operation.args[1]
         return target
+
+    def _term(self, e):
+        """A term of a sum as an atom, or as the negation of one: the sum subtracts it
+        instead of adding a negated copy (a negation that nothing else reads is then dead)."""
+        if isinstance(e, sp.Mul) and len(e.args) == 2 and e.args[0] == -1:
+            return -self.atom(e.args[1])
+        term = self.atom(e)
+        negated = self.negations.get(term)
+        return term if negated is None else -negated
 
     def _operation(self, e):
         """e as one operation over atoms (its operands flattened first)."""
         if isinstance(e, ops.Map):
             operands = [self.atom(o) for o in e.operands]
             return _normalized_map(e.function, e.shape, operands)
-        if isinstance(e, (sp.Add, sp.Mul)) and len(e.args) > 2:
+        if isinstance(e, sp.Add):
+            # x - y is one subtraction, not a negation and an addition
+            *rest, last = e.args
+            head = self.atom(sp.Add(*rest)) if len(rest) > 1 else self._term(rest[0])
+            return sp.Add(head, self._term(last))
+        if isinstance(e, sp.Mul) and len(e.args) > 2:
+            # -a b is the negation of a b, which a sum then subtracts
+            if e.args[0] == -1:
+                return -self.atom(sp.Mul(*e.args[1:]))
             head = self.atom(e.func(*e.args[:-1]))
             return e.func(head, self.atom(e.args[-1]))
         if isinstance(e, sp.Mul) and len(e.args) == 2:
