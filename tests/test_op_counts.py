@@ -50,6 +50,24 @@ def test_seed_op_counts():
     assert counts["value_and_grad"] <= 4 * counts["forward"]
 
 
+@pytest.mark.parametrize("make, forward", [
+    (lambda x, y, z: x - y, 1),
+    (lambda x, y, z: 1 - x, 1),
+    (lambda x, y, z: -x - y, 2),          # one negation, one subtraction
+    (lambda x, y, z: x - y - z, 2),
+])
+def test_a_subtracted_term_costs_no_negation_of_its_own(make, forward):
+    x, y, z = sp.symbols("x y z")
+    expr = make(x, y, z)
+    assert symgrad_op_counts(expr, sorted(expr.free_symbols, key=str))["forward"] == forward
+
+
+def test_max_gradient_subtracts_instead_of_negating():
+    # d Max(x, y)/dy = 1 - H(x - y): one subtraction, one step, one subtraction
+    x, y = sp.symbols("x y")
+    assert symgrad_op_counts(sp.Max(x, y), [x, y]) == {"forward": 1, "value_and_grad": 4}
+
+
 # Random models whose gradient costs more than four forward passes, each a gap: a Max of three
 # (each Max passes its adjoint on as g H and g - g H, and the chain below it multiplies both).
 OVER_FOUR_TIMES = {64: "Max of three"}
