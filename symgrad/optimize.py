@@ -45,6 +45,7 @@ class _Flattener:
     def __init__(self):
         self.statements: list[Statement] = []
         self.table: dict = {}
+        self.negations: dict = {}       # target of -a -> a
 
     def atom(self, e):
         if is_atom(e):
@@ -65,15 +66,34 @@ class _Flattener:
             target = sp.Symbol(f"_t{k}", real=True)
         self.statements.append(Statement(target, operation))
         self.table[operation] = target
+        if (isinstance(operation, sp.Mul) and len(operation.args) == 2
+                and operation.args[0] == -1):
+            self.negations[target] = operation.args[1]
         return target
+
+    def _term(self, e):
+        """A term of a sum as an atom, or as the negation of one: the sum subtracts it
+        instead of adding a negated copy (a negation that nothing else reads is then dead)."""
+        if isinstance(e, sp.Mul) and len(e.args) == 2 and e.args[0] == -1:
+            return -self.atom(e.args[1])
+        term = self.atom(e)
+        negated = self.negations.get(term)
+        return term if negated is None else -negated
 
     def _operation(self, e):
         """e as one operation over atoms (its operands flattened first)."""
         if isinstance(e, ops.Map):
             operands = [self.atom(o) for o in e.operands]
             return _normalized_map(e.function, e.shape, operands)
+        if isinstance(e, sp.Mul) and len(e.args) > 2 and e.args[0] == -1:
+            # -a b is the negation of a b, which a sum then subtracts
+            return -self.atom(sp.Mul(*e.args[1:]))
         if isinstance(e, (sp.Add, sp.Mul)) and len(e.args) > 2:
             return self._chain(e)
+        if isinstance(e, sp.Add):
+            # x - y is one subtraction, not a negation and an addition
+            a, b = e.args
+            return sp.Add(self._term(a), self._term(b))
         if isinstance(e, sp.Mul) and len(e.args) == 2:
             a, b = e.args
             if _is_reciprocal(b) and not _is_reciprocal(a):   # a / b is one operation
@@ -122,10 +142,11 @@ class _Flattener:
         path.
         """
         args, func = e.args, e.func
+        operand = self._term if func is sp.Add else self.atom
         if (not all(a.is_commutative for a in args)
                 or (args[0].is_Number and not args[0].is_finite) or func(*args).args != args):
             head = self.atom(func(*args[:-1]))
-            return func(head, self.atom(args[-1]))
+            return func(head, operand(args[-1]))
         numbers = all(a.is_number for a in args[:2])
         head = self.atom(func(*args[:2]))
         for k in range(2, len(args) - 1):
@@ -133,8 +154,8 @@ class _Flattener:
             if numbers:     # the prefix is a number: an atom, or one operation, as SymPy has it
                 head = self.atom(func(*args[:k + 1]))
                 continue
-            head = self._named(func(head, self.atom(args[k])))
-        return func(head, self.atom(args[-1]))
+            head = self._named(func(head, operand(args[k])))
+        return func(head, operand(args[-1]))
 
 
 def _is_reciprocal(e) -> bool:

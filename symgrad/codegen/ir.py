@@ -63,7 +63,16 @@ def operation_cost(operation) -> int:
         return 1
     if _one_operation(operation):
         return 1
+    if operation.has(sp.Heaviside):
+        # Heaviside's second argument is its value at 0, a parameter: not a division
+        operation = operation.replace(sp.Heaviside, lambda x, *_: _HEAVISIDE(x))
+    # a constant such as 2/sqrt(pi) is folded when the code compiles: no operation at run time
+    operation = operation.replace(lambda n: n.is_number and not n.is_Atom, lambda n: _CONSTANT)
     return max(1, sp.count_ops(operation))
+
+
+_HEAVISIDE = sp.Function("Heaviside_")      # counts as one operation, whatever its value at 0
+_CONSTANT = sp.Symbol("constant_")
 
 
 def _one_operation(e) -> bool:
