@@ -173,6 +173,11 @@ class Map(MatrixExpr):
         if len(function.variables) != len(operands):
             raise ValueError(f"Map: {len(function.variables)} variables for {len(operands)} "
                              "operands")
+        if _matrix_in_arithmetic(function.expr):
+            # the code generator prints a body as scalar code: a matrix there (t * I) would
+            # print as a call on a matrix, or not at all
+            raise TypeError(f"Map: its body {function.expr} computes with a matrix; a body "
+                            "is scalar, and a matrix (even a constant one) is an operand")
         for operand in operands:
             oshape = _shape(operand)
             if oshape and not _broadcastable(oshape, tuple(shape)):
@@ -204,6 +209,21 @@ class Map(MatrixExpr):
     def _eval_transpose(self):
         operands = [o.T if isinstance(o, MatrixExpr) else o for o in self.operands]
         return Map(self.function, self.shape[::-1], *operands)
+
+
+def _matrix_in_arithmetic(body) -> bool:
+    """Whether a scalar body adds, multiplies or applies a function to a matrix (or is one);
+    matrices under a scalar-valued node (an entry, a trace) are not arithmetic on them.
+
+    >>> t, K = sp.Symbol("t"), sp.MatrixSymbol("K", 2, 2)
+    >>> _matrix_in_arithmetic(t * sp.Identity(2)), _matrix_in_arithmetic(t * sp.Trace(K))
+    (True, False)
+    """
+    if isinstance(body, MatrixExpr):
+        return True
+    if not isinstance(body, (sp.Add, sp.Mul, sp.Pow, sp.Function)):
+        return False
+    return any(_matrix_in_arithmetic(a) for a in body.args)
 
 
 def _broadcastable(operand_shape: Shape, shape: Shape) -> bool:

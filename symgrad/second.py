@@ -612,7 +612,9 @@ class _Linearizer:
             new_variables.append(t)
             new_operands.append(self(operands[k]))
             weight = _restricted(c, variables, operands, e.shape)
-            if not weight.free_symbols:
+            # a number folds into the body; a constant matrix (the identity of a trace's
+            # gradient) has no free symbols either, but is no scalar: it stays an operand
+            if not weight.free_symbols and not isinstance(weight, MatrixExpr):
                 terms.append(weight * t)
                 continue
             u = sp.Symbol(f"t{len(new_variables)}", real=True)
