@@ -112,8 +112,6 @@ class _Flattener:
             return operation.rebuild(e, [self.atom(o) for o in operation.operands(e)])
         if isinstance(e, ops.AxisSum):
             return type(e)(self.atom(e.arg), e.args[1])
-        if isinstance(e, ops.Scatter):
-            return ops.Scatter(self.atom(e.value), *e.args[1:])
         if isinstance(e, ops.Named):
             return self.atom(e.arg)
         if isinstance(e, sp.Piecewise):

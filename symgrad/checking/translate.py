@@ -462,12 +462,6 @@ class Translator(Printer):
     def _print_AxisSum(self, expr):
         return f"{self.xp}.sum({self._print(expr.arg)}, axis={expr.axis}, keepdims=True)"
 
-    def _print_Scatter(self, expr):
-        i, j = (int(k) for k in expr.index)
-        one_hot = np.zeros(self._shape(expr.shape))
-        one_hot[i, j] = 1.0
-        return f"({self._print(expr.value)} * {self._constant(one_hot)})"
-
 
 class NumpyTranslator(Translator):
     """NumPy and SciPy: the finite differences and the evaluation of symbolic gradients."""

@@ -164,10 +164,6 @@ class FormulaPrinter(StrPrinter):
     def _print_SumAll(self, expr):
         return f"sum({self._print(expr.arg)})"
 
-    def _print_Scatter(self, expr):
-        i, j = expr.index
-        return f"E[{i}, {j}]*{self.parenthesize(expr.value, PRECEDENCE['Mul'])}"
-
     def _print_Map(self, expr):
         body = _readable_body(expr, self)
         self._depth -= 1       # the body stands for the Map itself: no alias for the whole
@@ -647,7 +643,7 @@ def _install_printing() -> None:
     def printer_for(printer):
         return printer if isinstance(printer, FormulaPrinter) else FormulaPrinter()
 
-    for cls in (ops.Map, ops.AxisSum, ops.SumAll, ops.Named, ops.NamedScalar, ops.Scatter):
+    for cls in (ops.Map, ops.AxisSum, ops.SumAll, ops.Named, ops.NamedScalar):
         method = f"_print_{cls.__name__}"
         cls._sympystr = (lambda m: lambda self, printer: getattr(printer_for(printer), m)(
             self))(method)

@@ -369,8 +369,6 @@ class Canonicalizer:
             # and inv(A) @ inv(A) as A**-2: the product of the inverse with itself
             inverse = sp.Inverse(self._canon(expr.base))
             return self._chain([inverse] * int(-expr.exp))
-        if isinstance(expr, ops.Scatter):
-            return ops.Scatter(self._canon(expr.value), *expr.args[1:])
         raise NotImplementedError(_unsupported_message(expr))
 
     # -- pieces ------------------------------------------------------------------------
@@ -647,8 +645,6 @@ def _children(node):
         return (node.arg,)     # (an Inverse is a MatPow: its args hold the exponent -1 too)
     if isinstance(node, ops.Named):
         return (node.arg,)
-    if isinstance(node, ops.Scatter):
-        return (node.value,)
     if isinstance(node, sp.Lambda):
         return ()
     if not isinstance(node, sp.Basic) or node.is_Atom:
@@ -680,8 +676,6 @@ class _Fuser:
             return type(expr)(new[0], expr.args[1])
         if isinstance(expr, sp.Inverse):    # its args hold the exponent -1 beside the child
             return rebuild(expr, [new[0], *expr.args[1:]])
-        if isinstance(expr, ops.Scatter):
-            return ops.Scatter(new[0], *expr.args[1:])
         if isinstance(expr, sp.Piecewise):
             children = iter(new)
             pieces = []

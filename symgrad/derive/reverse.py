@@ -103,8 +103,6 @@ def rebuild(node, kids_new: list):
         return ops.Named(node.label, kids_new[0])
     if isinstance(node, sp.Inverse):
         return sp.Inverse(kids_new[0])
-    if isinstance(node, ops.Scatter):
-        return ops.Scatter(kids_new[0], *node.args[1:])
     if isinstance(node, sp.Piecewise):
         it = iter(kids_new)
         pieces = []

@@ -369,6 +369,8 @@ def _replace_size(expr, dimension: sp.Symbol, total: sp.Symbol):
     if isinstance(expr, ops.Map):
         return ops.Map(expr.function, expr.shape,
                        *[_replace_size(o, dimension, total) for o in expr.operands])
-    if isinstance(expr, ops.Scatter):
-        return expr
+    operation = operations.of(expr)
+    if operation is not None:       # its operands; its parameters (a Scatter's shape) kept
+        return operation.rebuild(expr, [_replace_size(o, dimension, total)
+                                         for o in operation.operands(expr)])
     return expr.func(*[_replace_size(a, dimension, total) for a in expr.args])

@@ -21,7 +21,7 @@ print as SymPy prints them.
 True
 """
 
-from symgrad.operations import determinant, logdet, logsumexp, softmax, trace
+from symgrad.operations import determinant, logdet, logsumexp, scatter, softmax, trace
 from symgrad.operations.registry import (
     HOOKS,
     OPERATIONS,
@@ -38,4 +38,4 @@ from symgrad.operations.registry import (
 
 __all__ = ["Operation", "register", "of", "OPERATIONS", "map_of", "variables", "axis_split",
            "HOOKS", "OPTIONAL_HOOKS", "exponent_of", "stable_log", "determinant", "logdet",
-           "logsumexp", "softmax", "trace"]
+           "logsumexp", "scatter", "softmax", "trace"]
