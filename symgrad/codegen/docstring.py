@@ -146,12 +146,6 @@ class FormulaPrinter(StrPrinter):
         inner = self._print(expr.arg)
         return f"{inner}^-1" if isinstance(expr.arg, sp.MatrixSymbol) else f"({inner})^-1"
 
-    def _print_Named(self, expr):
-        return expr.label
-
-    def _print_NamedScalar(self, expr):
-        return expr.label
-
     def _print_MatrixElement(self, expr):
         parent = expr.parent
         if parent.shape == (1, 1):
@@ -643,7 +637,7 @@ def _install_printing() -> None:
     def printer_for(printer):
         return printer if isinstance(printer, FormulaPrinter) else FormulaPrinter()
 
-    for cls in (ops.Map, ops.AxisSum, ops.SumAll, ops.Named, ops.NamedScalar):
+    for cls in (ops.Map, ops.AxisSum, ops.SumAll):
         method = f"_print_{cls.__name__}"
         cls._sympystr = (lambda m: lambda self, printer: getattr(printer_for(printer), m)(
             self))(method)

@@ -122,7 +122,6 @@ RULES: dict[type, Rule] = {
     MatrixElement:   _matrix_element_rule,
     ops.AxisSum:         lambda g, y, a, **_: (_broadcast(g, a.shape),),
     ops.SumAll:      lambda g, y, a, **_: (_broadcast(g, a.shape),),
-    ops.Named:       lambda g, y, a, **_: (g,),
 }
 
 

@@ -101,8 +101,6 @@ class _Forward:
             return None
         if not isinstance(e, sp.Basic) or e.is_Atom:
             return None
-        if isinstance(e, (ops.Named, ops.NamedScalar)):
-            return self(e.arg)
         if isinstance(e, ops.Map):
             return self._map(e)
         if isinstance(e, sp.MatAdd):

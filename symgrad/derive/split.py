@@ -167,8 +167,6 @@ class _Walk:
             return FIXED if axis is None else _AXIS_KIND[axis]
         if not node.args:
             return FIXED            # numbers and scalar symbols (m itself is the total size)
-        if isinstance(node, (ops.Named, ops.NamedScalar)):
-            return self.kind(node.arg)
         if isinstance(node, sp.Transpose):
             kind = self.kind(node.arg)
             return {ROWS: COLUMNS, COLUMNS: ROWS}.get(kind, kind)
