@@ -107,15 +107,13 @@ class _Flattener:
             return sp.Transpose(inner) if not isinstance(inner, sp.Transpose) else inner.arg
         if isinstance(e, MatrixElement):
             return ops.Entry(self.atom(e.parent), e.i, e.j)
+        if operations.label_of(e) is not None:    # a name changes nothing in the code
+            return self.atom(e.arg)
         operation = operations.of(e)
         if operation is not None:
             return operation.rebuild(e, [self.atom(o) for o in operation.operands(e)])
         if isinstance(e, ops.AxisSum):
             return type(e)(self.atom(e.arg), e.args[1])
-        if isinstance(e, ops.Scatter):
-            return ops.Scatter(self.atom(e.value), *e.args[1:])
-        if isinstance(e, ops.Named):
-            return self.atom(e.arg)
         if isinstance(e, sp.Piecewise):
             pieces = []
             for value, cond in e.args:

@@ -391,9 +391,6 @@ class Translator(Printer):
         return self._where(condition, if_true, if_false)
 
     # -- symgrad's scalar nodes --------------------------------------------------------
-    def _print_NamedScalar(self, expr):
-        return self._print(expr.arg)
-
     def _print_SumAll(self, expr):
         return f"{self.xp}.sum({self._print(expr.arg)})"
 
@@ -401,9 +398,6 @@ class Translator(Printer):
         return f"{self._print(expr.parent)}[{int(expr.i)}, {int(expr.j)}]"
 
     # -- matrices ----------------------------------------------------------------------
-    def _print_Named(self, expr):
-        return self._print(expr.arg)
-
     def _print_Transpose(self, expr):
         return f"{self._print(expr.arg)}.T"
 
@@ -461,12 +455,6 @@ class Translator(Printer):
 
     def _print_AxisSum(self, expr):
         return f"{self.xp}.sum({self._print(expr.arg)}, axis={expr.axis}, keepdims=True)"
-
-    def _print_Scatter(self, expr):
-        i, j = (int(k) for k in expr.index)
-        one_hot = np.zeros(self._shape(expr.shape))
-        one_hot[i, j] = 1.0
-        return f"({self._print(expr.value)} * {self._constant(one_hot)})"
 
 
 class NumpyTranslator(Translator):

@@ -146,12 +146,6 @@ class FormulaPrinter(StrPrinter):
         inner = self._print(expr.arg)
         return f"{inner}^-1" if isinstance(expr.arg, sp.MatrixSymbol) else f"({inner})^-1"
 
-    def _print_Named(self, expr):
-        return expr.label
-
-    def _print_NamedScalar(self, expr):
-        return expr.label
-
     def _print_MatrixElement(self, expr):
         parent = expr.parent
         if parent.shape == (1, 1):
@@ -163,10 +157,6 @@ class FormulaPrinter(StrPrinter):
 
     def _print_SumAll(self, expr):
         return f"sum({self._print(expr.arg)})"
-
-    def _print_Scatter(self, expr):
-        i, j = expr.index
-        return f"E[{i}, {j}]*{self.parenthesize(expr.value, PRECEDENCE['Mul'])}"
 
     def _print_Map(self, expr):
         body = _readable_body(expr, self)
@@ -647,7 +637,7 @@ def _install_printing() -> None:
     def printer_for(printer):
         return printer if isinstance(printer, FormulaPrinter) else FormulaPrinter()
 
-    for cls in (ops.Map, ops.AxisSum, ops.SumAll, ops.Named, ops.NamedScalar, ops.Scatter):
+    for cls in (ops.Map, ops.AxisSum, ops.SumAll):
         method = f"_print_{cls.__name__}"
         cls._sympystr = (lambda m: lambda self, printer: getattr(printer_for(printer), m)(
             self))(method)

@@ -564,11 +564,6 @@ class KernelEmitter:
     def _emit_FactorDet(self, target, e):
         self.emit(f"{target.name} = sg_factor_det({self._factor_arguments(e.arg)})")
 
-    def _emit_Scatter(self, target, e: ops.Scatter):
-        i, j = e.index
-        self.emit(f"{target.name} = np.zeros({self.shape(e.shape)})")
-        self.emit(f"{target.name}[{int(i)}, {int(j)}] = {self.scalar(e.value)}")
-
     def axis_loops(self, shape, axis):
         """Outer loop over the kept axis (k), inner over the reduced one (r)."""
         rows, cols = shape

@@ -290,13 +290,14 @@ class Canonicalizer:
         return result
 
     def _dispatch(self, expr):
-        if isinstance(expr, ops.Named):
+        label = operations.label_of(expr)
+        if label is not None:
             inner = self._canon(expr.arg)
-            result = ops.Named(expr.label, inner)
-            self.labels[result] = expr.label
+            if not is_matrix(expr):     # a scalar's name serves the user's formulas only
+                return inner
+            result = operations.of(expr).rebuild(expr, [inner])
+            self.labels[result] = label
             return result
-        if isinstance(expr, ops.NamedScalar):
-            return self._canon(expr.arg)
         if is_matrix(expr):
             return self._canon_matrix(expr)
         return self._canon_scalar(expr)
@@ -369,8 +370,6 @@ class Canonicalizer:
             # and inv(A) @ inv(A) as A**-2: the product of the inverse with itself
             inverse = sp.Inverse(self._canon(expr.base))
             return self._chain([inverse] * int(-expr.exp))
-        if isinstance(expr, ops.Scatter):
-            return ops.Scatter(self._canon(expr.value), *expr.args[1:])
         raise NotImplementedError(_unsupported_message(expr))
 
     # -- pieces ------------------------------------------------------------------------
@@ -395,7 +394,7 @@ class Canonicalizer:
             return ops.Map(sp.Lambda(variables, body), arg.shape[::-1], *operands)
         if isinstance(arg, ops.AxisSum):
             return self._transpose_sum(arg)
-        if isinstance(arg, ops.Named):
+        if operations.label_of(arg) is not None:
             return self._transpose(arg.arg)
         if arg.shape[0] == 1 and arg.shape[1] == 1:
             return arg
@@ -537,7 +536,6 @@ def _binary(kind, args: list):
 # Scalar nodes whose operands the canonicalizer handles one by one (their args), and which
 # _scalar_postorder may therefore walk into.
 _SPECIAL_SCALARS = (MatrixElement, ops.SumAll, sp.Piecewise,
-                    ops.Named, ops.NamedScalar,
                     *(cls for cls, o in operations.OPERATIONS.items() if not o.is_matrix))
 
 
@@ -645,10 +643,6 @@ def _children(node):
         return operation.operands(node)
     if isinstance(node, (ops.AxisSum, sp.Inverse)):
         return (node.arg,)     # (an Inverse is a MatPow: its args hold the exponent -1 too)
-    if isinstance(node, ops.Named):
-        return (node.arg,)
-    if isinstance(node, ops.Scatter):
-        return (node.value,)
     if isinstance(node, sp.Lambda):
         return ()
     if not isinstance(node, sp.Basic) or node.is_Atom:
@@ -669,8 +663,6 @@ class _Fuser:
     def __call__(self, expr, new):
         if isinstance(expr, ops.Map):
             return self._fuse_map(expr, new)
-        if isinstance(expr, ops.Named):
-            return ops.Named(expr.label, new[0])
         if isinstance(expr, MatrixElement):
             return ops.Entry(new[0], expr.i, expr.j)
         operation = operations.of(expr)
@@ -680,8 +672,6 @@ class _Fuser:
             return type(expr)(new[0], expr.args[1])
         if isinstance(expr, sp.Inverse):    # its args hold the exponent -1 beside the child
             return rebuild(expr, [new[0], *expr.args[1:]])
-        if isinstance(expr, ops.Scatter):
-            return ops.Scatter(new[0], *expr.args[1:])
         if isinstance(expr, sp.Piecewise):
             children = iter(new)
             pieces = []
@@ -737,7 +727,7 @@ class _Fuser:
         # A Map used elsewhere too is inlined only where that lets the stable rewrites
         # remove it (log(sigmoid(z)) becomes logsigmoid(z)): accuracy is worth recomputing.
         for variable, operand in list(zip(variables, operands)):
-            inner = operand.arg if isinstance(operand, ops.Named) else operand
+            inner = operand.arg if operations.label_of(operand) is not None else operand
             if isinstance(inner, ops.Map) and _broadcast_compatible(inner.shape, expr.shape):
                 trial = stabilize(body.xreplace({variable: self._inline(inner, add_operand)}))
                 if _removes(inner, trial):

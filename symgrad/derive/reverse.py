@@ -99,12 +99,8 @@ def rebuild(node, kids_new: list):
         return operation.rebuild(node, kids_new)
     if isinstance(node, ops.AxisSum):
         return type(node)(kids_new[0], node.args[1])
-    if isinstance(node, ops.Named):
-        return ops.Named(node.label, kids_new[0])
     if isinstance(node, sp.Inverse):
         return sp.Inverse(kids_new[0])
-    if isinstance(node, ops.Scatter):
-        return ops.Scatter(kids_new[0], *node.args[1:])
     if isinstance(node, sp.Piecewise):
         it = iter(kids_new)
         pieces = []
@@ -154,9 +150,10 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
         if _is_transposed_symbol(rebuilt):     # X^T is a view, not a value to compute
             name_of[node] = rebuilt
             continue
-        if isinstance(node, ops.Named):        # a name changes nothing: alias the child
+        label = operations.label_of(node)
+        if label is not None:                  # a name changes nothing: alias the child
             name_of[node] = name_of[node.arg]
-            derivation.labels.setdefault(name_of[node], node.label)
+            derivation.labels.setdefault(name_of[node], label)
             continue
         name = _temporary("_t", k, node)
         name_of[node] = name
@@ -192,8 +189,9 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
             derivation.assignments.append((adjoint, upstream))
             derivation.adjoints.add(adjoint)
             upstream = adjoint
-        if isinstance(node, ops.Named):
-            derivation.labels.setdefault(upstream, "d" + node.label)
+        label = operations.label_of(node)
+        if label is not None:
+            derivation.labels.setdefault(upstream, "d" + label)
         derivation.walk.adjoints[node] = upstream
         if is_leaf(node):
             if node in wrt_set:

@@ -102,7 +102,7 @@ def _matrix_element_rule(g, y, parent, **kw):
     shape = node.parent.shape
     if shape[0] == 1 and shape[1] == 1:
         return (_broadcast(g, (1, 1)),)
-    return (ops.Scatter(g, node.i, node.j, *shape),)
+    return (operations.scatter.adjoint_of_entry(g, node.i, node.j, shape),)
 
 
 # One line per node type: rule(g, y, *inputs) -> adjoint of each input.
@@ -122,7 +122,6 @@ RULES: dict[type, Rule] = {
     MatrixElement:   _matrix_element_rule,
     ops.AxisSum:         lambda g, y, a, **_: (_broadcast(g, a.shape),),
     ops.SumAll:      lambda g, y, a, **_: (_broadcast(g, a.shape),),
-    ops.Named:       lambda g, y, a, **_: (g,),
 }
 
 

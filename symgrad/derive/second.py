@@ -101,8 +101,6 @@ class _Forward:
             return None
         if not isinstance(e, sp.Basic) or e.is_Atom:
             return None
-        if isinstance(e, (ops.Named, ops.NamedScalar)):
-            return self(e.arg)
         if isinstance(e, ops.Map):
             return self._map(e)
         if isinstance(e, sp.MatAdd):
@@ -128,9 +126,6 @@ class _Forward:
         operation = operations.of(e)
         if operation is not None:
             return operation.jvp(e, self)
-        if isinstance(e, ops.Scatter):
-            t = self(e.value)
-            return None if t is None else ops.Scatter(t, *e.args[1:])
         if isinstance(e, MatrixElement):
             t = self(e.parent)
             return None if t is None else ops.Entry(t, e.i, e.j)
@@ -266,7 +261,7 @@ class _Columns(_Forward):
                     return None
                 raise NoMatrixForm(f"an entry {e} of a vector in every direction")
             return self(e.parent)
-        if operation is not None or isinstance(e, (sp.Inverse, ops.Scatter)):
+        if operation is not None or isinstance(e, sp.Inverse):
             if all(self(a) is None for a in e.args if isinstance(a, sp.Basic)):
                 return None
             raise NoMatrixForm(f"{type(e).__name__} in every direction of a vector")

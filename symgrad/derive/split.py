@@ -167,8 +167,6 @@ class _Walk:
             return FIXED if axis is None else _AXIS_KIND[axis]
         if not node.args:
             return FIXED            # numbers and scalar symbols (m itself is the total size)
-        if isinstance(node, (ops.Named, ops.NamedScalar)):
-            return self.kind(node.arg)
         if isinstance(node, sp.Transpose):
             kind = self.kind(node.arg)
             return {ROWS: COLUMNS, COLUMNS: ROWS}.get(kind, kind)
@@ -369,6 +367,8 @@ def _replace_size(expr, dimension: sp.Symbol, total: sp.Symbol):
     if isinstance(expr, ops.Map):
         return ops.Map(expr.function, expr.shape,
                        *[_replace_size(o, dimension, total) for o in expr.operands])
-    if isinstance(expr, ops.Scatter):
-        return expr
+    operation = operations.of(expr)
+    if operation is not None:       # its operands; its parameters (a Scatter's shape) kept
+        return operation.rebuild(expr, [_replace_size(o, dimension, total)
+                                         for o in operation.operands(expr)])
     return expr.func(*[_replace_size(a, dimension, total) for a in expr.args])

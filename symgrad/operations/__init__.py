@@ -21,7 +21,7 @@ print as SymPy prints them.
 True
 """
 
-from symgrad.operations import determinant, logdet, logsumexp, softmax, trace
+from symgrad.operations import determinant, logdet, logsumexp, named, scatter, softmax, trace
 from symgrad.operations.registry import (
     HOOKS,
     OPERATIONS,
@@ -29,6 +29,7 @@ from symgrad.operations.registry import (
     Operation,
     axis_split,
     exponent_of,
+    label_of,
     map_of,
     of,
     register,
@@ -36,6 +37,6 @@ from symgrad.operations.registry import (
     variables,
 )
 
-__all__ = ["Operation", "register", "of", "OPERATIONS", "map_of", "variables", "axis_split",
-           "HOOKS", "OPTIONAL_HOOKS", "exponent_of", "stable_log", "determinant", "logdet",
-           "logsumexp", "softmax", "trace"]
+__all__ = ["Operation", "register", "of", "label_of", "OPERATIONS", "map_of", "variables",
+           "axis_split", "HOOKS", "OPTIONAL_HOOKS", "exponent_of", "stable_log", "determinant",
+           "logdet", "logsumexp", "named", "scatter", "softmax", "trace"]

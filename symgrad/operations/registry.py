@@ -16,8 +16,8 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad import ops
 
-__all__ = ["Operation", "register", "of", "OPERATIONS", "map_of", "variables", "axis_split",
-           "HOOKS", "OPTIONAL_HOOKS", "exponent_of", "stable_log"]
+__all__ = ["Operation", "register", "of", "label_of", "OPERATIONS", "map_of", "variables",
+           "axis_split", "HOOKS", "OPTIONAL_HOOKS", "exponent_of", "stable_log"]
 
 
 def _first_operand(node) -> tuple:
@@ -80,7 +80,10 @@ class Operation:
     * ``split(node, walk)``: the node's kind in a split over the examples (``walk.kind``,
       ``walk.refuse`` and the kinds ``walk.FIXED`` ... of symgrad/derive/split.py), or None
       for an operation that is nonlinear in its operands: it splits only where none of them
-      depends on the examples.
+      depends on the examples;
+    * ``label(node)``: for a node that is its operand under a name (``sg.name``), the name;
+      the machinery then treats the node as its operand (see symgrad/operations/named.py
+      and :func:`label_of`).  None for every other operation.
     """
 
     name: str
@@ -96,6 +99,7 @@ class Operation:
     latex: Callable | None = None
     stable_log: Callable | None = None
     stable_log_operand: Callable | None = None
+    label: Callable | None = None
     loops: Callable = field(default=lambda node: ())
     parameters: tuple = ()
     operands: Callable = field(default=_first_operand)
@@ -115,7 +119,7 @@ class Operation:
 # The hooks every operation provides (a test checks them).
 HOOKS = ("example", "vjp", "jvp", "emit", "text", "operands", "rebuild", "loops")
 # The hooks an operation may leave None (see Operation).
-OPTIONAL_HOOKS = ("jvp_columns", "latex", "split", "stable_log", "stable_log_operand")
+OPTIONAL_HOOKS = ("jvp_columns", "latex", "split", "stable_log", "stable_log_operand", "label")
 
 OPERATIONS: dict[type, Operation] = {}
 # of()'s answer per node type: the passes ask it for every node they visit
@@ -141,6 +145,16 @@ def of(node) -> Operation | None:
     found = next((OPERATIONS[cls] for cls in kind.__mro__ if cls in OPERATIONS), None)
     _BY_TYPE[kind] = found
     return found
+
+
+def label_of(node) -> str | None:
+    """The name a node gives its operand (an ``sg.name``), else None.
+
+    >>> print(label_of(ops.name("Z", ops.matrix("A", 2, 2))), label_of(ops.matrix("A", 2, 2)))
+    Z None
+    """
+    operation = of(node)
+    return None if operation is None or operation.label is None else operation.label(node)
 
 
 def axis_split(what: str) -> Callable:

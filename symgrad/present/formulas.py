@@ -103,9 +103,6 @@ class FormulaLatexPrinter(LatexPrinter):
     def _print_SumAll(self, expr):
         return rf"\operatorname{{sum}}\left({self._print(expr.arg)}\right)"
 
-    def _print_Named(self, expr):
-        return expr.label
-
 
 def show(grads, output: str = "f") -> str:
     """The gradients as text, each shared piece named once.
@@ -145,7 +142,7 @@ def _install_printing() -> None:
     """latex() of symgrad's nodes uses the LaTeX printer; gradients display as LaTeX in a
     notebook.  The operations of symgrad/operations/ print by their ``latex`` hook (those
     without one as SymPy prints them)."""
-    for cls in (ops.Map, ops.AxisSum, ops.SumAll, ops.Named, ops.NamedScalar, ops.Scatter):
+    for cls in (ops.Map, ops.AxisSum, ops.SumAll):
         method = f"_print_{cls.__name__}"
         if hasattr(FormulaLatexPrinter, method):
             cls._latex = (lambda m: lambda self, printer: getattr(FormulaLatexPrinter(), m)(

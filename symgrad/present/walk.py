@@ -21,9 +21,14 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
-from symgrad import ops
+from symgrad import operations, ops
 
 __all__ = ["Node", "Edge", "Backprop", "backprop", "format_value", "describe_point"]
+
+
+def _named(node) -> bool:
+    """Whether the node is its operand under a name (``sg.name``): it is drawn as that."""
+    return operations.label_of(node) is not None
 
 
 def UPSTREAM(rows, cols):  # noqa: N802 - reads as the symbol it makes
@@ -181,8 +186,8 @@ class _Builder:
     # -- representatives ---------------------------------------------------------------
     @staticmethod
     def represented(node):
-        """A Named node is drawn as the node it names."""
-        while isinstance(node, ops.Named):
+        """A named node (``sg.name``) is drawn as the node it names."""
+        while _named(node):
             node = node.arg
         return node
 
@@ -193,12 +198,12 @@ class _Builder:
         walk = self.walk
         labels = {}       # representative -> the user's sg.name label
         for node in walk.nodes:
-            if isinstance(node, ops.Named):
-                labels.setdefault(self.represented(node), node.label)
+            if _named(node):
+                labels.setdefault(self.represented(node), operations.label_of(node))
         dims = _dimension_symbols(expr)
         nodes: dict = {}
         for node in walk.nodes:
-            if isinstance(node, ops.Named):
+            if _named(node):
                 continue
             drawn = Node(id=f"n{len(nodes)}", expression=node, kind="operation", text="",
                          formula="", shape=_shape(node))
@@ -216,9 +221,9 @@ class _Builder:
             if adjoint is not None:
                 drawn.gradient_name = self.pieces.get(adjoint)
             nodes[node] = drawn
-        # a Named node's adjoint is its child's: give the child the label's d-name
+        # a named node's adjoint is its child's: give the child the label's d-name
         for node in walk.nodes:
-            if isinstance(node, ops.Named):
+            if _named(node):
                 drawn = nodes[self.represented(node)]
                 adjoint = walk.adjoints.get(node)
                 if adjoint is not None and drawn.gradient_name is None:
@@ -226,7 +231,7 @@ class _Builder:
 
         edges: dict = {}
         for node in walk.nodes:
-            if isinstance(node, ops.Named) or is_leaf(node):
+            if _named(node) or is_leaf(node):
                 continue
             for child in children(node):
                 if isinstance(node, sp.Pow) and child is node.exp and child.is_number:
@@ -241,14 +246,14 @@ class _Builder:
         steps = []
         locals_of = self._local_formulas()
         for node, child, contribution in walk.sent:
-            if isinstance(node, ops.Named):
+            if _named(node):
                 continue
             edge = edges[(self.represented(child), node)]
             edge.contribution = contribution
             edge.gradient_formula = self.formula(contribution)
             tail = edge.tail
             if tail.gradient_name and sum(1 for sender, kid, _ in walk.sent
-                                          if not isinstance(sender, ops.Named)
+                                          if not _named(sender)
                                           and self.represented(kid) == tail.expression) == 1:
                 edge.gradient_formula = tail.gradient_name   # the one part of its adjoint
             local = locals_of.get((node, child))
@@ -276,7 +281,7 @@ class _Builder:
         walk = self.walk
         out = {}
         for node in walk.nodes:
-            if is_leaf(node) or isinstance(node, ops.Named) or node not in walk.adjoints:
+            if is_leaf(node) or _named(node) or node not in walk.adjoints:
                 continue
             kids = children(node)
             upstream = UPSTREAM(*node.shape) if is_matrix(node) else sp.S.One
