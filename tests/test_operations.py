@@ -107,3 +107,12 @@ def test_an_operation_without_a_numpy_translation_is_refused():
             example=existing.example, vjp=existing.vjp, jvp=existing.jvp,
             emit=existing.emit, text=existing.text, translations={}))
     assert not any(cls.__name__ == "Broken" for cls in OPERATIONS)
+
+
+def test_a_named_piece_prints_as_its_name_in_latex_matrix_or_scalar():
+    x, w = sg.vector("x", 3), sp.Symbol("w")
+    W = sg.matrix("W", 2, 3)
+    scalar, matrix = sg.name("s", sg.sum(x)), sg.name("Z", W @ x)
+    assert sp.latex(w * scalar**2) == "w s^{2}"
+    assert sg.latex(w * scalar**2, [w]).count("NamedScalar") == 0
+    assert sp.latex(matrix) == "Z"

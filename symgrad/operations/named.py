@@ -60,4 +60,5 @@ _COMMON = dict(example=example, vjp=vjp, jvp=jvp, emit=emit, split=split, text=_
                label=lambda node: node.label)
 
 NAMED = register(Operation(name="named", node=ops.Named, latex=_label, **_COMMON))
-NAMED_SCALAR = register(Operation(name="named scalar", node=ops.NamedScalar, **_COMMON))
+NAMED_SCALAR = register(Operation(name="named scalar", node=ops.NamedScalar, latex=_label,
+                                  **_COMMON))
