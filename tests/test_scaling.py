@@ -320,8 +320,12 @@ def test_one_operation_forms_count_as_count_ops_counts():
     fast = [e for e in forms if _one_operation(e)]
     assert len(fast) > 100
     for e in forms:
-        assert operation_cost(e) == max(1, sp.count_ops(e)) or isinstance(
-            e, (sp.Symbol, sp.Number)), e
+        if isinstance(e, (sp.Symbol, sp.Number)):
+            continue
+        # an operation on numbers alone (-4 - 4 unevaluated) is folded when the code
+        # compiles: it costs no more than one
+        expected = 1 if e.is_number else max(1, sp.count_ops(e))
+        assert operation_cost(e) == expected, e
         if _one_operation(e):
             assert sp.count_ops(e) == 1, e
 
