@@ -219,11 +219,18 @@ def _matrix_in_arithmetic(body) -> bool:
     >>> _matrix_in_arithmetic(t * sp.Identity(2)), _matrix_in_arithmetic(t * sp.Trace(K))
     (True, False)
     """
-    if isinstance(body, MatrixExpr):
-        return True
-    if not isinstance(body, (sp.Add, sp.Mul, sp.Pow, sp.Function)):
-        return False
-    return any(_matrix_in_arithmetic(a) for a in body.args)
+    # iterative, each distinct subexpression once: a fused body can be deep, and shared
+    stack, seen = [body], {body}
+    while stack:
+        node = stack.pop()
+        if isinstance(node, MatrixExpr):
+            return True
+        if isinstance(node, (sp.Add, sp.Mul, sp.Pow, sp.Function)):
+            for a in node.args:
+                if a not in seen:
+                    seen.add(a)
+                    stack.append(a)
+    return False
 
 
 def _broadcastable(operand_shape: Shape, shape: Shape) -> bool:

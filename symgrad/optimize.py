@@ -124,7 +124,6 @@ class _Flattener:
         args = [self.atom(a) if isinstance(a, sp.Basic) else a for a in e.args]
         return e.func(*args)
 
-
     def _chain(self, e):
         """An n-ary sum or product as a chain of binary operations, left to right: the
         operation ``head + a_n`` whose head is the statement of ``a_1 + ... + a_{n-1}``, and

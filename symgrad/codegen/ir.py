@@ -56,19 +56,26 @@ class Program:
 @functools.lru_cache(maxsize=1 << 16)     # op_count runs on each program several times
 def operation_cost(operation) -> int:
     if isinstance(operation, ops.Map):
+        # a fused body can be deep: count_ops walks it without recursion, which the
+        # rewrites of _statement_cost (SymPy's replace) would not
         return max(1, sp.count_ops(operation.body))
     if isinstance(operation, (sp.Symbol, sp.MatrixSymbol, sp.Number)):
         return 0
     if isinstance(operation, MatrixExpr) or not isinstance(operation, sp.Expr):
         return 1
-    if _one_operation(operation):
+    return _statement_cost(operation)
+
+
+def _statement_cost(e) -> int:
+    """Arithmetic operations of a scalar statement (an operation over atoms: shallow)."""
+    if _one_operation(e):
         return 1
-    if operation.has(sp.Heaviside):
+    if e.has(sp.Heaviside):
         # Heaviside's second argument is its value at 0, a parameter: not a division
-        operation = operation.replace(sp.Heaviside, lambda x, *_: _HEAVISIDE(x))
+        e = e.replace(sp.Heaviside, lambda x, *_: _HEAVISIDE(x))
     # a constant such as 2/sqrt(pi) is folded when the code compiles: no operation at run time
-    operation = operation.replace(lambda n: n.is_number and not n.is_Atom, lambda n: _CONSTANT)
-    return max(1, sp.count_ops(operation))
+    e = e.replace(lambda n: n.is_number and not n.is_Atom, lambda n: _CONSTANT)
+    return max(1, sp.count_ops(e))
 
 
 _HEAVISIDE = sp.Function("Heaviside_")      # counts as one operation, whatever its value at 0
