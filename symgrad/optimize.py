@@ -112,8 +112,6 @@ class _Flattener:
         operation = operations.of(e)
         if operation is not None:
             return operation.rebuild(e, [self.atom(o) for o in operation.operands(e)])
-        if isinstance(e, ops.AxisSum):
-            return type(e)(self.atom(e.arg), e.args[1])
         if isinstance(e, sp.Piecewise):
             pieces = []
             for value, cond in e.args:

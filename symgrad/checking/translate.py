@@ -391,9 +391,6 @@ class Translator(Printer):
         return self._where(condition, if_true, if_false)
 
     # -- symgrad's scalar nodes --------------------------------------------------------
-    def _print_SumAll(self, expr):
-        return f"{self.xp}.sum({self._print(expr.arg)})"
-
     def _print_MatrixElement(self, expr):
         return f"{self._print(expr.parent)}[{int(expr.i)}, {int(expr.j)}]"
 
@@ -417,9 +414,6 @@ class Translator(Printer):
 
     def _print_HadamardPower(self, expr):
         return f"({self._print(expr.base)} ** {self._print(expr.exp)})"
-
-    def _print_Inverse(self, expr):
-        return f"{self.xp}.linalg.inv({self._print(expr.arg)})"
 
     def _print_MatPow(self, expr):
         exponent = expr.exp
@@ -452,9 +446,6 @@ class Translator(Printer):
         if broadcast != shape:
             return f"{self.xp}.broadcast_to({self._tensor(code)}, {shape})"
         return code
-
-    def _print_AxisSum(self, expr):
-        return f"{self.xp}.sum({self._print(expr.arg)}, axis={expr.axis}, keepdims=True)"
 
 
 class NumpyTranslator(Translator):
@@ -509,9 +500,6 @@ class TorchTranslator(Translator):
     def _where(self, condition: str, if_true: str, if_false: str) -> str:
         # torch.where of two Python floats would be float32
         return f"torch.where({condition}, {self._tensor(if_true)}, {self._tensor(if_false)})"
-
-    def _print_AxisSum(self, expr):
-        return f"torch.sum({self._print(expr.arg)}, dim={expr.axis}, keepdim=True)"
 
 
 TRANSLATORS: dict[str, type[Translator]] = {

@@ -142,21 +142,11 @@ class FormulaPrinter(StrPrinter):
     def _print_Identity(self, expr):
         return "I"
 
-    def _print_Inverse(self, expr):
-        inner = self._print(expr.arg)
-        return f"{inner}^-1" if isinstance(expr.arg, sp.MatrixSymbol) else f"({inner})^-1"
-
     def _print_MatrixElement(self, expr):
         parent = expr.parent
         if parent.shape == (1, 1):
             return self._print(parent)
         return f"{self._print(parent)}[{expr.i}, {expr.j}]"
-
-    def _print_AxisSum(self, expr):
-        return f"sum({self._print(expr.arg)}, axis={expr.axis})"
-
-    def _print_SumAll(self, expr):
-        return f"sum({self._print(expr.arg)})"
 
     def _print_Map(self, expr):
         body = _readable_body(expr, self)
@@ -637,10 +627,7 @@ def _install_printing() -> None:
     def printer_for(printer):
         return printer if isinstance(printer, FormulaPrinter) else FormulaPrinter()
 
-    for cls in (ops.Map, ops.AxisSum, ops.SumAll):
-        method = f"_print_{cls.__name__}"
-        cls._sympystr = (lambda m: lambda self, printer: getattr(printer_for(printer), m)(
-            self))(method)
+    ops.Map._sympystr = lambda self, printer: printer_for(printer)._print_Map(self)
     for cls, operation in operations.OPERATIONS.items():
         if cls.__module__.partition(".")[0] == "symgrad":    # SymPy's own print as SymPy's
             cls._sympystr = (lambda text: lambda self, printer: text(

@@ -39,7 +39,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
-from symgrad import ops
+from symgrad import operations, ops
 from symgrad.codegen.ir import Program, Statement, live_statements, symbols_in
 
 
@@ -162,7 +162,7 @@ class _Structure:
         result = False
         if isinstance(operation, sp.MatMul) and len(operation.args) == 2:
             result = self.transposes(*operation.args)
-        elif isinstance(operation, (sp.Inverse, sp.Transpose)):
+        elif isinstance(operation, sp.Transpose) or _role(operation) == "inverse":
             result = self.symmetric(operation.args[0])
         elif isinstance(operation, ops.Map):
             result = self._symmetric_map(operation)
@@ -354,7 +354,7 @@ class _Rewriter:
         groups: dict = {}       # stored matrix -> its linear-algebra statements
         for s in self.statements:
             operation = s.operation
-            if isinstance(operation, (sp.Inverse, sp.Determinant, ops.LogDet)):
+            if _role(operation) is not None:
                 matrix = operation.args[0]
                 stored = matrix.arg if isinstance(matrix, sp.Transpose) else matrix
                 if isinstance(stored, sp.MatrixSymbol):
@@ -374,15 +374,14 @@ class _Rewriter:
                 factor = sp.MatrixSymbol(f"_factor{len(factor_of)}", *stored.shape)
                 result.append(Statement(factor, Factorisation(stored, symmetric)))
                 factor_of[stored] = factor
-            if isinstance(s.operation, (sp.Inverse, sp.Determinant, ops.LogDet)):
+            role = _role(s.operation)
+            if role is not None:
                 matrix = s.operation.args[0]
                 stored = matrix.arg if isinstance(matrix, sp.Transpose) else matrix
                 if stored in factor_of:
                     factor = factor_of[stored]
-                    if isinstance(s.operation, ops.LogDet):
-                        result.append(Statement(s.target, FactorLogDet(factor)))
-                    elif isinstance(s.operation, sp.Determinant):
-                        result.append(Statement(s.target, FactorDet(factor)))
+                    if role != "inverse":       # a scalar: the determinant or its log
+                        result.append(Statement(s.target, _FROM_FACTOR[role](factor)))
                     else:
                         transposed = isinstance(matrix, sp.Transpose) and \
                             not self.structure.symmetric(stored)
@@ -437,11 +436,22 @@ def _substituted(operation, replaced: dict):
     return operation.xreplace(table) if isinstance(operation, sp.Basic) else operation
 
 
+def _role(operation) -> str | None:
+    """What the operation is of a factorisation of its operand (``"inverse"``, ``"det"``,
+    ``"logdet"``: its file says, see symgrad/operations/), or None."""
+    found = operations.of(operation)
+    return None if found is None else found.from_factorisation
+
+
+# the statement that computes each scalar role from the factor
+_FROM_FACTOR = {"det": FactorDet, "logdet": FactorLogDet}
+
+
 def share_factorisations(program: Program) -> Program:
     """The program with one factorisation per inverted matrix, products with an inverse
     as solves where the inverse is not otherwise needed, and products with rank-one
     matrices reassociated (see the module docstring)."""
-    if not any(isinstance(s.operation, (sp.Inverse, sp.Determinant, ops.LogDet, sp.MatMul))
+    if not any(isinstance(s.operation, sp.MatMul) or _role(s.operation) is not None
                for s in program.statements):
         return program
     return _Rewriter(program).run()

@@ -509,34 +509,12 @@ class KernelEmitter:
             self.emit(f"{symbol.name} = {self.scalar(value)}", depth)
         return self.scalar(body)
 
-    def _emit_AxisSum(self, target, e: ops.AxisSum):
-        if tuple(e.shape) == (1, 1):
-            # a vector summed whole: a scalar reduction (an array entry in a parallel loop
-            # would be written by every thread)
-            self.emit("_total = 0.0")
-            i, j, depth = self.loops(e.arg.shape)
-            self.emit(f"_total += {self.load(e.arg, i, j, e.arg.shape)}", depth)
-            self.emit(f"{target.name} = np.full((1, 1), _total)")
-            return
-        self.emit(f"{target.name} = np.zeros({self.shape(e.shape)})")
-        i, j, depth = self.loops(e.arg.shape)
-        where = f"0, {j}" if e.axis == 0 else f"{i}, 0"
-        self.emit(f"{target.name}[{where}] += {self.load(e.arg, i, j, e.arg.shape)}", depth)
-
-    def _emit_SumAll(self, target, e: ops.SumAll):
-        self.emit(f"{target.name} = 0.0")
-        i, j, depth = self.loops(e.arg.shape)
-        self.emit(f"{target.name} += {self.load(e.arg, i, j, e.arg.shape)}", depth)
-
     def _emit_MatrixElement(self, target, e: MatrixElement):
         parent = e.parent
         if isinstance(parent, sp.Transpose):
             self.emit(f"{target.name} = {parent.arg.name}[{int(e.j)}, {int(e.i)}]")
         else:
             self.emit(f"{target.name} = {self.name(parent)}[{int(e.i)}, {int(e.j)}]")
-
-    def _emit_Inverse(self, target, e):
-        self.emit(f"{target.name} = np.linalg.inv(np.ascontiguousarray({self.name(e.arg)}))")
 
     # one factorisation per matrix (codegen/factor.py; helpers in codegen/linalg_runtime.py)
     def _factor_arguments(self, factor) -> str:

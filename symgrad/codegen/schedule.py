@@ -234,14 +234,6 @@ def _alone(s: Statement, hoisted: bool = False) -> Step:
         loops = () if isinstance(matrix, sp.Transpose) else (Loop(_elements(matrix.shape),
                                                                   True),)
         return Step(s, loops, "matrix_vector", matrix, vector, hoisted=hoisted)
-    if isinstance(e, ops.AxisSum):
-        # a vector summed whole is a scalar reduction, which a parallel loop splits into
-        # per-thread partials; row sums, and column sums of a single row, write an entry of
-        # their own per outer iteration; column sums of a matrix accumulate across it
-        split = tuple(e.shape) == (1, 1) or e.axis == 1 or e.arg.shape[0] == 1
-        return Step(s, (Loop(_elements(e.arg.shape), split),), hoisted=hoisted)
-    if isinstance(e, ops.SumAll):
-        return Step(s, (Loop(_elements(e.arg.shape), True),), hoisted=hoisted)
     operation = operations.of(e)
     if operation is not None:       # the loop nests its emitter opens (symgrad/operations/)
         return Step(s, tuple(Loop(size, parallel) for size, parallel in operation.loops(e)),

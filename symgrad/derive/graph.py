@@ -359,16 +359,14 @@ class Canonicalizer:
         operation = operations.of(expr)
         if operation is not None:
             return operation.rebuild(expr, [self._canon(o) for o in operation.operands(expr)])
-        if isinstance(expr, sp.Inverse):
-            return sp.Inverse(self._canon(expr.arg))
         if isinstance(expr, sp.MatPow) and expr.exp == -1:
-            return sp.Inverse(self._canon(expr.base))
+            return ops.inv(self._canon(expr.base))
         if isinstance(expr, sp.MatPow) and expr.exp.is_Integer and expr.exp > 0:
             # SymPy writes A @ A as A**2: a product again
             return self._chain([self._canon(expr.base)] * int(expr.exp))
         if isinstance(expr, sp.MatPow) and expr.exp.is_Integer and expr.exp < 0:
             # and inv(A) @ inv(A) as A**-2: the product of the inverse with itself
-            inverse = sp.Inverse(self._canon(expr.base))
+            inverse = ops.inv(self._canon(expr.base))
             return self._chain([inverse] * int(-expr.exp))
         raise NotImplementedError(_unsupported_message(expr))
 
@@ -535,7 +533,7 @@ def _binary(kind, args: list):
 
 # Scalar nodes whose operands the canonicalizer handles one by one (their args), and which
 # _scalar_postorder may therefore walk into.
-_SPECIAL_SCALARS = (MatrixElement, ops.SumAll, sp.Piecewise,
+_SPECIAL_SCALARS = (MatrixElement, sp.Piecewise,
                     *(cls for cls, o in operations.OPERATIONS.items() if not o.is_matrix))
 
 
@@ -641,8 +639,6 @@ def _children(node):
     operation = operations.of(node)
     if operation is not None:
         return operation.operands(node)
-    if isinstance(node, (ops.AxisSum, sp.Inverse)):
-        return (node.arg,)     # (an Inverse is a MatPow: its args hold the exponent -1 too)
     if isinstance(node, sp.Lambda):
         return ()
     if not isinstance(node, sp.Basic) or node.is_Atom:
@@ -668,10 +664,6 @@ class _Fuser:
         operation = operations.of(expr)
         if operation is not None:
             return operation.rebuild(expr, new)
-        if isinstance(expr, ops.AxisSum):
-            return type(expr)(new[0], expr.args[1])
-        if isinstance(expr, sp.Inverse):    # its args hold the exponent -1 beside the child
-            return rebuild(expr, [new[0], *expr.args[1:]])
         if isinstance(expr, sp.Piecewise):
             children = iter(new)
             pieces = []

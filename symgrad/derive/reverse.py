@@ -97,10 +97,6 @@ def rebuild(node, kids_new: list):
     operation = operations.of(node)
     if operation is not None:
         return operation.rebuild(node, kids_new)
-    if isinstance(node, ops.AxisSum):
-        return type(node)(kids_new[0], node.args[1])
-    if isinstance(node, sp.Inverse):
-        return sp.Inverse(kids_new[0])
     if isinstance(node, sp.Piecewise):
         it = iter(kids_new)
         pieces = []

@@ -114,15 +114,6 @@ class _Forward:
         if isinstance(e, sp.Transpose):
             t = self(e.arg)
             return None if t is None else t.T
-        if isinstance(e, sp.Inverse):
-            t = self(e.arg)
-            return None if t is None else -e @ t @ e
-        if isinstance(e, ops.SumAll):
-            t = self(e.arg)
-            return None if t is None else ops.SumAll(t)
-        if isinstance(e, ops.AxisSum):
-            t = self(e.arg)
-            return None if t is None else ops.AxisSum(t, e.axis)
         operation = operations.of(e)
         if operation is not None:
             return operation.jvp(e, self)
@@ -240,17 +231,6 @@ class _Columns(_Forward):
         if isinstance(e, sp.Transpose):
             # a column's tangent and its transpose's stored tangent are the same matrix
             return self(e.arg)
-        if isinstance(e, ops.SumAll):
-            t = self(e.arg)
-            return None if t is None else ops.AxisSum(t, 0)
-        if isinstance(e, ops.AxisSum):
-            t = self(e.arg)
-            if t is None:
-                return None
-            kind = _kind(e.arg)
-            if (kind == "c" and e.axis == 1) or (kind == "r" and e.axis == 0):
-                return t
-            return ops.AxisSum(t, 0)
         operation = operations.of(e)
         if operation is not None and operation.jvp_columns is not None:
             return operation.jvp_columns(e, self, _kind)
@@ -261,7 +241,7 @@ class _Columns(_Forward):
                     return None
                 raise NoMatrixForm(f"an entry {e} of a vector in every direction")
             return self(e.parent)
-        if operation is not None or isinstance(e, sp.Inverse):
+        if operation is not None:
             if all(self(a) is None for a in e.args if isinstance(a, sp.Basic)):
                 return None
             raise NoMatrixForm(f"{type(e).__name__} in every direction of a vector")

@@ -183,13 +183,6 @@ class _Walk:
                 self.refuse(node, "an entry of a matrix over the examples picks out one "
                             "example")
             return kind
-        if isinstance(node, ops.SumAll):
-            return FIXED if self.kind(node.arg) == FIXED else SUM
-        if isinstance(node, ops.AxisSum):
-            kind = self.kind(node.arg)
-            if kind in (ROWS, COLUMNS):
-                return SUM if kind == _AXIS_KIND[node.axis] else kind
-            return kind
         operation = operations.of(node)
         if operation is not None and operation.split is not None:
             return operation.split(node, self)

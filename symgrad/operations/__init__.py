@@ -21,7 +21,17 @@ print as SymPy prints them.
 True
 """
 
-from symgrad.operations import determinant, logdet, logsumexp, named, scatter, softmax, trace
+from symgrad.operations import (
+    determinant,
+    inverse,
+    logdet,
+    logsumexp,
+    named,
+    reductions,
+    scatter,
+    softmax,
+    trace,
+)
 from symgrad.operations.registry import (
     HOOKS,
     OPERATIONS,
@@ -39,4 +49,4 @@ from symgrad.operations.registry import (
 
 __all__ = ["Operation", "register", "of", "label_of", "OPERATIONS", "map_of", "variables",
            "axis_split", "HOOKS", "OPTIONAL_HOOKS", "exponent_of", "stable_log", "determinant",
-           "logdet", "logsumexp", "named", "scatter", "softmax", "trace"]
+           "inverse", "logdet", "logsumexp", "named", "reductions", "scatter", "softmax", "trace"]

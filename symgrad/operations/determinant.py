@@ -39,5 +39,6 @@ DETERMINANT = register(Operation(
     name="det", node=sp.Determinant, example=example,
     vjp=vjp, jvp=jvp, emit=emit,
     text=lambda e, p: f"det({p._print(e.arg)})",
+    from_factorisation="det",
     translations={"numpy": lambda e, t: f"{t.xp}.linalg.det({t._print(e.arg)})"},
 ))

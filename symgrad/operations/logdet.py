@@ -56,5 +56,5 @@ LOGDET = register(Operation(
     vjp=vjp, jvp=jvp, emit=emit, stable_log=stable_log,
     text=lambda e, p: f"logdet({p._print(e.arg)})",
     latex=lambda e, p: rf"\log\det\left({p._print(e.arg)}\right)",
-    translations={"numpy": translate},
+    from_factorisation="logdet", translations={"numpy": translate},
 ))

@@ -83,7 +83,10 @@ class Operation:
       depends on the examples;
     * ``label(node)``: for a node that is its operand under a name (``sg.name``), the name;
       the machinery then treats the node as its operand (see symgrad/operations/named.py
-      and :func:`label_of`).  None for every other operation.
+      and :func:`label_of`).  None for every other operation;
+    * ``from_factorisation``: what the node is of a factorisation of its (square) operand,
+      ``"inverse"``, ``"det"`` or ``"logdet"``: compiled code then computes every such node
+      of one matrix from one factorisation (symgrad/codegen/factor.py); None for the rest.
     """
 
     name: str
@@ -100,6 +103,7 @@ class Operation:
     stable_log: Callable | None = None
     stable_log_operand: Callable | None = None
     label: Callable | None = None
+    from_factorisation: str | None = None
     loops: Callable = field(default=lambda node: ())
     parameters: tuple = ()
     operands: Callable = field(default=_first_operand)

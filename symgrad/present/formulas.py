@@ -97,12 +97,6 @@ class FormulaLatexPrinter(LatexPrinter):
             return rf"\left({item.name}\right)"
         return super().parenthesize(item, level, is_neg, strict)
 
-    def _print_AxisSum(self, expr):
-        return rf"\operatorname{{sum}}_{{{expr.axis}}}\left({self._print(expr.arg)}\right)"
-
-    def _print_SumAll(self, expr):
-        return rf"\operatorname{{sum}}\left({self._print(expr.arg)}\right)"
-
 
 def show(grads, output: str = "f") -> str:
     """The gradients as text, each shared piece named once.
@@ -142,11 +136,7 @@ def _install_printing() -> None:
     """latex() of symgrad's nodes uses the LaTeX printer; gradients display as LaTeX in a
     notebook.  The operations of symgrad/operations/ print by their ``latex`` hook (those
     without one as SymPy prints them)."""
-    for cls in (ops.Map, ops.AxisSum, ops.SumAll):
-        method = f"_print_{cls.__name__}"
-        if hasattr(FormulaLatexPrinter, method):
-            cls._latex = (lambda m: lambda self, printer: getattr(FormulaLatexPrinter(), m)(
-                self))(method)
+    ops.Map._latex = lambda self, printer: FormulaLatexPrinter()._print_Map(self)
     for cls, operation in operations.OPERATIONS.items():
         if operation.latex is not None and cls.__module__.partition(".")[0] == "symgrad":
             cls._latex = (lambda latex: lambda self, printer: latex(self, FormulaLatexPrinter()))(
