@@ -22,6 +22,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 from symgrad import operations, ops
 from symgrad.codegen.factor import share_factorisations
 from symgrad.codegen.ir import Program, Statement, live_statements, symbols_in
+from symgrad.derive.graph import children, with_children
 from symgrad.derive.reverse import Derivation
 
 _CONSTANT_MATRICES = (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
@@ -105,22 +106,9 @@ class _Flattener:
         if isinstance(e, sp.Transpose):
             inner = self.atom(e.arg)
             return sp.Transpose(inner) if not isinstance(inner, sp.Transpose) else inner.arg
-        if isinstance(e, MatrixElement):
-            return ops.Entry(self.atom(e.parent), e.i, e.j)
         if operations.label_of(e) is not None:    # a name changes nothing in the code
             return self.atom(e.arg)
-        operation = operations.of(e)
-        if operation is not None:
-            return operation.rebuild(e, [self.atom(o) for o in operation.operands(e)])
-        if isinstance(e, sp.Piecewise):
-            pieces = []
-            for value, cond in e.args:
-                if not isinstance(cond, sp.logic.boolalg.BooleanAtom):
-                    cond = cond.func(*[self.atom(a) for a in cond.args])
-                pieces.append((self.atom(value), cond))
-            return sp.Piecewise(*pieces)
-        args = [self.atom(a) if isinstance(a, sp.Basic) else a for a in e.args]
-        return e.func(*args)
+        return with_children(e, [self.atom(c) for c in children(e)], _evaluated)
 
     def _chain(self, e):
         """An n-ary sum or product as a chain of binary operations, left to right: the
@@ -151,6 +139,11 @@ class _Flattener:
                 continue
             head = self._named(func(head, operand(args[k])))
         return func(head, operand(args[-1]))
+
+
+def _evaluated(node, args):
+    """A plain node over atoms, as SymPy builds it."""
+    return node.func(*args)
 
 
 def _is_reciprocal(e) -> bool:

@@ -18,6 +18,7 @@ Then :func:`build_graph` lists the distinct subexpressions in topological order,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -277,7 +278,7 @@ class Canonicalizer:
             # recursion of _canon stays shallow however deep the model is
             self._canon(node)
         unfused = self._canon(expr)
-        return dag_rebuild(unfused, _Fuser(_count_uses(unfused)), operands=_children)
+        return dag_rebuild(unfused, _Fuser(_count_uses(unfused)), operands=children)
 
     # -- dispatch ----------------------------------------------------------------------
     def _canon(self, expr):
@@ -512,6 +513,14 @@ class Canonicalizer:
 _CHAIN_MAX = 8
 
 
+def _rebuild_if_changed(node, args):
+    """:func:`_rebuild_canonical`, or node itself where every arg is its own (rebuilding it
+    would give an equal node, at the cost of a SymPy construction)."""
+    if all(a is b for a, b in zip(args, node.args)):
+        return node
+    return _rebuild_canonical(node, args)
+
+
 def _rebuild_canonical(node, args):
     """node with new args: a sum, product or power as it is (a binary sum stays binary, see
     _binary), anything else as :func:`~symgrad.nodes.rebuild` makes it."""
@@ -616,13 +625,24 @@ def _count_uses(expr) -> dict:
         if node in seen:
             continue
         seen.add(node)
-        for child in _children(node):
+        for child in children(node):
             uses[child] = uses.get(child, 0) + 1
             stack.append(child)
     return uses
 
 
-def _children(node):
+def children(node) -> tuple:
+    """The operands of a canonical node: what reverse mode sends adjoints to and what every
+    pass over the canonical DAG walks (the node protocol, with :func:`with_children`).
+
+    A Map's operands (not its body), an entry's matrix, a Piecewise's values and the
+    operands of its conditions, a registered operation's ``operands``, a SymPy node's args;
+    nothing for a leaf (a symbol, a matrix symbol, a number, a Lambda).
+
+    >>> A = ops.matrix("A", 2, 2)
+    >>> children(ops.Entry(A, 0, 1)), children(ops.det(A)), children(sp.Symbol("x"))
+    ((A,), (A,), ())
+    """
     if isinstance(node, ops.Map):
         return node.operands
     if isinstance(node, (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):
@@ -646,11 +666,47 @@ def _children(node):
     return tuple(a for a in node.args if isinstance(a, sp.Basic))
 
 
+def with_children(node, new: Sequence, plain: Callable | None = None):
+    """node with ``new`` in place of its :func:`children` (same operation, new operands).
+
+    ``plain(node, args)`` builds a plain SymPy node (a sum, a product, a function) from its
+    new args, as the pass wants it evaluated (default: :func:`_rebuild_canonical`, a sum or
+    product unevaluated); a Piecewise is rebuilt unevaluated (over real temporaries SymPy
+    would decide ``t > t`` and drop a piece, and its pieces would no longer line up with
+    its children); a leaf is itself.
+
+    >>> x, y = sp.symbols("x y")
+    >>> with_children(sp.sin(x) + x, [sp.sin(y), y])
+    y + sin(y)
+    """
+    if isinstance(node, ops.Map):
+        return ops.Map(node.function, node.shape, *new)
+    if isinstance(node, MatrixElement):
+        return ops.Entry(new[0], node.i, node.j)
+    operation = operations.of(node)
+    if operation is not None:
+        return operation.rebuild(node, list(new))
+    if isinstance(node, sp.Piecewise):
+        it = iter(new)
+        pieces = []
+        for _, cond in node.args:
+            value = next(it)
+            if not isinstance(cond, sp.logic.boolalg.BooleanAtom):
+                cond = cond.func(*[next(it) for _ in cond.args], evaluate=False)
+            pieces.append((value, cond))
+        return sp.Piecewise(*pieces, evaluate=False)
+    if not new:     # a leaf: a matrix symbol, Identity, a number, a Lambda ...
+        return node
+    it = iter(new)
+    args = [next(it) if isinstance(a, sp.Basic) else a for a in node.args]
+    return (plain or _rebuild_canonical)(node, args)
+
+
 class _Fuser:
     """Inlines single-use Maps (and all pure broadcasts) into the Maps that consume them.
 
     The visit of a :func:`~symgrad.nodes.dag_rebuild` over the canonical DAG with the
-    children ``_children`` gives: each node is called with what its children became.
+    children ``children`` gives: each node is called with what its children became.
     """
 
     def __init__(self, uses: dict):
@@ -659,29 +715,7 @@ class _Fuser:
     def __call__(self, expr, new):
         if isinstance(expr, ops.Map):
             return self._fuse_map(expr, new)
-        if isinstance(expr, MatrixElement):
-            return ops.Entry(new[0], expr.i, expr.j)
-        operation = operations.of(expr)
-        if operation is not None:
-            return operation.rebuild(expr, new)
-        if isinstance(expr, sp.Piecewise):
-            children = iter(new)
-            pieces = []
-            for e, c in expr.args:
-                e = next(children)
-                if not isinstance(c, sp.logic.boolalg.BooleanAtom):
-                    c = c.func(*[next(children) for _ in c.args])
-                pieces.append((e, c))
-            return sp.Piecewise(*pieces)
-        if not new:     # a leaf: a matrix symbol, Identity, a number, a Lambda ...
-            return expr
-        children = iter(new)
-        args = [next(children) if isinstance(a, sp.Basic) else a for a in expr.args]
-        if all(a is b for a, b in zip(args, expr.args)):
-            # nothing fused below: the node as it is (rebuilding it unevaluated would give
-            # an equal node, at the cost of a SymPy construction per node of each adjoint)
-            return expr
-        return _rebuild_canonical(expr, args)
+        return with_children(expr, new, _rebuild_if_changed)
 
     def _fuse_map(self, expr: ops.Map, new_operands):
         variables, operands = [], []
@@ -783,11 +817,6 @@ class Graph:
     output: object
     nodes: list = field(default_factory=list)   # topological order, leaves first
     labels: dict = field(default_factory=dict)  # node -> name the user gave it
-
-
-def children(node) -> tuple:
-    """The operands of a canonical node that reverse mode sends adjoints to."""
-    return _children(node)
 
 
 def build_graph(expr, canonicalizer: Canonicalizer | None = None) -> Graph:

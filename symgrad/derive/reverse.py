@@ -22,7 +22,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import sympy as sp
-from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad import operations, ops
 from symgrad.derive import rules
@@ -31,6 +30,7 @@ from symgrad.derive.graph import (
     build_graph,
     children,
     is_matrix,
+    with_children,
 )
 from symgrad.derive.rules import rule_for
 
@@ -88,34 +88,21 @@ def _temporary(prefix: str, k: int, like):
     return sp.Symbol(f"{prefix}{k}", real=True)
 
 
-def rebuild(node, kids_new: list):
-    """The node with its children replaced (same operation, new operands)."""
-    if isinstance(node, ops.Map):
-        return ops.Map(node.function, node.shape, *kids_new)
-    if isinstance(node, MatrixElement):
-        return ops.Entry(kids_new[0], node.i, node.j)
-    operation = operations.of(node)
-    if operation is not None:
-        return operation.rebuild(node, kids_new)
-    if isinstance(node, sp.Piecewise):
-        it = iter(kids_new)
-        pieces = []
-        for _, cond in node.args:
-            value = next(it)
-            if not isinstance(cond, sp.logic.boolalg.BooleanAtom):
-                # unevaluated: over real temporaries SymPy would decide t > t and drop the
-                # piece, and the pieces would no longer line up with the node's children
-                cond = cond.func(*[next(it) for _ in cond.args], evaluate=False)
-            pieces.append((value, cond))
-        return sp.Piecewise(*pieces, evaluate=False)
+def _unevaluated(node, args):
+    """A plain node of reverse mode's names: sums, products and powers as they are (SymPy
+    would flatten a product of names again), a function of names without SymPy's search for
+    signs and multiples of pi (about a millisecond per node, finding nothing)."""
     if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
-        return node.func(*kids_new, evaluate=False)
-    if isinstance(node, sp.Function) and kids_new and all(isinstance(k, sp.Symbol)
-                                                          for k in kids_new):
-        # a function of real names: nothing for SymPy to simplify (no sign, no multiple of
-        # pi), and its attempt costs about a millisecond per node
-        return node.func(*kids_new, evaluate=False)
-    return node.func(*kids_new)
+        return node.func(*args, evaluate=False)
+    if isinstance(node, sp.Function) and args and all(isinstance(k, sp.Symbol) for k in args):
+        return node.func(*args, evaluate=False)
+    return node.func(*args)
+
+
+def rebuild(node, kids_new: list):
+    """The node with its children replaced (same operation, new operands), by the node
+    protocol of symgrad/derive/graph.py."""
+    return with_children(node, kids_new, _unevaluated)
 
 
 def derive(expr, wrt: list, seed=None) -> Derivation:
