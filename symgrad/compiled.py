@@ -19,7 +19,7 @@ from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, mod
 from symgrad.derive.graph import dag_atoms, dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.reverse import derive, inline_all
 from symgrad.files import cache_dir, drop_damaged_numba_cache, load_module, write_atomically
-from symgrad.optimize import fuse, lower
+from symgrad.optimize import fuse, lower, restricted
 from symgrad.version import __version__
 
 __all__ = ["grad", "compile", "CompiledFunction", "Gradients", "build_spec"]
@@ -187,7 +187,7 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     table = internal_symbols(inputs, dims)
     public = {ours: user.name for user, ours in table.items()}
     user_expr, user_wrt, user_inputs = expr, wrt, inputs
-    expr = dag_xreplace(expr, table)
+    expr = dag_xreplace(expr, table, renaming=True)
     wrt = [table[w] for w in wrt]
     inputs = [table[s] for s in inputs]
     free = {table[d] for d in free}
@@ -198,25 +198,29 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     if output_shape:
         upstream = sp.MatrixSymbol("upstream", *output_shape)
         derivation = derive(expr, wrt, seed=upstream)
-        forward = fuse(lower(derivation, {"value": derivation.value}, inputs))
-        vjp = fuse(lower(derivation, {w.name: derivation.gradients[w] for w in wrt}, inputs))
+        outputs = {"value": derivation.value}
+        outputs.update({w.name: derivation.gradients[w] for w in wrt})
+        lowered = lower(derivation, outputs, inputs)      # once, for every program
+        forward = fuse(restricted(lowered, ["value"]))
+        vjp = fuse(restricted(lowered, [w.name for w in wrt]))
         spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=output_shape,
                           free_dimensions=free, public=public, internal=table,
                           forward=forward, vjp=vjp, upstream=upstream)
         spec.op_counts = {"forward": forward.op_count(), "vjp": vjp.op_count()}
     else:
         derivation = derive(expr, wrt)
-        forward = fuse(lower(derivation, {"value": derivation.value}, inputs))
         outputs = {"value": derivation.value}
         outputs.update({w.name: derivation.gradients[w] for w in wrt})
-        value_and_grad = fuse(lower(derivation, outputs, inputs))
+        lowered = lower(derivation, outputs, inputs)      # once, for every program
+        forward = fuse(restricted(lowered, ["value"]))
+        value_and_grad = fuse(lowered)
         spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=(),
                           free_dimensions=free, public=public, internal=table,
                           forward=forward, value_and_grad=value_and_grad)
         spec.op_counts = {"forward": forward.op_count(),
                           "value_and_grad": value_and_grad.op_count()}
     spec.docstring = module_docstring(name, user_expr, user_wrt, user_inputs, spec,
-                                      derivation=derivation)
+                                      derivation=derivation, lowered=lowered)
     return spec
 
 

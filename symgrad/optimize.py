@@ -198,11 +198,30 @@ def lower(derivation: Derivation, outputs: dict, inputs: list) -> Program:
     program_outputs = {}
     for output_name, expression in outputs.items():
         program_outputs[output_name] = flat.atom(sp.sympify(expression).xreplace(resolved))
-    statements = live_statements(flat.statements, program_outputs.values())
+    whole = Program(inputs=list(inputs), statements=flat.statements, outputs=program_outputs,
+                    labels=labels, adjoints=adjoints, names=resolved)
+    return restricted(whole, list(program_outputs))
+
+
+def restricted(program: Program, outputs: list) -> Program:
+    """The program for some of its outputs only: the statements they depend on, in order.
+
+    Lowering flattens every statement of a derivation whatever the outputs, so lowering
+    once for all outputs and restricting gives, for each output set, the very program
+    that lowering for it alone gives (the same statements, the same names).
+
+    >>> x = sp.Symbol("x")
+    >>> t0, t1 = sp.symbols("_t0 _t1")
+    >>> p = Program([x], [Statement(t0, sp.sin(x)), Statement(t1, sp.cos(x))], {"a": t0, "b": t1})
+    >>> [str(s.target) for s in restricted(p, ["b"]).statements]
+    ['_t1']
+    """
+    kept_outputs = {name: program.outputs[name] for name in outputs}
+    statements = live_statements(program.statements, kept_outputs.values())
     kept = {s.target for s in statements}
-    return Program(inputs=list(inputs), statements=statements, outputs=program_outputs,
-                   labels={t: label for t, label in labels.items() if t in kept},
-                   adjoints={a for a in adjoints if a in kept}, names=resolved)
+    return Program(inputs=program.inputs, statements=statements, outputs=kept_outputs,
+                   labels={t: label for t, label in program.labels.items() if t in kept},
+                   adjoints={a for a in program.adjoints if a in kept}, names=program.names)
 
 
 # ------------------------------------------------------------------------------------------

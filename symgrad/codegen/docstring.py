@@ -320,8 +320,10 @@ def _pieces(grads, output: str):
         return [], [(f"d{output}/d{_label(w)}", g) for w, g in grads.items()], {}
     # the symbols the gradients are of (sg.grad keys q1(t)'s by the object the user passed)
     symbols = [getattr(grads, "symbol_of", {}).get(w, w) for w in grads]
-    outputs = {_label(w): derivation.gradients[w] for w in symbols}
-    program = lower(derivation, outputs, symbols)
+    program = getattr(grads, "program", None)       # lowered already (sg.compile)
+    if program is None:
+        outputs = {_label(w): derivation.gradients[w] for w in symbols}
+        program = lower(derivation, outputs, symbols)
     if len(program.statements) > SHOW_MAX_STATEMENTS:
         return _program_pieces(program, output)
     named, candidates = piece_names(program)
@@ -533,12 +535,14 @@ class Gradients(dict):
         return "\n".join(_show_lines(self, "f"))
 
 
-def module_docstring(name: str, expr, wrt, inputs, spec, derivation=None) -> str:
+def module_docstring(name: str, expr, wrt, inputs, spec, derivation=None,
+                     lowered=None) -> str:
     """The docstring of a generated module: the model and its derived formulas.
 
     ``derivation`` is the derivation of the module's model in symgrad's own symbols (the one
     ``spec`` was built from): its formulas are shown in the user's symbols without deriving
-    again.
+    again; ``lowered``, its program for the value and every gradient (before fusion), gives
+    them without lowering again.
     """
     from symgrad.derive.reverse import derive
 
@@ -570,6 +574,8 @@ def module_docstring(name: str, expr, wrt, inputs, spec, derivation=None) -> str
         else:
             back = {ours: user for user, ours in spec.internal.items()}
             grads.derivation = _renamed(derivation, back)
+            if lowered is not None:
+                grads.program = _renamed_program(lowered, back, spec.parameters)
         lines = "\n".join(_show_lines(grads, name, keep=DOCSTRING_MAX_LINES // 2))
         text += ["", "Gradients (shared pieces named once):"]
         text += ["    " + line for line in lines.splitlines()]
@@ -594,6 +600,34 @@ def _renamed(derivation, back: dict):
         labels={user(name): label for name, label in derivation.labels.items()},
         adjoints={user(name) for name in derivation.adjoints},
         named={label: user(e) for label, e in derivation.named.items()})
+
+
+def _renamed_program(program, back: dict, parameters: list):
+    """The gradients' part of a lowered program in the user's symbols, its outputs under
+    the user's names (statement by statement, as :func:`_renamed`).
+
+    >>> from symgrad.codegen.ir import Program, Statement
+    >>> ours, t0, t1 = sp.symbols("in_0 _t0 _t1")
+    >>> p = Program([ours], [Statement(t0, sp.sin(ours)), Statement(t1, sp.cos(ours))],
+    ...             {"value": t0, "in_0": t1})
+    >>> w = sp.Symbol("w")
+    >>> _renamed_program(p, {ours: w}, [ours]).statements
+    [Statement(target=_t1, operation=cos(w))]
+    """
+    from symgrad.codegen.ir import Program, Statement
+    from symgrad.optimize import restricted
+
+    def user(e):
+        return e.xreplace(back) if isinstance(e, sp.Basic) else e
+
+    program = restricted(program, [w.name for w in parameters])
+    return Program(
+        inputs=[back.get(s, s) for s in program.inputs],
+        statements=[Statement(user(s.target), user(s.operation)) for s in program.statements],
+        outputs={back[w].name: user(program.outputs[w.name]) for w in parameters},
+        labels={user(t): label for t, label in program.labels.items()},
+        adjoints={user(t) for t in program.adjoints},
+        names={user(name): user(atom) for name, atom in program.names.items()})
 
 
 def _tree_size(expr, limit: int) -> int:

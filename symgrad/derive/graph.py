@@ -97,17 +97,27 @@ def dag_atoms(expr, kind) -> set:
     return {n for n in dag_nodes(sp.sympify(expr)) if isinstance(n, kind)}
 
 
-def dag_xreplace(expr, table: dict):
+def dag_xreplace(expr, table: dict, *, renaming: bool = False):
     """``expr.xreplace(table)``, each shared subexpression rebuilt once, without recursion.
 
-    >>> x, y = sp.symbols("x y")
+    With ``renaming``, where the table only renames symbols (each to one with the same
+    assumptions), a function of the new names is not evaluated again: SymPy evaluated it
+    when the model was built, and again it would only search for signs and multiples of pi
+    (about a millisecond per function) and, finding a sign that depends on the order of the
+    names, could write ``sin(v - u)`` as ``-sin(u - v)``.  Sums and products are sorted
+    again, as SymPy sorts them.
+
+    >>> x, y, u, v = sp.symbols("x y u v")
     >>> dag_xreplace(sp.sin(x) + x * y, {x: 2 * y})
     2*y**2 + sin(2*y)
+    >>> dag_xreplace(sp.sin(x - y), {x: v, y: u}), dag_xreplace(sp.sin(x - y), {x: v, y: u},
+    ...                                                          renaming=True)
+    (-sin(u - v), sin(-u + v))
     """
     def replaced(node, new_operands):
         if not new_operands:    # a leaf, or a node of the table (the walk did not enter it)
             return table.get(node, node)
-        return rebuild(node, new_operands, xreplace=True)
+        return rebuild(node, new_operands, xreplace=not renaming)
 
     return dag_rebuild(expr, replaced,
                        operands=lambda node: () if node in table else operands(node))
