@@ -5,7 +5,7 @@
 >>> w, x, y = sp.symbols("w x y")
 >>> loss = (w * x - y) ** 2
 >>> sg.grad(loss, [w])[w]
-x*(2*w*x - 2*y)
+2*x*(w*x - y)
 """
 
 from symgrad import functions as _functions

@@ -121,7 +121,7 @@ def grad(expr, wrt) -> Gradients:
     >>> import sympy as sp
     >>> w, x, y = sp.symbols("w x y")
     >>> grad((w * x - y) ** 2, [w])[w]
-    x*(2*w*x - 2*y)
+    2*x*(w*x - y)
     """
     from symgrad.forms import normalize
 

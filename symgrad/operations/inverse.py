@@ -5,9 +5,9 @@ inverse that only multiplies becomes a solve (symgrad/codegen/factor.py).
 
 >>> import symgrad as sg
 >>> from symgrad.codegen.docstring import FormulaPrinter
->>> K = sg.matrix("K", 3, 3)
->>> FormulaPrinter().doprint(sg.inv(K)), FormulaPrinter().doprint(sg.inv(K @ K))
-('K^-1', '(K*K)^-1')
+>>> K, B = sg.matrix("K", 3, 3), sg.matrix("B", 3, 3)
+>>> FormulaPrinter().doprint(sg.inv(K)), FormulaPrinter().doprint(sg.inv(K @ B))
+('K^-1', '(K B)^-1')
 """
 
 from __future__ import annotations
