@@ -573,7 +573,9 @@ def module_docstring(name: str, expr, wrt, inputs, spec, derivation=None,
             grads.derivation = derive(expr, list(wrt))
         else:
             back = {ours: user for user, ours in spec.internal.items()}
-            grads.derivation = _renamed(derivation, back)
+            # with the program lowered already, only the pieces' names are read of the
+            # derivation: its statements are not renamed
+            grads.derivation = _renamed(derivation, back, statements=lowered is None)
             if lowered is not None:
                 grads.program = _renamed_program(lowered, back, spec.parameters)
         lines = "\n".join(_show_lines(grads, name, keep=DOCSTRING_MAX_LINES // 2))
@@ -582,10 +584,10 @@ def module_docstring(name: str, expr, wrt, inputs, spec, derivation=None,
     return "\n".join(text)
 
 
-def _renamed(derivation, back: dict):
+def _renamed(derivation, back: dict, statements: bool = True):
     """The derivation with symgrad's symbols replaced by the user's, also in the shapes of its
     names (statement by statement: each is one operation over names, so this is linear in
-    the program)."""
+    the program); without ``statements``, its statements are left out."""
     from dataclasses import replace
 
     def user(e):
@@ -594,7 +596,8 @@ def _renamed(derivation, back: dict):
     return replace(
         derivation,
         wrt=[back.get(w, w) for w in derivation.wrt],
-        assignments=[(user(target), user(e)) for target, e in derivation.assignments],
+        assignments=[(user(target), user(e)) for target, e in derivation.assignments]
+        if statements else [],
         value=user(derivation.value),
         gradients={back.get(w, w): user(g) for w, g in derivation.gradients.items()},
         labels={user(name): label for name, label in derivation.labels.items()},
