@@ -23,10 +23,11 @@ y + sin(y)**2
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cmp_to_key
 
 import sympy as sp
 
-__all__ = ["operands", "rebuild", "dag_rebuild"]
+__all__ = ["operands", "rebuild", "renamed", "dag_rebuild"]
 
 
 def operands(node) -> tuple:
@@ -81,6 +82,37 @@ def rebuild(node, new_operands, *, xreplace: bool = False):
     if all(new is old or (hash(new) == hash(old) and new == old)
            for new, old in zip(new_operands, old_operands)):
         return node
+    if isinstance(node, sp.Function) and not any(
+            a.is_number for a in new_operands if isinstance(a, sp.Basic)):
+        return node.func(*new_operands, evaluate=False)
+    return node.func(*new_operands)
+
+
+# SymPy's own order of the terms of a sum and the factors of a product
+_SYMPY_ORDER = cmp_to_key(sp.Basic.compare)
+
+
+def renamed(node, new_operands):
+    """node with ``new_operands`` in place of its :func:`operands`, where they are its own
+    with symbols renamed, each to a symbol of its own with the same assumptions.
+
+    SymPy's evaluation would find nothing to do: a sum or a product only gets its terms in
+    SymPy's order again (no two terms or factors become alike under such a renaming), and a
+    function of names is built without SymPy's search for signs and multiples of pi (which
+    could write ``sin(v - u)`` as ``-sin(u - v)``, the order of names having changed).  The
+    result equals what ``xreplace`` builds, without its flattening (a sum of n terms costs
+    n log n comparisons, not SymPy's flattening of each term).
+
+    >>> x, y, u, v = sp.symbols("x y u v")
+    >>> e = 3 * x + y
+    >>> renamed(e, [3 * v, u]) == e.xreplace({x: v, y: u})
+    True
+    """
+    old_operands = node.args if isinstance(node, sp.Basic) else ()
+    if all(new is old for new, old in zip(new_operands, old_operands)):
+        return node
+    if type(node) in (sp.Add, sp.Mul) and node.is_commutative:
+        return node.func._from_args(sorted(new_operands, key=_SYMPY_ORDER), True)
     if isinstance(node, sp.Function) and not any(
             a.is_number for a in new_operands if isinstance(a, sp.Basic)):
         return node.func(*new_operands, evaluate=False)

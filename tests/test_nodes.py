@@ -15,6 +15,7 @@ import sympy as sp
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.matexpr import MatrixElement
 
 import symgrad as sg
 from symgrad import forms, ops
@@ -127,6 +128,28 @@ def test_a_replacement_table_gives_what_sympy_xreplace_gives(expr, table):
     # replaced on the way up)
     assert dag_rebuild(expr, lambda node, new: table.get(node) if node in table
                        else rebuild(node, new, xreplace=True)) == expected
+
+
+@SETTINGS
+@given(EXPRESSIONS, st.sampled_from([
+    {x: sp.Symbol("in_0", real=True), y: sp.Symbol("in_1", real=True)},
+    {x: sp.Symbol("y2", real=True), y: sp.Symbol("a", real=True), z: sp.Symbol("zz", real=True),
+     w: sp.Symbol("b", real=True)},
+    {n: sp.Symbol("dim_0", integer=True, positive=True),
+     X: sp.MatrixSymbol("in_2", sp.Symbol("dim_0", integer=True, positive=True), 3)}]))
+def test_renaming_symbols_gives_sympys_sums_and_products_without_evaluating_again(expr, table):
+    # renaming symbols (each to its own, same assumptions) is what sg.compile does to every
+    # model: the sums and products it builds (sorted, not flattened again) must be SymPy's,
+    # functions unevaluated as nodes.rebuild leaves them, and the value xreplace's
+    fast = dag_xreplace(expr, table, renaming=True)
+    assert fast == dag_rebuild(expr, lambda node, new: table.get(node, node) if not new
+                               else rebuild(node, new),
+                               operands=lambda node: () if node in table else operands(node))
+    evaluated = expr.xreplace(table)
+    if not evaluated.has(MatrixElement, ops.SumAll):     # a scalar of symbols: its value
+        point = {s: sp.Rational(k + 2, 7) for k, s in enumerate(
+            sorted(evaluated.free_symbols, key=str))}
+        assert abs(sp.N(fast.xreplace(point) - evaluated.xreplace(point), 30)) < 1e-25
 
 
 @SETTINGS

@@ -26,7 +26,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
-from symgrad.nodes import dag_rebuild, operands, rebuild
+from symgrad.nodes import dag_rebuild, operands, rebuild, renamed
 
 _CHAIN_PROBE = 1000  # size given to symbolic dimensions when comparing matrix-chain costs
 
@@ -100,12 +100,9 @@ def dag_atoms(expr, kind) -> set:
 def dag_xreplace(expr, table: dict, *, renaming: bool = False):
     """``expr.xreplace(table)``, each shared subexpression rebuilt once, without recursion.
 
-    With ``renaming``, where the table only renames symbols (each to one with the same
-    assumptions), a function of the new names is not evaluated again: SymPy evaluated it
-    when the model was built, and again it would only search for signs and multiples of pi
-    (about a millisecond per function) and, finding a sign that depends on the order of the
-    names, could write ``sin(v - u)`` as ``-sin(u - v)``.  Sums and products are sorted
-    again, as SymPy sorts them.
+    With ``renaming``, where the table only renames symbols (each to a symbol of its own
+    with the same assumptions), nodes are rebuilt by :func:`~symgrad.nodes.renamed`: the
+    same expression, without SymPy evaluating it again.
 
     >>> x, y, u, v = sp.symbols("x y u v")
     >>> dag_xreplace(sp.sin(x) + x * y, {x: 2 * y})
@@ -117,7 +114,9 @@ def dag_xreplace(expr, table: dict, *, renaming: bool = False):
     def replaced(node, new_operands):
         if not new_operands:    # a leaf, or a node of the table (the walk did not enter it)
             return table.get(node, node)
-        return rebuild(node, new_operands, xreplace=not renaming)
+        if renaming:
+            return renamed(node, new_operands)
+        return rebuild(node, new_operands, xreplace=True)
 
     return dag_rebuild(expr, replaced,
                        operands=lambda node: () if node in table else operands(node))
