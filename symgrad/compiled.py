@@ -103,7 +103,8 @@ def inputs_of(expr, wrt: list) -> list:
                                   for e in w.shape for d in sp.sympify(e).free_symbols}
     symbols = dag_atoms(expr, sp.MatrixSymbol) | {s for s in dag_free_symbols(expr)
                                                  if isinstance(s, sp.Symbol)}
-    data = sorted((s for s in symbols if s not in wrt and s not in dims),
+    parameters = set(wrt)       # (a set: a model may have thousands of inputs)
+    data = sorted((s for s in symbols if s not in parameters and s not in dims),
                   key=lambda s: s.name)
     dims |= shape_symbols(expr)      # dimensions no input fixes stay inputs (integers)
     clash = [w for w in wrt if w in dims]
@@ -229,9 +230,10 @@ def _batchable_inputs(spec: ModuleSpec) -> tuple:
     the ones a call may pass as Dask arrays chunked along that dimension."""
     if spec.value_and_grad is None or spec.is_scalar_model:
         return ()
+    parameters = set(spec.parameters)
     return tuple(spec.public_name(s) for s in spec.inputs if isinstance(s, MatrixExpr)
-                 and s not in spec.parameters and not all(sp.sympify(e).is_number
-                                                          for e in s.shape))
+                 and s not in parameters and not all(sp.sympify(e).is_number
+                                                     for e in s.shape))
 
 
 class CompiledFunction:

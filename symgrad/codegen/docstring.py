@@ -548,8 +548,9 @@ def module_docstring(name: str, expr, wrt, inputs, spec, derivation=None,
 
     printer = FormulaPrinter()
     described = []
+    parameters = set(wrt)
     for s, ours in zip(inputs, spec.inputs):
-        role = "parameter" if s in wrt else "input"
+        role = "parameter" if s in parameters else "input"
         shape = f" ({s.shape[0]} x {s.shape[1]})" if isinstance(s, MatrixExpr) else " (scalar)"
         described.append(f"    {s.name}{shape}, {role}; in the code: {ours.name}")
     dims = sorted((d for d in spec.public if d.name.startswith("dim_")), key=lambda d: d.name)

@@ -42,6 +42,21 @@ class ScalarPrinter(NumPyPrinter):
         self._kf = {k: v.replace("numpy.", "np.") for k, v in self._kf.items()}
         self._kc = {k: v.replace("numpy.", "np.") for k, v in self._kc.items()}
 
+    def expression(self, e) -> str:
+        """e as one expression of code: ``doprint`` without the set-up it makes for whole
+        programs (comments on what is not supported, declarations of constants, about 10 us
+        per call and a statement each), refusing what it would have commented out.
+
+        >>> ScalarPrinter().expression(sp.Symbol("x") + 1)
+        'x + 1.0'
+        """
+        self._not_supported = set()
+        text = self._print(e)
+        if self._not_supported:
+            raise NotImplementedError(
+                f"symgrad cannot write code for {sorted(map(str, self._not_supported))}")
+        return text
+
     def _module_format(self, fqn, register=True):
         return fqn.replace("numpy.", "np.")
 
@@ -210,7 +225,7 @@ class KernelEmitter:
         self.lines.append("    " * depth + line)
 
     def scalar(self, e) -> str:
-        return self.printer.doprint(e)
+        return self.printer.expression(e)
 
     def dim(self, d) -> str:
         d = sp.sympify(d)
