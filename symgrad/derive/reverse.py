@@ -33,6 +33,7 @@ from symgrad.derive.graph import (
     is_matrix,
 )
 from symgrad.derive.rules import rule_for
+from symgrad.nodes import without_cycle_collection
 
 LEAVES = (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
@@ -122,6 +123,7 @@ def rebuild(node, kids_new: list):
     return node.func(*kids_new)
 
 
+@without_cycle_collection
 def derive(expr, wrt: list, seed=None) -> Derivation:
     """Backpropagate through ``expr`` once and return the program with every gradient.
 
@@ -274,6 +276,7 @@ def inline(derivation: Derivation, expr):
     return inline_all(derivation, [expr])[0]
 
 
+@without_cycle_collection
 def inline_all(derivation: Derivation, exprs: list) -> list:
     """:func:`inline` of several expressions of one program in one walk: the pieces they
     share are rebuilt once, and the cost is that of the program, not of the program times
