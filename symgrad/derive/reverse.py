@@ -141,13 +141,14 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
     derivation = Derivation(wrt=list(wrt))
 
     # forward: one name per node, children before parents
+    kids_of = {node: children(node) for node in graph.nodes}   # the three passes share them
     name_of: dict = {}
     rebuilt_of: dict = {}
     for k, node in enumerate(graph.nodes):
         if is_leaf(node):
             name_of[node] = node
             continue
-        rebuilt = rebuild(node, [name_of[c] for c in children(node)])
+        rebuilt = rebuild(node, [name_of[c] for c in kids_of[node]])
         rebuilt_of[node] = rebuilt
         if _is_transposed_symbol(rebuilt):     # X^T is a view, not a value to compute
             name_of[node] = rebuilt
@@ -168,7 +169,7 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
     wrt_set = set(wrt)
     depends: set = set()
     for node in graph.nodes:
-        if node in wrt_set or any(c in depends for c in children(node)):
+        if node in wrt_set or any(c in depends for c in kids_of[node]):
             depends.add(node)
 
     # backward: seed with 1, then each node hands its adjoint to its children
@@ -199,7 +200,7 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
             if node in wrt_set:
                 derivation.gradients[node] = upstream
             continue
-        kids = children(node)
+        kids = kids_of[node]
         rule = rule_for(node)
         local = rule(upstream, name_of[node], *[name_of[c] for c in kids], node=rebuilt_of[node])
         for kid, contribution in zip(kids, local):
