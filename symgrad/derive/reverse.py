@@ -202,7 +202,11 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
             continue
         kids = kids_of[node]
         rule = rule_for(node)
-        local = rule(upstream, name_of[node], *[name_of[c] for c in kids], node=rebuilt_of[node])
+        # a rule that can skip the inputs no parameter depends on is told which those are
+        wanted = ({"wanted": tuple(c in depends for c in kids)}
+                  if getattr(rule, "takes_wanted", False) else {})
+        local = rule(upstream, name_of[node], *[name_of[c] for c in kids], node=rebuilt_of[node],
+                     **wanted)
         for kid, contribution in zip(kids, local):
             if contribution is None or kid not in depends:
                 continue
