@@ -22,12 +22,13 @@ y + sin(y)**2
 
 from __future__ import annotations
 
+import functools
+import gc
 from collections.abc import Callable
-from functools import cmp_to_key
 
 import sympy as sp
 
-__all__ = ["operands", "rebuild", "renamed", "dag_rebuild"]
+__all__ = ["operands", "rebuild", "renamed", "dag_rebuild", "without_cycle_collection"]
 
 
 def operands(node) -> tuple:
@@ -89,7 +90,7 @@ def rebuild(node, new_operands, *, xreplace: bool = False):
 
 
 # SymPy's own order of the terms of a sum and the factors of a product
-_SYMPY_ORDER = cmp_to_key(sp.Basic.compare)
+_SYMPY_ORDER = functools.cmp_to_key(sp.Basic.compare)
 
 
 def renamed(node, new_operands):
@@ -159,3 +160,31 @@ def dag_rebuild(expr, visit: Callable = rebuild, *, operands: Callable = operand
         stack.append((node, children))
         stack.extend((c, None) for c in children if c not in done)
     return done[expr]
+
+
+def without_cycle_collection(function: Callable) -> Callable:
+    """function, run with Python's cycle collector paused (and resumed after it, unless it
+    was paused already).
+
+    A pass that builds tens of thousands of SymPy nodes which all stay alive makes the
+    collector walk the growing heap again and again, finding nothing: a quarter of the time
+    ``sg.grad`` takes on a sum of 10,000 terms.  The nodes form no reference cycles (they are
+    freed by their counts), and what the pass leaves behind is collected as usual after it.
+
+    >>> @without_cycle_collection
+    ... def enabled():
+    ...     return gc.isenabled()
+    >>> enabled(), gc.isenabled()
+    (False, True)
+    """
+    @functools.wraps(function)
+    def paused(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return paused

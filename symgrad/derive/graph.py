@@ -280,6 +280,9 @@ class Canonicalizer:
 
     def __call__(self, expr):
         expr = sp.sympify(expr)
+        if expr.is_Atom and not is_matrix(expr):
+            # a name or a number (most adjoint contributions): nothing to stabilize or fuse
+            return self._canon(expr)
         if not is_matrix(expr):
             expr = stabilize(expr)
         for node in _scalar_postorder(expr):
@@ -287,7 +290,10 @@ class Canonicalizer:
             # recursion of _canon stays shallow however deep the model is
             self._canon(node)
         unfused = self._canon(expr)
-        return dag_rebuild(unfused, _Fuser(_count_uses(unfused)), operands=children)
+        uses = _count_uses(unfused)
+        if uses is None:    # no node the fuser rewrites: it would return unfused itself
+            return unfused
+        return dag_rebuild(unfused, _Fuser(uses), operands=children)
 
     # -- dispatch ----------------------------------------------------------------------
     def _canon(self, expr):
@@ -534,6 +540,8 @@ def _rebuild_canonical(node, args):
     """node with new args: a sum, product or power as it is (a binary sum stays binary, see
     _binary), anything else as :func:`~symgrad.nodes.rebuild` makes it."""
     if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
+        if len(args) == len(node.args) and all(a is b for a, b in zip(args, node.args)):
+            return node     # its own args: rebuilding it would give an equal node
         return node.func(*args, evaluate=False)
     return rebuild(node, args)
 
@@ -624,20 +632,36 @@ def _unsupported_message(expr) -> str:
 # ------------------------------------------------------------------------------------------
 # Map fusion
 # ------------------------------------------------------------------------------------------
-def _count_uses(expr) -> dict:
-    """How many distinct parents each subexpression has in the DAG of expr."""
+def _count_uses(expr) -> dict | None:
+    """How many distinct parents each subexpression has in the DAG of expr, or None when no
+    node of it is one that :class:`_Fuser` rewrites (then the fuser's walk would give expr
+    back unchanged, and is skipped).
+
+    >>> x = sp.Symbol("x")
+    >>> _count_uses(sp.sin(x) * x) is None
+    True
+    """
     uses: dict = {}
     seen = set()
     stack = [expr]
+    fusable = False
     while stack:
         node = stack.pop()
         if node in seen:
             continue
         seen.add(node)
+        fusable = fusable or _fuser_rewrites(node)
         for child in children(node):
             uses[child] = uses.get(child, 0) + 1
             stack.append(child)
-    return uses
+    return uses if fusable else None
+
+
+def _fuser_rewrites(node) -> bool:
+    """Whether :meth:`_Fuser.__call__` may return node other than itself when its children
+    come back unchanged (every node it does not list here it keeps as it is)."""
+    return isinstance(node, (ops.Map, MatrixElement, sp.Piecewise)) \
+        or operations.of(node) is not None
 
 
 def children(node) -> tuple:

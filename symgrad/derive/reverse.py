@@ -33,6 +33,7 @@ from symgrad.derive.graph import (
     with_children,
 )
 from symgrad.derive.rules import rule_for
+from symgrad.nodes import without_cycle_collection
 
 LEAVES = (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
@@ -105,6 +106,7 @@ def rebuild(node, kids_new: list):
     return with_children(node, kids_new, _unevaluated)
 
 
+@without_cycle_collection
 def derive(expr, wrt: list, seed=None) -> Derivation:
     """Backpropagate through ``expr`` once and return the program with every gradient.
 
@@ -122,13 +124,14 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
     derivation = Derivation(wrt=list(wrt))
 
     # forward: one name per node, children before parents
+    kids_of = {node: children(node) for node in graph.nodes}   # the three passes share them
     name_of: dict = {}
     rebuilt_of: dict = {}
     for k, node in enumerate(graph.nodes):
         if is_leaf(node):
             name_of[node] = node
             continue
-        rebuilt = rebuild(node, [name_of[c] for c in children(node)])
+        rebuilt = rebuild(node, [name_of[c] for c in kids_of[node]])
         rebuilt_of[node] = rebuilt
         if _is_transposed_symbol(rebuilt):     # X^T is a view, not a value to compute
             name_of[node] = rebuilt
@@ -149,7 +152,7 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
     wrt_set = set(wrt)
     depends: set = set()
     for node in graph.nodes:
-        if node in wrt_set or any(c in depends for c in children(node)):
+        if node in wrt_set or any(c in depends for c in kids_of[node]):
             depends.add(node)
 
     # backward: seed with 1, then each node hands its adjoint to its children
@@ -180,9 +183,13 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
             if node in wrt_set:
                 derivation.gradients[node] = upstream
             continue
-        kids = children(node)
+        kids = kids_of[node]
         rule = rule_for(node)
-        local = rule(upstream, name_of[node], *[name_of[c] for c in kids], node=rebuilt_of[node])
+        # a rule that can skip the inputs no parameter depends on is told which those are
+        wanted = ({"wanted": tuple(c in depends for c in kids)}
+                  if getattr(rule, "takes_wanted", False) else {})
+        local = rule(upstream, name_of[node], *[name_of[c] for c in kids], node=rebuilt_of[node],
+                     **wanted)
         for kid, contribution in zip(kids, local):
             if contribution is None or kid not in depends:
                 continue
@@ -257,6 +264,7 @@ def inline(derivation: Derivation, expr):
     return inline_all(derivation, [expr])[0]
 
 
+@without_cycle_collection
 def inline_all(derivation: Derivation, exprs: list) -> list:
     """:func:`inline` of several expressions of one program in one walk: the pieces they
     share are rebuilt once, and the cost is that of the program, not of the program times

@@ -97,6 +97,22 @@ def _pow_rule(g, y, base, exponent, **_):
     return (g * exponent * base ** (exponent - 1), g * y * sp.log(base))
 
 
+def _mul_rule(g, y, *x, wanted=None, **_):
+    """Each factor gets g times the product of the others.  ``wanted`` (from reverse mode),
+    when given, says which factors need an adjoint: the others (a constant such as the 100
+    of 100 (x - y)^2) get None, and their products are never built.
+
+    >>> a, b, g = sp.symbols("a b g")
+    >>> _mul_rule(g, a * b, a, b), _mul_rule(g, 2 * b, sp.Integer(2), b, wanted=(False, True))
+    ((b*g, a*g), (None, 2*g))
+    """
+    return tuple(g * sp.Mul(*x[:i], *x[i + 1:]) if wanted is None or wanted[i] else None
+                 for i in range(len(x)))
+
+
+_mul_rule.takes_wanted = True    # reverse mode passes ``wanted`` to the rules that say so
+
+
 def _matrix_element_rule(g, y, parent, **kw):
     node = kw["node"]
     shape = node.parent.shape
@@ -109,7 +125,7 @@ def _matrix_element_rule(g, y, parent, **kw):
 RULES: dict[type, Rule] = {
     # scalar arithmetic
     sp.Add:   lambda g, y, *x, **_: (g,) * len(x),
-    sp.Mul:   lambda g, y, *x, **_: tuple(g * sp.Mul(*x[:i], *x[i + 1:]) for i in range(len(x))),
+    sp.Mul:   _mul_rule,
     sp.Pow:   _pow_rule,
     sp.Heaviside: lambda g, y, *x, **_: (None,) * len(x),
     sp.Max:   lambda g, y, *x, **_: _route(g, y, x, sign=1),
