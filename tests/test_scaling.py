@@ -204,6 +204,53 @@ def test_compile_derives_once(monkeypatch):
     assert "Gradients (shared pieces named once):" in f.module.__doc__
 
 
+def test_compile_lowers_once(monkeypatch):
+    # the docstring imports lower from symgrad.optimize when it runs: counted too
+    import symgrad.compiled as compiled_module
+    import symgrad.optimize as optimize
+
+    calls = []
+    original = optimize.lower
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return original(*args, **kwargs)
+
+    for module in (optimize, compiled_module):
+        monkeypatch.setattr(module, "lower", counting)
+    w, x, y = sp.symbols("w x y", real=True)
+    f = sg.compile(sp.log(1 + sp.exp(w * x - y)) ** 2 + sp.sin(w * y), [w], name="lowered_once")
+    assert len(calls) == 1 and set(calls[0]) == {"value", "in_0"}
+    assert "Gradients (shared pieces named once):" in f.module.__doc__
+
+
+@pytest.mark.parametrize("model", ["logistic", "two_layer", "nested"])
+def test_a_program_for_some_outputs_is_what_lowering_for_them_alone_gives(model):
+    # sg.compile lowers once for every output and takes each program's part of it
+    from symgrad.derive.reverse import derive
+    from symgrad.optimize import lower, restricted
+
+    w, x, y = sp.symbols("w x y", real=True)
+    if model == "logistic":
+        expr, wrt = sp.log(1 + sp.exp(-y * (w * x))) + w**2 / 2, [w]
+    elif model == "two_layer":
+        W1, W2, X = sg.matrix("W1", 3, 4), sg.matrix("W2", 1, 3), sg.matrix("X", 4, 5)
+        expr, wrt = sg.sum(sg.tanh(W2 @ sg.tanh(W1 @ X))), [W1, W2]
+    else:
+        expr, x, w = nested(12)
+        wrt = [x, w]
+    derivation = derive(expr, wrt)
+    outputs = {"value": derivation.value}
+    outputs.update({str(p): derivation.gradients[p] for p in wrt})
+    whole = lower(derivation, outputs, wrt)
+    for names in (["value"], [str(p) for p in wrt]):
+        alone = lower(derivation, {n: outputs[n] for n in names}, wrt)
+        part = restricted(whole, names)
+        assert part.statements == alone.statements
+        assert part.outputs == alone.outputs
+        assert part.labels == alone.labels and part.adjoints == alone.adjoints
+
+
 def test_stabilize_visits_a_shared_subexpression_once():
     z = sp.Symbol("z", real=True)
     f = z
