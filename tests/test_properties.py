@@ -297,6 +297,22 @@ def test_compiled_piecewise_with_a_compound_condition():
     assert check(model, [x, y], against="finite-differences").ok
 
 
+def test_compiled_piecewise_without_a_default_branch_is_nan_where_no_condition_holds():
+    """Was (found by the compiled campaign): a Piecewise with no ``True`` branch printed
+    ``else None``, which Numba could not type: every call failed with a TypingError."""
+    x, y = sp.symbols("x y", real=True)
+    model = sp.tanh(sp.Piecewise((x * y, x > 0), (y**2, x < -1))) + x
+    f = sg.compile(model, [x, y], name="piecewise_without_default")
+    value, grads = f.value_and_grad(x=0.5, y=2.0)
+    assert value == pytest.approx(np.tanh(1.0) + 0.5)
+    assert grads["x"] == pytest.approx(2.0 * (1 - np.tanh(1.0) ** 2) + 1)
+    values, batch = f.value_and_grad(x=np.array([0.5, -2.0, -0.5]), y=np.array([2.0, 3.0, 1.0]))
+    np.testing.assert_allclose(values[:2], [np.tanh(1.0) + 0.5, np.tanh(9.0) - 2.0])
+    assert np.isnan(values[2]) and np.isnan(batch["y"][2])  # no branch holds: undefined
+    assert np.isnan(f.value_and_grad(x=-0.5, y=1.0)[0])     # the floats path too
+    assert check(model, [x, y], against="jax", points=4).ok
+
+
 def test_compiled_power_with_a_variable_exponent():
     """Was (a wrong gradient): b**(e - 1) printed without parentheses, as b**e - 1."""
     a, B = sp.Symbol("a"), sp.MatrixSymbol("B", 2, 2)

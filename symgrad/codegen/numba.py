@@ -117,7 +117,18 @@ class ScalarPrinter(NumPyPrinter):
             out = f"{f}({out}, {p})"
         return out
 
-    _print_Piecewise = PythonCodePrinter._print_Piecewise
+    def _print_Piecewise(self, expr):
+        """Python's conditional expressions; NaN where no condition holds (SymPy leaves the
+        value undefined there, and NumPy, JAX and symgrad's translators give NaN): Python's
+        printer would write ``None``, which Numba cannot type.
+
+        >>> x = sp.Symbol("x")
+        >>> ScalarPrinter().expression(sp.Piecewise((x, x > 0), (-x, x < -1)))
+        '((x) if np.greater(x, 0.0) else (-x) if np.less(x, -1.0) else (np.nan))'
+        """
+        if expr.args[-1].cond != sp.true:
+            expr = sp.Piecewise(*expr.args, (sp.nan, True), evaluate=False)
+        return PythonCodePrinter._print_Piecewise(self, expr)
 
     # Python's own boolean operators: Numba cannot compile np.logical_and.reduce
     def _print_And(self, expr):
