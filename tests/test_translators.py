@@ -269,3 +269,19 @@ def test_kink_conventions_match_symgrad(name):
                                                     {}, None)
     assert result.gradients["z"] == pytest.approx(0.5)
     assert result.gradients["y"] == pytest.approx(0.5)
+
+
+def test_an_input_named_like_the_translations_code_stays_apart_from_a_maps_operand():
+    """Was (found by the compiled campaign): a Map's operand stood in its body for a plain
+    symbol named like the operand's code (``in_1``), which was the model's own scalar input
+    ``in_1`` there, printed as that input: a matrix product of the wrong shapes."""
+    from symgrad.checking.translate import translate
+
+    n = sp.Symbol("n", integer=True, positive=True)
+    s, v = sp.Symbol("in_1"), sp.MatrixSymbol("numba", n, 1)
+    square = ops.broadcast(v, (n, n))
+    expr = MatrixElement(v.T @ square @ ops.hadamard(v, ops.broadcast(s, (n, 1))), 0, 0)
+    f = translate(expr, [s, v], dims={n: 3})
+    v0 = np.array([[1.0], [2.0], [3.0]])
+    expected = (v0.T @ np.repeat(v0, 3, axis=1) @ (v0 * 0.5)).item()
+    assert np.asarray(f(in_1=0.5, numba=v0)).item() == pytest.approx(expected)

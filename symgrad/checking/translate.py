@@ -434,8 +434,8 @@ class Translator(Printer):
             if not isinstance(operand, MatrixExpr) and sp.sympify(operand).is_number:
                 substitutions[variable] = operand
                 continue
-            # a plain symbol named like the operand's code stands for it in the body
-            substitutions[variable] = sp.Symbol(self._print(operand))
+            # a placeholder named like the operand's code stands for it in the body
+            substitutions[variable] = _Placeholder(self._print(operand))
             if isinstance(operand, MatrixExpr):
                 shapes.append((variable, self._shape(operand.shape)))
         body = expr.body.xreplace(substitutions)
@@ -446,6 +446,12 @@ class Translator(Printer):
         if broadcast != shape:
             return f"{self.xp}.broadcast_to({self._tensor(code)}, {shape})"
         return code
+
+
+class _Placeholder(sp.Symbol):
+    """A name of the translation's code standing for a Map's operand in its body.  A class
+    of its own: a plain symbol of that name would be the model's own symbol if it has one
+    of that name (an input called ``in_1`` or ``_t3``), and would print as that input."""
 
 
 class NumpyTranslator(Translator):
