@@ -185,42 +185,28 @@ def test_a_product_of_40_factors_compiles_in_linear_pieces():
     assert compiled.op_counts["value_and_grad"] < 12 * 40
 
 
-def test_compile_derives_once(monkeypatch):
-    import symgrad.compiled as compiled_module
-    import symgrad.derive.reverse as reverse
-
-    calls = []
-    original = reverse.derive
-
-    def counting(*args, **kwargs):
-        calls.append(args[0])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(reverse, "derive", counting)
-    monkeypatch.setattr(compiled_module, "derive", counting)
-    w, x, y = sp.symbols("w x y", real=True)
-    f = sg.compile(sp.log(1 + sp.exp(w * x - y)) ** 2, [w])
-    assert len(calls) == 1
-    assert "Gradients (shared pieces named once):" in f.module.__doc__
-
-
-def test_compile_lowers_once(monkeypatch):
+def test_compile_derives_once_and_lowers_once(monkeypatch):
     # the docstring imports lower from symgrad.optimize when it runs: counted too
     import symgrad.compiled as compiled_module
+    import symgrad.derive.reverse as reverse
     import symgrad.optimize as optimize
 
-    calls = []
-    original = optimize.lower
+    calls: dict = {"derive": [], "lower": []}
 
-    def counting(*args, **kwargs):
-        calls.append(args[1])
-        return original(*args, **kwargs)
+    def counting(name, original):
+        def counted(*args, **kwargs):
+            calls[name].append(args[:2])
+            return original(*args, **kwargs)
+        return counted
 
-    for module in (optimize, compiled_module):
-        monkeypatch.setattr(module, "lower", counting)
+    for name, home in (("derive", reverse), ("lower", optimize)):
+        wrapped = counting(name, getattr(home, name))
+        monkeypatch.setattr(home, name, wrapped)
+        monkeypatch.setattr(compiled_module, name, wrapped)
     w, x, y = sp.symbols("w x y", real=True)
-    f = sg.compile(sp.log(1 + sp.exp(w * x - y)) ** 2 + sp.sin(w * y), [w], name="lowered_once")
-    assert len(calls) == 1 and set(calls[0]) == {"value", "in_0"}
+    f = sg.compile(sp.log(1 + sp.exp(w * x - y)) ** 2 + sp.sin(w * y), [w], name="once")
+    assert len(calls["derive"]) == 1
+    assert len(calls["lower"]) == 1 and set(calls["lower"][0][1]) == {"value", "in_0"}
     assert "Gradients (shared pieces named once):" in f.module.__doc__
 
 
