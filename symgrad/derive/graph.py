@@ -528,20 +528,14 @@ class Canonicalizer:
 _CHAIN_MAX = 8
 
 
-def _rebuild_if_changed(node, args):
-    """:func:`_rebuild_canonical`, or node itself where every arg is its own (rebuilding it
-    would give an equal node, at the cost of a SymPy construction)."""
-    if all(a is b for a, b in zip(args, node.args)):
-        return node
-    return _rebuild_canonical(node, args)
-
-
 def _rebuild_canonical(node, args):
-    """node with new args: a sum, product or power as it is (a binary sum stays binary, see
-    _binary), anything else as :func:`~symgrad.nodes.rebuild` makes it."""
+    """node with new args: node itself where they are its own (rebuilding it would give an
+    equal node, at the cost of a SymPy construction), a sum, product or power as it is (a
+    binary sum stays binary, see _binary), anything else as :func:`~symgrad.nodes.rebuild`
+    makes it."""
+    if len(args) == len(node.args) and all(a is b for a, b in zip(args, node.args)):
+        return node
     if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
-        if len(args) == len(node.args) and all(a is b for a, b in zip(args, node.args)):
-            return node     # its own args: rebuilding it would give an equal node
         return node.func(*args, evaluate=False)
     return rebuild(node, args)
 
@@ -748,7 +742,7 @@ class _Fuser:
     def __call__(self, expr, new):
         if isinstance(expr, ops.Map):
             return self._fuse_map(expr, new)
-        return with_children(expr, new, _rebuild_if_changed)
+        return with_children(expr, new)
 
     def _fuse_map(self, expr: ops.Map, new_operands):
         variables, operands = [], []
