@@ -386,6 +386,43 @@ def test_a_long_programs_docstring_names_only_the_steps_it_shows(monkeypatch):
     assert named[400] == named[100] <= docstring.DOCSTRING_MAX_LINES + 10
 
 
+def test_printing_a_statement_by_its_shape_gives_sympy_s_text():
+    """Statements of one shape print once (ScalarPrinter.expression): every statement of 150
+    random models' programs, and each of their subexpressions under names drawn at random
+    (the order of terms and factors follows the names), prints as SymPy's printer writes it
+    directly, through the Numba printer and the Python twin's."""
+    import random
+
+    from symgrad.codegen.numba import PythonScalarPrinter, ScalarPrinter
+    from symgrad.compiled import build_spec
+
+    from .random_models import SCALARS, SeededDrawer, scalar_model
+
+    rng = random.Random(0)
+    names = ["_t1", "_t10", "_t9", "in_0", "in_10", "in_2", "_d5", "_c0", "_v3", "a", "B"]
+    checked = 0
+    for seed in range(150):
+        expr = SeededDrawer(seed).first(scalar_model, SCALARS)
+        wrt = sorted(expr.free_symbols, key=lambda s: s.name)
+        spec = build_spec(expr, wrt)
+        statements = [st.operation for st in spec.value_and_grad.statements]
+        renamed = []
+        for sub in sp.preorder_traversal(expr):
+            if isinstance(sub, sp.Basic) and sub.args and not sub.is_Relational:
+                picked = rng.sample(names, len(sub.free_symbols))
+                renamed.append(sub.xreplace({s: sp.Symbol(n, **s.assumptions0) for s, n
+                                             in zip(sorted(sub.free_symbols, key=str), picked)}))
+        for printer in (ScalarPrinter(), PythonScalarPrinter()):
+            for e in statements + renamed:
+                try:
+                    direct = printer._expression(e)
+                except NotImplementedError:
+                    continue
+                assert printer.expression(e) == direct, e
+                checked += 1
+    assert checked > 3000
+
+
 def test_sums_of_two_names_print_as_sympy_orders_them():
     import itertools
 

@@ -16,6 +16,7 @@ loops.
 from __future__ import annotations
 
 import math
+import re
 
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
@@ -27,6 +28,76 @@ from symgrad.codegen.ir import Statement
 from symgrad.codegen.schedule import FusedLoop, Schedule, stored
 
 FASTMATH_FLAGS = '{"nsz", "arcp", "contract", "reassoc"}'  # never nnan/ninf: inf/nan stay right
+
+# Printed statement shapes, by printer class: a shape is an expression up to the names of its
+# symbols, with their order by name (SymPy orders a sum's terms and a product's factors by
+# their symbols' names), and its text is a template with a slot where each symbol goes.
+_SLOT = "\x00{}\x00"
+_SLOT_TEXT = re.compile("\x00(\\d+)\x00")
+_IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*")
+# words of printed code that a symbol's name must not be, to be told apart from it
+_CODE_WORDS = re.compile(r"np|math|numba|sg_\w*|_py_\w*|if|else|and|or|not|in|is|True|False"
+                         r"|None|int|float|abs|max|min|pow")
+_PRINTED_SHAPES: dict = {}
+_PRINTED_SHAPES_MAX = 50_000
+
+
+def _shape_of(e):
+    """(a hashable key of e's shape, e's symbols in the order of their names), or None
+    where printing e directly is as cheap or its shape could print differently (two symbols
+    of one name).
+
+    >>> x, y = sp.symbols("x y")
+    >>> _shape_of(x - 2 * y)[0] == _shape_of(sp.Symbol("a") - 2 * sp.Symbol("b"))[0]
+    True
+    """
+    if not isinstance(e, sp.Basic) or not e.args:
+        return None
+    known = _SHAPES.get(e)
+    if known is not None:
+        return known
+    symbols: list = []      # in the order the walk meets them; the key holds their places
+    done: dict = {}
+    stack = [(e, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if node in done:
+            continue
+        if type(node) is sp.Symbol:
+            done[node] = len(symbols)
+            symbols.append(node)
+            continue
+        if not node.args:
+            done[node] = (type(node), node)
+            continue
+        if not expanded:
+            stack.append((node, True))
+            stack.extend((a, False) for a in reversed(node.args) if a not in done)
+            continue
+        done[node] = (type(node), *[done[a] for a in node.args])
+    by_name = sorted(range(len(symbols)), key=lambda k: symbols[k].name)
+    ordered = [symbols[k] for k in by_name]
+    if len({s.name for s in ordered}) != len(ordered):
+        return None
+    key = (done[e], tuple(by_name), tuple(_assumptions_key(s) for s in symbols))
+    if len(_SHAPES) >= _PRINTED_SHAPES_MAX:
+        _SHAPES.clear()
+    shape = _SHAPES[e] = (key, ordered)
+    return shape
+
+
+_SHAPES: dict = {}      # expression -> its shape: one statement prints in several kernels
+_ASSUMPTIONS: dict = {}
+
+
+def _assumptions_key(symbol) -> tuple:
+    key = _ASSUMPTIONS.get(symbol)
+    if key is None:
+        if len(_ASSUMPTIONS) >= _PRINTED_SHAPES_MAX:
+            _ASSUMPTIONS.clear()
+        key = _ASSUMPTIONS[symbol] = tuple(sorted(symbol.assumptions0.items()))
+    return key
+
 
 class ScalarPrinter(NumPyPrinter):
     """Prints scalar SymPy expressions as Numba-compilable Python (``np.`` functions,
@@ -47,9 +118,33 @@ class ScalarPrinter(NumPyPrinter):
         programs (comments on what is not supported, declarations of constants, about 10 us
         per call and a statement each), refusing what it would have commented out.
 
+        Statements of one shape (``_t7 - _t9``, ``100.0*_t4``) are printed once: SymPy's
+        printer costs about 0.1 ms a statement (the order of a sum's terms alone is a
+        polynomial decomposition), and a large program has few shapes (see _shape_of).
+
         >>> ScalarPrinter().expression(sp.Symbol("x") + 1)
         'x + 1.0'
         """
+        shape = _shape_of(e)
+        if shape is None:
+            return self._expression(e)
+        key, symbols = shape
+        template = _PRINTED_SHAPES.get((type(self), key))
+        if template is not None:
+            return _SLOT_TEXT.sub(lambda m: self._print_Symbol(symbols[int(m.group(1))]),
+                                  template)
+        text = self._expression(e)
+        slots = {self._print_Symbol(s): k for k, s in enumerate(symbols)}
+        if all(_IDENTIFIER.fullmatch(name) and not _CODE_WORDS.fullmatch(name)
+               for name in slots):
+            if len(_PRINTED_SHAPES) >= _PRINTED_SHAPES_MAX:
+                _PRINTED_SHAPES.clear()
+            _PRINTED_SHAPES[(type(self), key)] = _IDENTIFIER.sub(
+                lambda m: _SLOT.format(slots[m.group()]) if m.group() in slots else m.group(),
+                text)
+        return text
+
+    def _expression(self, e) -> str:
         self._not_supported = set()
         text = self._print(e)
         if self._not_supported:
