@@ -171,6 +171,66 @@ def test_models_with_more_than_30_inputs_run_on_floats_and_arrays(n):
     np.testing.assert_allclose(compiled(**batch), [expected_value, second_value], rtol=1e-12)
 
 
+def test_a_large_model_answers_floats_in_python_until_compiling_pays(monkeypatch):
+    """Numba takes about 2 ms per operation to compile a point kernel (half a minute for
+    Rosenbrock with 1,000 variables): a large model's first calls on floats run its Python
+    twin, and its batched loops call the point kernel instead of inlining it."""
+    from symgrad.codegen import module
+    monkeypatch.setattr(module, "PYTHON_FIRST_FROM_OPS", 10)
+    monkeypatch.setattr(module, "LOOP_INLINE_MAX_OPS", 10)
+    monkeypatch.setattr(module, "NUMBA_SECONDS_PER_OP", 100.0)    # never pays, here
+    expr, x = rosenbrock(40)
+    compiled = sg.compile(expr, x)
+    kernels = compiled.module
+    assert "_value_and_grad_on_floats = _PythonFirst(" in compiled.source
+    assert "_array_0" not in compiled.source        # the loops call the kernel
+    x0 = np.linspace(-0.5, 1.2, 40)
+    floats = {s.name: float(v) for s, v in zip(x, x0)}
+    expected_value, expected = rosenbrock_by_hand(x0)
+    for _ in range(3):
+        value, g = compiled.value_and_grad(**floats)
+        assert value == pytest.approx(expected_value, rel=1e-12)
+        np.testing.assert_allclose([g[s.name] for s in x], expected, rtol=1e-12, atol=1e-12)
+    assert compiled(**floats) == pytest.approx(expected_value, rel=1e-12)
+    assert kernels._value_and_grad_point.signatures == []      # Python answered
+    assert kernels._forward_point.signatures == []
+    batch = {s.name: np.array([v, v + 0.1]) for s, v in zip(x, x0)}
+    values, gs = compiled.value_and_grad(**batch)
+    second_value, second = rosenbrock_by_hand(x0 + 0.1)
+    np.testing.assert_allclose(values, [expected_value, second_value], rtol=1e-12)
+    np.testing.assert_allclose(gs["x3"], [expected[3], second[3]], rtol=1e-12)
+
+
+def test_python_first_switches_to_the_kernel_once_python_has_cost_the_compile(tmp_path):
+    from symgrad.codegen.runtime import _PythonFirst
+    calls = []
+
+    def python(a, b):
+        calls.append("python")
+        return a / b
+
+    def kernel(a, b):
+        calls.append("kernel")
+        return a / b if b else math.copysign(math.inf, a)
+
+    module_file = str(tmp_path / "model.py")
+    patient = _PythonFirst(python, kernel, 60.0, module_file)
+    assert [patient(1.0, 2.0) for _ in range(5)] == [0.5] * 5
+    assert calls == ["python"] * 5
+    calls.clear()
+    assert patient(1.0, 0.0) == math.inf         # Python raised: the kernel answers
+    assert calls == ["python", "kernel"] and patient(3.0, 4.0) == 0.75
+    assert calls[-1] == "kernel"
+    calls.clear()
+    eager = _PythonFirst(python, kernel, 0.0, str(tmp_path / "other.py"))
+    assert eager(1.0, 4.0) == 0.25 and calls == ["python", "kernel"]   # paid at once
+    assert (tmp_path / "other.py.python.compiled").exists()
+    calls.clear()
+    again = _PythonFirst(python, kernel, 60.0, str(tmp_path / "other.py"))  # a new process
+    assert again(1.0, 8.0) == 0.125 and calls == ["kernel"]
+    assert _PythonFirst(python, kernel, 0.0, None)(1.0, 2.0) == 0.5   # no file: no marker
+
+
 def test_a_product_of_40_factors_compiles_in_linear_pieces():
     a = sp.symbols("a0:40", real=True)
     expr = sp.Mul(*[sp.sin(ai) + 2 for ai in a])

@@ -26,7 +26,7 @@ from symgrad.codegen.numba import (
     PythonScalarPrinter,
     ScalarPrinter,
 )
-from symgrad.codegen.schedule import build_schedule
+from symgrad.codegen.schedule import Schedule, build_schedule
 
 # symgrad's runtime: each file's text from its marker line on (fastmath.py has no marker: all
 # of it after its docstring) is what generated modules take their runtime from, statement by
@@ -350,18 +350,35 @@ POINT_INLINED = INLINED.replace(FASTMATH_FLAGS, POINT_FLAGS)
 # STACK_USE_GUIDELINE), and Numba refuses to inline such a call.
 CALL_STACK_ARGUMENTS = 30
 
+# The batched loops of a scalar model with more operations than this call its point kernel,
+# compiled once for the floats path, instead of inlining (or copying) its statements: LLVM's
+# time to compile a loop grows faster than its body (Rosenbrock with 1,000 variables, 22,000
+# operations: six minutes for the copied loop), and at this size the vectorised loop saves
+# less than the call and the loads cost.
+LOOP_INLINE_MAX_OPS = 2000
+
 # Scalar models of at most this many operations also get a pure-Python twin of their point
 # kernel: for a handful of operations on floats, Python arithmetic beats a call into Numba.
 PYTHON_MAX_OPS = 48
 
+# From this many operations the twin comes back, for the first calls on floats: Numba takes
+# about 2 ms per operation to compile a point kernel on this project's machines (Rosenbrock
+# with 1,000 variables: 32 s for 15,000 operations), while Python's arithmetic answers in
+# about 0.1 us per operation.  The runtime's _PythonFirst lets the twin answer until it has
+# cost about what compiling would, then compiles.
+PYTHON_FIRST_FROM_OPS = 2000
+NUMBA_SECONDS_PER_OP = 2e-3
+
 
 def _kernel(name: str, arguments: list[str], program: Program, returns: list[str],
             parallel: bool = False, python: bool = False, inline: bool = False,
-            prologue: list[str] = ()) -> tuple[list[str], list]:
+            prologue: list[str] = (), schedule: Schedule | None = None,
+            ) -> tuple[list[str], list]:
     """The source of one kernel, and the sizes of its loops that can run in parallel (none
-    when it calls BLAS, see _entry_kernels)."""
+    when it calls BLAS, see _entry_kernels); ``schedule``: the program's, where the caller
+    has it already."""
     printer = PythonScalarPrinter() if python else None
-    schedule = build_schedule(program)
+    schedule = schedule or build_schedule(program)
     emitter = KernelEmitter(parallel=parallel, printer=printer)
     emitter.render(schedule)
     decorator = [] if python else [POINT_INLINED if inline else PARALLEL if parallel else SERIAL]
@@ -411,6 +428,7 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         lines += _more_alias_checks()
     parallel_from = {}
     python = {}
+    python_first = {}
     python_body = {}    # kind -> the Python twin's statements, for the positional call
     for kind, program, outputs in programs:
         returns = _output_expressions(program, outputs)
@@ -419,21 +437,31 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         # inlined into the loops below, so that LLVM vectorises them across points; with
         # more inputs than CPython passes on its stack, a call is compiled as f(*args), which
         # Numba cannot inline: the loops then call the kernel (still compiled, not inlined)
-        inline = len(names) <= CALL_STACK_ARGUMENTS
-        point = _kernel(f"_{kind}_point", names, program, returns, inline=inline)[0]
+        op_count = program.op_count()
+        small = op_count <= LOOP_INLINE_MAX_OPS
+        inline = small and len(names) <= CALL_STACK_ARGUMENTS
+        schedule = build_schedule(program)      # the point kernel's and its twin's
+        point = _kernel(f"_{kind}_point", names, program, returns, inline=inline,
+                        schedule=schedule)[0]
         lines += point
-        python[kind] = program.op_count() <= PYTHON_MAX_OPS
-        if python[kind]:
-            twin = _kernel(f"_{kind}_python", names, program, returns, python=True)[0]
+        python[kind] = op_count <= PYTHON_MAX_OPS
+        python_first[kind] = op_count >= PYTHON_FIRST_FROM_OPS
+        if python[kind] or python_first[kind]:
+            twin = _kernel(f"_{kind}_python", names, program, returns, python=True,
+                           schedule=schedule)[0]
             lines += twin
             python_body[kind] = [line for line in twin[1:] if line]
+        if python_first[kind]:
+            seconds = round(NUMBA_SECONDS_PER_OP * op_count, 1)
+            lines += [f"_{kind}_on_floats = _PythonFirst(_{kind}_python, _{kind}_point, "
+                      f"{seconds}, globals().get('__file__'))", ""]
         # the loop over broadcast inputs: scalars stay scalars (_at), arrays are flat; the
         # parallel twin splits the elements between threads
-        parallel_from[kind] = max(1, PARALLEL_MIN_WORK // max(1, program.op_count()))
+        parallel_from[kind] = max(1, PARALLEL_MIN_WORK // max(1, op_count))
         loads = ", ".join(f"_at({n}, _n)" for n in names)
         for suffix, decorator, loop in (("", POINT_SERIAL, "range"),
                                         ("_parallel", POINT_PARALLEL, "numba.prange")):
-            if not inline:
+            if small and not inline:
                 lines += _loop_with_body(kind, suffix, decorator, loop, names, point, outputs)
                 continue
             lines += [decorator, f"def _{kind}_loop{suffix}({', '.join(names + ['out'])}):",
@@ -459,6 +487,8 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
     def on_floats(kind: str, indent: str) -> list[str]:
         """The call for all-float inputs: the Python twin if there is one, with the Numba
         kernel where math raises (math.log(-1.0) raises, np.log gives nan)."""
+        if python_first[kind]:
+            return [f"{indent}_g = _{kind}_on_floats({args})"]
         if not python[kind]:
             return [f"{indent}_g = _{kind}_point({args})"]
         return [f"{indent}try:",
@@ -469,6 +499,8 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
     def positional_on_floats() -> list[str]:
         """The Python twin's statements themselves: a second call costs as much as the
         arithmetic of the smallest models."""
+        if python_first["value_and_grad"]:
+            return [f"        return _value_and_grad_on_floats({args})"]
         if not python["value_and_grad"]:
             return [f"        return _value_and_grad_point({args})"]
         return (["        try:"] + ["        " + line for line in python_body["value_and_grad"]]
@@ -482,7 +514,8 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         "        return _g",
         f"    _arguments, _shape = _broadcast_scalars(INPUTS, {as_tuple})",
         "    if not _shape:",
-        "        return _forward_point(*_arguments)",
+        f"        return _forward_{'on_floats' if python_first['forward'] else 'point'}"
+        "(*_arguments)",
         "    _out = np.empty((1, int(np.prod(_shape))))",
         "    _forward_loop_for(_out.shape[1])(*_arguments, _out)",
         "    return _out[0].reshape(_shape)",
@@ -503,7 +536,8 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         f"        return _g[0], {{{grads}}}",
         f"    _arguments, _shape = _broadcast_scalars(INPUTS, {as_tuple})",
         "    if not _shape:",
-        "        _g = _value_and_grad_point(*_arguments)",
+        f"        _g = _value_and_grad_{'on_floats' if python_first['value_and_grad'] else 'point'}"
+        "(*_arguments)",
         f"        return _g[0], {{{grads}}}",
         f"    _out = np.empty(({len(spec.parameters) + 1}, int(np.prod(_shape))))",
         "    _value_and_grad_loop_for(_out.shape[1])(*_arguments, _out)",

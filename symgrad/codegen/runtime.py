@@ -58,6 +58,50 @@ _ndarray = np.ndarray
 _float64 = np.dtype(np.float64)
 
 
+class _PythonFirst:
+    """A large scalar model's point kernel on floats, without waiting for Numba first: the
+    pure-Python twin answers until the time it has taken adds up to what compiling the Numba
+    kernel is expected to cost (``compile_seconds``); from then on the kernel, compiled at
+    that call, answers.  Whatever the number of calls, that costs at most about twice the
+    better choice made in advance (the ski-rental rule).  A kernel that an earlier process
+    compiled (a marker file beside the module says so) answers at once: Numba loads it from
+    its cache.  Where Python's math raises (math.log(-1.0); NumPy gives nan), the kernel
+    answers."""
+
+    def __init__(self, python, kernel, compile_seconds, module_file):
+        import os
+        import time
+        self._python, self._kernel = python, kernel
+        self._budget = compile_seconds
+        marker = None if module_file is None else f"{module_file}.{python.__name__}.compiled"
+        self._marker = marker
+        self._clock = time.perf_counter
+        self._compiled = marker is not None and os.path.exists(marker)
+
+    def __call__(self, *args):
+        if self._compiled:
+            return self._kernel(*args)
+        start = self._clock()
+        try:
+            result = self._python(*args)
+        except (ArithmeticError, ValueError):
+            return self._switch(args)
+        self._budget -= self._clock() - start
+        if self._budget <= 0.0:
+            self._switch(args)
+        return result
+
+    def _switch(self, args):
+        result = self._kernel(*args)      # compiles it
+        self._compiled = True
+        if self._marker is not None:
+            try:
+                open(self._marker, "w").close()
+            except OSError:              # a read-only folder: the next process waits again
+                pass
+        return result
+
+
 class _Threads(Exception):
     """Raised by a serial kernel when its parallel twin should run instead."""
 
