@@ -239,6 +239,11 @@ def fuse(program: Program) -> Program:
     determinants first share one factorisation per matrix (codegen/factor.py).
     """
     program = share_factorisations(program)
+    if not any(s.is_matrix for s in program.statements):
+        # no matrix, nothing to fuse (a scalar model of 20,000 statements: 0.5 s of counting)
+        return Program(inputs=program.inputs, statements=list(program.statements),
+                       outputs=program.outputs, labels=program.labels,
+                       adjoints=program.adjoints)
     statements = [Statement(s.target, _outer_product_as_map(s.operation))
                   for s in program.statements]
     uses: dict = {}
