@@ -503,3 +503,33 @@ def test_sums_of_two_names_print_as_sympy_orders_them():
                 assert printer().doprint(e) == SymPys().doprint(e), e
     renamed = ScalarPrinter({symbols[0]: "x_[0]"}).doprint(symbols[1] + symbols[0])
     assert renamed == "x_[0] + _t10"
+
+
+def test_the_docstring_renames_statements_back_as_xreplace_would(monkeypatch):
+    """The module docstring shows the lowered program in the user's symbols, renamed without
+    SymPy evaluating each statement again: on random scalar and matrix models, with their
+    parameters in a random order (so that symgrad's names order differently from the
+    user's), the docstring is the one that renaming by xreplace gives."""
+    import random
+
+    from symgrad.compiled import build_spec
+    from symgrad.derive import graph
+
+    from .random_models import SCALARS, SeededDrawer, matrix_model, parameters, scalar_model
+
+    rng = random.Random(1)
+    a, b, c = sp.symbols("a b c", real=True)
+    models = [(sp.sin(a - b) * c, [b, a, c]), (sp.atan(a - c) * sp.sinh(b - a), [c, a, b])]
+    for seed in range(40):
+        if seed % 3 == 2:
+            expr = SeededDrawer(seed).first(matrix_model)
+            symbols = parameters(expr)
+        else:
+            expr = SeededDrawer(seed).first(scalar_model, SCALARS)
+            symbols = sorted(expr.free_symbols, key=str)
+        models.append((expr, rng.sample(symbols, rng.randint(1, len(symbols)))))
+    renamed = [build_spec(expr, wrt).docstring for expr, wrt in models]
+    monkeypatch.setattr(graph, "dag_xreplace", lambda e, table, renaming=False:
+                        e.xreplace(table))
+    for (expr, wrt), docstring in zip(models, renamed):
+        assert build_spec(expr, wrt).docstring == docstring, expr

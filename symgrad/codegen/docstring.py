@@ -619,10 +619,13 @@ def _renamed_program(program, back: dict, parameters: list):
     [Statement(target=_t1, operation=cos(w))]
     """
     from symgrad.codegen.ir import Program, Statement
+    from symgrad.derive.graph import dag_xreplace
     from symgrad.optimize import restricted
 
     def user(e):
-        return e.xreplace(back) if isinstance(e, sp.Basic) else e
+        # each of symgrad's symbols back to the user's, which has the same assumptions: the
+        # statements are renamed, not evaluated again (SymPy's flattening of each)
+        return dag_xreplace(e, back, renaming=True) if isinstance(e, sp.Basic) else e
 
     program = restricted(program, [w.name for w in parameters])
     return Program(
