@@ -364,8 +364,8 @@ PYTHON_MAX_OPS = 48
 # From this many operations the twin comes back, for the first calls on floats: Numba takes
 # about 2 ms per operation to compile a point kernel on this project's machines (Rosenbrock
 # with 1,000 variables: 35 s for 15,000 operations), while the twin answers a call in about
-# 0.03 us per operation (0.42 ms; the compiled kernel 28 us).  The runtime's _PythonFirst lets the twin answer until it has
-# cost about what compiling would, then compiles.
+# 0.03 us per operation (0.42 ms; the compiled kernel 28 us).  The runtime's _PythonFirst
+# lets the twin answer until it has cost about what compiling would, then compiles.
 PYTHON_FIRST_FROM_OPS = 2000
 NUMBA_SECONDS_PER_OP = 2e-3
 
