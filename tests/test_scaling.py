@@ -201,6 +201,21 @@ def test_a_large_model_answers_floats_in_python_until_compiling_pays(monkeypatch
     np.testing.assert_allclose(gs["x3"], [expected[3], second[3]], rtol=1e-12)
 
 
+def test_a_loop_over_too_many_arrays_to_vectorise_calls_the_point_kernel():
+    """LLVM, with the limits a module of many arrays raises, crashed (a segmentation fault)
+    compiling the copied loop of the product of 200 factors (200 inputs, 201 outputs); no
+    such loop vectorises, and the loop calls the point kernel instead.  (Its first call on
+    arrays compiles for about 30 s, so this checks the loop's form; the call path itself
+    runs in the test above.)"""
+    from symgrad.codegen.module import LOOP_INLINE_MAX_ARRAYS
+    a = sp.symbols("a0:200", real=True)
+    compiled = sg.compile(sp.Mul(*[sp.sin(ai) + 2 for ai in a]), list(a))
+    assert 200 + 201 > LOOP_INLINE_MAX_ARRAYS
+    assert "_array_0" not in compiled.source
+    loop = compiled.source.split("def _value_and_grad_loop(")[1].split("\n\n")[0]
+    assert "_value_and_grad_point(" in loop
+
+
 def test_python_first_switches_to_the_kernel_once_python_has_cost_the_compile(tmp_path):
     from symgrad.codegen.runtime import _PythonFirst
     calls = []

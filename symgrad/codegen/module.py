@@ -356,6 +356,10 @@ CALL_STACK_ARGUMENTS = 30
 # operations: six minutes for the copied loop), and at this size the vectorised loop saves
 # less than the call and the loads cost.
 LOOP_INLINE_MAX_OPS = 2000
+# ... and so do loops that read and write more arrays than this: LLVM vectorises none of them
+# (see ALIAS_CHECKS_FROM), and with its limits raised it crashed compiling a copied loop of
+# 200 inputs and 201 outputs (a segmentation fault: the product of 200 factors on arrays)
+LOOP_INLINE_MAX_ARRAYS = 180
 
 # Scalar models of at most this many operations also get a pure-Python twin of their point
 # kernel: for a handful of operations on floats, Python arithmetic beats a call into Numba.
@@ -438,7 +442,8 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         # more inputs than CPython passes on its stack, a call is compiled as f(*args), which
         # Numba cannot inline: the loops then call the kernel (still compiled, not inlined)
         op_count = program.op_count()
-        small = op_count <= LOOP_INLINE_MAX_OPS
+        small = (op_count <= LOOP_INLINE_MAX_OPS
+                 and len(names) + len(outputs) <= LOOP_INLINE_MAX_ARRAYS)
         inline = small and len(names) <= CALL_STACK_ARGUMENTS
         schedule = build_schedule(program)      # the point kernel's and its twin's
         point = _kernel(f"_{kind}_point", names, program, returns, inline=inline,
