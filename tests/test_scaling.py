@@ -462,12 +462,14 @@ def test_a_long_programs_docstring_names_only_the_steps_it_shows(monkeypatch):
 
 
 def test_printing_a_statement_by_its_shape_gives_sympy_s_text():
-    """Statements of one shape print once (ScalarPrinter.expression): every statement of 150
+    """Statements of one shape print once (ScalarPrinter.expression), and their operations
+    are counted once (ir._statement_cost): every statement of 150
     random models' programs, and each of their subexpressions under names drawn at random
     (the order of terms and factors follows the names), prints as SymPy's printer writes it
     directly, through the Numba printer and the Python twin's."""
     import random
 
+    from symgrad.codegen import ir
     from symgrad.codegen.numba import PythonScalarPrinter, ScalarPrinter
     from symgrad.compiled import build_spec
 
@@ -495,6 +497,9 @@ def test_printing_a_statement_by_its_shape_gives_sympy_s_text():
                     continue
                 assert printer.expression(e) == direct, e
                 checked += 1
+        for e in statements + renamed:          # op counts are shared by shape too
+            if isinstance(e, sp.Expr) and not isinstance(e, ops.Map):
+                assert ir._statement_cost(e) == ir._counted(e), e
     assert checked > 3000
 
 

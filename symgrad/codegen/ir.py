@@ -67,9 +67,26 @@ def operation_cost(operation) -> int:
 
 
 def _statement_cost(e) -> int:
-    """Arithmetic operations of a scalar statement (an operation over atoms: shallow)."""
+    """Arithmetic operations of a scalar statement (an operation over atoms: shallow); one
+    count per shape (``-a + b`` as ``-c + d``): count_ops costs a walk and a few SymPy
+    constructions."""
     if _one_operation(e):
         return 1
+    shape = shape_of(e)
+    if shape is None:
+        return _counted(e)
+    cost = _COSTS.get(shape[0])
+    if cost is None:
+        if len(_COSTS) >= _SHAPES_MAX:
+            _COSTS.clear()
+        cost = _COSTS[shape[0]] = _counted(e)
+    return cost
+
+
+_COSTS: dict = {}
+
+
+def _counted(e) -> int:
     if e.has(sp.Heaviside):
         # Heaviside's second argument is its value at 0, a parameter: not a division
         e = e.replace(sp.Heaviside, lambda x, *_: _HEAVISIDE(x))
@@ -140,3 +157,64 @@ def symbols_in(e) -> set:
     for a in e.args:
         out |= symbols_in(a)
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# Statement shapes: what printing a statement and counting its operations depend on
+# ------------------------------------------------------------------------------------------
+def shape_of(e):
+    """(a hashable key of e's shape, e's symbols in the order of their names), or None
+    where printing e directly is as cheap or its shape could print differently (two symbols
+    of one name).
+
+    >>> x, y = sp.symbols("x y")
+    >>> shape_of(x - 2 * y)[0] == shape_of(sp.Symbol("a") - 2 * sp.Symbol("b"))[0]
+    True
+    """
+    if not isinstance(e, sp.Basic) or not e.args:
+        return None
+    known = _SHAPES.get(e)
+    if known is not None:
+        return known
+    symbols: list = []      # in the order the walk meets them; the key holds their places
+    done: dict = {}
+    stack = [(e, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if node in done:
+            continue
+        if type(node) is sp.Symbol:
+            done[node] = len(symbols)
+            symbols.append(node)
+            continue
+        if not node.args:
+            done[node] = (type(node), node)
+            continue
+        if not expanded:
+            stack.append((node, True))
+            stack.extend((a, False) for a in reversed(node.args) if a not in done)
+            continue
+        done[node] = (type(node), *[done[a] for a in node.args])
+    by_name = sorted(range(len(symbols)), key=lambda k: symbols[k].name)
+    ordered = [symbols[k] for k in by_name]
+    if len({s.name for s in ordered}) != len(ordered):
+        return None
+    key = (done[e], tuple(by_name), tuple(_assumptions_key(s) for s in symbols))
+    if len(_SHAPES) >= _SHAPES_MAX:
+        _SHAPES.clear()
+    shape = _SHAPES[e] = (key, ordered)
+    return shape
+
+
+_SHAPES: dict = {}      # expression -> its shape: one statement prints in several kernels
+_SHAPES_MAX = 50_000
+_ASSUMPTIONS: dict = {}
+
+
+def _assumptions_key(symbol) -> tuple:
+    key = _ASSUMPTIONS.get(symbol)
+    if key is None:
+        if len(_ASSUMPTIONS) >= _SHAPES_MAX:
+            _ASSUMPTIONS.clear()
+        key = _ASSUMPTIONS[symbol] = tuple(sorted(symbol.assumptions0.items()))
+    return key

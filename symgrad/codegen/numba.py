@@ -24,7 +24,7 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from symgrad import functions, operations, ops
-from symgrad.codegen.ir import Statement
+from symgrad.codegen.ir import Statement, shape_of
 from symgrad.codegen.schedule import FusedLoop, Schedule, stored
 
 FASTMATH_FLAGS = '{"nsz", "arcp", "contract", "reassoc"}'  # never nnan/ninf: inf/nan stay right
@@ -40,63 +40,6 @@ _CODE_WORDS = re.compile(r"np|math|numba|sg_\w*|_py_\w*|if|else|and|or|not|in|is
                          r"|None|int|float|abs|max|min|pow")
 _PRINTED_SHAPES: dict = {}
 _PRINTED_SHAPES_MAX = 50_000
-
-
-def _shape_of(e):
-    """(a hashable key of e's shape, e's symbols in the order of their names), or None
-    where printing e directly is as cheap or its shape could print differently (two symbols
-    of one name).
-
-    >>> x, y = sp.symbols("x y")
-    >>> _shape_of(x - 2 * y)[0] == _shape_of(sp.Symbol("a") - 2 * sp.Symbol("b"))[0]
-    True
-    """
-    if not isinstance(e, sp.Basic) or not e.args:
-        return None
-    known = _SHAPES.get(e)
-    if known is not None:
-        return known
-    symbols: list = []      # in the order the walk meets them; the key holds their places
-    done: dict = {}
-    stack = [(e, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if node in done:
-            continue
-        if type(node) is sp.Symbol:
-            done[node] = len(symbols)
-            symbols.append(node)
-            continue
-        if not node.args:
-            done[node] = (type(node), node)
-            continue
-        if not expanded:
-            stack.append((node, True))
-            stack.extend((a, False) for a in reversed(node.args) if a not in done)
-            continue
-        done[node] = (type(node), *[done[a] for a in node.args])
-    by_name = sorted(range(len(symbols)), key=lambda k: symbols[k].name)
-    ordered = [symbols[k] for k in by_name]
-    if len({s.name for s in ordered}) != len(ordered):
-        return None
-    key = (done[e], tuple(by_name), tuple(_assumptions_key(s) for s in symbols))
-    if len(_SHAPES) >= _PRINTED_SHAPES_MAX:
-        _SHAPES.clear()
-    shape = _SHAPES[e] = (key, ordered)
-    return shape
-
-
-_SHAPES: dict = {}      # expression -> its shape: one statement prints in several kernels
-_ASSUMPTIONS: dict = {}
-
-
-def _assumptions_key(symbol) -> tuple:
-    key = _ASSUMPTIONS.get(symbol)
-    if key is None:
-        if len(_ASSUMPTIONS) >= _PRINTED_SHAPES_MAX:
-            _ASSUMPTIONS.clear()
-        key = _ASSUMPTIONS[symbol] = tuple(sorted(symbol.assumptions0.items()))
-    return key
 
 
 class ScalarPrinter(NumPyPrinter):
@@ -120,12 +63,12 @@ class ScalarPrinter(NumPyPrinter):
 
         Statements of one shape (``_t7 - _t9``, ``100.0*_t4``) are printed once: SymPy's
         printer costs about 0.1 ms a statement (the order of a sum's terms alone is a
-        polynomial decomposition), and a large program has few shapes (see _shape_of).
+        polynomial decomposition), and a large program has few shapes (see ir.shape_of).
 
         >>> ScalarPrinter().expression(sp.Symbol("x") + 1)
         'x + 1.0'
         """
-        shape = _shape_of(e)
+        shape = shape_of(e)
         if shape is None:
             return self._expression(e)
         key, symbols = shape
