@@ -7,6 +7,7 @@ grow with one size parameter.
                             [--sizes product=5,10,20]
     python -m bench.scaling --render          # rewrite SCALING.md and the plot from the JSON
     python -m bench.scaling --ratio           # value and gradient / forward on the pendulums
+    python -m bench.scaling --skip-array-call # leave out the first call on arrays
 
 Families (n is the size):
 
@@ -246,7 +247,11 @@ def _worker(family: str, n: int, tool: str) -> None:
     t_first = time.perf_counter() - t1
     _emit(phase="numba", s=t_compile - own + t_first)
     _emit(phase="total", s=t_compile + t_first, value=float(value))
-    # the first call on arrays (the batched loop kernels compile now): reported, not plotted
+    # the first call on arrays (the batched loop kernels compile now): reported, not plotted,
+    # and skipped with --skip-array-call (it compiles the point kernel: minutes for the
+    # largest models, which the cap would otherwise spend)
+    if os.environ.get("SCALING_SKIP_ARRAY_CALL"):
+        return
     import numpy as np
     t2 = time.perf_counter()
     arrays = {k: np.full(4, v) for k, v in point.items()}
@@ -542,6 +547,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", action="append", default=[],
                         help="FAMILY=n1,n2,... (repeatable)")
     parser.add_argument("--note", default="")
+    parser.add_argument("--skip-array-call", action="store_true",
+                        help="do not time the first call on arrays (workers inherit it)")
     parser.add_argument("--render", action="store_true")
     parser.add_argument("--ratio", action="store_true",
                         help="value-and-gradient / forward on the pendulums (section 'ratio')")
@@ -553,6 +560,8 @@ def main(argv=None) -> None:
             return
         _worker(family, int(n), tool)
         return
+    if args.skip_array_call:
+        os.environ["SCALING_SKIP_ARRAY_CALL"] = "1"
     data = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {}
     if args.ratio:
         data["ratio"] = {"rows": measure_ratio(args.cap), "meta": {
