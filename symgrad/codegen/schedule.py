@@ -15,6 +15,7 @@ statement) or a :class:`FusedLoop` (several Maps and their sums in one loop nest
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -282,9 +283,10 @@ class _Scheduler:
                     sums.setdefault(matrix, []).append(s)
         self.sums = sums
         summed = {r.target for rs in sums.values() for r in rs}
-        pending = [s for s in statements if s.target not in summed]
+        # (a deque: taking the first of 60,000 statements from a list moves all the others)
+        pending = deque(s for s in statements if s.target not in summed)
         while pending:
-            s = pending.pop(0)
+            s = pending.popleft()
             if not isinstance(s.operation, ops.Map):
                 self._schedule_alone(s)
                 continue
@@ -333,7 +335,7 @@ class _Scheduler:
                 return operand
         return None
 
-    def _hoist_last_readers(self, s: Statement, pending: list) -> None:
+    def _hoist_last_readers(self, s: Statement, pending: deque) -> None:
         """Before the Map s, schedule the other readers of an operand that s could write
         over, when they can run now (a product reading A1 before dZ1 = ... A1 ... overwrites
         it): then the Map needs no new array."""
@@ -353,7 +355,7 @@ class _Scheduler:
                 pending.remove(q)
                 self._schedule_alone(q, hoisted=True)
 
-    def _loop_partners(self, first: Statement, pending: list) -> list:
+    def _loop_partners(self, first: Statement, pending: deque) -> list:
         """The later Maps of first's shape that can share its loop, taken out of pending:
         each reads nothing that the loop would not have ready (a statement it passes over,
         a sum the loop is still accumulating, a transposed member)."""
