@@ -578,8 +578,9 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         results = measure(families, [t for t in args.tools.split(",") if t], args.cap, sizes)
         entry = data.get(args.label, {"results": {}})
-        for family, tools in results.items():
-            entry["results"].setdefault(family, {}).update(tools)
+        for family, tools in results.items():      # a rerun of some sizes keeps the others
+            for tool, rows in tools.items():
+                entry["results"].setdefault(family, {}).setdefault(tool, {}).update(rows)
         entry["meta"] = {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python -m bench.scaling " + " ".join(argv or sys.argv[1:]),
