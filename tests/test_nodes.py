@@ -171,6 +171,57 @@ def test_rebuild_of_a_function_of_values_skips_sympy_evaluation():
 
 
 # ------------------------------------------------------------------------------------------
+# Shortcuts of the canonicalizer and of the elementwise rule
+# ------------------------------------------------------------------------------------------
+def test_what_the_canonicalizer_takes_as_canonical_already_it_gives_back(monkeypatch):
+    # _canonical_already lets the canonicalizer skip its passes: wherever it says so, the
+    # passes must give the expression back (compared with them run, on every subexpression
+    # of random models and on the contributions reverse mode sends)
+    from symgrad import functions
+    from symgrad.derive import graph
+    from tests.random_models import SCALARS, SeededDrawer, scalar_model
+
+    t, g = sp.symbols("_t1 _d2", real=True)
+    expressions = [g * sp.cos(t), 3 * g, -g, g * t**2, g * (1 - t**2), g / (1 + t**2),
+                   1 / (1 + sp.exp(-t)), sp.log(t) * g, sp.re(t) + g]
+    expressions += [row.derivative(t, g) for row in functions.ROWS.values()
+                    if row.derivative is not None]
+    for seed in range(150):
+        expressions += dag_nodes(SeededDrawer(seed).first(scalar_model, SCALARS))
+    taken = [e for e in expressions if graph._canonical_already(e)]
+    monkeypatch.setattr(graph, "_canonical_already", lambda e: False)
+    for e in taken:
+        assert Canonicalizer()(e) == e, e
+    assert len(taken) > 100
+
+
+def _same(got, want) -> bool:
+    return (type(got) is type(want) and got == want
+            and getattr(got, "args", None) == getattr(want, "args", None)
+            and getattr(got, "is_commutative", None) == getattr(want, "is_commutative", None))
+
+
+def test_a_slope_built_without_evaluation_is_the_slope_evaluated():
+    # the elementwise rule builds cos(t) of a name without SymPy's eval only where eval at
+    # a probe of the same assumptions changed nothing; a name SymPy would simplify a
+    # function of (|p| of a positive p, sign(0)) keeps its evaluation
+    from symgrad import functions
+    from symgrad.derive.rules import _slope
+
+    names = [sp.Symbol("_t1", real=True), sp.Symbol("p", positive=True), sp.Symbol("u"),
+             sp.Symbol("k", integer=True), sp.Symbol("n", negative=True),
+             sp.Symbol("z", zero=True), sp.Symbol("m", real=True, nonzero=True)]
+    out = sp.Symbol("_t9", real=True)
+    for row in functions.ROWS.values():
+        if row.derivative is None:
+            continue
+        for name in names:
+            assert _same(_slope(row.derivative, name, out), row.derivative(name, out)), (
+                row.name, name)
+            assert _same(_slope(row.derivative, name, name), row.derivative(name, name))
+
+
+# ------------------------------------------------------------------------------------------
 # Shared subexpressions: linear cost
 # ------------------------------------------------------------------------------------------
 def test_a_model_with_exponential_tree_size_is_walked_once_per_distinct_node():

@@ -283,6 +283,9 @@ class Canonicalizer:
         if expr.is_Atom and not is_matrix(expr):
             # a name or a number (most adjoint contributions): nothing to stabilize or fuse
             return self._canon(expr)
+        if _canonical_already(expr):
+            # most other contributions (g cos(t), 3 g): every pass below gives them back
+            return expr
         if not is_matrix(expr):
             expr = stabilize(expr)
         for node in _scalar_postorder(expr):
@@ -557,6 +560,10 @@ _SPECIAL_SCALARS = (MatrixElement, sp.Piecewise,
                     *(cls for cls, o in operations.OPERATIONS.items() if not o.is_matrix))
 
 
+# Functions that a pass of the canonicalizer rewrites (see _canonical_already).
+_REWRITTEN_FUNCTIONS = (sp.log, sp.re, sp.im, sp.conjugate, *_SPECIAL_SCALARS)
+
+
 def _scalar_postorder(expr) -> list:
     """The distinct scalar subexpressions of expr that the canonicalizer reaches through
     plain arguments, children before parents (an iterative walk)."""
@@ -580,6 +587,48 @@ def _scalar_postorder(expr) -> list:
             continue
         stack.extend((a, False) for a in node.args if a not in seen)
     return order
+
+
+def _canonical_already(expr) -> bool:
+    """Whether canonicalizing expr gives an expression equal to expr, proven cheaply: a
+    scalar expression made of numbers and symbols by sums and products of at most two
+    operands, powers, and functions that no pass rewrites (not a log, re, im or conjugate,
+    a Piecewise, an entry or an operation), with no sigmoid written as 1/(1 + exp(-x)).
+
+    Then stabilize finds no form to rewrite, _canon_scalar keeps every node (its args are
+    its own, so _rebuild_canonical returns it), and the fuser has no node to rewrite: the
+    three walks of :meth:`Canonicalizer.__call__` return expr.  One iterative walk, which
+    stops at the first node that needs them.
+
+    >>> x, y = sp.symbols("x y")
+    >>> _canonical_already(3 * sp.cos(x) * y), _canonical_already(x + y + 1)
+    (True, False)
+    >>> _canonical_already(sp.log(x)), _canonical_already(1 / (1 + sp.exp(-x)))
+    (False, False)
+    """
+    seen: set = set()
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if not isinstance(node, sp.Expr) or is_matrix(node):
+            return False
+        if node.is_Atom:
+            continue
+        kind = type(node)
+        if kind is sp.Add or kind is sp.Mul:
+            if len(node.args) > 2:
+                return False
+        elif kind is sp.Pow:
+            if _sigmoid_arg(node) is not None:
+                return False
+        elif (not isinstance(node, sp.Function) or isinstance(node, _REWRITTEN_FUNCTIONS)
+              or operations.of(node) is not None):
+            return False
+        stack.extend(node.args)
+    return True
 
 
 def _as_scalar_factor(m):
