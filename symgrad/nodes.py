@@ -28,7 +28,8 @@ from collections.abc import Callable
 
 import sympy as sp
 
-__all__ = ["operands", "rebuild", "renamed", "dag_rebuild", "without_cycle_collection"]
+__all__ = ["operands", "rebuild", "renamed", "add", "mul", "dag_rebuild",
+           "without_cycle_collection"]
 
 
 def operands(node) -> tuple:
@@ -118,6 +119,141 @@ def renamed(node, new_operands):
             a.is_number for a in new_operands if isinstance(a, sp.Basic)):
         return node.func(*new_operands, evaluate=False)
     return node.func(*new_operands)
+
+
+# ------------------------------------------------------------------------------------------
+# Sums and products as SymPy evaluates them, without its general machinery where provably
+# nothing would combine
+# ------------------------------------------------------------------------------------------
+def add(*args):
+    """``sp.Add(*args)``, the same expression, built directly where SymPy's flattening would
+    only sort the terms: no two terms alike (``x`` and ``3*x``), no sum inside to flatten, at
+    most one number and it rational.  Anything else goes to SymPy.
+
+    Each term is one that SymPy's Add.flatten gives back as it is: a symbol, a function, a
+    power of a non-numeric base, or a product (whose coefficient SymPy takes apart and puts
+    back; a rational coefficient of one symbol or function only, where Mul would find
+    nothing to do).  tests/test_nodes.py compares it with SymPy on random sums.
+
+    >>> x, y = sp.symbols("x y")
+    >>> add(3 * sp.cos(x), sp.Integer(2), x * y), add(x, 2 * x)
+    (x*y + 3*cos(x) + 2, 3*x)
+    """
+    if not sp.core.parameters.global_parameters.evaluate:
+        return sp.Add(*args)
+    terms = [a for a in args if a is not sp.S.Zero]
+    if len(terms) < 2 or not all(isinstance(a, sp.Expr) for a in terms):
+        return sp.Add(*args)
+    coefficient = None
+    rest = []
+    seen = set()
+    for t in terms:
+        if t.is_Number:
+            if coefficient is not None or not t.is_Rational:
+                return sp.Add(*args)
+            coefficient = t
+            continue
+        kind = type(t)
+        if kind is sp.Mul:
+            c, term = t.as_coeff_Mul()
+            # SymPy keeps the term where c is 1, else puts c back in front of the other
+            # factors, or multiplies c and the one other factor again
+            if c is sp.S.One:
+                if term is not t:       # an unevaluated 1*x
+                    return sp.Add(*args)
+            elif not (len(t.args) > 2 or _plain_mul(c, term)):
+                return sp.Add(*args)
+            if c.is_zero or not c.is_finite:
+                return sp.Add(*args)
+        elif kind is sp.Pow:
+            if t.base.is_Number:
+                return sp.Add(*args)
+            term = t
+        elif kind is sp.Symbol or isinstance(t, sp.Function):
+            term = t
+        else:
+            return sp.Add(*args)
+        if term in seen or t.is_commutative is not True:
+            return sp.Add(*args)
+        seen.add(term)
+        rest.append(t)
+    rest.sort(key=_SYMPY_ORDER)
+    if coefficient is not None:
+        rest.insert(0, coefficient)
+    return sp.Add._exec_constructor_postprocessors(sp.Add._from_args(rest, True))
+
+
+def _plain_mul(c, factor) -> bool:
+    """Whether ``sp.Mul(c, factor)`` is ``Mul(c, factor)`` as it stands, for a number c
+    other than 1: c rational and nonzero, factor a symbol or a function that is its own
+    base (not exp: SymPy writes exp(a) as a power of E), never a sum."""
+    return (c.is_Rational and c is not sp.S.Zero
+            and (type(factor) is sp.Symbol or (isinstance(factor, sp.Function)
+                                               and _own_base(factor)))
+            and factor.is_commutative is True)
+
+
+def _own_base(f) -> bool:
+    return type(f).as_base_exp is sp.Expr.as_base_exp
+
+
+def mul(*args):
+    """``sp.Mul(*args)``, the same expression, built directly where SymPy's flattening
+    would only sort the factors: no two factors of one base (``x`` and ``x**2``), no product
+    inside to flatten, at most one number and it rational, no numeric base, no sum next to a
+    number (SymPy distributes 2 (x + y)).  Anything else goes to SymPy.
+
+    tests/test_nodes.py compares it with SymPy on random products.
+
+    >>> x, y = sp.symbols("x y")
+    >>> mul(sp.Integer(3), sp.cos(x), y**2), mul(x, x**2)
+    (3*y**2*cos(x), x**3)
+    """
+    if not sp.core.parameters.global_parameters.evaluate:
+        return sp.Mul(*args)
+    factors = [a for a in args if a is not sp.S.One]
+    if len(factors) < 2 or not all(isinstance(a, sp.Expr) for a in factors):
+        return sp.Mul(*args)
+    coefficient = None
+    rest = []
+    bases = set()
+    has_sum = False
+    for f in factors:
+        if f.is_Number:
+            if coefficient is not None or not f.is_Rational or f is sp.S.Zero:
+                return sp.Mul(*args)
+            coefficient = f
+            continue
+        kind = type(f)
+        if kind is sp.Symbol:
+            base = f
+        elif kind is sp.Add:
+            has_sum = True
+            base = f
+        elif kind is sp.Pow:
+            base, exponent = f.as_base_exp()
+            if base.is_Number or not exponent.is_Number or exponent is sp.S.Zero:
+                return sp.Mul(*args)
+            # SymPy rebuilds the power from its base and its exponent's coefficient times
+            # the rest: it must give the factor back
+            c, t = exponent.as_coeff_Mul()
+            exponent = c * t
+            if (base if exponent is sp.S.One else sp.Pow(base, exponent)) != f:
+                return sp.Mul(*args)
+        elif isinstance(f, sp.Function) and _own_base(f):
+            base = f
+        else:
+            return sp.Mul(*args)
+        if base in bases or f.is_commutative is not True:
+            return sp.Mul(*args)
+        bases.add(base)
+        rest.append(f)
+    if has_sum and coefficient is not None:
+        return sp.Mul(*args)
+    rest.sort(key=_SYMPY_ORDER)
+    if coefficient is not None:
+        rest.insert(0, coefficient)
+    return sp.Mul._exec_constructor_postprocessors(sp.Mul._from_args(rest, True))
 
 
 def dag_rebuild(expr, visit: Callable = rebuild, *, operands: Callable = operands):

@@ -10,6 +10,7 @@ rewrite, map fusion) keep those properties on deep models.
 from __future__ import annotations
 
 import pickle
+import random
 
 import sympy as sp
 from hypothesis import HealthCheck, assume, given, settings
@@ -20,7 +21,8 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 import symgrad as sg
 from symgrad import forms, ops
 from symgrad.derive.graph import Canonicalizer, dag_nodes, dag_xreplace, stabilize
-from symgrad.nodes import dag_rebuild, operands, rebuild
+from symgrad.derive.rules import times
+from symgrad.nodes import add, dag_rebuild, mul, operands, rebuild
 
 x, y, z, w = sp.symbols("x y z w", real=True)
 a0 = sp.Symbol("a0", real=True)        # a Map's variable: no table replaces it
@@ -171,8 +173,81 @@ def test_rebuild_of_a_function_of_values_skips_sympy_evaluation():
 
 
 # ------------------------------------------------------------------------------------------
-# Shortcuts of the canonicalizer and of the elementwise rule
+# add, mul and times: SymPy's sums and products, built directly where nothing combines
 # ------------------------------------------------------------------------------------------
+_OPERAND_SYMBOLS = [x, y, sp.Symbol("u"), sp.Symbol("p", positive=True), sp.Dummy("d"),
+                    sp.Symbol("k", integer=True), sp.Symbol("A", commutative=False)]
+_OPERAND_NUMBERS = [sp.Integer(2), sp.Integer(-1), sp.Rational(-3, 2), sp.Float(0.5),
+                    sp.Integer(0), sp.Integer(1), sp.oo, sp.nan, sp.zoo, sp.I, sp.pi, sp.E]
+
+
+def _operand(rng: random.Random, depth: int):
+    """A random operand: mostly what reverse mode multiplies and adds (names, functions of
+    them, products with a coefficient, powers), sometimes what SymPy must combine or treats
+    specially (a repeated base, infinities, unevaluated products and powers)."""
+    if depth == 0 or rng.random() < 0.35:
+        return rng.choice(_OPERAND_SYMBOLS if rng.random() < 0.75 else _OPERAND_NUMBERS)
+    a, b = _operand(rng, depth - 1), _operand(rng, depth - 1)
+    c = rng.choice(_OPERAND_NUMBERS[:6])
+    build = rng.choice([
+        lambda: sp.cos(a), lambda: sp.exp(a), lambda: sp.Abs(a), lambda: sp.Heaviside(a, 0),
+        lambda: a**2, lambda: 1 / a, lambda: sp.sqrt(a), lambda: a**b, lambda: c * a,
+        lambda: a * b, lambda: a + b, lambda: a * b * rng.choice(_OPERAND_SYMBOLS),
+        lambda: sp.Mul(c, a, evaluate=False), lambda: sp.Pow(a, 1, evaluate=False),
+        lambda: sp.Pow(a * b, 2, evaluate=False), lambda: sp.Add(a, b, evaluate=False)])
+    try:
+        return build()
+    except (TypeError, ValueError, ZeroDivisionError):
+        return a
+
+
+def _same(got, want) -> bool:
+    return (type(got) is type(want) and got == want
+            and getattr(got, "args", None) == getattr(want, "args", None)
+            and getattr(got, "is_commutative", None) == getattr(want, "is_commutative", None))
+
+
+def test_add_mul_and_times_give_exactly_what_sympy_gives():
+    # the fast constructors must give SymPy's own result on every input, taking their fast
+    # path only where nothing combines (counted: hundreds of these take it), SymPy's
+    # otherwise
+    fast = 0
+    for seed in range(3000):
+        rng = random.Random(seed)
+        pool = [_operand(rng, rng.randrange(3)) for _ in range(8)]
+        if seed % 2:        # distinct operands: mostly the fast path
+            operands_ = rng.sample(pool, rng.randrange(0, 6))
+        else:
+            operands_ = [rng.choice(pool) for _ in range(rng.randrange(0, 6))]
+        for ours, theirs in ((add, sp.Add), (mul, sp.Mul)):
+            try:
+                want = theirs(*operands_)
+            except (TypeError, ValueError):
+                continue
+            got = ours(*operands_)
+            assert _same(got, want), (ours.__name__, operands_, got, want)
+            fast += got is not want     # SymPy's cache gives its own result the same object
+        if len(operands_) >= 2:
+            a, b = operands_[:2]
+            try:
+                want = a * b
+            except (TypeError, ValueError):
+                continue
+            assert _same(times(a, b), want), (a, b)
+    assert fast > 300
+
+
+def test_add_and_mul_leave_what_combines_to_sympy():
+    u = sp.Symbol("u")
+    assert mul(x, x**2) == x**3 and add(x, 2 * x) == 3 * x
+    assert mul(sp.Integer(2), x + y) == 2 * x + 2 * y          # SymPy distributes
+    assert add(sp.Integer(1), sp.Rational(1, 2), x) == x + sp.Rational(3, 2)
+    assert mul(sp.exp(x), sp.exp(x)) == sp.exp(2 * x)
+    assert mul(sp.Pow(x, 1, evaluate=False), y) == x * y
+    assert add(sp.Mul(2, x * u, evaluate=False), x) == sp.Add(sp.Mul(2, x * u,
+                                                                     evaluate=False), x)
+
+
 def test_what_the_canonicalizer_takes_as_canonical_already_it_gives_back(monkeypatch):
     # _canonical_already lets the canonicalizer skip its passes: wherever it says so, the
     # passes must give the expression back (compared with them run, on every subexpression
@@ -193,12 +268,6 @@ def test_what_the_canonicalizer_takes_as_canonical_already_it_gives_back(monkeyp
     for e in taken:
         assert Canonicalizer()(e) == e, e
     assert len(taken) > 100
-
-
-def _same(got, want) -> bool:
-    return (type(got) is type(want) and got == want
-            and getattr(got, "args", None) == getattr(want, "args", None)
-            and getattr(got, "is_commutative", None) == getattr(want, "is_commutative", None))
 
 
 def test_a_slope_built_without_evaluation_is_the_slope_evaluated():

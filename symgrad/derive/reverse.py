@@ -33,7 +33,7 @@ from symgrad.derive.graph import (
     with_children,
 )
 from symgrad.derive.rules import rule_for
-from symgrad.nodes import without_cycle_collection
+from symgrad.nodes import add, mul, without_cycle_collection
 
 LEAVES = (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
@@ -232,7 +232,7 @@ def _sum(parts: list, node, canonicalize):
         return canonicalize(_REDUCE[kind](total))
     if is_matrix(node):
         return canonicalize(sp.MatAdd(*parts))
-    return canonicalize(sp.Add(*parts))
+    return canonicalize(add(*parts))
 
 
 def _reduction(e):
@@ -329,6 +329,10 @@ def inline_all(derivation: Derivation, exprs: list) -> list:
             result = values[0]
         elif isinstance(e, ops.Map):
             result = ops.Map(e.function, e.shape, *values)
+        elif type(e) is sp.Add:
+            result = add(*values)
+        elif type(e) is sp.Mul:
+            result = mul(*values)
         elif isinstance(e, (sp.Add, sp.Mul)):
             result = e.func(*values)
         elif (isinstance(e, sp.Function) and values

@@ -31,6 +31,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad import functions, operations, ops
+from symgrad.nodes import mul
 
 Rule = Callable[..., tuple]
 
@@ -106,11 +107,32 @@ def _mul_rule(g, y, *x, wanted=None, **_):
     >>> _mul_rule(g, a * b, a, b), _mul_rule(g, 2 * b, sp.Integer(2), b, wanted=(False, True))
     ((b*g, a*g), (None, 2*g))
     """
-    return tuple(g * sp.Mul(*x[:i], *x[i + 1:]) if wanted is None or wanted[i] else None
+    return tuple(times(g, mul(*x[:i], *x[i + 1:])) if wanted is None or wanted[i] else None
                  for i in range(len(x)))
 
 
 _mul_rule.takes_wanted = True    # reverse mode passes ``wanted`` to the rules that say so
+
+
+def times(a, b):
+    """``a * b``: by :func:`symgrad.nodes.mul` where ``*`` would call ``sp.Mul(a, b)`` (a's
+    ``__mul__`` is Expr's or a finite number's, b takes no precedence, and a and b are not
+    both numbers, whose product is their own arithmetic).
+
+    >>> x = sp.Symbol("x")
+    >>> times(sp.Integer(3), sp.cos(x)), times(sp.Integer(3), sp.Integer(2))
+    (3*cos(x), 6)
+    """
+    if (type(a).__mul__ in _MUL_IS_SYMPY_MUL and isinstance(b, sp.Expr)
+            and b._op_priority == sp.Expr._op_priority
+            and not (a.is_Number and b.is_Number)):
+        return mul(a, b)
+    return a * b
+
+
+# the __mul__ methods that multiply by any expression other than a number with sp.Mul(a, b)
+_MUL_IS_SYMPY_MUL = {sp.Expr.__mul__, sp.Integer.__mul__, sp.Rational.__mul__,
+                     sp.Float.__mul__}
 
 
 def _matrix_element_rule(g, y, parent, **kw):
@@ -193,7 +215,7 @@ def elementwise_rule(row: functions.Elementwise) -> Rule:
     zero, as for sign)."""
     def rule(g, y, x, **_):
         slope = _slope(row.derivative, x, y)
-        return (None,) if slope == 0 else (g * slope,)
+        return (None,) if slope == 0 else (times(g, slope),)
 
     rule.__qualname__ = f"elementwise_rule[{row.name}]"
     return rule
