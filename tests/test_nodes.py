@@ -248,6 +248,9 @@ def test_add_and_mul_leave_what_combines_to_sympy():
                                                                      evaluate=False), x)
 
 
+# ------------------------------------------------------------------------------------------
+# Shortcuts of the canonicalizer and of the elementwise rule
+# ------------------------------------------------------------------------------------------
 def test_what_the_canonicalizer_takes_as_canonical_already_it_gives_back(monkeypatch):
     # _canonical_already lets the canonicalizer skip its passes: wherever it says so, the
     # passes must give the expression back (compared with them run, on every subexpression
