@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import math
 from collections.abc import Callable
 
 import sympy as sp
@@ -127,8 +128,8 @@ def renamed(node, new_operands):
 # ------------------------------------------------------------------------------------------
 def add(*args):
     """``sp.Add(*args)``, the same expression, built directly where SymPy's flattening would
-    only sort the terms: no two terms alike (``x`` and ``3*x``), no sum inside to flatten, at
-    most one number and it rational.  Anything else goes to SymPy.
+    only take sums apart and sort the terms: no two terms alike (``x`` and ``3*x``), numbers
+    only rational (added exactly).  Anything else goes to SymPy.
 
     Each term is one that SymPy's Add.flatten gives back as it is: a symbol, a function, a
     power of a non-numeric base, or a product (whose coefficient SymPy takes apart and puts
@@ -136,24 +137,27 @@ def add(*args):
     nothing to do).  tests/test_nodes.py compares it with SymPy on random sums.
 
     >>> x, y = sp.symbols("x y")
-    >>> add(3 * sp.cos(x), sp.Integer(2), x * y), add(x, 2 * x)
-    (x*y + 3*cos(x) + 2, 3*x)
+    >>> add(3 * sp.cos(x), sp.Integer(2), x * y + 1), add(x, 2 * x)
+    (x*y + 3*cos(x) + 3, 3*x)
     """
     if not sp.core.parameters.global_parameters.evaluate:
         return sp.Add(*args)
     terms = [a for a in args if a is not sp.S.Zero]
     if len(terms) < 2 or not all(isinstance(a, sp.Expr) for a in terms):
         return sp.Add(*args)
-    coefficient = None
+    coefficient = sp.S.Zero
     rest = []
     seen = set()
-    for t in terms:
+    for t in terms:         # grows by the terms of the sums among them, as in Add.flatten
         if t.is_Number:
-            if coefficient is not None or not t.is_Rational:
+            if not t.is_Rational:
                 return sp.Add(*args)
-            coefficient = t
+            coefficient += t
             continue
         kind = type(t)
+        if kind is sp.Add:
+            terms.extend(t.args)
+            continue
         if kind is sp.Mul:
             c, term = t.as_coeff_Mul()
             # SymPy keeps the term where c is 1, else puts c back in front of the other
@@ -163,7 +167,7 @@ def add(*args):
                     return sp.Add(*args)
             elif not (len(t.args) > 2 or _plain_mul(c, term)):
                 return sp.Add(*args)
-            if c.is_zero or not c.is_finite:
+            if not _finite_nonzero(c):
                 return sp.Add(*args)
         elif kind is sp.Pow:
             if t.base.is_Number:
@@ -173,14 +177,32 @@ def add(*args):
             term = t
         else:
             return sp.Add(*args)
-        if term in seen or t.is_commutative is not True:
+        if term in seen or not _commutative(t):
             return sp.Add(*args)
         seen.add(term)
         rest.append(t)
     rest.sort(key=_SYMPY_ORDER)
-    if coefficient is not None:
+    if coefficient is not sp.S.Zero:
         rest.insert(0, coefficient)
     return sp.Add._exec_constructor_postprocessors(sp.Add._from_args(rest, True))
+
+
+def _commutative(e) -> bool:
+    """Whether SymPy finds e commutative, True only where it does: a function whose args all
+    are (SymPy's Function asks its args) is answered from them, without the deduction of
+    every fact that SymPy makes of a new function asked its first one."""
+    if isinstance(e, sp.Function) and 'commutative' not in e._assumptions \
+            and type(e)._eval_is_commutative is sp.Function._eval_is_commutative:
+        return all(a.is_commutative is True for a in e.args)
+    return e.is_commutative is True
+
+
+def _finite_nonzero(c) -> bool:
+    """Whether the number c is finite and nonzero, without asking SymPy's assumptions (a new
+    Integer deduces all its facts when first asked one)."""
+    if c.is_Rational:
+        return c is not sp.S.Zero
+    return c.is_Float and bool(c) and math.isfinite(float(c))
 
 
 def _plain_mul(c, factor) -> bool:
@@ -190,7 +212,7 @@ def _plain_mul(c, factor) -> bool:
     return (c.is_Rational and c is not sp.S.Zero
             and (type(factor) is sp.Symbol or (isinstance(factor, sp.Function)
                                                and _own_base(factor)))
-            and factor.is_commutative is True)
+            and _commutative(factor))
 
 
 def _own_base(f) -> bool:
@@ -199,9 +221,9 @@ def _own_base(f) -> bool:
 
 def mul(*args):
     """``sp.Mul(*args)``, the same expression, built directly where SymPy's flattening
-    would only sort the factors: no two factors of one base (``x`` and ``x**2``), no product
-    inside to flatten, at most one number and it rational, no numeric base, no sum next to a
-    number (SymPy distributes 2 (x + y)).  Anything else goes to SymPy.
+    would only take products apart and sort the factors: no two factors of one base (``x``
+    and ``x**2``), numbers only rational (multiplied exactly), no numeric base, no sum next
+    to a number (SymPy distributes 2 (x + y)).  Anything else goes to SymPy.
 
     tests/test_nodes.py compares it with SymPy on random products.
 
@@ -214,17 +236,23 @@ def mul(*args):
     factors = [a for a in args if a is not sp.S.One]
     if len(factors) < 2 or not all(isinstance(a, sp.Expr) for a in factors):
         return sp.Mul(*args)
-    coefficient = None
+    coefficient = sp.S.One
     rest = []
     bases = set()
-    has_sum = False
-    for f in factors:
+    has_sum = has_number = False
+    for f in factors:       # grows by the factors of the products among them, as in flatten
         if f.is_Number:
-            if coefficient is not None or not f.is_Rational or f is sp.S.Zero:
+            if not f.is_Rational or f is sp.S.Zero:
                 return sp.Mul(*args)
-            coefficient = f
+            coefficient *= f
+            has_number = True
             continue
         kind = type(f)
+        if kind is sp.Mul:
+            if f.is_commutative is not True:
+                return sp.Mul(*args)
+            factors.extend(f.args)
+            continue
         if kind is sp.Symbol:
             base = f
         elif kind is sp.Add:
@@ -244,14 +272,14 @@ def mul(*args):
             base = f
         else:
             return sp.Mul(*args)
-        if base in bases or f.is_commutative is not True:
+        if base in bases or not _commutative(f):
             return sp.Mul(*args)
         bases.add(base)
         rest.append(f)
-    if has_sum and coefficient is not None:
+    if has_sum and has_number:      # SymPy may distribute the number over the sum
         return sp.Mul(*args)
     rest.sort(key=_SYMPY_ORDER)
-    if coefficient is not None:
+    if coefficient is not sp.S.One:
         rest.insert(0, coefficient)
     return sp.Mul._exec_constructor_postprocessors(sp.Mul._from_args(rest, True))
 

@@ -175,8 +175,10 @@ def test_rebuild_of_a_function_of_values_skips_sympy_evaluation():
 # ------------------------------------------------------------------------------------------
 # add, mul and times: SymPy's sums and products, built directly where nothing combines
 # ------------------------------------------------------------------------------------------
+# (no integer symbol: SymPy's deductions of parity can contradict themselves on some
+# products of integers, depending on the order its facts are asked in)
 _OPERAND_SYMBOLS = [x, y, sp.Symbol("u"), sp.Symbol("p", positive=True), sp.Dummy("d"),
-                    sp.Symbol("k", integer=True), sp.Symbol("A", commutative=False)]
+                    sp.Symbol("A", commutative=False)]
 _OPERAND_NUMBERS = [sp.Integer(2), sp.Integer(-1), sp.Rational(-3, 2), sp.Float(0.5),
                     sp.Integer(0), sp.Integer(1), sp.oo, sp.nan, sp.zoo, sp.I, sp.pi, sp.E]
 

@@ -93,9 +93,9 @@ def _pow_rule(g, y, base, exponent, **_):
         if exponent == _half:
             return (g / (2 * y), None)
         if exponent == -1:
-            return (-g * y**2, None)
-        return (g * exponent * base ** (exponent - 1), None)
-    return (g * exponent * base ** (exponent - 1), g * y * sp.log(base))
+            return (times(-g, y**2), None)
+        return (times(times(g, exponent), base ** (exponent - 1)), None)
+    return (times(times(g, exponent), base ** (exponent - 1)), times(times(g, y), sp.log(base)))
 
 
 def _mul_rule(g, y, *x, wanted=None, **_):
