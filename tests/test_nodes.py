@@ -275,6 +275,27 @@ def test_what_the_canonicalizer_takes_as_canonical_already_it_gives_back(monkeyp
     assert len(taken) > 100
 
 
+def test_the_fuser_is_skipped_only_where_it_has_nothing_to_rewrite():
+    # a scalar model whose nodes are all plain (_plain_scalar) canonicalizes to one with no
+    # node the fuser rewrites: the fuser's walk, skipped there, would change nothing
+    from symgrad.derive import graph
+    from tests.random_models import SCALARS, SeededDrawer, matrix_model, scalar_model
+
+    plain = 0
+    for seed in range(200):
+        drawer = SeededDrawer(seed)
+        expr = drawer.first(scalar_model if seed % 2 else matrix_model,
+                            *([SCALARS] if seed % 2 else []))
+        for node in dag_nodes(expr):
+            if not isinstance(node, sp.Expr) or graph.is_matrix(node):
+                continue
+            stable = stabilize(node)
+            if all(graph._plain_scalar(n) for n in graph._scalar_postorder(stable)):
+                plain += 1
+                assert graph._count_uses(Canonicalizer()(node)) is None, node
+    assert plain > 500
+
+
 def test_a_slope_built_without_evaluation_is_the_slope_evaluated():
     # the elementwise rule builds cos(t) of a name without SymPy's eval only where eval at
     # a probe of the same assumptions changed nothing; a name SymPy would simplify a

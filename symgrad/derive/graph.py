@@ -286,13 +286,17 @@ class Canonicalizer:
         if _canonical_already(expr):
             # most other contributions (g cos(t), 3 g): every pass below gives them back
             return expr
-        if not is_matrix(expr):
+        plain = not is_matrix(expr)
+        if plain:
             expr = stabilize(expr)
         for node in _scalar_postorder(expr):
             # children before parents: each call below finds its operands memoised, so the
             # recursion of _canon stays shallow however deep the model is
             self._canon(node)
+            plain = plain and _plain_scalar(node)
         unfused = self._canon(expr)
+        if plain:       # (the walk reached every node) no node the fuser rewrites
+            return unfused
         uses = _count_uses(unfused)
         if uses is None:    # no node the fuser rewrites: it would return unfused itself
             return unfused
@@ -629,6 +633,22 @@ def _canonical_already(expr) -> bool:
             return False
         stack.extend(node.args)
     return True
+
+
+def _plain_scalar(node) -> bool:
+    """Whether node is a sum, product, power, max, min or function (not an operation, an
+    entry or a Piecewise, and no log with a stable form to take) of scalars: what
+    _canon_scalar makes of it is a node of the same kinds over what it makes of the args,
+    none of which the fuser rewrites, and _scalar_postorder walks into its args."""
+    kind = type(node)
+    if not (kind is sp.Add or kind is sp.Mul or kind is sp.Pow
+            or isinstance(node, (sp.Max, sp.Min))
+            or (isinstance(node, sp.Function) and not isinstance(node, _SPECIAL_SCALARS)
+                and operations.of(node) is None
+                and not (isinstance(node, sp.log)
+                         and operations.stable_log(node.args[0]) is not None))):
+        return False
+    return not any(isinstance(a, MatrixExpr) or not isinstance(a, sp.Expr) for a in node.args)
 
 
 def _as_scalar_factor(m):
