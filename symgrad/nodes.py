@@ -28,8 +28,9 @@ import math
 from collections.abc import Callable
 
 import sympy as sp
+from sympy.core.mul import _keep_coeff
 
-__all__ = ["operands", "rebuild", "renamed", "add", "mul", "dag_rebuild",
+__all__ = ["operands", "rebuild", "renamed", "add", "mul", "times", "dag_rebuild",
            "without_cycle_collection"]
 
 
@@ -207,12 +208,34 @@ def _finite_nonzero(c) -> bool:
 
 def _plain_mul(c, factor) -> bool:
     """Whether ``sp.Mul(c, factor)`` is ``Mul(c, factor)`` as it stands, for a number c
-    other than 1: c rational and nonzero, factor a symbol or a function that is its own
-    base (not exp: SymPy writes exp(a) as a power of E), never a sum."""
-    return (c.is_Rational and c is not sp.S.Zero
-            and (type(factor) is sp.Symbol or (isinstance(factor, sp.Function)
-                                               and _own_base(factor)))
-            and _commutative(factor))
+    other than 1: c rational and nonzero, factor one that Mul.flatten gives back as it is
+    (see _base), never a sum."""
+    return (c.is_Rational and c is not sp.S.Zero and type(factor) is not sp.Add
+            and _base(factor) is not None and _commutative(factor))
+
+
+def _base(f):
+    """The base under which Mul.flatten collects the factor f (not a number, a product or a
+    sum), where it gives f back as it is: a symbol, a function that is its own base (not
+    exp: SymPy writes exp(a) as a power of E), or a power of a non-numeric base to a
+    nonzero numeric exponent that SymPy's rebuilding of it gives back; else None."""
+    kind = type(f)
+    if kind is sp.Symbol:
+        return f
+    if kind is sp.Pow:
+        base, exponent = f.as_base_exp()
+        if base.is_Number or not exponent.is_Number or exponent is sp.S.Zero:
+            return None
+        # SymPy rebuilds the power from its base and its exponent's coefficient times the
+        # rest: it must give the factor back
+        c, t = exponent.as_coeff_Mul()
+        exponent = c * t
+        if (base if exponent is sp.S.One else sp.Pow(base, exponent)) != f:
+            return None
+        return base
+    if isinstance(f, sp.Function) and _own_base(f):
+        return f
+    return None
 
 
 def _own_base(f) -> bool:
@@ -222,8 +245,9 @@ def _own_base(f) -> bool:
 def mul(*args):
     """``sp.Mul(*args)``, the same expression, built directly where SymPy's flattening
     would only take products apart and sort the factors: no two factors of one base (``x``
-    and ``x**2``), numbers only rational (multiplied exactly), no numeric base, no sum next
-    to a number (SymPy distributes 2 (x + y)).  Anything else goes to SymPy.
+    and ``x**2``), numbers only rational (multiplied exactly), no numeric base.  A rational
+    times one sum is distributed over its terms as SymPy distributes it (2 (x + y) is
+    2 x + 2 y).  Anything else goes to SymPy.
 
     tests/test_nodes.py compares it with SymPy on random products.
 
@@ -236,16 +260,27 @@ def mul(*args):
     factors = [a for a in args if a is not sp.S.One]
     if len(factors) < 2 or not all(isinstance(a, sp.Expr) for a in factors):
         return sp.Mul(*args)
+    distribute = sp.core.parameters.global_parameters.distribute
+    if len(factors) == 2:           # SymPy's rule for a rational times a sum, first
+        a, b = factors
+        if b.is_Rational:
+            a, b = b, a
+        if a.is_Rational and a is not sp.S.Zero:
+            r, b = b.as_coeff_Mul()
+            if b.is_Add:
+                if r is sp.S.One and distribute and b.is_commutative:
+                    return sp.Mul._exec_constructor_postprocessors(
+                        add(*[_keep_coeff(a, t) for t in b.args]))
+                return sp.Mul(*args)
     coefficient = sp.S.One
     rest = []
     bases = set()
-    has_sum = has_number = False
+    has_sum = False
     for f in factors:       # grows by the factors of the products among them, as in flatten
         if f.is_Number:
             if not f.is_Rational or f is sp.S.Zero:
                 return sp.Mul(*args)
             coefficient *= f
-            has_number = True
             continue
         kind = type(f)
         if kind is sp.Mul:
@@ -253,35 +288,47 @@ def mul(*args):
                 return sp.Mul(*args)
             factors.extend(f.args)
             continue
-        if kind is sp.Symbol:
-            base = f
-        elif kind is sp.Add:
+        if kind is sp.Add:
             has_sum = True
             base = f
-        elif kind is sp.Pow:
-            base, exponent = f.as_base_exp()
-            if base.is_Number or not exponent.is_Number or exponent is sp.S.Zero:
-                return sp.Mul(*args)
-            # SymPy rebuilds the power from its base and its exponent's coefficient times
-            # the rest: it must give the factor back
-            c, t = exponent.as_coeff_Mul()
-            exponent = c * t
-            if (base if exponent is sp.S.One else sp.Pow(base, exponent)) != f:
-                return sp.Mul(*args)
-        elif isinstance(f, sp.Function) and _own_base(f):
-            base = f
         else:
-            return sp.Mul(*args)
+            base = _base(f)
+            if base is None:
+                return sp.Mul(*args)
         if base in bases or not _commutative(f):
             return sp.Mul(*args)
         bases.add(base)
         rest.append(f)
-    if has_sum and has_number:      # SymPy may distribute the number over the sum
-        return sp.Mul(*args)
+    if (has_sum and coefficient is not sp.S.One and len(rest) == 1 and type(rest[0]) is sp.Add
+            and distribute):
+        # a number times a sum: SymPy distributes it
+        return sp.Mul._exec_constructor_postprocessors(
+            add(*[times(coefficient, t) for t in rest[0].args]))
     rest.sort(key=_SYMPY_ORDER)
     if coefficient is not sp.S.One:
         rest.insert(0, coefficient)
     return sp.Mul._exec_constructor_postprocessors(sp.Mul._from_args(rest, True))
+
+
+def times(a, b):
+    """``a * b``: by :func:`symgrad.nodes.mul` where ``*`` would call ``sp.Mul(a, b)`` (a's
+    ``__mul__`` is Expr's or a finite number's, b takes no precedence, and a and b are not
+    both numbers, whose product is their own arithmetic).
+
+    >>> x = sp.Symbol("x")
+    >>> times(sp.Integer(3), sp.cos(x)), times(sp.Integer(3), sp.Integer(2))
+    (3*cos(x), 6)
+    """
+    if (type(a).__mul__ in _MUL_IS_SYMPY_MUL and isinstance(b, sp.Expr)
+            and b._op_priority == sp.Expr._op_priority
+            and not (a.is_Number and b.is_Number)):
+        return mul(a, b)
+    return a * b
+
+
+# the __mul__ methods that multiply by any expression other than a number with sp.Mul(a, b)
+_MUL_IS_SYMPY_MUL = {sp.Expr.__mul__, sp.Integer.__mul__, sp.Rational.__mul__,
+                     sp.Float.__mul__}
 
 
 def dag_rebuild(expr, visit: Callable = rebuild, *, operands: Callable = operands):

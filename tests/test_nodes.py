@@ -243,6 +243,12 @@ def test_add_and_mul_leave_what_combines_to_sympy():
     u = sp.Symbol("u")
     assert mul(x, x**2) == x**3 and add(x, 2 * x) == 3 * x
     assert mul(sp.Integer(2), x + y) == 2 * x + 2 * y          # SymPy distributes
+    for operands_ in [(200, x - y**2), (-1, 2, 1 - x), (2, x, 1 - x), (sp.Rational(1, 2), u + 1),
+                      (2, sp.Mul(3, x + y, evaluate=False)), (sp.Rational(1, 2),
+                                                             sp.Mul(2, x + y, evaluate=False)),
+                      (2, sp.Rational(1, 2), x + y), (-1, x + 2 * u - 3)]:
+        operands_ = [sp.sympify(o) for o in operands_]
+        assert _same(mul(*operands_), sp.Mul(*operands_)), operands_
     assert add(sp.Integer(1), sp.Rational(1, 2), x) == x + sp.Rational(3, 2)
     assert mul(sp.exp(x), sp.exp(x)) == sp.exp(2 * x)
     assert mul(sp.Pow(x, 1, evaluate=False), y) == x * y

@@ -31,7 +31,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad import functions, operations, ops
-from symgrad.nodes import mul
+from symgrad.nodes import mul, times
 
 Rule = Callable[..., tuple]
 
@@ -112,27 +112,6 @@ def _mul_rule(g, y, *x, wanted=None, **_):
 
 
 _mul_rule.takes_wanted = True    # reverse mode passes ``wanted`` to the rules that say so
-
-
-def times(a, b):
-    """``a * b``: by :func:`symgrad.nodes.mul` where ``*`` would call ``sp.Mul(a, b)`` (a's
-    ``__mul__`` is Expr's or a finite number's, b takes no precedence, and a and b are not
-    both numbers, whose product is their own arithmetic).
-
-    >>> x = sp.Symbol("x")
-    >>> times(sp.Integer(3), sp.cos(x)), times(sp.Integer(3), sp.Integer(2))
-    (3*cos(x), 6)
-    """
-    if (type(a).__mul__ in _MUL_IS_SYMPY_MUL and isinstance(b, sp.Expr)
-            and b._op_priority == sp.Expr._op_priority
-            and not (a.is_Number and b.is_Number)):
-        return mul(a, b)
-    return a * b
-
-
-# the __mul__ methods that multiply by any expression other than a number with sp.Mul(a, b)
-_MUL_IS_SYMPY_MUL = {sp.Expr.__mul__, sp.Integer.__mul__, sp.Rational.__mul__,
-                     sp.Float.__mul__}
 
 
 def _matrix_element_rule(g, y, parent, **kw):
