@@ -129,8 +129,8 @@ def renamed(node, new_operands):
 # ------------------------------------------------------------------------------------------
 def add(*args):
     """``sp.Add(*args)``, the same expression, built directly where SymPy's flattening would
-    only take sums apart and sort the terms: no two terms alike (``x`` and ``3*x``), numbers
-    only rational (added exactly).  Anything else goes to SymPy.
+    only take sums apart, add rational coefficients of like terms (``x`` and ``3*x``) and
+    rational numbers exactly, and sort the terms.  Anything else goes to SymPy.
 
     Each term is one that SymPy's Add.flatten gives back as it is: a symbol, a function, a
     power of a non-numeric base, or a product (whose coefficient SymPy takes apart and puts
@@ -138,8 +138,8 @@ def add(*args):
     nothing to do).  tests/test_nodes.py compares it with SymPy on random sums.
 
     >>> x, y = sp.symbols("x y")
-    >>> add(3 * sp.cos(x), sp.Integer(2), x * y + 1), add(x, 2 * x)
-    (x*y + 3*cos(x) + 3, 3*x)
+    >>> add(3 * sp.cos(x), sp.Integer(2), x * y + 1), add(x, 2 * x), add(x, -x)
+    (x*y + 3*cos(x) + 3, 3*x, 0)
     """
     if not sp.core.parameters.global_parameters.evaluate:
         return sp.Add(*args)
@@ -147,8 +147,7 @@ def add(*args):
     if len(terms) < 2 or not all(isinstance(a, sp.Expr) for a in terms):
         return sp.Add(*args)
     coefficient = sp.S.Zero
-    rest = []
-    seen = set()
+    collected: dict = {}    # term without its coefficient -> [coefficient, the term or None]
     for t in terms:         # grows by the terms of the sums among them, as in Add.flatten
         if t.is_Number:
             if not t.is_Rational:
@@ -161,27 +160,44 @@ def add(*args):
             continue
         if kind is sp.Mul:
             c, term = t.as_coeff_Mul()
-            # SymPy keeps the term where c is 1, else puts c back in front of the other
-            # factors, or multiplies c and the one other factor again
-            if c is sp.S.One:
-                if term is not t:       # an unevaluated 1*x
-                    return sp.Add(*args)
-            elif not (len(t.args) > 2 or _plain_mul(c, term)):
-                return sp.Add(*args)
-            if not _finite_nonzero(c):
-                return sp.Add(*args)
+            if (c is sp.S.One and term is not t) or not _finite_nonzero(c):
+                return sp.Add(*args)        # an unevaluated 1*x, 0*x, oo*x
         elif kind is sp.Pow:
             if t.base.is_Number:
                 return sp.Add(*args)
-            term = t
+            c, term = sp.S.One, t
         elif kind is sp.Symbol or isinstance(t, sp.Function):
-            term = t
+            c, term = sp.S.One, t
         else:
             return sp.Add(*args)
-        if term in seen or not _commutative(t):
+        if not _commutative(t):
             return sp.Add(*args)
-        seen.add(term)
-        rest.append(t)
+        entry = collected.get(term)
+        if entry is None:
+            collected[term] = [c, t]
+        elif entry[0].is_Rational and c.is_Rational:    # like terms: added exactly
+            entry[0] += c
+            entry[1] = None
+        else:
+            return sp.Add(*args)
+    rest = []
+    for term, (c, t) in collected.items():
+        if t is not None:
+            # a term seen once: SymPy keeps it where c is 1, else puts c back in front of
+            # the other factors, or multiplies c and the one other factor again
+            if c is not sp.S.One and not (len(t.args) > 2 or _plain_mul(c, term)):
+                return sp.Add(*args)
+            rest.append(t)
+        elif c is sp.S.Zero:                # like terms that cancel
+            continue
+        elif c is sp.S.One:
+            rest.append(term)
+        elif type(term) is sp.Mul:          # SymPy's rebuilding of like terms, as it is
+            rest.append(term._new_rawargs(*((c,) + term.args)))
+        elif type(term) is sp.Add:
+            rest.append(sp.Mul(c, term, evaluate=False))
+        else:
+            rest.append(mul(c, term))
     rest.sort(key=_SYMPY_ORDER)
     if coefficient is not sp.S.Zero:
         rest.insert(0, coefficient)

@@ -250,6 +250,11 @@ def test_add_and_mul_leave_what_combines_to_sympy():
         operands_ = [sp.sympify(o) for o in operands_]
         assert _same(mul(*operands_), sp.Mul(*operands_)), operands_
     assert add(sp.Integer(1), sp.Rational(1, 2), x) == x + sp.Rational(3, 2)
+    for operands_ in [(x, 2 * x, x * y, 3 * x * y, 1, -1), (x**2, -x**2, y), (200 * x, 2 * x - 2),
+                      (sp.cos(x), sp.cos(x)), (x + y, -x - y), (sp.Float(0.5) * x, x),
+                      (sp.Mul(2, x + y, evaluate=False), sp.Mul(3, x + y, evaluate=False))]:
+        operands_ = [sp.sympify(o) for o in operands_]
+        assert _same(add(*operands_), sp.Add(*operands_)), operands_
     assert mul(sp.exp(x), sp.exp(x)) == sp.exp(2 * x)
     assert mul(sp.Pow(x, 1, evaluate=False), y) == x * y
     assert add(sp.Mul(2, x * u, evaluate=False), x) == sp.Add(sp.Mul(2, x * u,
