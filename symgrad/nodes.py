@@ -30,7 +30,7 @@ from collections.abc import Callable
 import sympy as sp
 from sympy.core.mul import _keep_coeff
 
-__all__ = ["operands", "rebuild", "renamed", "add", "mul", "times", "dag_rebuild",
+__all__ = ["operands", "rebuild", "renamed", "add", "mul", "times", "function_of", "dag_rebuild",
            "without_cycle_collection"]
 
 
@@ -88,7 +88,7 @@ def rebuild(node, new_operands, *, xreplace: bool = False):
         return node
     if isinstance(node, sp.Function) and not any(
             a.is_number for a in new_operands if isinstance(a, sp.Basic)):
-        return node.func(*new_operands, evaluate=False)
+        return function_of(node.func, new_operands)
     return node.func(*new_operands)
 
 
@@ -119,7 +119,7 @@ def renamed(node, new_operands):
         return node.func._from_args(sorted(new_operands, key=_SYMPY_ORDER), True)
     if isinstance(node, sp.Function) and not any(
             a.is_number for a in new_operands if isinstance(a, sp.Basic)):
-        return node.func(*new_operands, evaluate=False)
+        return function_of(node.func, new_operands)
     return node.func(*new_operands)
 
 
@@ -345,6 +345,43 @@ def times(a, b):
 # the __mul__ methods that multiply by any expression other than a number with sp.Mul(a, b)
 _MUL_IS_SYMPY_MUL = {sp.Expr.__mul__, sp.Integer.__mul__, sp.Rational.__mul__,
                      sp.Float.__mul__}
+
+
+def function_of(func, args):
+    """``func(*args, evaluate=False)``, built directly where SymPy's construction of it is
+    its own (Function's or DefinedFunction's, which then only store the args and the
+    function's argument counts): its two cache look-ups and the set of argument counts it
+    builds again for every call cost more than the rest of a pass's visit of the node.
+
+    The argument counts are taken, once per function and number of args, from one node
+    SymPy built; a function with a constructor of its own (Heaviside, Piecewise, an
+    undefined function) is always built by SymPy.
+
+    >>> x = sp.Symbol("x")
+    >>> function_of(sp.sin, (-x,)), function_of(sp.sin, (-x,)).nargs
+    (sin(-x), {1})
+    """
+    if not all(isinstance(a, sp.Basic) for a in args):
+        return func(*args, evaluate=False)
+    key = (func, len(args))
+    nargs = _NARGS.get(key)
+    if nargs is None:
+        made = func(*args, evaluate=False)
+        plain = (getattr(func, "__new__", None) in _PLAIN_NEW and type(made) is func
+                 and getattr(func, "_new_", None) is not None
+                 and getattr(func._new_, "__func__", None) is _PLAIN_NEW_)
+        _NARGS[key] = made.nargs if plain else False
+        return made
+    if nargs is False:
+        return func(*args, evaluate=False)
+    obj = sp.Basic.__new__(func, *args)
+    obj.nargs = nargs
+    return obj
+
+
+_NARGS: dict = {}   # (function, number of args) -> their nargs, or False: SymPy builds them
+_PLAIN_NEW = (sp.Function.__new__, sp.core.function.DefinedFunction.__new__)
+_PLAIN_NEW_ = sp.core.function.DefinedFunction._new_.__func__
 
 
 def dag_rebuild(expr, visit: Callable = rebuild, *, operands: Callable = operands):

@@ -22,7 +22,7 @@ import symgrad as sg
 from symgrad import forms, ops
 from symgrad.derive.graph import Canonicalizer, dag_nodes, dag_xreplace, stabilize
 from symgrad.derive.rules import times
-from symgrad.nodes import add, dag_rebuild, mul, operands, rebuild
+from symgrad.nodes import add, dag_rebuild, function_of, mul, operands, rebuild
 
 x, y, z, w = sp.symbols("x y z w", real=True)
 a0 = sp.Symbol("a0", real=True)        # a Map's variable: no table replaces it
@@ -237,6 +237,22 @@ def test_add_mul_and_times_give_exactly_what_sympy_gives():
                 continue
             assert _same(times(a, b), want), (a, b)
     assert fast > 300
+
+
+def test_function_of_gives_what_sympy_builds_unevaluated():
+    # the same node (class, args, argument counts) as SymPy's construction, for functions
+    # SymPy builds its own way and for those with constructors of their own
+    f = sp.Function("f")
+    u = sp.Symbol("u")
+    cases = [(sp.sin, (x,)), (sp.cos, (-x,)), (sp.exp, (x + y,)), (sp.log, (x,)),
+             (sp.log, (x, sp.Integer(2))), (sp.tanh, (sp.pi,)), (sp.Abs, (x * u,)),
+             (sp.sign, (x,)), (sp.Heaviside, (x,)), (sp.Heaviside, (x, sp.S.Half)),
+             (ops.sigmoid, (x,)), (ops.softplus, (-u,)), (sp.atan2, (x, y)), (f, (x,)),
+             (f, (x, y)), (sp.erf, (sp.Float(0.5),)), (sp.sin, (sp.Integer(0),))]
+    for _ in range(2):      # the first call learns the argument counts, the second uses them
+        for func, args in cases:
+            got, want = function_of(func, args), func(*args, evaluate=False)
+            assert _same(got, want) and got.nargs == want.nargs, (func, args)
 
 
 def test_add_and_mul_leave_what_combines_to_sympy():

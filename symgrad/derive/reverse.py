@@ -33,7 +33,7 @@ from symgrad.derive.graph import (
     with_children,
 )
 from symgrad.derive.rules import rule_for
-from symgrad.nodes import add, mul, without_cycle_collection
+from symgrad.nodes import add, function_of, mul, without_cycle_collection
 
 LEAVES = (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
@@ -96,7 +96,7 @@ def _unevaluated(node, args):
     if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
         return node.func(*args, evaluate=False)
     if isinstance(node, sp.Function) and args and all(isinstance(k, sp.Symbol) for k in args):
-        return node.func(*args, evaluate=False)
+        return function_of(node.func, args)
     return node.func(*args)
 
 
@@ -340,7 +340,7 @@ def inline_all(derivation: Derivation, exprs: list) -> list:
             # the function of an inlined argument: SymPy's automatic simplification of it
             # (signs, multiples of pi) costs about a millisecond per call, and the argument
             # was a value of the model, already in SymPy's form
-            result = e.func(*values, evaluate=False)
+            result = function_of(e.func, values)
         elif values:
             it = iter(values)
             result = e.func(*[next(it) if isinstance(a, sp.Basic) else a for a in e.args])

@@ -31,7 +31,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad import functions, operations, ops
-from symgrad.nodes import mul, times
+from symgrad.nodes import function_of, mul, times
 
 Rule = Callable[..., tuple]
 
@@ -173,7 +173,7 @@ def _slope(derivative, x, y):
     if probed is None:
         return derivative(x, y)
     func, args = probed
-    return func(*[x if a is None else a for a in args], evaluate=False)
+    return function_of(func, [x if a is None else a for a in args])
 
 
 def _probe(derivative, x, y):
