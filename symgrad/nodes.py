@@ -30,8 +30,8 @@ from collections.abc import Callable
 import sympy as sp
 from sympy.core.mul import _keep_coeff
 
-__all__ = ["operands", "rebuild", "renamed", "add", "mul", "times", "function_of", "dag_rebuild",
-           "without_cycle_collection"]
+__all__ = ["operands", "rebuild", "renamed", "add", "mul", "times", "function_of",
+           "unevaluated", "dag_rebuild", "without_cycle_collection"]
 
 
 def operands(node) -> tuple:
@@ -377,6 +377,28 @@ def function_of(func, args):
     obj = sp.Basic.__new__(func, *args)
     obj.nargs = nargs
     return obj
+
+
+def unevaluated(kind, args):
+    """``kind(*args, evaluate=False)`` for a sum, a product or a power (exactly those classes)
+    of expressions, built as SymPy's construction without evaluation builds it, without its
+    cache look-up; anything else by SymPy.
+
+    >>> x, y = sp.symbols("x y")
+    >>> unevaluated(sp.Add, [x, x]), unevaluated(sp.Pow, [x * y, sp.Integer(2)])
+    (x + x, (x*y)**2)
+    """
+    if not all(isinstance(a, sp.Expr) for a in args):
+        return kind(*args, evaluate=False)
+    if kind is sp.Add or kind is sp.Mul:
+        return kind._exec_constructor_postprocessors(kind._from_args(list(args)))
+    if kind is sp.Pow and len(args) == 2:
+        base, exponent = args
+        obj = sp.Pow._exec_constructor_postprocessors(sp.Basic.__new__(sp.Pow, base, exponent))
+        if isinstance(obj, sp.Pow):
+            obj.is_commutative = (base.is_commutative and exponent.is_commutative)
+        return obj
+    return kind(*args, evaluate=False)
 
 
 _NARGS: dict = {}   # (function, number of args) -> their nargs, or False: SymPy builds them

@@ -22,7 +22,7 @@ import symgrad as sg
 from symgrad import forms, ops
 from symgrad.derive.graph import Canonicalizer, dag_nodes, dag_xreplace, stabilize
 from symgrad.derive.rules import times
-from symgrad.nodes import add, dag_rebuild, function_of, mul, operands, rebuild
+from symgrad.nodes import add, dag_rebuild, function_of, mul, operands, rebuild, unevaluated
 
 x, y, z, w = sp.symbols("x y z w", real=True)
 a0 = sp.Symbol("a0", real=True)        # a Map's variable: no table replaces it
@@ -253,6 +253,19 @@ def test_function_of_gives_what_sympy_builds_unevaluated():
         for func, args in cases:
             got, want = function_of(func, args), func(*args, evaluate=False)
             assert _same(got, want) and got.nargs == want.nargs, (func, args)
+
+
+def test_unevaluated_gives_what_sympy_builds_unevaluated():
+    for seed in range(300):
+        rng = random.Random(seed)
+        operands_ = [_operand(rng, rng.randrange(3)) for _ in range(rng.randrange(2, 5))]
+        for kind in (sp.Add, sp.Mul, sp.Pow, sp.Max):
+            chosen = operands_[:2] if kind is sp.Pow else operands_
+            try:
+                want = kind(*chosen, evaluate=False)
+            except (TypeError, ValueError):
+                continue
+            assert _same(unevaluated(kind, chosen), want), (kind, chosen)
 
 
 def test_add_and_mul_leave_what_combines_to_sympy():

@@ -26,7 +26,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
-from symgrad.nodes import dag_rebuild, operands, rebuild, renamed
+from symgrad.nodes import dag_rebuild, operands, rebuild, renamed, unevaluated
 
 _CHAIN_PROBE = 1000  # size given to symbolic dimensions when comparing matrix-chain costs
 
@@ -543,7 +543,7 @@ def _rebuild_canonical(node, args):
     if len(args) == len(node.args) and all(a is b for a, b in zip(args, node.args)):
         return node
     if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
-        return node.func(*args, evaluate=False)
+        return unevaluated(node.func, args)
     return rebuild(node, args)
 
 
@@ -552,10 +552,10 @@ def _binary(kind, args: list):
     if len(args) <= _CHAIN_MAX:
         result = args[0]
         for a in args[1:]:
-            result = kind(result, a, evaluate=False)
+            result = unevaluated(kind, (result, a))
         return result
     middle = (len(args) + 1) // 2
-    return kind(_binary(kind, args[:middle]), _binary(kind, args[middle:]), evaluate=False)
+    return unevaluated(kind, (_binary(kind, args[:middle]), _binary(kind, args[middle:])))
 
 
 # Scalar nodes whose operands the canonicalizer handles one by one (their args), and which

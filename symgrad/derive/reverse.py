@@ -33,7 +33,7 @@ from symgrad.derive.graph import (
     with_children,
 )
 from symgrad.derive.rules import rule_for
-from symgrad.nodes import add, function_of, mul, without_cycle_collection
+from symgrad.nodes import add, function_of, mul, unevaluated, without_cycle_collection
 
 LEAVES = (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
@@ -94,7 +94,7 @@ def _unevaluated(node, args):
     would flatten a product of names again), a function of names without SymPy's search for
     signs and multiples of pi (about a millisecond per node, finding nothing)."""
     if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
-        return node.func(*args, evaluate=False)
+        return unevaluated(node.func, args)
     if isinstance(node, sp.Function) and args and all(isinstance(k, sp.Symbol) for k in args):
         return function_of(node.func, args)
     return node.func(*args)
