@@ -336,6 +336,20 @@ def test_the_fuser_is_skipped_only_where_it_has_nothing_to_rewrite():
     assert plain > 500
 
 
+def test_stabilize_skips_its_walk_only_where_it_would_rewrite_nothing(monkeypatch):
+    from symgrad.derive import graph
+    from tests.random_models import SCALARS, SeededDrawer, scalar_model
+
+    expressions = []
+    for seed in range(150):
+        expressions += dag_nodes(SeededDrawer(seed).first(scalar_model, SCALARS))
+    skipped = [e for e in expressions if not graph._has_unstable_form(e)]
+    monkeypatch.setattr(graph, "_has_unstable_form", lambda e: True)
+    for e in skipped:
+        assert stabilize(e) is e, e
+    assert len(skipped) > 500
+
+
 def test_a_slope_built_without_evaluation_is_the_slope_evaluated():
     # the elementwise rule builds cos(t) of a name without SymPy's eval only where eval at
     # a probe of the same assumptions changed nothing; a name SymPy would simplify a

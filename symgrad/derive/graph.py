@@ -142,7 +142,34 @@ def stabilize(expr: sp.Expr) -> sp.Expr:
             return node         # a leaf has no stable form to take
         return _stable_form(rebuild(node, new_operands))
 
+    if not _has_unstable_form(expr):
+        return expr             # what the walk below would give back
     return dag_rebuild(expr, stable)
+
+
+def _has_unstable_form(expr) -> bool:
+    """Whether a node of expr's DAG (the nodes dag_rebuild walks) is one _rewrite_top may
+    rewrite: a log, a real or imaginary part, a conjugate, or 1/(1 + exp(-x)).  Where none
+    is, stabilize's walk rebuilds nothing and gives expr back.
+
+    >>> x = sp.Symbol("x")
+    >>> _has_unstable_form(sp.sin(x) * x + 1), _has_unstable_form(sp.sin(sp.log(x)))
+    (False, True)
+    """
+    seen: set = set()
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if not isinstance(node, sp.Basic) or node.is_Atom:
+            continue
+        if isinstance(node, (sp.log, sp.re, sp.im, sp.conjugate)) or (
+                node.is_Pow and _sigmoid_arg(node) is not None):
+            return True
+        stack.extend(node.args)
+    return False
 
 
 def _stable_form(e):
@@ -605,7 +632,7 @@ def _canonical_already(expr) -> bool:
     stops at the first node that needs them.
 
     >>> x, y = sp.symbols("x y")
-    >>> _canonical_already(3 * sp.cos(x) * y), _canonical_already(x + y + 1)
+    >>> _canonical_already(3 * sp.cos(x)), _canonical_already(x + y + 1)
     (True, False)
     >>> _canonical_already(sp.log(x)), _canonical_already(1 / (1 + sp.exp(-x)))
     (False, False)
