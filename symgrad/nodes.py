@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import functools
 import gc
+import math
 from collections.abc import Callable
 
 import sympy as sp
+from sympy.core.mul import _keep_coeff
 
-__all__ = ["operands", "rebuild", "renamed", "dag_rebuild", "without_cycle_collection"]
+__all__ = ["operands", "rebuild", "renamed", "add", "mul", "times", "function_of",
+           "unevaluated", "dag_rebuild", "without_cycle_collection"]
 
 
 def operands(node) -> tuple:
@@ -85,7 +88,7 @@ def rebuild(node, new_operands, *, xreplace: bool = False):
         return node
     if isinstance(node, sp.Function) and not any(
             a.is_number for a in new_operands if isinstance(a, sp.Basic)):
-        return node.func(*new_operands, evaluate=False)
+        return function_of(node.func, new_operands)
     return node.func(*new_operands)
 
 
@@ -116,8 +119,291 @@ def renamed(node, new_operands):
         return node.func._from_args(sorted(new_operands, key=_SYMPY_ORDER), True)
     if isinstance(node, sp.Function) and not any(
             a.is_number for a in new_operands if isinstance(a, sp.Basic)):
-        return node.func(*new_operands, evaluate=False)
+        return function_of(node.func, new_operands)
     return node.func(*new_operands)
+
+
+# ------------------------------------------------------------------------------------------
+# Sums and products as SymPy evaluates them, without its general machinery where provably
+# nothing would combine
+# ------------------------------------------------------------------------------------------
+def add(*args):
+    """``sp.Add(*args)``, the same expression, built directly where SymPy's flattening would
+    only take sums apart, add rational coefficients of like terms (``x`` and ``3*x``) and
+    rational numbers exactly, and sort the terms.  Anything else goes to SymPy.
+
+    Each term is one that SymPy's Add.flatten gives back as it is: a symbol, a function, a
+    power of a non-numeric base, or a product (whose coefficient SymPy takes apart and puts
+    back; a rational coefficient of one symbol or function only, where Mul would find
+    nothing to do).  tests/test_nodes.py compares it with SymPy on random sums.
+
+    >>> x, y = sp.symbols("x y")
+    >>> add(3 * sp.cos(x), sp.Integer(2), x * y + 1), add(x, 2 * x), add(x, -x)
+    (x*y + 3*cos(x) + 3, 3*x, 0)
+    """
+    if not sp.core.parameters.global_parameters.evaluate:
+        return sp.Add(*args)
+    terms = [a for a in args if a is not sp.S.Zero]
+    if len(terms) < 2 or not all(isinstance(a, sp.Expr) for a in terms):
+        return sp.Add(*args)
+    coefficient = sp.S.Zero
+    collected: dict = {}    # term without its coefficient -> [coefficient, the term or None]
+    for t in terms:         # grows by the terms of the sums among them, as in Add.flatten
+        if t.is_Number:
+            if not t.is_Rational:
+                return sp.Add(*args)
+            coefficient += t
+            continue
+        kind = type(t)
+        if kind is sp.Add:
+            terms.extend(t.args)
+            continue
+        if kind is sp.Mul:
+            c, term = t.as_coeff_Mul()
+            if (c is sp.S.One and term is not t) or not _finite_nonzero(c):
+                return sp.Add(*args)        # an unevaluated 1*x, 0*x, oo*x
+        elif kind is sp.Pow:
+            if t.base.is_Number:
+                return sp.Add(*args)
+            c, term = sp.S.One, t
+        elif kind is sp.Symbol or isinstance(t, sp.Function):
+            c, term = sp.S.One, t
+        else:
+            return sp.Add(*args)
+        if not _commutative(t):
+            return sp.Add(*args)
+        entry = collected.get(term)
+        if entry is None:
+            collected[term] = [c, t]
+        elif entry[0].is_Rational and c.is_Rational:    # like terms: added exactly
+            entry[0] += c
+            entry[1] = None
+        else:
+            return sp.Add(*args)
+    rest = []
+    for term, (c, t) in collected.items():
+        if t is not None:
+            # a term seen once: SymPy keeps it where c is 1, else puts c back in front of
+            # the other factors, or multiplies c and the one other factor again
+            if c is not sp.S.One and not (len(t.args) > 2 or _plain_mul(c, term)):
+                return sp.Add(*args)
+            rest.append(t)
+        elif c is sp.S.Zero:                # like terms that cancel
+            continue
+        elif c is sp.S.One:
+            rest.append(term)
+        elif type(term) is sp.Mul:          # SymPy's rebuilding of like terms, as it is
+            rest.append(term._new_rawargs(*((c,) + term.args)))
+        elif type(term) is sp.Add:
+            rest.append(sp.Mul(c, term, evaluate=False))
+        else:
+            rest.append(mul(c, term))
+    rest.sort(key=_SYMPY_ORDER)
+    if coefficient is not sp.S.Zero:
+        rest.insert(0, coefficient)
+    return sp.Add._exec_constructor_postprocessors(sp.Add._from_args(rest, True))
+
+
+def _commutative(e) -> bool:
+    """Whether SymPy finds e commutative, True only where it does: a function whose args all
+    are (SymPy's Function asks its args) is answered from them, without the deduction of
+    every fact that SymPy makes of a new function asked its first one."""
+    if isinstance(e, sp.Function) and 'commutative' not in e._assumptions \
+            and type(e)._eval_is_commutative is sp.Function._eval_is_commutative:
+        return all(a.is_commutative is True for a in e.args)
+    return e.is_commutative is True
+
+
+def _finite_nonzero(c) -> bool:
+    """Whether the number c is finite and nonzero, without asking SymPy's assumptions (a new
+    Integer deduces all its facts when first asked one)."""
+    if c.is_Rational:
+        return c is not sp.S.Zero
+    return c.is_Float and bool(c) and math.isfinite(float(c))
+
+
+def _plain_mul(c, factor) -> bool:
+    """Whether ``sp.Mul(c, factor)`` is ``Mul(c, factor)`` as it stands, for a number c
+    other than 1: c rational and nonzero, factor one that Mul.flatten gives back as it is
+    (see _base), never a sum."""
+    return (c.is_Rational and c is not sp.S.Zero and type(factor) is not sp.Add
+            and _base(factor) is not None and _commutative(factor))
+
+
+def _base(f):
+    """The base under which Mul.flatten collects the factor f (not a number, a product or a
+    sum), where it gives f back as it is: a symbol, a function that is its own base (not
+    exp: SymPy writes exp(a) as a power of E), or a power of a non-numeric base to a
+    nonzero numeric exponent that SymPy's rebuilding of it gives back; else None."""
+    kind = type(f)
+    if kind is sp.Symbol:
+        return f
+    if kind is sp.Pow:
+        base, exponent = f.as_base_exp()
+        if base.is_Number or not exponent.is_Number or exponent is sp.S.Zero:
+            return None
+        # SymPy rebuilds the power from its base and its exponent's coefficient times the
+        # rest: it must give the factor back
+        c, t = exponent.as_coeff_Mul()
+        exponent = c * t
+        if (base if exponent is sp.S.One else sp.Pow(base, exponent)) != f:
+            return None
+        return base
+    if isinstance(f, sp.Function) and _own_base(f):
+        return f
+    return None
+
+
+def _own_base(f) -> bool:
+    return type(f).as_base_exp is sp.Expr.as_base_exp
+
+
+def mul(*args):
+    """``sp.Mul(*args)``, the same expression, built directly where SymPy's flattening
+    would only take products apart and sort the factors: no two factors of one base (``x``
+    and ``x**2``), numbers only rational (multiplied exactly), no numeric base.  A rational
+    times one sum is distributed over its terms as SymPy distributes it (2 (x + y) is
+    2 x + 2 y).  Anything else goes to SymPy.
+
+    tests/test_nodes.py compares it with SymPy on random products.
+
+    >>> x, y = sp.symbols("x y")
+    >>> mul(sp.Integer(3), sp.cos(x), y**2), mul(x, x**2)
+    (3*y**2*cos(x), x**3)
+    """
+    if not sp.core.parameters.global_parameters.evaluate:
+        return sp.Mul(*args)
+    factors = [a for a in args if a is not sp.S.One]
+    if len(factors) < 2 or not all(isinstance(a, sp.Expr) for a in factors):
+        return sp.Mul(*args)
+    distribute = sp.core.parameters.global_parameters.distribute
+    if len(factors) == 2:           # SymPy's rule for a rational times a sum, first
+        a, b = factors
+        if b.is_Rational:
+            a, b = b, a
+        if a.is_Rational and a is not sp.S.Zero:
+            r, b = b.as_coeff_Mul()
+            if b.is_Add:
+                if r is sp.S.One and distribute and b.is_commutative:
+                    return sp.Mul._exec_constructor_postprocessors(
+                        add(*[_keep_coeff(a, t) for t in b.args]))
+                return sp.Mul(*args)
+    coefficient = sp.S.One
+    rest = []
+    bases = set()
+    has_sum = False
+    for f in factors:       # grows by the factors of the products among them, as in flatten
+        if f.is_Number:
+            if not f.is_Rational or f is sp.S.Zero:
+                return sp.Mul(*args)
+            coefficient *= f
+            continue
+        kind = type(f)
+        if kind is sp.Mul:
+            if f.is_commutative is not True:
+                return sp.Mul(*args)
+            factors.extend(f.args)
+            continue
+        if kind is sp.Add:
+            has_sum = True
+            base = f
+        else:
+            base = _base(f)
+            if base is None:
+                return sp.Mul(*args)
+        if base in bases or not _commutative(f):
+            return sp.Mul(*args)
+        bases.add(base)
+        rest.append(f)
+    if (has_sum and coefficient is not sp.S.One and len(rest) == 1 and type(rest[0]) is sp.Add
+            and distribute):
+        # a number times a sum: SymPy distributes it
+        return sp.Mul._exec_constructor_postprocessors(
+            add(*[times(coefficient, t) for t in rest[0].args]))
+    rest.sort(key=_SYMPY_ORDER)
+    if coefficient is not sp.S.One:
+        rest.insert(0, coefficient)
+    return sp.Mul._exec_constructor_postprocessors(sp.Mul._from_args(rest, True))
+
+
+def times(a, b):
+    """``a * b``: by :func:`symgrad.nodes.mul` where ``*`` would call ``sp.Mul(a, b)`` (a's
+    ``__mul__`` is Expr's or a finite number's, b takes no precedence, and a and b are not
+    both numbers, whose product is their own arithmetic).
+
+    >>> x = sp.Symbol("x")
+    >>> times(sp.Integer(3), sp.cos(x)), times(sp.Integer(3), sp.Integer(2))
+    (3*cos(x), 6)
+    """
+    if (type(a).__mul__ in _MUL_IS_SYMPY_MUL and isinstance(b, sp.Expr)
+            and b._op_priority == sp.Expr._op_priority
+            and not (a.is_Number and b.is_Number)):
+        return mul(a, b)
+    return a * b
+
+
+# the __mul__ methods that multiply by any expression other than a number with sp.Mul(a, b)
+_MUL_IS_SYMPY_MUL = {sp.Expr.__mul__, sp.Integer.__mul__, sp.Rational.__mul__,
+                     sp.Float.__mul__}
+
+
+def function_of(func, args):
+    """``func(*args, evaluate=False)``, built directly where SymPy's construction of it is
+    its own (Function's or DefinedFunction's, which then only store the args and the
+    function's argument counts): its two cache look-ups and the set of argument counts it
+    builds again for every call cost more than the rest of a pass's visit of the node.
+
+    The argument counts are taken, once per function and number of args, from one node
+    SymPy built; a function with a constructor of its own (Heaviside, Piecewise, an
+    undefined function) is always built by SymPy.
+
+    >>> x = sp.Symbol("x")
+    >>> function_of(sp.sin, (-x,)), function_of(sp.sin, (-x,)).nargs
+    (sin(-x), {1})
+    """
+    if not all(isinstance(a, sp.Basic) for a in args):
+        return func(*args, evaluate=False)
+    key = (func, len(args))
+    nargs = _NARGS.get(key)
+    if nargs is None:
+        made = func(*args, evaluate=False)
+        plain = (getattr(func, "__new__", None) in _PLAIN_NEW and type(made) is func
+                 and getattr(func, "_new_", None) is not None
+                 and getattr(func._new_, "__func__", None) is _PLAIN_NEW_)
+        _NARGS[key] = made.nargs if plain else False
+        return made
+    if nargs is False:
+        return func(*args, evaluate=False)
+    obj = sp.Basic.__new__(func, *args)
+    obj.nargs = nargs
+    return obj
+
+
+def unevaluated(kind, args):
+    """``kind(*args, evaluate=False)`` for a sum, a product or a power (exactly those classes)
+    of expressions, built as SymPy's construction without evaluation builds it, without its
+    cache look-up; anything else by SymPy.
+
+    >>> x, y = sp.symbols("x y")
+    >>> unevaluated(sp.Add, [x, x]), unevaluated(sp.Pow, [x * y, sp.Integer(2)])
+    (x + x, (x*y)**2)
+    """
+    if not all(isinstance(a, sp.Expr) for a in args):
+        return kind(*args, evaluate=False)
+    if kind is sp.Add or kind is sp.Mul:
+        return kind._exec_constructor_postprocessors(kind._from_args(list(args)))
+    if kind is sp.Pow and len(args) == 2:
+        base, exponent = args
+        obj = sp.Pow._exec_constructor_postprocessors(sp.Basic.__new__(sp.Pow, base, exponent))
+        if isinstance(obj, sp.Pow):
+            obj.is_commutative = (base.is_commutative and exponent.is_commutative)
+        return obj
+    return kind(*args, evaluate=False)
+
+
+_NARGS: dict = {}   # (function, number of args) -> their nargs, or False: SymPy builds them
+_PLAIN_NEW = (sp.Function.__new__, sp.core.function.DefinedFunction.__new__)
+_PLAIN_NEW_ = sp.core.function.DefinedFunction._new_.__func__
 
 
 def dag_rebuild(expr, visit: Callable = rebuild, *, operands: Callable = operands):

@@ -10,6 +10,7 @@ rewrite, map fusion) keep those properties on deep models.
 from __future__ import annotations
 
 import pickle
+import random
 
 import sympy as sp
 from hypothesis import HealthCheck, assume, given, settings
@@ -20,7 +21,8 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 import symgrad as sg
 from symgrad import forms, ops
 from symgrad.derive.graph import Canonicalizer, dag_nodes, dag_xreplace, stabilize
-from symgrad.nodes import dag_rebuild, operands, rebuild
+from symgrad.derive.rules import times
+from symgrad.nodes import add, dag_rebuild, function_of, mul, operands, rebuild, unevaluated
 
 x, y, z, w = sp.symbols("x y z w", real=True)
 a0 = sp.Symbol("a0", real=True)        # a Map's variable: no table replaces it
@@ -168,6 +170,204 @@ def test_rebuild_of_a_function_of_values_skips_sympy_evaluation():
     assert rebuild(e, [-x], xreplace=True) == -sp.sin(x)
     assert rebuild(e, [sp.pi]) == 0                           # a number: evaluated
     assert rebuild(x + y, [y, y]) == 2 * y                   # sums evaluate
+
+
+# ------------------------------------------------------------------------------------------
+# add, mul and times: SymPy's sums and products, built directly where nothing combines
+# ------------------------------------------------------------------------------------------
+# (no integer symbol: SymPy's deductions of parity can contradict themselves on some
+# products of integers, depending on the order its facts are asked in)
+_OPERAND_SYMBOLS = [x, y, sp.Symbol("u"), sp.Symbol("p", positive=True), sp.Dummy("d"),
+                    sp.Symbol("A", commutative=False)]
+_OPERAND_NUMBERS = [sp.Integer(2), sp.Integer(-1), sp.Rational(-3, 2), sp.Float(0.5),
+                    sp.Integer(0), sp.Integer(1), sp.oo, sp.nan, sp.zoo, sp.I, sp.pi, sp.E]
+
+
+def _operand(rng: random.Random, depth: int):
+    """A random operand: mostly what reverse mode multiplies and adds (names, functions of
+    them, products with a coefficient, powers), sometimes what SymPy must combine or treats
+    specially (a repeated base, infinities, unevaluated products and powers)."""
+    if depth == 0 or rng.random() < 0.35:
+        return rng.choice(_OPERAND_SYMBOLS if rng.random() < 0.75 else _OPERAND_NUMBERS)
+    a, b = _operand(rng, depth - 1), _operand(rng, depth - 1)
+    c = rng.choice(_OPERAND_NUMBERS[:6])
+    build = rng.choice([
+        lambda: sp.cos(a), lambda: sp.exp(a), lambda: sp.Abs(a), lambda: sp.Heaviside(a, 0),
+        lambda: a**2, lambda: 1 / a, lambda: sp.sqrt(a), lambda: a**b, lambda: c * a,
+        lambda: a * b, lambda: a + b, lambda: a * b * rng.choice(_OPERAND_SYMBOLS),
+        lambda: sp.Mul(c, a, evaluate=False), lambda: sp.Pow(a, 1, evaluate=False),
+        lambda: sp.Pow(a * b, 2, evaluate=False), lambda: sp.Add(a, b, evaluate=False)])
+    try:
+        return build()
+    except (TypeError, ValueError, ZeroDivisionError):
+        return a
+
+
+def _same(got, want) -> bool:
+    return (type(got) is type(want) and got == want
+            and getattr(got, "args", None) == getattr(want, "args", None)
+            and getattr(got, "is_commutative", None) == getattr(want, "is_commutative", None))
+
+
+def test_add_mul_and_times_give_exactly_what_sympy_gives():
+    # the fast constructors must give SymPy's own result on every input, taking their fast
+    # path only where nothing combines (counted: hundreds of these take it), SymPy's
+    # otherwise
+    fast = 0
+    for seed in range(3000):
+        rng = random.Random(seed)
+        pool = [_operand(rng, rng.randrange(3)) for _ in range(8)]
+        if seed % 2:        # distinct operands: mostly the fast path
+            operands_ = rng.sample(pool, rng.randrange(0, 6))
+        else:
+            operands_ = [rng.choice(pool) for _ in range(rng.randrange(0, 6))]
+        for ours, theirs in ((add, sp.Add), (mul, sp.Mul)):
+            try:
+                want = theirs(*operands_)
+            except (TypeError, ValueError):
+                continue
+            got = ours(*operands_)
+            assert _same(got, want), (ours.__name__, operands_, got, want)
+            fast += got is not want     # SymPy's cache gives its own result the same object
+        if len(operands_) >= 2:
+            a, b = operands_[:2]
+            try:
+                want = a * b
+            except (TypeError, ValueError):
+                continue
+            assert _same(times(a, b), want), (a, b)
+    assert fast > 300
+
+
+def test_function_of_gives_what_sympy_builds_unevaluated():
+    # the same node (class, args, argument counts) as SymPy's construction, for functions
+    # SymPy builds its own way and for those with constructors of their own
+    f = sp.Function("f")
+    u = sp.Symbol("u")
+    cases = [(sp.sin, (x,)), (sp.cos, (-x,)), (sp.exp, (x + y,)), (sp.log, (x,)),
+             (sp.log, (x, sp.Integer(2))), (sp.tanh, (sp.pi,)), (sp.Abs, (x * u,)),
+             (sp.sign, (x,)), (sp.Heaviside, (x,)), (sp.Heaviside, (x, sp.S.Half)),
+             (ops.sigmoid, (x,)), (ops.softplus, (-u,)), (sp.atan2, (x, y)), (f, (x,)),
+             (f, (x, y)), (sp.erf, (sp.Float(0.5),)), (sp.sin, (sp.Integer(0),))]
+    for _ in range(2):      # the first call learns the argument counts, the second uses them
+        for func, args in cases:
+            got, want = function_of(func, args), func(*args, evaluate=False)
+            assert _same(got, want) and got.nargs == want.nargs, (func, args)
+
+
+def test_unevaluated_gives_what_sympy_builds_unevaluated():
+    for seed in range(300):
+        rng = random.Random(seed)
+        operands_ = [_operand(rng, rng.randrange(3)) for _ in range(rng.randrange(2, 5))]
+        for kind in (sp.Add, sp.Mul, sp.Pow, sp.Max):
+            chosen = operands_[:2] if kind is sp.Pow else operands_
+            try:
+                want = kind(*chosen, evaluate=False)
+            except (TypeError, ValueError):
+                continue
+            assert _same(unevaluated(kind, chosen), want), (kind, chosen)
+
+
+def test_add_and_mul_leave_what_combines_to_sympy():
+    u = sp.Symbol("u")
+    assert mul(x, x**2) == x**3 and add(x, 2 * x) == 3 * x
+    assert mul(sp.Integer(2), x + y) == 2 * x + 2 * y          # SymPy distributes
+    for operands_ in [(200, x - y**2), (-1, 2, 1 - x), (2, x, 1 - x), (sp.Rational(1, 2), u + 1),
+                      (2, sp.Mul(3, x + y, evaluate=False)), (sp.Rational(1, 2),
+                                                             sp.Mul(2, x + y, evaluate=False)),
+                      (2, sp.Rational(1, 2), x + y), (-1, x + 2 * u - 3)]:
+        operands_ = [sp.sympify(o) for o in operands_]
+        assert _same(mul(*operands_), sp.Mul(*operands_)), operands_
+    assert add(sp.Integer(1), sp.Rational(1, 2), x) == x + sp.Rational(3, 2)
+    for operands_ in [(x, 2 * x, x * y, 3 * x * y, 1, -1), (x**2, -x**2, y), (200 * x, 2 * x - 2),
+                      (sp.cos(x), sp.cos(x)), (x + y, -x - y), (sp.Float(0.5) * x, x),
+                      (sp.Mul(2, x + y, evaluate=False), sp.Mul(3, x + y, evaluate=False))]:
+        operands_ = [sp.sympify(o) for o in operands_]
+        assert _same(add(*operands_), sp.Add(*operands_)), operands_
+    assert mul(sp.exp(x), sp.exp(x)) == sp.exp(2 * x)
+    assert mul(sp.Pow(x, 1, evaluate=False), y) == x * y
+    assert add(sp.Mul(2, x * u, evaluate=False), x) == sp.Add(sp.Mul(2, x * u,
+                                                                     evaluate=False), x)
+
+
+# ------------------------------------------------------------------------------------------
+# Shortcuts of the canonicalizer and of the elementwise rule
+# ------------------------------------------------------------------------------------------
+def test_what_the_canonicalizer_takes_as_canonical_already_it_gives_back(monkeypatch):
+    # _canonical_already lets the canonicalizer skip its passes: wherever it says so, the
+    # passes must give the expression back (compared with them run, on every subexpression
+    # of random models and on the contributions reverse mode sends)
+    from symgrad import functions
+    from symgrad.derive import graph
+    from tests.random_models import SCALARS, SeededDrawer, scalar_model
+
+    t, g = sp.symbols("_t1 _d2", real=True)
+    expressions = [g * sp.cos(t), 3 * g, -g, g * t**2, g * (1 - t**2), g / (1 + t**2),
+                   1 / (1 + sp.exp(-t)), sp.log(t) * g, sp.re(t) + g]
+    expressions += [row.derivative(t, g) for row in functions.ROWS.values()
+                    if row.derivative is not None]
+    for seed in range(150):
+        expressions += dag_nodes(SeededDrawer(seed).first(scalar_model, SCALARS))
+    taken = [e for e in expressions if graph._canonical_already(e)]
+    monkeypatch.setattr(graph, "_canonical_already", lambda e: False)
+    for e in taken:
+        assert Canonicalizer()(e) == e, e
+    assert len(taken) > 100
+
+
+def test_the_fuser_is_skipped_only_where_it_has_nothing_to_rewrite():
+    # a scalar model whose nodes are all plain (_plain_scalar) canonicalizes to one with no
+    # node the fuser rewrites: the fuser's walk, skipped there, would change nothing
+    from symgrad.derive import graph
+    from tests.random_models import SCALARS, SeededDrawer, matrix_model, scalar_model
+
+    plain = 0
+    for seed in range(200):
+        drawer = SeededDrawer(seed)
+        expr = drawer.first(scalar_model if seed % 2 else matrix_model,
+                            *([SCALARS] if seed % 2 else []))
+        for node in dag_nodes(expr):
+            if not isinstance(node, sp.Expr) or graph.is_matrix(node):
+                continue
+            stable = stabilize(node)
+            if all(graph._plain_scalar(n) for n in graph._scalar_postorder(stable)):
+                plain += 1
+                assert graph._count_uses(Canonicalizer()(node)) is None, node
+    assert plain > 500
+
+
+def test_stabilize_skips_its_walk_only_where_it_would_rewrite_nothing(monkeypatch):
+    from symgrad.derive import graph
+    from tests.random_models import SCALARS, SeededDrawer, scalar_model
+
+    expressions = []
+    for seed in range(150):
+        expressions += dag_nodes(SeededDrawer(seed).first(scalar_model, SCALARS))
+    skipped = [e for e in expressions if not graph._has_unstable_form(e)]
+    monkeypatch.setattr(graph, "_has_unstable_form", lambda e: True)
+    for e in skipped:
+        assert stabilize(e) is e, e
+    assert len(skipped) > 500
+
+
+def test_a_slope_built_without_evaluation_is_the_slope_evaluated():
+    # the elementwise rule builds cos(t) of a name without SymPy's eval only where eval at
+    # a probe of the same assumptions changed nothing; a name SymPy would simplify a
+    # function of (|p| of a positive p, sign(0)) keeps its evaluation
+    from symgrad import functions
+    from symgrad.derive.rules import _slope
+
+    names = [sp.Symbol("_t1", real=True), sp.Symbol("p", positive=True), sp.Symbol("u"),
+             sp.Symbol("k", integer=True), sp.Symbol("n", negative=True),
+             sp.Symbol("z", zero=True), sp.Symbol("m", real=True, nonzero=True)]
+    out = sp.Symbol("_t9", real=True)
+    for row in functions.ROWS.values():
+        if row.derivative is None:
+            continue
+        for name in names:
+            assert _same(_slope(row.derivative, name, out), row.derivative(name, out)), (
+                row.name, name)
+            assert _same(_slope(row.derivative, name, name), row.derivative(name, name))
 
 
 # ------------------------------------------------------------------------------------------

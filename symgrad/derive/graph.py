@@ -26,7 +26,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
-from symgrad.nodes import dag_rebuild, operands, rebuild, renamed
+from symgrad.nodes import dag_rebuild, operands, rebuild, renamed, unevaluated
 
 _CHAIN_PROBE = 1000  # size given to symbolic dimensions when comparing matrix-chain costs
 
@@ -142,7 +142,34 @@ def stabilize(expr: sp.Expr) -> sp.Expr:
             return node         # a leaf has no stable form to take
         return _stable_form(rebuild(node, new_operands))
 
+    if not _has_unstable_form(expr):
+        return expr             # what the walk below would give back
     return dag_rebuild(expr, stable)
+
+
+def _has_unstable_form(expr) -> bool:
+    """Whether a node of expr's DAG (the nodes dag_rebuild walks) is one _rewrite_top may
+    rewrite: a log, a real or imaginary part, a conjugate, or 1/(1 + exp(-x)).  Where none
+    is, stabilize's walk rebuilds nothing and gives expr back.
+
+    >>> x = sp.Symbol("x")
+    >>> _has_unstable_form(sp.sin(x) * x + 1), _has_unstable_form(sp.sin(sp.log(x)))
+    (False, True)
+    """
+    seen: set = set()
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if not isinstance(node, sp.Basic) or node.is_Atom:
+            continue
+        if isinstance(node, (sp.log, sp.re, sp.im, sp.conjugate)) or (
+                node.is_Pow and _sigmoid_arg(node) is not None):
+            return True
+        stack.extend(node.args)
+    return False
 
 
 def _stable_form(e):
@@ -283,13 +310,20 @@ class Canonicalizer:
         if expr.is_Atom and not is_matrix(expr):
             # a name or a number (most adjoint contributions): nothing to stabilize or fuse
             return self._canon(expr)
-        if not is_matrix(expr):
+        if _canonical_already(expr):
+            # most other contributions (g cos(t), 3 g): every pass below gives them back
+            return expr
+        plain = not is_matrix(expr)
+        if plain:
             expr = stabilize(expr)
         for node in _scalar_postorder(expr):
             # children before parents: each call below finds its operands memoised, so the
             # recursion of _canon stays shallow however deep the model is
             self._canon(node)
+            plain = plain and _plain_scalar(node)
         unfused = self._canon(expr)
+        if plain:       # (the walk reached every node) no node the fuser rewrites
+            return unfused
         uses = _count_uses(unfused)
         if uses is None:    # no node the fuser rewrites: it would return unfused itself
             return unfused
@@ -536,7 +570,7 @@ def _rebuild_canonical(node, args):
     if len(args) == len(node.args) and all(a is b for a, b in zip(args, node.args)):
         return node
     if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
-        return node.func(*args, evaluate=False)
+        return unevaluated(node.func, args)
     return rebuild(node, args)
 
 
@@ -545,16 +579,20 @@ def _binary(kind, args: list):
     if len(args) <= _CHAIN_MAX:
         result = args[0]
         for a in args[1:]:
-            result = kind(result, a, evaluate=False)
+            result = unevaluated(kind, (result, a))
         return result
     middle = (len(args) + 1) // 2
-    return kind(_binary(kind, args[:middle]), _binary(kind, args[middle:]), evaluate=False)
+    return unevaluated(kind, (_binary(kind, args[:middle]), _binary(kind, args[middle:])))
 
 
 # Scalar nodes whose operands the canonicalizer handles one by one (their args), and which
 # _scalar_postorder may therefore walk into.
 _SPECIAL_SCALARS = (MatrixElement, sp.Piecewise,
                     *(cls for cls, o in operations.OPERATIONS.items() if not o.is_matrix))
+
+
+# Functions that a pass of the canonicalizer rewrites (see _canonical_already).
+_REWRITTEN_FUNCTIONS = (sp.log, sp.re, sp.im, sp.conjugate, *_SPECIAL_SCALARS)
 
 
 def _scalar_postorder(expr) -> list:
@@ -580,6 +618,64 @@ def _scalar_postorder(expr) -> list:
             continue
         stack.extend((a, False) for a in node.args if a not in seen)
     return order
+
+
+def _canonical_already(expr) -> bool:
+    """Whether canonicalizing expr gives an expression equal to expr, proven cheaply: a
+    scalar expression made of numbers and symbols by sums and products of at most two
+    operands, powers, and functions that no pass rewrites (not a log, re, im or conjugate,
+    a Piecewise, an entry or an operation), with no sigmoid written as 1/(1 + exp(-x)).
+
+    Then stabilize finds no form to rewrite, _canon_scalar keeps every node (its args are
+    its own, so _rebuild_canonical returns it), and the fuser has no node to rewrite: the
+    three walks of :meth:`Canonicalizer.__call__` return expr.  One iterative walk, which
+    stops at the first node that needs them.
+
+    >>> x, y = sp.symbols("x y")
+    >>> _canonical_already(3 * sp.cos(x)), _canonical_already(x + y + 1)
+    (True, False)
+    >>> _canonical_already(sp.log(x)), _canonical_already(1 / (1 + sp.exp(-x)))
+    (False, False)
+    """
+    seen: set = set()
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if not isinstance(node, sp.Expr) or is_matrix(node):
+            return False
+        if node.is_Atom:
+            continue
+        kind = type(node)
+        if kind is sp.Add or kind is sp.Mul:
+            if len(node.args) > 2:
+                return False
+        elif kind is sp.Pow:
+            if _sigmoid_arg(node) is not None:
+                return False
+        elif (not isinstance(node, sp.Function) or isinstance(node, _REWRITTEN_FUNCTIONS)
+              or operations.of(node) is not None):
+            return False
+        stack.extend(node.args)
+    return True
+
+
+def _plain_scalar(node) -> bool:
+    """Whether node is a sum, product, power, max, min or function (not an operation, an
+    entry or a Piecewise, and no log with a stable form to take) of scalars: what
+    _canon_scalar makes of it is a node of the same kinds over what it makes of the args,
+    none of which the fuser rewrites, and _scalar_postorder walks into its args."""
+    kind = type(node)
+    if not (kind is sp.Add or kind is sp.Mul or kind is sp.Pow
+            or isinstance(node, (sp.Max, sp.Min))
+            or (isinstance(node, sp.Function) and not isinstance(node, _SPECIAL_SCALARS)
+                and operations.of(node) is None
+                and not (isinstance(node, sp.log)
+                         and operations.stable_log(node.args[0]) is not None))):
+        return False
+    return not any(isinstance(a, MatrixExpr) or not isinstance(a, sp.Expr) for a in node.args)
 
 
 def _as_scalar_factor(m):

@@ -33,7 +33,7 @@ from symgrad.derive.graph import (
     with_children,
 )
 from symgrad.derive.rules import rule_for
-from symgrad.nodes import without_cycle_collection
+from symgrad.nodes import add, function_of, mul, unevaluated, without_cycle_collection
 
 LEAVES = (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
@@ -94,9 +94,9 @@ def _unevaluated(node, args):
     would flatten a product of names again), a function of names without SymPy's search for
     signs and multiples of pi (about a millisecond per node, finding nothing)."""
     if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
-        return node.func(*args, evaluate=False)
+        return unevaluated(node.func, args)
     if isinstance(node, sp.Function) and args and all(isinstance(k, sp.Symbol) for k in args):
-        return node.func(*args, evaluate=False)
+        return function_of(node.func, args)
     return node.func(*args)
 
 
@@ -232,7 +232,7 @@ def _sum(parts: list, node, canonicalize):
         return canonicalize(_REDUCE[kind](total))
     if is_matrix(node):
         return canonicalize(sp.MatAdd(*parts))
-    return canonicalize(sp.Add(*parts))
+    return canonicalize(add(*parts))
 
 
 def _reduction(e):
@@ -329,6 +329,10 @@ def inline_all(derivation: Derivation, exprs: list) -> list:
             result = values[0]
         elif isinstance(e, ops.Map):
             result = ops.Map(e.function, e.shape, *values)
+        elif type(e) is sp.Add:
+            result = add(*values)
+        elif type(e) is sp.Mul:
+            result = mul(*values)
         elif isinstance(e, (sp.Add, sp.Mul)):
             result = e.func(*values)
         elif (isinstance(e, sp.Function) and values
@@ -336,7 +340,7 @@ def inline_all(derivation: Derivation, exprs: list) -> list:
             # the function of an inlined argument: SymPy's automatic simplification of it
             # (signs, multiples of pi) costs about a millisecond per call, and the argument
             # was a value of the model, already in SymPy's form
-            result = e.func(*values, evaluate=False)
+            result = function_of(e.func, values)
         elif values:
             it = iter(values)
             result = e.func(*[next(it) if isinstance(a, sp.Basic) else a for a in e.args])

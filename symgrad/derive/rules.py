@@ -31,6 +31,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symgrad import functions, operations, ops
+from symgrad.nodes import function_of, mul, times
 
 Rule = Callable[..., tuple]
 
@@ -92,9 +93,9 @@ def _pow_rule(g, y, base, exponent, **_):
         if exponent == _half:
             return (g / (2 * y), None)
         if exponent == -1:
-            return (-g * y**2, None)
-        return (g * exponent * base ** (exponent - 1), None)
-    return (g * exponent * base ** (exponent - 1), g * y * sp.log(base))
+            return (times(-g, y**2), None)
+        return (times(times(g, exponent), base ** (exponent - 1)), None)
+    return (times(times(g, exponent), base ** (exponent - 1)), times(times(g, y), sp.log(base)))
 
 
 def _mul_rule(g, y, *x, wanted=None, **_):
@@ -106,7 +107,7 @@ def _mul_rule(g, y, *x, wanted=None, **_):
     >>> _mul_rule(g, a * b, a, b), _mul_rule(g, 2 * b, sp.Integer(2), b, wanted=(False, True))
     ((b*g, a*g), (None, 2*g))
     """
-    return tuple(g * sp.Mul(*x[:i], *x[i + 1:]) if wanted is None or wanted[i] else None
+    return tuple(times(g, mul(*x[:i], *x[i + 1:])) if wanted is None or wanted[i] else None
                  for i in range(len(x)))
 
 
@@ -142,12 +143,58 @@ RULES: dict[type, Rule] = {
 RULES.update({operation.node: operation.vjp for operation in operations.OPERATIONS.values()})
 
 
+# (derivative, x's and y's assumptions) -> (function, where x goes in its args) or None
+_PROBED: dict = {}
+
+
+def _slope(derivative, x, y):
+    """``derivative(x, y)``; where that is a function of the name x alone (the cos(x) of sin,
+    the Heaviside(x, 0) of relu), built without SymPy's eval, whose search for signs and
+    multiples of pi costs more than the rest of the rule and finds nothing.
+
+    That it finds nothing is not assumed: the derivative is first taken at probe symbols of
+    x's and y's assumptions, once per derivative and assumptions.  A function's eval sees
+    of a symbol only its assumptions (never its name), so where it left the function of
+    the probe as it was, it leaves the function of x as it is too.
+
+    >>> x, y = sp.symbols("_t1 _t2", real=True)
+    >>> _slope(lambda x, y: sp.cos(x), x, y), _slope(lambda x, y: sp.Abs(x), sp.Symbol("p",
+    ...                                                                    positive=True), y)
+    (cos(_t1), p)
+    """
+    if type(x) is not sp.Symbol or type(y) is not sp.Symbol or x == y:
+        return derivative(x, y)
+    key = (derivative, tuple(sorted(x.assumptions0.items())),
+           tuple(sorted(y.assumptions0.items())))
+    try:
+        probed = _PROBED[key]
+    except KeyError:
+        probed = _PROBED[key] = _probe(derivative, x, y)
+    if probed is None:
+        return derivative(x, y)
+    func, args = probed
+    return function_of(func, [x if a is None else a for a in args])
+
+
+def _probe(derivative, x, y):
+    """(function, args with None where x goes) if the derivative at probe symbols of x's and
+    y's assumptions is a function of the x probe and of numbers, else None."""
+    px = sp.Symbol("_symgrad_probe_x", **x.assumptions0)
+    py = sp.Symbol("_symgrad_probe_y", **y.assumptions0)
+    slope = derivative(px, py)
+    if not isinstance(slope, sp.Function) or list(slope.args).count(px) != 1:
+        return None
+    if not all(a == px or (isinstance(a, sp.Number) and a.is_Atom) for a in slope.args):
+        return None
+    return type(slope), tuple(None if a == px else a for a in slope.args)
+
+
 def elementwise_rule(row: functions.Elementwise) -> Rule:
     """The rule of an elementwise function: g times its row's derivative (None where that is
     zero, as for sign)."""
     def rule(g, y, x, **_):
-        slope = row.derivative(x, y)
-        return (None,) if slope == 0 else (g * slope,)
+        slope = _slope(row.derivative, x, y)
+        return (None,) if slope == 0 else (times(g, slope),)
 
     rule.__qualname__ = f"elementwise_rule[{row.name}]"
     return rule
