@@ -24,6 +24,7 @@ from symgrad.codegen.factor import share_factorisations
 from symgrad.codegen.ir import Program, Statement, live_statements, symbols_in
 from symgrad.derive.graph import children, with_children
 from symgrad.derive.reverse import Derivation
+from symgrad.nodes import add, dag_rebuild, mul
 
 _CONSTANT_MATRICES = (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
@@ -76,10 +77,10 @@ class _Flattener:
         """A term of a sum as an atom, or as the negation of one: the sum subtracts it
         instead of adding a negated copy (a negation that nothing else reads is then dead)."""
         if isinstance(e, sp.Mul) and len(e.args) == 2 and e.args[0] == -1:
-            return -self.atom(e.args[1])
+            return _negated(self.atom(e.args[1]))
         term = self.atom(e)
         negated = self.negations.get(term)
-        return term if negated is None else -negated
+        return term if negated is None else _negated(negated)
 
     def _operation(self, e):
         """e as one operation over atoms (its operands flattened first)."""
@@ -88,13 +89,13 @@ class _Flattener:
             return _normalized_map(e.function, e.shape, operands)
         if isinstance(e, sp.Mul) and len(e.args) > 2 and e.args[0] == -1:
             # -a b is the negation of a b, which a sum then subtracts
-            return -self.atom(sp.Mul(*e.args[1:]))
+            return _negated(self.atom(mul(*e.args[1:])))
         if isinstance(e, (sp.Add, sp.Mul)) and len(e.args) > 2:
             return self._chain(e)
         if isinstance(e, sp.Add):
             # x - y is one subtraction, not a negation and an addition
             a, b = e.args
-            return sp.Add(self._term(a), self._term(b))
+            return add(self._term(a), self._term(b))
         if isinstance(e, sp.Mul) and len(e.args) == 2:
             a, b = e.args
             if _is_reciprocal(b) and not _is_reciprocal(a):   # a / b is one operation
@@ -127,23 +128,87 @@ class _Flattener:
         args, func = e.args, e.func
         operand = self._term if func is sp.Add else self.atom
         if (not all(a.is_commutative for a in args)
-                or (args[0].is_Number and not args[0].is_finite) or func(*args).args != args):
-            head = self.atom(func(*args[:-1]))
-            return func(head, operand(args[-1]))
+                or (args[0].is_Number and not args[0].is_finite)
+                or _built(func, args).args != args):
+            head = self.atom(_built(func, args[:-1]))
+            return _built(func, (head, operand(args[-1])))
         numbers = all(a.is_number for a in args[:2])
-        head = self.atom(func(*args[:2]))
+        head = self.atom(_built(func, args[:2]))
         for k in range(2, len(args) - 1):
             numbers = numbers and args[k].is_number
             if numbers:     # the prefix is a number: an atom, or one operation, as SymPy has it
-                head = self.atom(func(*args[:k + 1]))
+                head = self.atom(_built(func, args[:k + 1]))
                 continue
-            head = self._named(func(head, operand(args[k])))
-        return func(head, operand(args[-1]))
+            head = self._named(_built(func, (head, operand(args[k]))))
+        return _built(func, (head, operand(args[-1])))
 
 
 def _evaluated(node, args):
     """A plain node over atoms, as SymPy builds it."""
-    return node.func(*args)
+    return _built(node.func, args)
+
+
+def _built(func, args):
+    """``func(*args)`` as SymPy evaluates it; sums and products by :func:`symgrad.nodes.add`
+    and :func:`~symgrad.nodes.mul`, the same expressions without SymPy's flattening where it
+    would only sort them."""
+    if func is sp.Add:
+        return add(*args)
+    if func is sp.Mul:
+        return mul(*args)
+    if len(args) == 1 and type(args[0]) is sp.Symbol and _eval_keeps(func, args[0]):
+        return func(args[0], evaluate=False)
+    return func(*args)
+
+
+_EVAL_KEEPS: dict = {}      # (function, its argument's assumptions) -> whether eval keeps it
+
+
+def _eval_keeps(func, symbol) -> bool:
+    """Whether SymPy's evaluation of ``func(symbol)`` gives it back as it is (cos(t) does;
+    Abs(t) of a positive t does not): SymPy's eval sees a symbol's assumptions, never its
+    name, so this is asked once per function and assumptions, of a probe symbol (eval's
+    search for signs and multiples of pi costs more than the rest of lowering a statement).
+    """
+    if not (isinstance(func, type) and issubclass(func, sp.Function)):
+        return False
+    assumptions = tuple(sorted(symbol.assumptions0.items()))
+    keeps = _EVAL_KEEPS.get((func, assumptions))
+    if keeps is None:
+        probe = sp.Symbol("_symgrad_probe", **symbol.assumptions0)
+        try:
+            value = func(probe)
+        except (TypeError, ValueError):
+            value = None
+        keeps = _EVAL_KEEPS[(func, assumptions)] = (
+            type(value) is func and value.args == (probe,)
+            and value == func(probe, evaluate=False))
+    return keeps
+
+
+def _negated(e):
+    """``-e``, as SymPy's ``__neg__`` builds it (``Mul(-1, e)``)."""
+    return mul(sp.S.NegativeOne, e) if isinstance(e, sp.Expr) and not e.is_Number else -e
+
+
+def _substituted(e, table: dict):
+    """``e.xreplace(table)``: each node rebuilt (once, without recursion) where a name of
+    the table is in it, sums and products as :func:`_built` builds them.
+
+    >>> x, t = sp.symbols("x _t1")
+    >>> _substituted(2 * t + sp.cos(t), {t: x}) == (2 * t + sp.cos(t)).xreplace({t: x})
+    True
+    """
+    def visit(node, new):
+        if not new:
+            return table.get(node, node)
+        if all(n is o for n, o in zip(new, node.args)):
+            return node
+        return _built(node.func, new)
+
+    if not isinstance(e, sp.Basic):
+        return e
+    return dag_rebuild(e, visit, operands=lambda node: () if node in table else node.args)
 
 
 def _is_reciprocal(e) -> bool:
@@ -189,7 +254,7 @@ def lower(derivation: Derivation, outputs: dict, inputs: list) -> Program:
     labels: dict = {}
     adjoints: set = set()
     for name, expression in derivation.assignments:
-        atom = flat.atom(expression.xreplace(resolved))
+        atom = flat.atom(_substituted(expression, resolved))
         resolved[name] = atom
         if name in derivation.labels and atom not in labels and not atom.is_number:
             labels[atom] = derivation.labels[name]
@@ -197,7 +262,8 @@ def lower(derivation: Derivation, outputs: dict, inputs: list) -> Program:
             adjoints.add(atom)
     program_outputs = {}
     for output_name, expression in outputs.items():
-        program_outputs[output_name] = flat.atom(sp.sympify(expression).xreplace(resolved))
+        program_outputs[output_name] = flat.atom(_substituted(sp.sympify(expression),
+                                                              resolved))
     whole = Program(inputs=list(inputs), statements=flat.statements, outputs=program_outputs,
                     labels=labels, adjoints=adjoints, names=resolved)
     return restricted(whole, list(program_outputs))
