@@ -24,7 +24,7 @@ from symgrad.codegen.factor import share_factorisations
 from symgrad.codegen.ir import Program, Statement, live_statements, symbols_in
 from symgrad.derive.graph import children, with_children
 from symgrad.derive.reverse import Derivation
-from symgrad.nodes import add, dag_rebuild, mul
+from symgrad.nodes import add, dag_rebuild, function_of, mul
 
 _CONSTANT_MATRICES = (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
@@ -157,7 +157,7 @@ def _built(func, args):
     if func is sp.Mul:
         return mul(*args)
     if len(args) == 1 and type(args[0]) is sp.Symbol and _eval_keeps(func, args[0]):
-        return func(args[0], evaluate=False)
+        return function_of(func, args)
     return func(*args)
 
 
