@@ -156,6 +156,14 @@ def _has_unstable_form(expr) -> bool:
     >>> _has_unstable_form(sp.sin(x) * x + 1), _has_unstable_form(sp.sin(sp.log(x)))
     (False, True)
     """
+    return _some_node(expr, lambda node: isinstance(node, sp.Basic) and not node.is_Atom and (
+        isinstance(node, (sp.log, sp.re, sp.im, sp.conjugate))
+        or (node.is_Pow and _sigmoid_arg(node) is not None)))
+
+
+def _some_node(expr, found) -> bool:
+    """Whether ``found(node)`` holds for a node of expr's DAG: each distinct node once,
+    children of a node only after it, without recursion; the walk stops at the first."""
     seen: set = set()
     stack = [expr]
     while stack:
@@ -163,12 +171,10 @@ def _has_unstable_form(expr) -> bool:
         if node in seen:
             continue
         seen.add(node)
-        if not isinstance(node, sp.Basic) or node.is_Atom:
-            continue
-        if isinstance(node, (sp.log, sp.re, sp.im, sp.conjugate)) or (
-                node.is_Pow and _sigmoid_arg(node) is not None):
+        if found(node):
             return True
-        stack.extend(node.args)
+        if isinstance(node, sp.Basic) and not node.is_Atom:
+            stack.extend(node.args)
     return False
 
 
@@ -637,29 +643,22 @@ def _canonical_already(expr) -> bool:
     >>> _canonical_already(sp.log(x)), _canonical_already(1 / (1 + sp.exp(-x)))
     (False, False)
     """
-    seen: set = set()
-    stack = [expr]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if not isinstance(node, sp.Expr) or is_matrix(node):
-            return False
-        if node.is_Atom:
-            continue
-        kind = type(node)
-        if kind is sp.Add or kind is sp.Mul:
-            if len(node.args) > 2:
-                return False
-        elif kind is sp.Pow:
-            if _sigmoid_arg(node) is not None:
-                return False
-        elif (not isinstance(node, sp.Function) or isinstance(node, _REWRITTEN_FUNCTIONS)
-              or operations.of(node) is not None):
-            return False
-        stack.extend(node.args)
-    return True
+    return not _some_node(expr, _canonicalized)
+
+
+def _canonicalized(node) -> bool:
+    """Whether a pass of the canonicalizer may rewrite node (see _canonical_already)."""
+    if not isinstance(node, sp.Expr) or is_matrix(node):
+        return True
+    if node.is_Atom:
+        return False
+    kind = type(node)
+    if kind is sp.Add or kind is sp.Mul:
+        return len(node.args) > 2
+    if kind is sp.Pow:
+        return _sigmoid_arg(node) is not None
+    return (not isinstance(node, sp.Function) or isinstance(node, _REWRITTEN_FUNCTIONS)
+            or operations.of(node) is not None)
 
 
 def _plain_scalar(node) -> bool:
