@@ -41,18 +41,22 @@ def is_matrix(expr) -> bool:
 # ------------------------------------------------------------------------------------------
 def dag_nodes(expr) -> list:
     """The distinct subexpressions of expr (each once), found without recursion."""
+    return list(_walk(expr))
+
+
+def _walk(expr):
+    """The distinct subexpressions of expr, each once, a node before its children, without
+    recursion (lazily: a caller may stop at the first it looks for)."""
     seen: set = set()
-    order: list = []
     stack = [expr]
     while stack:
         node = stack.pop()
         if node in seen:
             continue
         seen.add(node)
-        order.append(node)
+        yield node
         if isinstance(node, sp.Basic):
             stack.extend(a for a in node.args if a not in seen)
-    return order
 
 
 def _has_own_free_symbols(node) -> bool:
@@ -162,20 +166,8 @@ def _has_unstable_form(expr) -> bool:
 
 
 def _some_node(expr, found) -> bool:
-    """Whether ``found(node)`` holds for a node of expr's DAG: each distinct node once,
-    children of a node only after it, without recursion; the walk stops at the first."""
-    seen: set = set()
-    stack = [expr]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if found(node):
-            return True
-        if isinstance(node, sp.Basic) and not node.is_Atom:
-            stack.extend(node.args)
-    return False
+    """Whether ``found(node)`` holds for a node of expr's DAG (the walk stops at the first)."""
+    return any(found(node) for node in _walk(expr))
 
 
 def _stable_form(e):
