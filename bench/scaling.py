@@ -537,6 +537,11 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}"
 
 
+def _reloaded(data: dict) -> dict:
+    """SCALING.json as it is now (another run may have written it since this one read it)."""
+    return json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else data
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs=3, metavar=("FAMILY", "N", "TOOL"))
@@ -564,7 +569,9 @@ def main(argv=None) -> None:
         os.environ["SCALING_SKIP_ARRAY_CALL"] = "1"
     data = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {}
     if args.ratio:
-        data["ratio"] = {"rows": measure_ratio(args.cap), "meta": {
+        rows = measure_ratio(args.cap)
+        data = _reloaded(data)
+        data["ratio"] = {"rows": rows, "meta": {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python -m bench.scaling " + " ".join(argv or sys.argv[1:]),
             "machine": _machine()}}
@@ -577,6 +584,7 @@ def main(argv=None) -> None:
         families = [f for f in args.only.split(",") if f]
         start = time.perf_counter()
         results = measure(families, [t for t in args.tools.split(",") if t], args.cap, sizes)
+        data = _reloaded(data)
         entry = data.get(args.label, {"results": {}})
         for family, tools in results.items():      # a rerun of some sizes keeps the others
             for tool, rows in tools.items():
