@@ -72,9 +72,11 @@ def test_a_keyword_call_missing_or_adding_an_input_names_it():
 
 
 def test_a_model_with_a_thousand_inputs_works_on_floats_and_arrays():
-    # 1,000 inputs: more than thirty times CPython's stack limit for calls; floats are
-    # answered by the Python twin at once (2,000 operations: see PYTHON_FIRST_FROM_OPS), and
-    # the first call on arrays compiles the point kernel (about 25 s)
+    # 1,000 inputs: more than thirty times CPython's stack limit for calls; with 2,000
+    # operations (see PYTHON_FIRST_FROM_OPS) the first calls, on floats and on arrays, are
+    # answered by the Python twin, without waiting for Numba (about 25 s here); the compiled
+    # loop of a model with more inputs than a call passes on the stack is tested in
+    # test_scaling.py
     n = 1000
     x = sp.symbols(f"x0:{n}", real=True)
     weights = np.arange(1, n + 1) / n

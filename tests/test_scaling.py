@@ -171,42 +171,55 @@ def test_models_with_more_than_30_inputs_run_on_floats_and_arrays(n):
     np.testing.assert_allclose(compiled(**batch), [expected_value, second_value], rtol=1e-12)
 
 
-def test_a_large_model_answers_floats_in_python_until_compiling_pays(monkeypatch):
+def test_a_large_model_answers_in_python_until_compiling_pays(monkeypatch):
     """Numba takes about 2 ms per operation to compile a point kernel (half a minute for
-    Rosenbrock with 1,000 variables): a large model's first calls on floats run its Python
-    twin, and its batched loops call the point kernel instead of inlining it."""
+    Rosenbrock with 1,000 variables): a large model's first calls, on floats and on arrays,
+    run its Python twin, and once that has cost what compiling would, the compiled kernel
+    and a batched loop that calls it (not inlines it) answer."""
     from symgrad.codegen import module
     monkeypatch.setattr(module, "PYTHON_FIRST_FROM_OPS", 10)
     monkeypatch.setattr(module, "LOOP_INLINE_MAX_OPS", 10)
-    monkeypatch.setattr(module, "NUMBA_SECONDS_PER_OP", 100.0)    # never pays, here
     expr, x = rosenbrock(40)
-    compiled = sg.compile(expr, x)
-    kernels = compiled.module
-    assert "_value_and_grad_on_floats = _PythonFirst(" in compiled.source
-    assert "_array_0" not in compiled.source        # the loops call the kernel
     x0 = np.linspace(-0.5, 1.2, 40)
     floats = {s.name: float(v) for s, v in zip(x, x0)}
-    expected_value, expected = rosenbrock_by_hand(x0)
-    for _ in range(3):
-        value, g = compiled.value_and_grad(**floats)
-        assert value == pytest.approx(expected_value, rel=1e-12)
-        np.testing.assert_allclose([g[s.name] for s in x], expected, rtol=1e-12, atol=1e-12)
-    assert compiled(**floats) == pytest.approx(expected_value, rel=1e-12)
-    assert kernels._value_and_grad_point.signatures == []      # Python answered
-    assert kernels._forward_point.signatures == []
     batch = {s.name: np.array([v, v + 0.1]) for s, v in zip(x, x0)}
-    values, gs = compiled.value_and_grad(**batch)
+    expected_value, expected = rosenbrock_by_hand(x0)
     second_value, second = rosenbrock_by_hand(x0 + 0.1)
-    np.testing.assert_allclose(values, [expected_value, second_value], rtol=1e-12)
-    np.testing.assert_allclose(gs["x3"], [expected[3], second[3]], rtol=1e-12)
+
+    def check(compiled):
+        for _ in range(2):
+            value, g = compiled.value_and_grad(**floats)
+            assert value == pytest.approx(expected_value, rel=1e-12)
+            np.testing.assert_allclose([g[s.name] for s in x], expected, rtol=1e-12,
+                                       atol=1e-12)
+            assert compiled(**floats) == pytest.approx(expected_value, rel=1e-12)
+            values, gs = compiled.value_and_grad(**batch)
+            np.testing.assert_allclose(values, [expected_value, second_value], rtol=1e-12)
+            np.testing.assert_allclose(gs["x3"], [expected[3], second[3]], rtol=1e-12)
+            np.testing.assert_allclose(compiled(**batch), [expected_value, second_value],
+                                       rtol=1e-12)
+
+    monkeypatch.setattr(module, "NUMBA_SECONDS_PER_OP", 100.0)    # never pays, here
+    patient = sg.compile(expr, x)
+    assert "_value_and_grad_on_floats = _PythonFirst(" in patient.source
+    assert "_array_0" not in patient.source        # the loops call the kernel
+    check(patient)
+    for kernel in ("_value_and_grad_point", "_forward_point", "_value_and_grad_loop",
+                   "_forward_loop"):
+        assert getattr(patient.module, kernel).signatures == [], kernel   # Python answered
+    monkeypatch.setattr(module, "NUMBA_SECONDS_PER_OP", 0.0)      # pays at once
+    eager = sg.compile(expr, x)
+    check(eager)
+    for kernel in ("_value_and_grad_point", "_value_and_grad_loop", "_forward_loop"):
+        assert getattr(eager.module, kernel).signatures, kernel
 
 
 def test_a_loop_over_too_many_arrays_to_vectorise_calls_the_point_kernel():
     """LLVM, with the limits a module of many arrays raises, crashed (a segmentation fault)
     compiling the copied loop of the product of 200 factors (200 inputs, 201 outputs); no
     such loop vectorises, and the loop calls the point kernel instead.  (Its first call on
-    arrays compiles for about 30 s, so this checks the loop's form; the call path itself
-    runs in the test above.)"""
+    arrays in Numba compiles for about 30 s, so this checks the loop's form; the call path
+    itself runs in the test above.)"""
     from symgrad.codegen.module import LOOP_INLINE_MAX_ARRAYS
     a = sp.symbols("a0:200", real=True)
     compiled = sg.compile(sp.Mul(*[sp.sin(ai) + 2 for ai in a]), list(a))
@@ -244,6 +257,23 @@ def test_python_first_switches_to_the_kernel_once_python_has_cost_the_compile(tm
     again = _PythonFirst(python, kernel, 60.0, str(tmp_path / "other.py"))  # a new process
     assert again(1.0, 8.0) == 0.125 and calls == ["kernel"]
     assert _PythonFirst(python, kernel, 0.0, None)(1.0, 2.0) == 0.5   # no file: no marker
+    # arrays: the twin point by point on Python floats, until it raises or has cost enough
+    loops = []
+
+    def loop_for(points):
+        def loop(a, b, out):
+            loops.append(points)
+            out[0, :] = np.divide(a, b)
+        return loop
+
+    out = np.zeros((1, 3))
+    arrays = _PythonFirst(python, kernel, 60.0, None)
+    arrays.on_arrays([np.array([1.0, 2.0, 3.0]), 4.0], out, loop_for)
+    assert out.tolist() == [[0.25, 0.5, 0.75]] and loops == []
+    with np.errstate(divide="ignore"):
+        arrays.on_arrays([np.array([1.0, 2.0, 3.0]), np.array([4.0, 0.0, 1.0])], out,
+                         loop_for)
+    assert out.tolist() == [[0.25, math.inf, 3.0]] and loops == [3]
 
 
 def test_a_product_of_40_factors_compiles_in_linear_pieces():

@@ -522,7 +522,8 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         f"        return _forward_{'on_floats' if python_first['forward'] else 'point'}"
         "(*_arguments)",
         "    _out = np.empty((1, int(np.prod(_shape))))",
-        "    _forward_loop_for(_out.shape[1])(*_arguments, _out)",
+        ("    _forward_on_floats.on_arrays(_arguments, _out, _forward_loop_for)"
+         if python_first["forward"] else "    _forward_loop_for(_out.shape[1])(*_arguments, _out)"),
         "    return _out[0].reshape(_shape)",
         "",
         *_public_function(spec, "forward", "_forward",
@@ -545,7 +546,9 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         "(*_arguments)",
         f"        return _g[0], {{{grads}}}",
         f"    _out = np.empty(({len(spec.parameters) + 1}, int(np.prod(_shape))))",
-        "    _value_and_grad_loop_for(_out.shape[1])(*_arguments, _out)",
+        ("    _value_and_grad_on_floats.on_arrays(_arguments, _out, _value_and_grad_loop_for)"
+         if python_first["value_and_grad"]
+         else "    _value_and_grad_loop_for(_out.shape[1])(*_arguments, _out)"),
         f"    return _out[0].reshape(_shape), {{{grads_array}}}",
         "",
         *_public_function(spec, "value_and_grad", "_value_and_grad",

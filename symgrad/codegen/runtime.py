@@ -59,14 +59,14 @@ _float64 = np.dtype(np.float64)
 
 
 class _PythonFirst:
-    """A large scalar model's point kernel on floats, without waiting for Numba first: the
-    pure-Python twin answers until the time it has taken adds up to what compiling the Numba
-    kernel is expected to cost (``compile_seconds``); from then on the kernel, compiled at
-    that call, answers.  Whatever the number of calls, that costs at most about twice the
-    better choice made in advance (the ski-rental rule).  A kernel that an earlier process
-    compiled (a marker file beside the module says so) answers at once: Numba loads it from
-    its cache.  Where Python's math raises (math.log(-1.0); NumPy gives nan), the kernel
-    answers."""
+    """A large scalar model's point kernel on floats (and, point by point, its batched loop
+    on arrays), without waiting for Numba first: the pure-Python twin answers until the
+    time it has taken adds up to what compiling the Numba kernel is expected to cost
+    (``compile_seconds``); from then on the kernel, compiled at that call, answers.
+    Whatever the number of calls, that costs at most about twice the better choice made in
+    advance (the ski-rental rule).  A kernel that an earlier process compiled (a marker
+    file beside the module says so) answers at once: Numba loads it from its cache.  Where
+    Python's math raises (math.log(-1.0); NumPy gives nan), the kernel answers."""
 
     def __init__(self, python, kernel, compile_seconds, module_file):
         import os
@@ -91,15 +91,49 @@ class _PythonFirst:
             self._switch(args)
         return result
 
+    def on_arrays(self, arguments, out, loop_for):
+        """Fill ``out`` (a row per output, a column per point) from the arguments (floats,
+        or flat arrays of one length): by the twin, point by point, on the same budget, or
+        by the compiled loop ``loop_for(points)`` once compiling has paid (the first call
+        on a few points need not wait minutes for Numba)."""
+        points = out.shape[1]
+        if self._compiled:
+            loop_for(points)(*arguments, out)
+            return
+        start = self._clock()
+        # Python floats, not NumPy's: the twin's arithmetic then raises where float's does
+        columns = [a if type(a) is float else a.tolist() for a in arguments]
+        try:
+            for n in range(points):
+                result = self._python(*[c if type(c) is float else c[n] for c in columns])
+                if type(result) is tuple:
+                    out[:, n] = result
+                else:
+                    out[0, n] = result
+        except (ArithmeticError, ValueError):
+            self._switch(None)
+            loop_for(points)(*arguments, out)
+            return
+        self._budget -= self._clock() - start
+        if self._budget <= 0.0:
+            self._switch(None)
+
     def _switch(self, args):
+        if args is None:                  # the loop compiles when it is next called
+            self._compiled = True
+            self._mark()
+            return None
         result = self._kernel(*args)      # compiles it
         self._compiled = True
+        self._mark()
+        return result
+
+    def _mark(self):
         if self._marker is not None:
             try:
                 open(self._marker, "w").close()
             except OSError:              # a read-only folder: the next process waits again
                 pass
-        return result
 
 
 class _Threads(Exception):
