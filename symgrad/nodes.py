@@ -31,7 +31,8 @@ import sympy as sp
 from sympy.core.mul import _keep_coeff
 
 __all__ = ["operands", "rebuild", "renamed", "add", "mul", "times", "function_of",
-           "unevaluated", "dag_rebuild", "without_cycle_collection"]
+           "assumptions_key", "eval_keeps", "unevaluated", "dag_rebuild",
+           "without_cycle_collection"]
 
 
 def operands(node) -> tuple:
@@ -377,6 +378,53 @@ def function_of(func, args):
     obj = sp.Basic.__new__(func, *args)
     obj.nargs = nargs
     return obj
+
+
+def assumptions_key(symbol) -> tuple:
+    """A symbol's assumptions as a hashable key (remembered per symbol: SymPy builds the
+    dictionary again on every ``assumptions0``).
+
+    >>> assumptions_key(sp.Symbol("x", positive=True)) == assumptions_key(
+    ...     sp.Symbol("y", positive=True))
+    True
+    """
+    key = _ASSUMPTIONS.get(symbol)
+    if key is None:
+        if len(_ASSUMPTIONS) >= _REMEMBERED_MAX:
+            _ASSUMPTIONS.clear()
+        key = _ASSUMPTIONS[symbol] = tuple(sorted(symbol.assumptions0.items()))
+    return key
+
+
+def eval_keeps(func, symbol) -> bool:
+    """Whether SymPy's evaluation of ``func(symbol)`` gives it back as it is (cos(t) does;
+    Abs(t) of a positive t does not).  SymPy's eval sees a symbol's assumptions, never its
+    name, so this is asked once per function and assumptions, of a probe symbol: where it
+    holds, :func:`function_of` builds the node without eval's search for signs and
+    multiples of pi.
+
+    >>> eval_keeps(sp.cos, sp.Symbol("t", real=True)), eval_keeps(sp.Abs, sp.Symbol(
+    ...     "p", positive=True))
+    (True, False)
+    """
+    if not (isinstance(func, type) and issubclass(func, sp.Function)):
+        return False
+    key = (func, assumptions_key(symbol))
+    keeps = _EVAL_KEEPS.get(key)
+    if keeps is None:
+        probe = sp.Symbol("_symgrad_probe", **symbol.assumptions0)
+        try:
+            value = func(probe)
+        except (TypeError, ValueError):
+            value = None
+        keeps = _EVAL_KEEPS[key] = (type(value) is func and value.args == (probe,)
+                                    and value == func(probe, evaluate=False))
+    return keeps
+
+
+_ASSUMPTIONS: dict = {}     # symbol -> assumptions_key(symbol)
+_EVAL_KEEPS: dict = {}      # (function, assumptions key) -> eval_keeps
+_REMEMBERED_MAX = 50_000
 
 
 def unevaluated(kind, args):

@@ -24,7 +24,7 @@ from symgrad.codegen.factor import share_factorisations
 from symgrad.codegen.ir import Program, Statement, live_statements, symbols_in
 from symgrad.derive.graph import children, with_children
 from symgrad.derive.reverse import Derivation
-from symgrad.nodes import add, dag_rebuild, function_of, mul
+from symgrad.nodes import add, dag_rebuild, eval_keeps, function_of, mul
 
 _CONSTANT_MATRICES = (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
@@ -156,34 +156,9 @@ def _built(func, args):
         return add(*args)
     if func is sp.Mul:
         return mul(*args)
-    if len(args) == 1 and type(args[0]) is sp.Symbol and _eval_keeps(func, args[0]):
+    if len(args) == 1 and type(args[0]) is sp.Symbol and eval_keeps(func, args[0]):
         return function_of(func, args)
     return func(*args)
-
-
-_EVAL_KEEPS: dict = {}      # (function, its argument's assumptions) -> whether eval keeps it
-
-
-def _eval_keeps(func, symbol) -> bool:
-    """Whether SymPy's evaluation of ``func(symbol)`` gives it back as it is (cos(t) does;
-    Abs(t) of a positive t does not): SymPy's eval sees a symbol's assumptions, never its
-    name, so this is asked once per function and assumptions, of a probe symbol (eval's
-    search for signs and multiples of pi costs more than the rest of lowering a statement).
-    """
-    if not (isinstance(func, type) and issubclass(func, sp.Function)):
-        return False
-    assumptions = tuple(sorted(symbol.assumptions0.items()))
-    keeps = _EVAL_KEEPS.get((func, assumptions))
-    if keeps is None:
-        probe = sp.Symbol("_symgrad_probe", **symbol.assumptions0)
-        try:
-            value = func(probe)
-        except (TypeError, ValueError):
-            value = None
-        keeps = _EVAL_KEEPS[(func, assumptions)] = (
-            type(value) is func and value.args == (probe,)
-            and value == func(probe, evaluate=False))
-    return keeps
 
 
 def _negated(e):

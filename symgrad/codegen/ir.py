@@ -24,6 +24,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad import ops
+from symgrad.nodes import assumptions_key
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def shape_of(e):
     ordered = [symbols[k] for k in by_name]
     if len({s.name for s in ordered}) != len(ordered):
         return None
-    key = (done[e], tuple(by_name), tuple(_assumptions_key(s) for s in symbols))
+    key = (done[e], tuple(by_name), tuple(assumptions_key(s) for s in symbols))
     if len(_SHAPES) >= _SHAPES_MAX:
         _SHAPES.clear()
     shape = _SHAPES[e] = (key, ordered)
@@ -208,13 +209,3 @@ def shape_of(e):
 
 _SHAPES: dict = {}      # expression -> its shape: one statement prints in several kernels
 _SHAPES_MAX = 50_000
-_ASSUMPTIONS: dict = {}
-
-
-def _assumptions_key(symbol) -> tuple:
-    key = _ASSUMPTIONS.get(symbol)
-    if key is None:
-        if len(_ASSUMPTIONS) >= _SHAPES_MAX:
-            _ASSUMPTIONS.clear()
-        key = _ASSUMPTIONS[symbol] = tuple(sorted(symbol.assumptions0.items()))
-    return key

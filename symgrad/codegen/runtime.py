@@ -85,10 +85,12 @@ class _PythonFirst:
         try:
             result = self._python(*args)
         except (ArithmeticError, ValueError):
-            return self._switch(args)
+            self._switch()
+            return self._kernel(*args)
         self._budget -= self._clock() - start
         if self._budget <= 0.0:
-            self._switch(args)
+            self._switch()
+            self._kernel(*args)         # compiled now, as the budget says
         return result
 
     def on_arrays(self, arguments, out, loop_for):
@@ -111,24 +113,16 @@ class _PythonFirst:
                 else:
                     out[0, n] = result
         except (ArithmeticError, ValueError):
-            self._switch(None)
+            self._switch()
             loop_for(points)(*arguments, out)
             return
         self._budget -= self._clock() - start
         if self._budget <= 0.0:
-            self._switch(None)
+            self._switch()              # the loop compiles when it is next called
 
-    def _switch(self, args):
-        if args is None:                  # the loop compiles when it is next called
-            self._compiled = True
-            self._mark()
-            return None
-        result = self._kernel(*args)      # compiles it
+    def _switch(self):
+        """From now on the compiled kernel answers (and a later process knows it)."""
         self._compiled = True
-        self._mark()
-        return result
-
-    def _mark(self):
         if self._marker is not None:
             try:
                 open(self._marker, "w").close()
