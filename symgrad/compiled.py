@@ -19,6 +19,7 @@ from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, mod
 from symgrad.derive.graph import dag_atoms, dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.reverse import derive, inline_all
 from symgrad.files import cache_dir, drop_damaged_numba_cache, load_module, write_atomically
+from symgrad.nodes import without_cycle_collection
 from symgrad.optimize import fuse, lower, restricted
 from symgrad.version import __version__
 
@@ -173,6 +174,7 @@ def internal_symbols(inputs: list, dimensions: set) -> dict:
     return table
 
 
+@without_cycle_collection
 def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     """Derive, optimize and describe the module for expr (see :func:`compile`)."""
     from symgrad.forms import normalize

@@ -101,8 +101,9 @@ def renamed(node, new_operands):
     """node with ``new_operands`` in place of its :func:`operands`, where they are its own
     with symbols renamed, each to a symbol of its own with the same assumptions.
 
-    SymPy's evaluation would find nothing to do: a sum or a product only gets its terms in
-    SymPy's order again (no two terms or factors become alike under such a renaming), and a
+    SymPy's evaluation would find nothing to do: a power of a number keeps its form, a sum
+    or a product only gets its terms in SymPy's order again (no two terms or factors become
+    alike under such a renaming), and a
     function of names is built without SymPy's search for signs and multiples of pi (which
     could write ``sin(v - u)`` as ``-sin(u - v)``, the order of names having changed).  The
     result equals what ``xreplace`` builds, without its flattening (a sum of n terms costs
@@ -118,6 +119,10 @@ def renamed(node, new_operands):
         return node
     if type(node) in (sp.Add, sp.Mul) and node.is_commutative:
         return node.func._from_args(sorted(new_operands, key=_SYMPY_ORDER), True)
+    if type(node) is sp.Pow and node.exp.is_Number:
+        # Pow's evaluation sees its base's form and assumptions, never a name (an Add base
+        # alone costs a deduction of its assumptions each time)
+        return sp.Pow(*new_operands, evaluate=False)
     if isinstance(node, sp.Function) and not any(
             a.is_number for a in new_operands if isinstance(a, sp.Basic)):
         return function_of(node.func, new_operands)
@@ -388,6 +393,9 @@ def assumptions_key(symbol) -> tuple:
     ...     sp.Symbol("y", positive=True))
     True
     """
+    key = getattr(symbol, "_assumptions0", None)
+    if type(key) is tuple:      # SymPy 1.14 keeps them so: sorted (name, value) pairs
+        return key
     key = _ASSUMPTIONS.get(symbol)
     if key is None:
         if len(_ASSUMPTIONS) >= _REMEMBERED_MAX:

@@ -495,7 +495,8 @@ def test_printing_a_statement_by_its_shape_gives_sympy_s_text():
     """Statements of one shape print once (ScalarPrinter.expression), and their operations
     are counted once (ir._statement_cost): every statement of 150
     random models' programs, and each of their subexpressions under names drawn at random
-    (the order of terms and factors follows the names), prints as SymPy's printer writes it
+    (the order of terms and factors follows the names) and with numbers drawn at random (a
+    term's or factor's number is a slot of the shape), prints as SymPy's printer writes it
     directly, through the Numba printer and the Python twin's."""
     import random
 
@@ -519,6 +520,8 @@ def test_printing_a_statement_by_its_shape_gives_sympy_s_text():
                 picked = rng.sample(names, len(sub.free_symbols))
                 renamed.append(sub.xreplace({s: sp.Symbol(n, **s.assumptions0) for s, n
                                              in zip(sorted(sub.free_symbols, key=str), picked)}))
+                # and with other numbers: the terms' and factors' numbers are slots
+                renamed.append(_renumbered(renamed[-1], rng))
         for printer in (ScalarPrinter(), PythonScalarPrinter()):
             for e in statements + renamed:
                 try:
@@ -531,6 +534,21 @@ def test_printing_a_statement_by_its_shape_gives_sympy_s_text():
             if isinstance(e, sp.Expr) and not isinstance(e, ops.Map):
                 assert ir._statement_cost(e) == ir._counted(e), e
     assert checked > 3000
+
+
+def _renumbered(e, rng):
+    """e with most numbers of its sums' terms and products' factors drawn again (of the same
+    kind, either sign); exponents and the numbers of functions and conditions stay."""
+    if not isinstance(e, sp.Basic) or not e.args or e.is_Relational:
+        return e
+    args = []
+    for a in e.args:
+        if (e.is_Add or e.is_Mul) and a.is_Number and abs(a) > 1 and rng.random() < 0.8:
+            sign = rng.choice([-1, 1])
+            a = (sp.Integer(sign * rng.randint(2, 10**7)) if a.is_Integer
+                 else sp.Float(sign * rng.uniform(1.01, 50)) if a.is_Float else a)
+        args.append(_renumbered(a, rng))
+    return e.func(*args)
 
 
 def test_sums_of_two_names_print_as_sympy_orders_them():
@@ -583,3 +601,38 @@ def test_the_docstring_renames_statements_back_as_xreplace_would(monkeypatch):
                         e.xreplace(table))
     for (expr, wrt), docstring in zip(models, renamed):
         assert build_spec(expr, wrt).docstring == docstring, expr
+
+
+def test_a_long_programs_docstring_renames_only_the_steps_it_shows(monkeypatch):
+    """A program shown step by step has its statements renamed to the user's symbols when a
+    step is shown, not all of them: the docstring is the one that renaming every statement
+    first gives (long models with their parameters in a random order)."""
+    import random
+
+    from symgrad.codegen import docstring
+    from symgrad.codegen.ir import Statement
+    from symgrad.compiled import build_spec
+
+    from bench.scaling import model
+
+    rng = random.Random(2)
+    models = []
+    for family, n in (("rosenbrock", 40), ("pendulum", 8), ("sum", 60), ("product", 30)):
+        expr, wrt, _ = model(family, n)
+        models.append((expr, rng.sample(wrt, len(wrt))))
+    lazily = [build_spec(expr, wrt).docstring for expr, wrt in models]
+    original = docstring._renamed_program
+    calls = []
+
+    def eagerly(program, back, parameters):
+        renamed, rename = original(program, back, parameters)
+        calls.append(rename is not None)
+        if rename is not None:
+            renamed.statements = [Statement(s.target, rename(s.operation))
+                                  for s in renamed.statements]
+        return renamed, None
+
+    monkeypatch.setattr(docstring, "_renamed_program", eagerly)
+    for (expr, wrt), text in zip(models, lazily):
+        assert build_spec(expr, wrt).docstring == text, expr
+    assert all(calls) and len(calls) == len(models)     # every one shown step by step

@@ -325,7 +325,7 @@ def _pieces(grads, output: str):
         outputs = {_label(w): derivation.gradients[w] for w in symbols}
         program = lower(derivation, outputs, symbols)
     if len(program.statements) > SHOW_MAX_STATEMENTS:
-        return _program_pieces(program, output)
+        return _program_pieces(program, output, getattr(grads, "rename", None))
     named, candidates = piece_names(program)
     definitions = {s.target: s.operation for s in program.statements}
 
@@ -362,7 +362,7 @@ def _pieces(grads, output: str):
              for name, atom in program.outputs.items()]
     if any(_tree_size(e, SHOW_MAX_NODES) > SHOW_MAX_NODES for _, e in pieces + lines):
         # formulas whose printed trees would repeat unnamed pieces many times
-        return _program_pieces(program, output)
+        return _program_pieces(program, output, getattr(grads, "rename", None))
     return pieces, lines, named
 
 
@@ -374,9 +374,10 @@ SHOW_MAX_STATEMENTS = 120
 SHOW_MAX_NODES = 600
 
 
-def _program_pieces(program, output: str):
+def _program_pieces(program, output: str, rename=None):
     """Every statement of the program as a named piece (``t12 = t11 + cos(x3)``), in order:
-    linear in the program's size, each line as shallow as one operation."""
+    linear in the program's size, each line as shallow as one operation; ``rename``, where
+    given, renames a statement's operation when its piece is made (to the user's symbols)."""
     taken = {str(s) for s in program.inputs}
     prefix = "t"
     while any(name.startswith(prefix) and name[len(prefix):].isdigit() for name in taken):
@@ -386,7 +387,7 @@ def _program_pieces(program, output: str):
     for k, statement in enumerate(program.statements):
         label = named.get(statement.target, f"{prefix}{k}")
         names[statement.target] = label
-    pieces = _Steps(program.statements, names)
+    pieces = _Steps(program.statements, names, rename)
     lines = [(f"d{output}/d{name}", _named_operands(atom, names))
              for name, atom in program.outputs.items()]
     return pieces, lines, names
@@ -405,9 +406,10 @@ class _Steps(Sequence):
     (2, ('b', 2*a), [('a', sin(x))])
     """
 
-    def __init__(self, statements: list, names: dict):
+    def __init__(self, statements: list, names: dict, rename=None):
         self._statements = statements
         self._names = names
+        self._rename = rename
 
     def __len__(self) -> int:
         return len(self._statements)
@@ -421,8 +423,10 @@ class _Steps(Sequence):
         return list(self) + list(other)
 
     def _piece(self, statement) -> tuple:
-        return (self._names[statement.target],
-                _named_operands(statement.operation, self._names))
+        operation = statement.operation
+        if self._rename is not None:
+            operation = self._rename(operation)
+        return (self._names[statement.target], _named_operands(operation, self._names))
 
 
 def _named_operands(operation, names: dict):
@@ -527,6 +531,8 @@ class Gradients(dict):
     is symgrad.present.formulas', which adds it on import, as it adds LaTeX to the nodes."""
 
     derivation: object = None    # a symgrad.derive.reverse.Derivation
+    program: object = None       # its lowered program, where sg.compile has it
+    rename: object = None        # renames the program's statements, where they are not yet
     # the key -> the symbol it stands for, where they differ: sg.grad keys the gradient of
     # the input q1 by q1(t) when the user passed q1(t)
     symbol_of: dict = {}
@@ -578,7 +584,7 @@ def module_docstring(name: str, expr, wrt, inputs, spec, derivation=None,
             # derivation: its statements are not renamed
             grads.derivation = _renamed(derivation, back, statements=lowered is None)
             if lowered is not None:
-                grads.program = _renamed_program(lowered, back, spec.parameters)
+                grads.program, grads.rename = _renamed_program(lowered, back, spec.parameters)
         lines = "\n".join(_show_lines(grads, name, keep=DOCSTRING_MAX_LINES // 2))
         text += ["", "Gradients (shared pieces named once):"]
         text += ["    " + line for line in lines.splitlines()]
@@ -608,15 +614,18 @@ def _renamed(derivation, back: dict, statements: bool = True):
 
 def _renamed_program(program, back: dict, parameters: list):
     """The gradients' part of a lowered program in the user's symbols, its outputs under
-    the user's names (statement by statement, as :func:`_renamed`).
+    the user's names (statement by statement, as :func:`_renamed`), and None; for a scalar
+    program shown step by step (longer than SHOW_MAX_STATEMENTS), its statements as they are
+    and the function that renames one: only the steps a docstring shows are renamed.
 
     >>> from symgrad.codegen.ir import Program, Statement
     >>> ours, t0, t1 = sp.symbols("in_0 _t0 _t1")
     >>> p = Program([ours], [Statement(t0, sp.sin(ours)), Statement(t1, sp.cos(ours))],
     ...             {"value": t0, "in_0": t1})
     >>> w = sp.Symbol("w")
-    >>> _renamed_program(p, {ours: w}, [ours]).statements
-    [Statement(target=_t1, operation=cos(w))]
+    >>> renamed, rename = _renamed_program(p, {ours: w}, [ours])
+    >>> renamed.statements, rename
+    ([Statement(target=_t1, operation=cos(w))], None)
     """
     from symgrad.codegen.ir import Program, Statement
     from symgrad.derive.graph import dag_xreplace
@@ -628,13 +637,19 @@ def _renamed_program(program, back: dict, parameters: list):
         return dag_xreplace(e, back, renaming=True) if isinstance(e, sp.Basic) else e
 
     program = restricted(program, [w.name for w in parameters])
-    return Program(
+    # a scalar statement's target is one of symgrad's names, which renaming leaves as it is
+    # (a matrix target's shape may hold the user's dimensions)
+    shown_by_steps = (len(program.statements) > SHOW_MAX_STATEMENTS
+                      and not any(s.is_matrix for s in program.statements))
+    statements = program.statements if shown_by_steps else [
+        Statement(user(s.target), user(s.operation)) for s in program.statements]
+    renamed = Program(
         inputs=[back.get(s, s) for s in program.inputs],
-        statements=[Statement(user(s.target), user(s.operation)) for s in program.statements],
+        statements=statements,
         outputs={back[w].name: user(program.outputs[w.name]) for w in parameters},
         labels={user(t): label for t, label in program.labels.items()},
-        adjoints={user(t) for t in program.adjoints},
-        names={user(name): user(atom) for name, atom in program.names.items()})
+        adjoints={user(t) for t in program.adjoints})
+    return renamed, (user if shown_by_steps else None)
 
 
 def _tree_size(expr, limit: int) -> int:

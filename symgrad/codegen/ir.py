@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
@@ -164,13 +165,21 @@ def symbols_in(e) -> set:
 # Statement shapes: what printing a statement and counting its operations depend on
 # ------------------------------------------------------------------------------------------
 def shape_of(e):
-    """(a hashable key of e's shape, e's symbols in the order of their names), or None
-    where printing e directly is as cheap or its shape could print differently (two symbols
-    of one name).
+    """(a hashable key of e's shape, e's symbols in the order of their names, e's numbers
+    in slots), or None where printing e directly is as cheap or its shape could print
+    differently (two symbols of one name).
+
+    A number that is a term of a sum or a factor of a product (an integer other than 0 and
+    +-1, a float other than 0 and +-1) is a slot of the shape, by its kind and sign: it
+    prints as its own text (the sign apart) whatever its value, so that ``3*x`` and
+    ``7*y`` share a shape.  Numbers elsewhere (exponents, conditions, arguments of
+    functions) stay in the key with their values.
 
     >>> x, y = sp.symbols("x y")
-    >>> shape_of(x - 2 * y)[0] == shape_of(sp.Symbol("a") - 2 * sp.Symbol("b"))[0]
+    >>> shape_of(x - 2 * y)[0] == shape_of(sp.Symbol("a") - 7 * sp.Symbol("b"))[0]
     True
+    >>> shape_of(x - 2 * y)[2]
+    [-2]
     """
     if not isinstance(e, sp.Basic) or not e.args:
         return None
@@ -178,6 +187,9 @@ def shape_of(e):
     if known is not None:
         return known
     symbols: list = []      # in the order the walk meets them; the key holds their places
+    numbers: list = []      # the values of the number slots, in the order met
+    slot_of: dict = {}
+    fixed: set = set()      # the numbers outside the slots
     done: dict = {}
     stack = [(e, False)]
     while stack:
@@ -195,6 +207,21 @@ def shape_of(e):
             stack.append((node, True))
             stack.extend((a, False) for a in reversed(node.args) if a not in done)
             continue
+        fixed.update(a for a in node.args if getattr(a, "is_Number", False) and not (
+            (node.is_Add or node.is_Mul) and _is_number_slot(a)))
+        if node.is_Add or node.is_Mul:
+            parts = []
+            for a in node.args:
+                if _is_number_slot(a):
+                    slot = slot_of.get((type(a), a))
+                    if slot is None:
+                        slot = slot_of[(type(a), a)] = len(numbers)
+                        numbers.append(a)
+                    parts.append((_NUMBER_SLOT, type(a), _negative(a), slot))
+                else:
+                    parts.append(done[a])
+            done[node] = (type(node), *parts)
+            continue
         done[node] = (type(node), *[done[a] for a in node.args])
     by_name = sorted(range(len(symbols)), key=lambda k: symbols[k].name)
     ordered = [symbols[k] for k in by_name]
@@ -203,9 +230,40 @@ def shape_of(e):
     key = (done[e], tuple(by_name), tuple(assumptions_key(s) for s in symbols))
     if len(_SHAPES) >= _SHAPES_MAX:
         _SHAPES.clear()
-    shape = _SHAPES[e] = (key, ordered)
+    shape = _SHAPES[e] = Shape(key, ordered, numbers, fixed)
     return shape
 
 
+class Shape(NamedTuple):
+    """What :func:`shape_of` finds: the key, the symbols in the order of their names, the
+    numbers in the slots, and the numbers outside them."""
+
+    key: tuple
+    symbols: list
+    numbers: list
+    fixed: set
+
+
+_NUMBER_SLOT = "number slot"
+
+
+def _is_number_slot(a) -> bool:
+    if type(a) is sp.Integer:
+        return a.p > 1 or a.p < -1
+    if type(a) is sp.Float:
+        return a != 0 and abs(a) != 1 and a.is_finite
+    return False
+
+
+def _negative(number) -> bool:
+    # (SymPy's is_negative deduces every assumption of a new number: 40 us)
+    return number.p < 0 if type(number) is sp.Integer else float(number) < 0
+
+
+def forget_shapes() -> None:
+    """Drop the shapes of a program's statements (kept while its kernels print)."""
+    _SHAPES.clear()
+
+
 _SHAPES: dict = {}      # expression -> its shape: one statement prints in several kernels
-_SHAPES_MAX = 50_000
+_SHAPES_MAX = 300_000   # (cleared after each module: see forget_shapes)

@@ -25,8 +25,10 @@ from symgrad.codegen.numba import (
     KernelEmitter,
     PythonScalarPrinter,
     ScalarPrinter,
+    forget_printed,
 )
 from symgrad.codegen.schedule import Schedule, build_schedule
+from symgrad.nodes import without_cycle_collection
 
 # symgrad's runtime: each file's text from its marker line on (fastmath.py has no marker: all
 # of it after its docstring) is what generated modules take their runtime from, statement by
@@ -284,12 +286,16 @@ def runtime_source(code: str) -> str:
             + "\n\n\n" + "\n".join(out).strip("\n") + "\n")
 
 
+@without_cycle_collection
 def module_source(spec: ModuleSpec, version: str, *, appended: str = "",
                   appended_note: str = "") -> str:
     """The full, deterministic text of the module: its docstring, the runtime it calls, the
     model's code, then ``appended`` (more code, such as second-order functions, said in the
     docstring by ``appended_note``)."""
-    code = "\n".join(model_code(spec)) + "\n" + appended
+    try:
+        code = "\n".join(model_code(spec)) + "\n" + appended
+    finally:
+        forget_printed()    # (the statements' texts served the kernels that print them)
     # the runtime this code calls, and nothing else (the user's names are in string literals
     # only, and a word of them that names a runtime function costs that function's text)
     body = "\n" + runtime_source(code).rstrip() + "\n\n" + code

@@ -24,7 +24,7 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from symgrad import functions, operations, ops
-from symgrad.codegen.ir import Statement, shape_of
+from symgrad.codegen.ir import Statement, forget_shapes, shape_of
 from symgrad.codegen.schedule import FusedLoop, Schedule, stored
 
 FASTMATH_FLAGS = '{"nsz", "arcp", "contract", "reassoc"}'  # never nnan/ninf: inf/nan stay right
@@ -33,13 +33,26 @@ FASTMATH_FLAGS = '{"nsz", "arcp", "contract", "reassoc"}'  # never nnan/ninf: in
 # symbols, with their order by name (SymPy orders a sum's terms and a product's factors by
 # their symbols' names), and its text is a template with a slot where each symbol goes.
 _SLOT = "\x00{}\x00"
-_SLOT_TEXT = re.compile("\x00(\\d+)\x00")
+_NUMBER_SLOT = "\x01{}\x01"
+_SLOT_TEXT = re.compile("([\x00\x01])(\\d+)[\x00\x01]")
+# a number's text in code: digits, a fraction, an exponent, not part of a name
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d*)?(?:e[+-]?\d+)?(?![\w.])")
 _IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*")
 # words of printed code that a symbol's name must not be, to be told apart from it
 _CODE_WORDS = re.compile(r"np|math|numba|sg_\w*|_py_\w*|if|else|and|or|not|in|is|True|False"
                          r"|None|int|float|abs|max|min|pow")
 _PRINTED_SHAPES: dict = {}
 _PRINTED_SHAPES_MAX = 50_000
+# (printer class, statement) -> its text: a statement prints in up to four kernels (the point
+# kernels of the forward pass and of value and gradient, and their Python twins)
+_PRINTED: dict = {}
+_PRINTED_MAX = 300_000
+
+
+def forget_printed() -> None:
+    """Drop the texts and shapes of a program's statements, once its module is written."""
+    _PRINTED.clear()
+    forget_shapes()
 
 
 class ScalarPrinter(NumPyPrinter):
@@ -68,24 +81,65 @@ class ScalarPrinter(NumPyPrinter):
         >>> ScalarPrinter().expression(sp.Symbol("x") + 1)
         'x + 1.0'
         """
+        if not self.names:
+            text = _PRINTED.get((type(self), e))
+            if text is not None:
+                return text
         shape = shape_of(e)
         if shape is None:
             return self._expression(e)
-        key, symbols = shape
+        key, symbols, numbers, fixed = shape
         template = _PRINTED_SHAPES.get((type(self), key))
         if template is not None:
-            return _SLOT_TEXT.sub(lambda m: self._print_Symbol(symbols[int(m.group(1))]),
-                                  template)
+            text = self._filled(template, symbols, numbers)
+            self._remember(e, text)
+            return text
         text = self._expression(e)
-        slots = {self._print_Symbol(s): k for k, s in enumerate(symbols)}
-        if all(_IDENTIFIER.fullmatch(name) and not _CODE_WORDS.fullmatch(name)
-               for name in slots):
+        template = self._template(text, symbols, numbers, fixed)
+        if template is not None and self._filled(template, symbols, numbers) == text:
             if len(_PRINTED_SHAPES) >= _PRINTED_SHAPES_MAX:
                 _PRINTED_SHAPES.clear()
-            _PRINTED_SHAPES[(type(self), key)] = _IDENTIFIER.sub(
-                lambda m: _SLOT.format(slots[m.group()]) if m.group() in slots else m.group(),
-                text)
+            _PRINTED_SHAPES[(type(self), key)] = template
+        self._remember(e, text)
         return text
+
+    def _remember(self, e, text: str) -> None:
+        if not self.names:      # (names given to a printer change its texts)
+            if len(_PRINTED) >= _PRINTED_MAX:
+                _PRINTED.clear()
+            _PRINTED[(type(self), e)] = text
+
+    def _number_text(self, number) -> str:
+        """A slotted number's text without its sign (which the printed operation places):
+        what _print_Integer and _print_Float write."""
+        if type(number) is sp.Integer:
+            return f"{abs(number.p)}.0"
+        return repr(abs(float(number)))
+
+    def _template(self, text: str, symbols: list, numbers: list, fixed: set):
+        """text with a slot for each symbol (by its name) and each slotted number (by its
+        text); None where a slot's text could be told apart from the rest of the code no
+        more (a name that is a word of code, two numbers of one text, a number slot whose
+        text a number outside the slots prints too)."""
+        names = {self._print_Symbol(s): k for k, s in enumerate(symbols)}
+        if not all(_IDENTIFIER.fullmatch(name) and not _CODE_WORDS.fullmatch(name)
+                   for name in names):
+            return None
+        texts = {self._number_text(n): k for k, n in enumerate(numbers)}
+        if len(texts) != len(numbers) or any(self._number_text(n) in texts for n in fixed):
+            return None
+        template = _NUMBER.sub(lambda m: (_NUMBER_SLOT.format(texts[m.group()])
+                                          if m.group() in texts else m.group()), text)
+        if not all(_NUMBER_SLOT.format(k) in template for k in range(len(numbers))):
+            return None     # a number printed otherwise than as its text: no template
+        return _IDENTIFIER.sub(
+            lambda m: _SLOT.format(names[m.group()]) if m.group() in names else m.group(),
+            template)
+
+    def _filled(self, template: str, symbols: list, numbers: list) -> str:
+        return _SLOT_TEXT.sub(
+            lambda m: (self._print_Symbol(symbols[int(m.group(2))]) if m.group(1) == "\x00"
+                       else self._number_text(numbers[int(m.group(2))])), template)
 
     def _expression(self, e) -> str:
         self._not_supported = set()
@@ -251,6 +305,9 @@ class PythonScalarPrinter(ScalarPrinter):
 
     def _print_Exp1(self, expr):
         return "math.e"
+
+
+_EMITTER_OF: dict = {}     # class of an operation -> the name of its emitter method ('' none)
 
 
 def unsupported(kind: str) -> NotImplementedError:
@@ -447,14 +504,17 @@ class KernelEmitter:
         if operation is not None:       # symgrad/operations/: its file writes its code
             operation.emit(self, s.target, s.operation)
             return
-        kind = type(s.operation).__name__
-        method = next((getattr(self, f"_emit_{c.__name__}") for c in type(s.operation).__mro__
-                       if hasattr(self, f"_emit_{c.__name__}")), None)
-        if method is None:
+        kind = type(s.operation)
+        name = _EMITTER_OF.get(kind)
+        if name is None:
+            name = _EMITTER_OF[kind] = next((f"_emit_{c.__name__}" for c in kind.__mro__
+                                            if hasattr(KernelEmitter, f"_emit_{c.__name__}")),
+                                           "")
+        if not name:
             if s.is_matrix:
-                raise unsupported(kind)
-            method = self._emit_scalar
-        method(s.target, s.operation)
+                raise unsupported(kind.__name__)
+            name = "_emit_scalar"
+        getattr(self, name)(s.target, s.operation)
 
     def _emit_scalar(self, target, e):
         self.emit(f"{target.name} = {self.scalar(e)}")
