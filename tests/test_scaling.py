@@ -609,11 +609,10 @@ def test_a_long_programs_docstring_renames_only_the_steps_it_shows(monkeypatch):
     first gives (long models with their parameters in a random order)."""
     import random
 
+    from bench.scaling import model
     from symgrad.codegen import docstring
     from symgrad.codegen.ir import Statement
     from symgrad.compiled import build_spec
-
-    from bench.scaling import model
 
     rng = random.Random(2)
     models = []
