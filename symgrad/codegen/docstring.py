@@ -21,6 +21,7 @@ from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
 
 from symgrad import operations, ops
+from symgrad.codegen.ir import one_operation
 
 __all__ = ["FormulaPrinter", "Gradients", "fresh_names", "module_docstring", "piece_names"]
 
@@ -472,6 +473,9 @@ def _worth_naming(operation) -> bool:
         return operation.body not in operation.function.variables
     if isinstance(operation, MatrixExpr):
         return True
+    if one_operation(operation):
+        # count_ops is 1 by its form: a function of a name, or arithmetic of names and numbers
+        return bool(operation.is_Function)
     return sp.count_ops(operation) >= 2 or bool(operation.atoms(sp.Function))
 
 

@@ -72,7 +72,7 @@ def _statement_cost(e) -> int:
     """Arithmetic operations of a scalar statement (an operation over atoms: shallow); one
     count per shape (``-a + b`` as ``-c + d``): count_ops costs a walk and a few SymPy
     constructions."""
-    if _one_operation(e):
+    if one_operation(e):
         return 1
     shape = shape_of(e)
     if shape is None:
@@ -101,7 +101,7 @@ _HEAVISIDE = sp.Function("Heaviside_")      # counts as one operation, whatever 
 _CONSTANT = sp.Symbol("constant_")
 
 
-def _one_operation(e) -> bool:
+def one_operation(e) -> bool:
     """Whether ``sympy.count_ops(e)`` is 1 by its form alone: most statements of a large
     program are such (``a + b``, ``2*a``, ``a**2``, ``sin(a)`` over names), and count_ops
     costs a walk and a few SymPy constructions each.  Forms it counts otherwise (``-3*a``
@@ -109,7 +109,7 @@ def _one_operation(e) -> bool:
     and a division) are left to count_ops.
 
     >>> a, b = sp.symbols("a b")
-    >>> [_one_operation(e) for e in (a + b, 2 * a, -a, a**-1, sp.sin(a), -3 * a, a**-2)]
+    >>> [one_operation(e) for e in (a + b, 2 * a, -a, a**-1, sp.sin(a), -3 * a, a**-2)]
     [True, True, True, True, True, False, False]
     """
     args = e.args

@@ -138,6 +138,9 @@ def build_schedule(program: Program) -> Schedule:
     >>> [type(step).__name__ for step in build_schedule(program).steps]
     ['FusedLoop']
     """
+    if not any(s.is_matrix for s in program.statements):
+        # no matrix, so no loop to fuse and no array to reuse: each statement alone, in order
+        return Schedule([_alone(s) for s in program.statements])
     return _Scheduler(program.statements, list(program.outputs.values())).run()
 
 

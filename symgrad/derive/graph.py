@@ -41,7 +41,22 @@ def is_matrix(expr) -> bool:
 # ------------------------------------------------------------------------------------------
 def dag_nodes(expr) -> list:
     """The distinct subexpressions of expr (each once), found without recursion."""
-    return list(_walk(expr))
+    return list(_last_walked(expr, "nodes", lambda: tuple(_walk(expr))))
+
+
+def _last_walked(expr, what: str, walk):
+    """``walk()``, remembered for the last expression walked: checking a model, finding its
+    inputs, dimensions and free dimensions walks the same model several times (expressions
+    are immutable; the caller gets a copy of what is kept)."""
+    kept = _LAST_WALKED.get(what)
+    if kept is not None and kept[0] is expr:
+        return kept[1]
+    found = walk()
+    _LAST_WALKED[what] = (expr, found)
+    return found
+
+
+_LAST_WALKED: dict = {}     # what -> (the expression, what a walk of it found)
 
 
 def _walk(expr):
@@ -79,9 +94,14 @@ def dag_free_symbols(expr) -> set:
     >>> sorted(dag_free_symbols(f), key=str)
     [w, x]
     """
+    expr = sp.sympify(expr)
+    return set(_last_walked(expr, "free symbols", lambda: frozenset(_free_symbols(expr))))
+
+
+def _free_symbols(expr) -> set:
     out: set = set()
     seen: set = set()
-    stack = [sp.sympify(expr)]
+    stack = [expr]
     while stack:
         node = stack.pop()
         if node in seen:
