@@ -638,3 +638,20 @@ def test_a_long_programs_docstring_renames_only_the_steps_it_shows(monkeypatch):
     for (expr, wrt), text in zip(models, lazily):
         assert build_spec(expr, wrt).docstring == text, expr
     assert all(calls) and len(calls) == len(models)     # every one shown step by step
+
+
+def test_writing_a_module_keeps_no_statement_texts(tmp_path, monkeypatch):
+    """The statements' texts and shapes serve the kernels of one module: once it is
+    written, they are dropped (a model of 60,000 statements would otherwise stay in memory),
+    and the next module prints its own statements again, right."""
+    from symgrad.codegen import ir, numba
+    from symgrad.codegen.module import module_source
+    from symgrad.compiled import build_spec
+
+    monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(tmp_path))
+    x, y = sp.symbols("x y", real=True)
+    first = module_source(build_spec(sp.sin(3 * x) * y + 7 * y, [x, y]), "test")
+    assert not numba._PRINTED and not ir._SHAPES
+    second = module_source(build_spec(sp.sin(5 * x) * y + 2 * y, [x, y]), "test")
+    assert "5.0*" in second and "3.0*" not in second and "3.0*" in first
+    assert not numba._PRINTED and not ir._SHAPES
