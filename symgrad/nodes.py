@@ -101,11 +101,11 @@ def renamed(node, new_operands):
     """node with ``new_operands`` in place of its :func:`operands`, where they are its own
     with symbols renamed, each to a symbol of its own with the same assumptions.
 
-    SymPy's evaluation would find nothing to do: a power of a number keeps its form, a sum
-    or a product only gets its terms in SymPy's order again (no two terms or factors become
-    alike under such a renaming), and a
-    function of names is built without SymPy's search for signs and multiples of pi (which
-    could write ``sin(v - u)`` as ``-sin(u - v)``, the order of names having changed).  The
+    SymPy's evaluation would find nothing to do: a power of a name or of a sum keeps its
+    form, a sum or a product only gets its terms in SymPy's order again (no two terms or
+    factors become alike under such a renaming), and a function of names is built without
+    SymPy's search for signs and multiples of pi (which could write ``sin(v - u)`` as
+    ``-sin(u - v)``, the order of names having changed).  The
     result equals what ``xreplace`` builds, without its flattening (a sum of n terms costs
     n log n comparisons, not SymPy's flattening of each term).
 
@@ -119,9 +119,9 @@ def renamed(node, new_operands):
         return node
     if type(node) in (sp.Add, sp.Mul) and node.is_commutative:
         return node.func._from_args(sorted(new_operands, key=_SYMPY_ORDER), True)
-    if type(node) is sp.Pow and node.exp.is_Number:
-        # Pow's evaluation sees its base's form and assumptions, never a name (an Add base
-        # alone costs a deduction of its assumptions each time)
+    if type(node) is sp.Pow and node.exp.is_Number and type(node.base) in (sp.Symbol, sp.Add):
+        # Pow's evaluation of a name or a sum to a number sees the base's form and
+        # assumptions, never a name (and a sum's costs a deduction of its assumptions)
         return sp.Pow(*new_operands, evaluate=False)
     if isinstance(node, sp.Function) and not any(
             a.is_number for a in new_operands if isinstance(a, sp.Basic)):
