@@ -105,9 +105,9 @@ def renamed(node, new_operands):
     form, a sum or a product only gets its terms in SymPy's order again (no two terms or
     factors become alike under such a renaming), and a function of names is built without
     SymPy's search for signs and multiples of pi (which could write ``sin(v - u)`` as
-    ``-sin(u - v)``, the order of names having changed).  The
-    result equals what ``xreplace`` builds, without its flattening (a sum of n terms costs
-    n log n comparisons, not SymPy's flattening of each term).
+    ``-sin(u - v)``, the order of names having changed).  The result equals what
+    ``xreplace`` builds, without its flattening (a sum of n terms costs n log n
+    comparisons, not SymPy's flattening of each term).
 
     >>> x, y, u, v = sp.symbols("x y u v")
     >>> e = 3 * x + y

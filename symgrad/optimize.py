@@ -183,11 +183,11 @@ def _substituted(e, table: dict):
 
     if not isinstance(e, sp.Basic):
         return e
-    args = e.args
-    if args and not any(a.args for a in args):
+    if e in table:
+        return table[e]
+    if e.args and not any(a.args for a in e.args):
         # an operation over names and numbers (most statements of a derivation): one level
-        new = [table.get(a, a) for a in args]
-        return visit(e, new) if e not in table else table[e]
+        return visit(e, [table.get(a, a) for a in e.args])
     return dag_rebuild(e, visit, operands=lambda node: () if node in table else node.args)
 
 

@@ -110,11 +110,11 @@ class ScalarPrinter(NumPyPrinter):
             _PRINTED[(type(self), e)] = text
 
     def _number_text(self, number) -> str:
-        """A slotted number's text without its sign (which the printed operation places):
-        what _print_Integer and _print_Float write."""
+        """A slotted number's text without its sign (which the printed operation places),
+        by this printer's own method for it (not SymPy's dispatch: a call per slot)."""
         if type(number) is sp.Integer:
-            return f"{abs(number.p)}.0"
-        return repr(abs(float(number)))
+            return self._print_Integer(abs(number))
+        return self._print_Float(abs(number))
 
     def _template(self, text: str, symbols: list, numbers: list, fixed: set):
         """text with a slot for each symbol (by its name) and each slotted number (by its
@@ -307,7 +307,8 @@ class PythonScalarPrinter(ScalarPrinter):
         return "math.e"
 
 
-_EMITTER_OF: dict = {}     # class of an operation -> the name of its emitter method ('' none)
+# (emitter class, class of an operation) -> the name of its emitter method ('' none)
+_EMITTER_OF: dict = {}
 
 
 def unsupported(kind: str) -> NotImplementedError:
@@ -505,11 +506,11 @@ class KernelEmitter:
             operation.emit(self, s.target, s.operation)
             return
         kind = type(s.operation)
-        name = _EMITTER_OF.get(kind)
+        name = _EMITTER_OF.get((type(self), kind))
         if name is None:
-            name = _EMITTER_OF[kind] = next((f"_emit_{c.__name__}" for c in kind.__mro__
-                                            if hasattr(KernelEmitter, f"_emit_{c.__name__}")),
-                                           "")
+            name = _EMITTER_OF[(type(self), kind)] = next(
+                (f"_emit_{c.__name__}" for c in kind.__mro__
+                 if hasattr(self, f"_emit_{c.__name__}")), "")
         if not name:
             if s.is_matrix:
                 raise unsupported(kind.__name__)
