@@ -114,6 +114,7 @@ def inputs_of(expr, wrt: list) -> list:
     return list(wrt) + data
 
 
+@without_cycle_collection
 def grad(expr, wrt) -> Gradients:
     """The gradient of a scalar expression with respect to each symbol of ``wrt``.
 

@@ -207,11 +207,34 @@ def test_a_large_model_answers_in_python_until_compiling_pays(monkeypatch):
     for kernel in ("_value_and_grad_point", "_forward_point", "_value_and_grad_loop",
                    "_forward_loop"):
         assert getattr(patient.module, kernel).signatures == [], kernel   # Python answered
+    for kind in ("value_and_grad", "forward"):      # the twin runs the kernel's own code
+        twin = getattr(patient.module, f"_{kind}_python")
+        assert twin.__code__ is getattr(patient.module, f"_{kind}_point").py_func.__code__
+        assert f"def _{kind}_python(" not in patient.source
     monkeypatch.setattr(module, "NUMBA_SECONDS_PER_OP", 0.0)      # pays at once
     eager = sg.compile(expr, x)
     check(eager)
     for kernel in ("_value_and_grad_point", "_value_and_grad_loop", "_forward_loop"):
         assert getattr(eager.module, kernel).signatures, kernel
+
+
+def test_a_large_models_python_twin_leaves_a_negative_power_to_the_kernel(monkeypatch):
+    """Python's ** gives a complex number for a negative base and a fractional exponent:
+    the twin's math.pow raises there, and the compiled kernel answers NaN, as NumPy."""
+    from symgrad.codegen import module
+    monkeypatch.setattr(module, "PYTHON_FIRST_FROM_OPS", 1)
+    monkeypatch.setattr(module, "NUMBA_SECONDS_PER_OP", 100.0)
+    x, y = sp.symbols("x y", real=True)
+    compiled = sg.compile((x - y) ** sp.Rational(3, 2) + x * y, [x, y])
+    assert "sg_pow(" in compiled.source
+    value, g = compiled.value_and_grad(x=3.0, y=2.0)
+    assert (value, g["x"], g["y"]) == pytest.approx((7.0, 3.5, 1.5), rel=1e-14)
+    assert compiled.module._value_and_grad_point.signatures == []   # Python answered
+    with np.errstate(invalid="ignore"):
+        expected = np.float64(-1.0) ** 1.5 + 2.0
+    value, g = compiled.value_and_grad(x=1.0, y=2.0)
+    assert math.isnan(expected) and math.isnan(value) and math.isnan(g["x"])
+    assert compiled.module._value_and_grad_point.signatures        # the kernel answered
 
 
 def test_a_loop_over_too_many_arrays_to_vectorise_calls_the_point_kernel():
@@ -537,6 +560,49 @@ def test_printing_a_statement_by_its_shape_gives_sympy_s_text():
             if isinstance(e, sp.Expr) and not isinstance(e, ops.Map):
                 assert ir._statement_cost(e) == ir._counted(e), e
     assert checked > 3000
+
+
+def test_a_large_models_kernel_code_is_its_python_twins_but_for_names():
+    """A large model's Python twin runs its point kernel's own code (module.py,
+    _python_twin) with Python's functions standing in for Numba's: every statement of 150
+    random models' programs, every function of the table, fractional powers, constants,
+    max, min and conditions print, with the stand-ins put in the kernel's text, as the Python
+    twin's printer writes them."""
+    import re
+
+    from symgrad import functions
+    from symgrad.codegen.numba import (
+        PythonScalarPrinter,
+        SharedScalarPrinter,
+        python_stand_ins,
+    )
+    from symgrad.compiled import build_spec
+
+    from .random_models import SCALARS, SeededDrawer, scalar_model
+
+    x, y = sp.symbols("x y", real=True)
+    expressions = [row.build(x) for row in functions.ROWS.values() if row.public]
+    expressions += [x ** sp.Rational(3, 2), (x + y) ** sp.Float(0.3), x ** y, x ** -2.5,
+                    sp.sqrt(x), 1 / sp.sqrt(x + y), x ** 3, sp.pi * x, sp.E ** x + sp.exp(y),
+                    sp.Max(x, y, 0), sp.Min(x, 2 * y), sp.sign(x), sp.atan2(y, x),
+                    sp.Piecewise((x, x > y), (sp.cos(y), x < 0)), sp.Abs(x) ** sp.Rational(1, 3)]
+    for seed in range(150):
+        expr = SeededDrawer(seed).first(scalar_model, SCALARS)
+        wrt = sorted(expr.free_symbols, key=lambda s: s.name)
+        expressions += [st.operation for st in build_spec(expr, wrt).value_and_grad.statements]
+    called = re.compile(r"(?<![\w.])(?:np\.\w+|sg_\w+)")
+    checked = 0
+    for e in expressions:
+        try:
+            kernel = SharedScalarPrinter().expression(e)
+        except NotImplementedError:
+            continue
+        stand_ins = python_stand_ins(kernel)
+        twin = called.sub(lambda m, table=stand_ins: table.get(m.group(), m.group()), kernel)
+        assert twin == PythonScalarPrinter().expression(e), e
+        checked += 1
+    assert checked > 2000
+    assert "sg_pow(" in SharedScalarPrinter().expression(x ** sp.Rational(3, 2))
 
 
 def _renumbered(e, rng):

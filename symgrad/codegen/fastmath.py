@@ -119,6 +119,14 @@ def sg_min(a, b):
     return a if a < b or a != a else b
 
 
+@_sgjit
+def sg_pow(x, y):
+    """x ** y, for a large model's point kernel, whose Python twin runs the same code with
+    math.pow in its place (raising where Python's ** gives a complex number: the kernel,
+    which gives nan as NumPy does, then answers)."""
+    return x ** y
+
+
 @intrinsic
 def _f64_bits(typingctx, x):
     """Reinterpret the bits of a float64 as an int64 (no numeric conversion)."""
@@ -498,6 +506,7 @@ def sg_cos(x):
 
 
 # Maps the math function name to the function that implements it in this module: every sg_
-# function but the NaN-propagating max and min (a new kernel is listed by being defined).
-FASTMATH_FUNCTIONS = {name[3:]: name for name in list(globals())
-                      if name.startswith("sg_") and name not in ("sg_max", "sg_min")}
+# function but the NaN-propagating max and min and the plain power (a new kernel is listed by
+# being defined).
+FASTMATH_FUNCTIONS = {name[3:]: name for name in list(globals()) if name.startswith("sg_")
+                      and name not in ("sg_max", "sg_min", "sg_pow")}

@@ -25,7 +25,9 @@ from symgrad.codegen.numba import (
     KernelEmitter,
     PythonScalarPrinter,
     ScalarPrinter,
+    SharedScalarPrinter,
     forget_printed,
+    python_stand_ins,
 )
 from symgrad.codegen.schedule import Schedule, build_schedule
 from symgrad.nodes import without_cycle_collection
@@ -383,11 +385,13 @@ NUMBA_SECONDS_PER_OP = 2e-3
 def _kernel(name: str, arguments: list[str], program: Program, returns: list[str],
             parallel: bool = False, python: bool = False, inline: bool = False,
             prologue: list[str] = (), schedule: Schedule | None = None,
-            ) -> tuple[list[str], list]:
+            shared: bool = False) -> tuple[list[str], list]:
     """The source of one kernel, and the sizes of its loops that can run in parallel (none
     when it calls BLAS, see _entry_kernels); ``schedule``: the program's, where the caller
-    has it already."""
-    printer = PythonScalarPrinter() if python else None
+    has it already; ``python``: a pure-Python twin's; ``shared``: a Numba kernel whose code
+    its Python twin runs too (see _python_twin)."""
+    printer = (PythonScalarPrinter() if python else SharedScalarPrinter() if shared
+               else None)
     schedule = schedule or build_schedule(program)
     emitter = KernelEmitter(parallel=parallel, printer=printer)
     emitter.render(schedule)
@@ -452,19 +456,25 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
                  and len(names) + len(outputs) <= LOOP_INLINE_MAX_ARRAYS)
         inline = small and len(names) <= CALL_STACK_ARGUMENTS
         schedule = build_schedule(program)      # the point kernel's and its twin's
-        point = _kernel(f"_{kind}_point", names, program, returns, inline=inline,
-                        schedule=schedule)[0]
-        lines += point
         python[kind] = op_count <= PYTHON_MAX_OPS
         python_first[kind] = op_count >= PYTHON_FIRST_FROM_OPS
-        if python[kind] or python_first[kind]:
+        point = _kernel(f"_{kind}_point", names, program, returns, inline=inline,
+                        schedule=schedule, shared=python_first[kind])[0]
+        lines += point
+        if python[kind]:
             twin = _kernel(f"_{kind}_python", names, program, returns, python=True,
                            schedule=schedule)[0]
             lines += twin
             python_body[kind] = [line for line in twin[1:] if line]
         if python_first[kind]:
+            # a large kernel's twin runs the kernel's own code: Python compiles (and this
+            # module prints) each statement once, not twice
+            stand_ins = ", ".join(f"{k!r}: {v}" for k, v in
+                                  python_stand_ins("\n".join(point)).items())
             seconds = round(NUMBA_SECONDS_PER_OP * op_count, 1)
-            lines += [f"_{kind}_on_floats = _PythonFirst(_{kind}_python, _{kind}_point, "
+            lines += [f"_{kind}_python = _python_twin(_{kind}_point, '_{kind}_python', "
+                      f"{{{stand_ins}}})",
+                      f"_{kind}_on_floats = _PythonFirst(_{kind}_python, _{kind}_point, "
                       f"{seconds}, globals().get('__file__'))", ""]
         # the loop over broadcast inputs: scalars stay scalars (_at), arrays are flat; the
         # parallel twin splits the elements between threads

@@ -289,22 +289,82 @@ class PythonScalarPrinter(ScalarPrinter):
     _MAX, _MIN = "_py_max", "_py_min"
 
     def _print_Pow(self, expr, rational=False):
-        base, exponent = expr.args
+        # Python's ** gives a complex number for a negative base and a fractional exponent;
+        # math.pow raises there, and the caller falls back to the kernel, which gives nan as
+        # NumPy does
         printed = super()._print_Pow(expr, rational).replace("np.sqrt", "math.sqrt")
-        if " ** " in printed and not (exponent.is_Integer or exponent.is_Float and
-                                      float(exponent).is_integer()):
-            # Python's ** gives a complex number for a negative base and a fractional
-            # exponent; math.pow raises there, and the caller falls back to the kernel,
-            # which gives nan as NumPy does
-            exponent = sp.Float(exponent) if exponent.is_Rational else exponent
-            return f"math.pow({self._print(base)}, {self._print(exponent)})"
-        return printed
+        return _python_pow(self, expr, printed, "math.pow")
 
     def _print_Pi(self, expr):
         return "math.pi"
 
     def _print_Exp1(self, expr):
         return "math.e"
+
+
+class SharedScalarPrinter(ScalarPrinter):
+    """The Numba kernel code of a large model's point kernels, whose pure-Python twin runs
+    the same code (module.py, ``_python_twin``): the code that differs between the two is a
+    name, which :func:`python_stand_ins` maps to Python's.  Powers to a fractional
+    exponent call ``sg_pow`` (``x ** y`` in Numba): in Python, ``math.pow`` stands in for
+    it and raises where ``**`` would give a complex number."""
+
+    def _print_Pow(self, expr, rational=False):
+        printed = super()._print_Pow(expr, rational)
+        return _python_pow(self, expr, printed, "sg_pow")
+
+
+def _python_pow(printer, expr, printed: str, pow_name: str) -> str:
+    """``printed`` (the printer's text of a power), or ``pow_name(base, exponent)`` where
+    that text is Python's ``**`` to an exponent that is not a whole number (the Python twin's
+    power, which must raise on a negative base)."""
+    base, exponent = expr.args
+    if " ** " in printed and not (exponent.is_Integer or exponent.is_Float and
+                                  float(exponent).is_integer()):
+        exponent = sp.Float(exponent) if exponent.is_Rational else exponent
+        return f"{pow_name}({printer._print(base)}, {printer._print(exponent)})"
+    return printed
+
+
+# a name of a function or constant that kernel code uses (np.sqrt, np.pi, sg_sin), and the
+# head of a call in the functions table's code (name, then the parenthesised arguments)
+_CALLED = re.compile(r"(?<![\w.])(?:np\.\w+|sg_\w+)")
+_HEAD = re.compile(r"([\w.]+)(\(.*\))")
+
+
+def python_stand_ins(code: str) -> dict[str, str]:
+    """What Python calls in place of each Numba function that ``code`` (a kernel printed by
+    :class:`SharedScalarPrinter`) calls: name (``sg_sin``, ``np.arctan``) -> the Python
+    twin's code for it (``math.sin``, ``math.atan``), as :class:`PythonScalarPrinter` prints
+    them.  A NumPy name not listed stays NumPy's.
+
+    >>> python_stand_ins("_t1 = sg_sin(in_0) + np.sqrt(sg_pow(in_1, 1.5)) * np.pi")
+    {'np.pi': 'math.pi', 'np.sqrt': 'math.sqrt', 'sg_pow': 'math.pow', 'sg_sin': 'math.sin'}
+    """
+    table = _numba_to_python()
+    out = {}
+    for name in sorted(set(_CALLED.findall(code))):
+        python = table.get(name)
+        if python is None and name.startswith("np.") and hasattr(math, name[3:]):
+            python = "math." + name[3:]         # (PythonScalarPrinter._module_format)
+        if python is not None and python != name:
+            out[name] = python
+    return out
+
+
+def _numba_to_python() -> dict[str, str]:
+    """The functions table's Numba function -> Python function, with the printers' own
+    (max, min, fractional powers).  The rows' code is a call of one function with the
+    same arguments in both (``sg_max({}, 0.0)`` and ``_py_max({}, 0.0)``)."""
+    table = {ScalarPrinter._MAX: PythonScalarPrinter._MAX,
+             ScalarPrinter._MIN: PythonScalarPrinter._MIN, "sg_pow": "math.pow"}
+    for row in functions.ROWS.values():
+        if row.numba is None or row.python is None:
+            continue
+        numba_call, python_call = _HEAD.fullmatch(row.numba), _HEAD.fullmatch(row.python)
+        if numba_call and python_call and numba_call.group(2) == python_call.group(2):
+            table.setdefault(numba_call.group(1), python_call.group(1))
+    return table
 
 
 # (emitter class, class of an operation) -> the name of its emitter method ('' none)

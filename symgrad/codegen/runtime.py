@@ -58,6 +58,20 @@ _ndarray = np.ndarray
 _float64 = np.dtype(np.float64)
 
 
+def _python_twin(kernel, name, stand_ins):
+    """The pure-Python twin of a large model's point kernel: the kernel's own code (compiled
+    to bytecode once, not twice), run by Python with ``stand_ins`` (a Numba function's name
+    -> Python's function, ``"sg_sin"`` -> ``math.sin``; ``"np.sqrt"`` -> ``math.sqrt``)
+    in place of what the kernel calls."""
+    import types
+    names = dict(kernel.py_func.__globals__)
+    numpy_names = {k[3:]: v for k, v in stand_ins.items() if k.startswith("np.")}
+    if numpy_names:
+        names["np"] = types.SimpleNamespace(**{**vars(np), **numpy_names})
+    names.update({k: v for k, v in stand_ins.items() if not k.startswith("np.")})
+    return types.FunctionType(kernel.py_func.__code__, names, name)
+
+
 class _PythonFirst:
     """A large scalar model's point kernel on floats (and, point by point, its batched loop
     on arrays), without waiting for Numba first: the pure-Python twin answers until the
