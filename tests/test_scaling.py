@@ -564,7 +564,7 @@ def test_printing_a_statement_by_its_shape_gives_sympy_s_text():
 
 def test_a_large_models_kernel_code_is_its_python_twins_but_for_names():
     """A large model's Python twin runs its point kernel's own code (module.py,
-    _python_twin) with Python's functions standing in for Numba's: every statement of 150
+    _python_twin) with Python's functions standing in for Numba's: every statement of 60
     random models' programs, every function of the table, fractional powers, constants,
     max, min and conditions print, with the stand-ins put in the kernel's text, as the Python
     twin's printer writes them."""
@@ -586,7 +586,7 @@ def test_a_large_models_kernel_code_is_its_python_twins_but_for_names():
                     sp.sqrt(x), 1 / sp.sqrt(x + y), x ** 3, sp.pi * x, sp.E ** x + sp.exp(y),
                     sp.Max(x, y, 0), sp.Min(x, 2 * y), sp.sign(x), sp.atan2(y, x),
                     sp.Piecewise((x, x > y), (sp.cos(y), x < 0)), sp.Abs(x) ** sp.Rational(1, 3)]
-    for seed in range(150):
+    for seed in range(60):
         expr = SeededDrawer(seed).first(scalar_model, SCALARS)
         wrt = sorted(expr.free_symbols, key=lambda s: s.name)
         expressions += [st.operation for st in build_spec(expr, wrt).value_and_grad.statements]
@@ -601,7 +601,7 @@ def test_a_large_models_kernel_code_is_its_python_twins_but_for_names():
         twin = called.sub(lambda m, table=stand_ins: table.get(m.group(), m.group()), kernel)
         assert twin == PythonScalarPrinter().expression(e), e
         checked += 1
-    assert checked > 2000
+    assert checked > 900
     assert "sg_pow(" in SharedScalarPrinter().expression(x ** sp.Rational(3, 2))
 
 
