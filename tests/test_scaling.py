@@ -237,6 +237,37 @@ def test_a_large_models_python_twin_leaves_a_negative_power_to_the_kernel(monkey
     assert compiled.module._value_and_grad_point.signatures        # the kernel answered
 
 
+@pytest.mark.parametrize("seed", [0, 3, 11, 41, 48, 51, 56, 73])
+def test_a_python_twin_sharing_its_kernels_code_agrees_with_the_kernel(monkeypatch, seed):
+    """Random models made large (every model answers Python first): the twin, which runs the
+    compiled kernel's code with Python's functions, gives the kernel's values, or raises
+    where the kernel answers NaN or inf (the caller then asks the kernel)."""
+    from symgrad.codegen import module
+
+    from .random_models import SCALARS, SeededDrawer, scalar_model
+    monkeypatch.setattr(module, "PYTHON_FIRST_FROM_OPS", 1)
+    monkeypatch.setattr(module, "NUMBA_SECONDS_PER_OP", 100.0)
+    expr = SeededDrawer(seed).first(scalar_model, SCALARS, guarded=False)   # domain errors
+    compiled = sg.compile(expr, sorted(expr.free_symbols, key=lambda s: s.name))
+    twin = compiled.module._value_and_grad_python
+    kernel = compiled.module._value_and_grad_point
+    assert twin.__code__ is kernel.py_func.__code__
+    answered = 0
+    for point in ([0.7, -0.4, 1.3], [-1.5, 2.0, 0.0], [0.0, 0.0, 0.0], [3.0, -2.5, -0.2]):
+        args = point[:len(compiled.inputs)]
+        with np.errstate(all="ignore"):
+            expected = np.asarray(kernel(*args))
+        try:
+            got = np.asarray(twin(*args))
+        except (ArithmeticError, ValueError):
+            assert not np.all(np.isfinite(expected)), (expr, args)
+            continue
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14, equal_nan=True,
+                                   err_msg=str(expr))
+        answered += 1
+    assert answered
+
+
 def test_a_loop_over_too_many_arrays_to_vectorise_calls_the_point_kernel():
     """LLVM, with the limits a module of many arrays raises, crashed (a segmentation fault)
     compiling the copied loop of the product of 200 factors (200 inputs, 201 outputs); no
