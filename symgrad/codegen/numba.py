@@ -281,10 +281,7 @@ class PythonScalarPrinter(ScalarPrinter):
     target = "python"
 
     def _module_format(self, fqn, register=True):
-        fqn = fqn.replace("numpy.", "np.")
-        if fqn.startswith("np.") and hasattr(math, fqn[3:]):
-            return "math." + fqn[3:]
-        return fqn
+        return _math_name(fqn.replace("numpy.", "np."))
 
     _MAX, _MIN = "_py_max", "_py_min"
 
@@ -344,12 +341,18 @@ def python_stand_ins(code: str) -> dict[str, str]:
     table = _numba_to_python()
     out = {}
     for name in sorted(set(_CALLED.findall(code))):
-        python = table.get(name)
-        if python is None and name.startswith("np.") and hasattr(math, name[3:]):
-            python = "math." + name[3:]         # (PythonScalarPrinter._module_format)
-        if python is not None and python != name:
+        python = table.get(name) or _math_name(name)
+        if python != name:
             out[name] = python
     return out
+
+
+def _math_name(name: str) -> str:
+    """``math.X`` for a NumPy name ``np.X`` that the math module has too, else ``name``:
+    the Python twin's function or constant in place of NumPy's."""
+    if name.startswith("np.") and hasattr(math, name[3:]):
+        return "math." + name[3:]
+    return name
 
 
 def _numba_to_python() -> dict[str, str]:
