@@ -24,7 +24,7 @@ from symgrad.codegen.factor import share_factorisations
 from symgrad.codegen.ir import Program, Statement, live_statements, symbols_in
 from symgrad.derive.graph import children, with_children
 from symgrad.derive.reverse import Derivation
-from symgrad.nodes import add, dag_rebuild, eval_keeps, function_of, mul
+from symgrad.nodes import add, dag_rebuild, eval_keeps, function_of, mul, real_symbol
 
 _CONSTANT_MATRICES = (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
@@ -65,7 +65,7 @@ class _Flattener:
         if isinstance(operation, MatrixExpr):
             target = sp.MatrixSymbol(f"_t{k}", *operation.shape)
         else:
-            target = sp.Symbol(f"_t{k}", real=True)
+            target = real_symbol(f"_t{k}")
         self.statements.append(Statement(target, operation))
         self.table[operation] = target
         if (isinstance(operation, sp.Mul) and len(operation.args) == 2

@@ -9,6 +9,7 @@ those).
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import numpy as np
@@ -43,6 +44,9 @@ def test_keyword_calls_of_a_model_with_many_inputs_look_each_name_up_once():
     for public in (f.module.forward, f.module.value_and_grad, f.module.grad):
         assert public.__code__.co_kwonlyargcount == 0
         assert public.__code__.co_flags & 0x08      # CO_VARKEYWORDS
+    # f(**inputs) calls forward itself: no hop that would receive the keywords once more
+    assert f.__call__ is f.forward
+    assert inspect.signature(f) == inspect.signature(f.module.forward)
     x0 = np.linspace(-0.5, 1.5, n)
     inputs = {s.name: float(v) for s, v in zip(x, x0)}
     value, grads = f.value_and_grad(**dict(reversed(list(inputs.items()))))  # any order

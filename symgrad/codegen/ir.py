@@ -191,7 +191,18 @@ def shape_of(e):
     slot_of: dict = {}
     fixed: set = set()      # the numbers outside the slots
     done: dict = {}
-    stack = [(e, False)]
+    if all(not a.args for a in e.args):
+        # one operation over names and numbers (most statements): its operands, in order
+        for a in e.args:
+            if a not in done:
+                if type(a) is sp.Symbol:
+                    done[a] = len(symbols)
+                    symbols.append(a)
+                else:
+                    done[a] = (type(a), a)
+        stack = [(e, True)]
+    else:
+        stack = [(e, False)]
     while stack:
         node, expanded = stack.pop()
         if node in done:

@@ -33,7 +33,14 @@ from symgrad.derive.graph import (
     with_children,
 )
 from symgrad.derive.rules import rule_for
-from symgrad.nodes import add, function_of, mul, unevaluated, without_cycle_collection
+from symgrad.nodes import (
+    add,
+    function_of,
+    mul,
+    real_symbol,
+    unevaluated,
+    without_cycle_collection,
+)
 
 LEAVES = (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
@@ -86,7 +93,7 @@ def is_leaf(node) -> bool:
 def _temporary(prefix: str, k: int, like):
     if is_matrix(like):
         return sp.MatrixSymbol(f"{prefix}{k}", *like.shape)
-    return sp.Symbol(f"{prefix}{k}", real=True)
+    return real_symbol(f"{prefix}{k}")
 
 
 def _unevaluated(node, args):
