@@ -328,7 +328,7 @@ class Canonicalizer:
         if expr.is_Atom and not is_matrix(expr):
             # a name or a number (most adjoint contributions): nothing to stabilize or fuse
             return self._canon(expr)
-        if _canonical_already(expr):
+        if canonical_already(expr):
             # most other contributions (g cos(t), 3 g): every pass below gives them back
             return expr
         plain = not is_matrix(expr)
@@ -609,7 +609,7 @@ _SPECIAL_SCALARS = (MatrixElement, sp.Piecewise,
                     *(cls for cls, o in operations.OPERATIONS.items() if not o.is_matrix))
 
 
-# Functions that a pass of the canonicalizer rewrites (see _canonical_already).
+# Functions that a pass of the canonicalizer rewrites (see canonical_already).
 _REWRITTEN_FUNCTIONS = (sp.log, sp.re, sp.im, sp.conjugate, *_SPECIAL_SCALARS)
 
 
@@ -638,7 +638,7 @@ def _scalar_postorder(expr) -> list:
     return order
 
 
-def _canonical_already(expr) -> bool:
+def canonical_already(expr) -> bool:
     """Whether canonicalizing expr gives an expression equal to expr, proven cheaply: a
     scalar expression made of numbers and symbols by sums and products of at most two
     operands, powers, and functions that no pass rewrites (not a log, re, im or conjugate,
@@ -650,16 +650,16 @@ def _canonical_already(expr) -> bool:
     stops at the first node that needs them.
 
     >>> x, y = sp.symbols("x y")
-    >>> _canonical_already(3 * sp.cos(x)), _canonical_already(x + y + 1)
+    >>> canonical_already(3 * sp.cos(x)), canonical_already(x + y + 1)
     (True, False)
-    >>> _canonical_already(sp.log(x)), _canonical_already(1 / (1 + sp.exp(-x)))
+    >>> canonical_already(sp.log(x)), canonical_already(1 / (1 + sp.exp(-x)))
     (False, False)
     """
     return not _some_node(expr, _canonicalized)
 
 
 def _canonicalized(node) -> bool:
-    """Whether a pass of the canonicalizer may rewrite node (see _canonical_already)."""
+    """Whether a pass of the canonicalizer may rewrite node (see canonical_already)."""
     if not isinstance(node, sp.Expr) or is_matrix(node):
         return True
     if node.is_Atom:
