@@ -127,6 +127,34 @@ def test_a_sum_of_2000_terms_sharing_10_variables_derives():
     assert all(line.count("=") == 1 for line in text.splitlines())
 
 
+@pytest.mark.parametrize("offset", [-1, 0, 40])
+def test_a_long_sum_is_one_node_whose_adjoint_reaches_every_term(offset):
+    # every term of a sum gets the sum's adjoint: from NARY_SUM_FROM terms on the sum stays
+    # one n-ary node (binary halves would add n - 1 nodes to every pass and share nothing)
+    from symgrad.derive.graph import NARY_SUM_FROM
+    from symgrad.derive.reverse import derive
+
+    terms = NARY_SUM_FROM + offset
+    expr, x, pairs = long_sum(terms)
+    derivation = derive(expr, x)
+    sums = [n for n in derivation.walk.nodes if isinstance(n, sp.Add) and len(n.args) > 2]
+    if offset < 0:
+        assert sums == []           # a shorter sum is binary, as the lecture draws it
+        assert len(derivation.walk.nodes) >= 5 * terms - 1      # and n - 1 binary sums
+    else:
+        assert [len(n.args) for n in sums] == [terms]
+        assert len(derivation.walk.nodes) <= 4 * terms + 11    # sines, sums, products, numbers
+    grads = sg.grad(expr, x)
+    x0 = np.linspace(0.01, 0.1, 10)
+    expected_value, expected = long_sum_by_hand(pairs, x0)
+    point = dict(zip(x, x0))
+    np.testing.assert_allclose([evaluate(grads[s], point) for s in x], expected, rtol=1e-12)
+    value, g = sg.compile(expr, x).value_and_grad(**{s.name: float(v) for s, v in
+                                                     zip(x, x0)})
+    assert value == pytest.approx(expected_value, rel=1e-13)
+    np.testing.assert_allclose([g[s.name] for s in x], expected, rtol=1e-12)
+
+
 def test_a_sum_of_300_terms_compiles():
     # (from 300 terms on, compiling raised RecursionError; the array path of models this
     # large is the rosenbrock tests' subject)

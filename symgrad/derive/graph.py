@@ -3,7 +3,8 @@
 A user's SymPy expression is first brought to canonical form (:func:`canonicalize`):
 
 * n-ary sums and products become binary (so that the adjoints of a 40-factor product share
-  their partial products and stay linear in size);
+  their partial products and stay linear in size), except sums of ``NARY_SUM_FROM`` terms
+  or more, which stay one node (each term's adjoint is the sum's: halves share nothing);
 * every elementwise matrix operation (MatAdd, HadamardProduct, HadamardPower, a scalar times a
   matrix, symgrad's elementwise functions, broadcasts) becomes a :class:`~symgrad.ops.Map`,
   and chains of them used once are fused into one Map;
@@ -389,7 +390,8 @@ class Canonicalizer:
         if stable is not None:          # log(det(A)) -> logdet(A) ...
             return self._canon(stable)
         args = [self._canon(a) for a in expr.args]
-        if isinstance(expr, (sp.Add, sp.Mul, sp.Max, sp.Min)) and len(args) > 2:
+        if (isinstance(expr, (sp.Add, sp.Mul, sp.Max, sp.Min)) and len(args) > 2
+                and not (type(expr) is sp.Add and len(args) >= NARY_SUM_FROM)):
             # binary, in SymPy's canonical argument order: partial results get shared
             return _binary(type(expr), args)
         if isinstance(expr, sp.Piecewise):
@@ -574,6 +576,12 @@ class Canonicalizer:
         return build(0, n - 1)
 
 
+# A sum of this many terms or more stays one n-ary node: every term's adjoint is the sum's,
+# so binary halves would share nothing and only add nodes (9,999 for 10,000 terms) to each
+# pass.  Below it, sums are binary like products, and small models read as the lecture draws
+# them.
+NARY_SUM_FROM = 64
+
 # Sums and products of at most this many operands become a chain ((a + b) + c) + d, whose
 # partial results other sums of the same leading terms share; longer ones a balanced tree,
 # whose depth (log2 of the count) no walk over it can find too deep.
@@ -665,7 +673,9 @@ def _canonicalized(node) -> bool:
     if node.is_Atom:
         return False
     kind = type(node)
-    if kind is sp.Add or kind is sp.Mul:
+    if kind is sp.Add:
+        return 2 < len(node.args) < NARY_SUM_FROM
+    if kind is sp.Mul:
         return len(node.args) > 2
     if kind is sp.Pow:
         return _sigmoid_arg(node) is not None
