@@ -287,6 +287,8 @@ def mul(*args):
     """
     if not sp.core.parameters.global_parameters.evaluate:
         return sp.Mul(*args)
+    if len(args) == 1 and isinstance(args[0], sp.Expr):
+        return args[0]          # (a rule's product of the other factors, when there is one)
     factors = [a for a in args if a is not sp.S.One]
     if len(factors) < 2 or not all(isinstance(a, sp.Expr) for a in factors):
         return sp.Mul(*args)

@@ -649,8 +649,9 @@ def _scalar_postorder(expr) -> list:
 def canonical_already(expr) -> bool:
     """Whether canonicalizing expr gives an expression equal to expr, proven cheaply: a
     scalar expression made of numbers and symbols by sums and products of at most two
-    operands, powers, and functions that no pass rewrites (not a log, re, im or conjugate,
-    a Piecewise, an entry or an operation), with no sigmoid written as 1/(1 + exp(-x)).
+    operands (or sums of NARY_SUM_FROM terms or more), powers, and functions that no pass
+    rewrites (not a log, re, im or conjugate, a Piecewise, an entry or an operation), with
+    no sigmoid written as 1/(1 + exp(-x)).
 
     Then stabilize finds no form to rewrite, _canon_scalar keeps every node (its args are
     its own, so _rebuild_canonical returns it), and the fuser has no node to rewrite: the
@@ -663,6 +664,9 @@ def canonical_already(expr) -> bool:
     >>> canonical_already(sp.log(x)), canonical_already(1 / (1 + sp.exp(-x)))
     (False, False)
     """
+    if all(not a.args for a in expr.args):
+        # one operation over names and numbers (most adjoint contributions): no walk
+        return not (_canonicalized(expr) or any(_canonicalized(a) for a in expr.args))
     return not _some_node(expr, _canonicalized)
 
 
