@@ -31,6 +31,8 @@ _CONSTANT_MATRICES = (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
 def is_atom(e) -> bool:
     """Operands a statement may use directly."""
+    if type(e) is sp.Symbol:        # (most operands: the names of the program)
+        return True
     if isinstance(e, (sp.MatrixSymbol, *_CONSTANT_MATRICES)):
         return True
     if isinstance(e, sp.Transpose) and isinstance(e.arg, sp.MatrixSymbol):

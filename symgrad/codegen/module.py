@@ -451,7 +451,9 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         # inlined into the loops below, so that LLVM vectorises them across points; with
         # more inputs than CPython passes on its stack, a call is compiled as f(*args), which
         # Numba cannot inline: the loops then call the kernel (still compiled, not inlined)
-        op_count = program.op_count()
+        op_count = spec.op_counts.get(kind)         # (counted once, by build_spec)
+        if op_count is None:
+            op_count = program.op_count()
         small = (op_count <= LOOP_INLINE_MAX_OPS
                  and len(names) + len(outputs) <= LOOP_INLINE_MAX_ARRAYS)
         inline = small and len(names) <= CALL_STACK_ARGUMENTS
