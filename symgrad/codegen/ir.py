@@ -157,7 +157,10 @@ def symbols_in(e) -> set:
         return set()
     out = set()
     for a in e.args:
-        out |= symbols_in(a)
+        if type(a) is sp.Symbol:        # (most operands: no call for them)
+            out.add(a)
+        elif a.args or isinstance(a, (sp.MatrixSymbol, sp.Symbol)):
+            out |= symbols_in(a)
     return out
 
 
