@@ -791,6 +791,9 @@ def children(node) -> tuple:
     >>> children(ops.Entry(A, 0, 1)), children(ops.det(A)), children(sp.Symbol("x"))
     ((A,), (A,), ())
     """
+    kind = type(node)
+    if kind is sp.Add or kind is sp.Mul or kind is sp.Pow:     # (most nodes: their args)
+        return node.args
     if isinstance(node, ops.Map):
         return node.operands
     if isinstance(node, (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):
@@ -827,6 +830,9 @@ def with_children(node, new: Sequence, plain: Callable | None = None):
     >>> with_children(sp.sin(x) + x, [sp.sin(y), y])
     y + sin(y)
     """
+    kind = type(node)
+    if (kind is sp.Add or kind is sp.Mul or kind is sp.Pow) and new:    # (most nodes)
+        return (plain or _rebuild_canonical)(node, list(new))
     if isinstance(node, ops.Map):
         return ops.Map(node.function, node.shape, *new)
     if isinstance(node, MatrixElement):
