@@ -294,7 +294,7 @@ def test_add_and_mul_leave_what_combines_to_sympy():
 # Shortcuts of the canonicalizer and of the elementwise rule
 # ------------------------------------------------------------------------------------------
 def test_what_the_canonicalizer_takes_as_canonical_already_it_gives_back(monkeypatch):
-    # canonical_already lets the canonicalizer skip its passes: wherever it says so, the
+    # _canonical_already lets the canonicalizer skip its passes: wherever it says so, the
     # passes must give the expression back (compared with them run, on every subexpression
     # of random models and on the contributions reverse mode sends)
     from symgrad import functions
@@ -308,8 +308,8 @@ def test_what_the_canonicalizer_takes_as_canonical_already_it_gives_back(monkeyp
                     if row.derivative is not None]
     for seed in range(150):
         expressions += dag_nodes(SeededDrawer(seed).first(scalar_model, SCALARS))
-    taken = [e for e in expressions if graph.canonical_already(e)]
-    monkeypatch.setattr(graph, "canonical_already", lambda e: False)
+    taken = [e for e in expressions if graph._canonical_already(e)]
+    monkeypatch.setattr(graph, "_canonical_already", lambda e: False)
     for e in taken:
         assert Canonicalizer()(e) == e, e
     assert len(taken) > 100

@@ -159,7 +159,7 @@ def symbols_in(e) -> set:
     for a in e.args:
         if type(a) is sp.Symbol:        # (most operands: no call for them)
             out.add(a)
-        elif a.args or isinstance(a, (sp.MatrixSymbol, sp.Symbol)):
+        elif a.args or isinstance(a, sp.Symbol):   # (a matrix symbol has args)
             out |= symbols_in(a)
     return out
 
@@ -194,18 +194,7 @@ def shape_of(e):
     slot_of: dict = {}
     fixed: set = set()      # the numbers outside the slots
     done: dict = {}
-    if all(not a.args for a in e.args):
-        # one operation over names and numbers (most statements): its operands, in order
-        for a in e.args:
-            if a not in done:
-                if type(a) is sp.Symbol:
-                    done[a] = len(symbols)
-                    symbols.append(a)
-                else:
-                    done[a] = (type(a), a)
-        stack = [(e, True)]
-    else:
-        stack = [(e, False)]
+    stack = [(e, False)]
     while stack:
         node, expanded = stack.pop()
         if node in done:

@@ -329,7 +329,7 @@ class Canonicalizer:
         if expr.is_Atom and not is_matrix(expr):
             # a name or a number (most adjoint contributions): nothing to stabilize or fuse
             return self._canon(expr)
-        if canonical_already(expr):
+        if _canonical_already(expr):
             # most other contributions (g cos(t), 3 g): every pass below gives them back
             return expr
         plain = not is_matrix(expr)
@@ -617,7 +617,7 @@ _SPECIAL_SCALARS = (MatrixElement, sp.Piecewise,
                     *(cls for cls, o in operations.OPERATIONS.items() if not o.is_matrix))
 
 
-# Functions that a pass of the canonicalizer rewrites (see canonical_already).
+# Functions that a pass of the canonicalizer rewrites (see _canonical_already).
 _REWRITTEN_FUNCTIONS = (sp.log, sp.re, sp.im, sp.conjugate, *_SPECIAL_SCALARS)
 
 
@@ -646,7 +646,7 @@ def _scalar_postorder(expr) -> list:
     return order
 
 
-def canonical_already(expr) -> bool:
+def _canonical_already(expr) -> bool:
     """Whether canonicalizing expr gives an expression equal to expr, proven cheaply: a
     scalar expression made of numbers and symbols by sums and products of at most two
     operands (or sums of NARY_SUM_FROM terms or more), powers, and functions that no pass
@@ -659,9 +659,9 @@ def canonical_already(expr) -> bool:
     stops at the first node that needs them.
 
     >>> x, y = sp.symbols("x y")
-    >>> canonical_already(3 * sp.cos(x)), canonical_already(x + y + 1)
+    >>> _canonical_already(3 * sp.cos(x)), _canonical_already(x + y + 1)
     (True, False)
-    >>> canonical_already(sp.log(x)), canonical_already(1 / (1 + sp.exp(-x)))
+    >>> _canonical_already(sp.log(x)), _canonical_already(1 / (1 + sp.exp(-x)))
     (False, False)
     """
     if all(not a.args for a in expr.args):
@@ -671,7 +671,7 @@ def canonical_already(expr) -> bool:
 
 
 def _canonicalized(node) -> bool:
-    """Whether a pass of the canonicalizer may rewrite node (see canonical_already)."""
+    """Whether a pass of the canonicalizer may rewrite node (see _canonical_already)."""
     if not isinstance(node, sp.Expr) or is_matrix(node):
         return True
     if node.is_Atom:

@@ -28,7 +28,6 @@ from symgrad.derive import rules
 from symgrad.derive.graph import (
     Canonicalizer,
     build_graph,
-    canonical_already,
     children,
     is_matrix,
     with_children,
@@ -240,13 +239,7 @@ def _sum(parts: list, node, canonicalize):
         return canonicalize(_REDUCE[kind](total))
     if is_matrix(node):
         return canonicalize(sp.MatAdd(*parts))
-    total = add(*parts)
-    if type(total) is sp.Add and all(canonical_already(t) for t in total.args):
-        # a sum of canonical terms stays n-ary: the canonical form's binary halves (3,000
-        # nodes for a sum of 3,000 contributions) would be taken apart again by lowering,
-        # which adds the terms one by one, and by inlining
-        return total
-    return canonicalize(total)
+    return canonicalize(add(*parts))
 
 
 def _reduction(e):
