@@ -8,12 +8,13 @@ not compile again.  The folder is ``$SYMGRAD_CACHE_DIR`` or ``~/.cache/symgrad``
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
 import sympy as sp
-from sympy.matrices.expressions.matexpr import MatrixExpr
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad.codegen.docstring import Gradients, module_docstring
 from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, module_source
@@ -115,6 +116,34 @@ def inputs_of(expr, wrt: list) -> list:
     return list(wrt) + data
 
 
+def least_extents(expr, inputs: list) -> dict:
+    """``(matrix input, axis) -> (least extent, entry)`` for each symbolic extent of an input
+    whose entries the model reads at fixed positions (``A[5, 0]`` needs 6 rows).  No shape
+    check catches these: an n x 1 array of 3 rows has the shape the model says, and its
+    kernel would read past the array's end, so the compiled code checks them too.
+
+    >>> n = sp.Symbol("n", integer=True, positive=True)
+    >>> A = sp.MatrixSymbol("A", n, 1)
+    >>> least_extents(2 * A[5, 0] + A[1, 0], [A])
+    {(A, 0): (6, A[5, 0])}
+    """
+    symbolic = {s for s in inputs if isinstance(s, MatrixExpr)
+                and not all(sp.sympify(e).is_number for e in s.shape)}
+    least: dict = {}
+    if not symbolic:
+        return least
+    for node in dag_nodes(expr):
+        if not (isinstance(node, MatrixElement) and node.parent in symbolic):
+            continue
+        for axis, index in enumerate((node.i, node.j)):
+            key = (node.parent, axis)
+            if (index.is_Integer and not sp.sympify(node.parent.shape[axis]).is_number
+                    and (key not in least or index + 1 > least[key][0])):
+                least[key] = (int(index) + 1, node)
+    order = {s: k for k, s in enumerate(inputs)}
+    return dict(sorted(least.items(), key=lambda item: (order[item[0][0]], item[0][1])))
+
+
 @without_cycle_collection
 def grad(expr, wrt) -> Gradients:
     """The gradient of a scalar expression with respect to each symbol of ``wrt``.
@@ -176,6 +205,29 @@ def internal_symbols(inputs: list, dimensions: set) -> dict:
     return table
 
 
+def _in_user_names(error: Exception, public: dict) -> Exception:
+    """``error`` with symgrad's own names in its message (``in_0``, ``dim_1``) written as
+    the user's (see :func:`internal_symbols`), of the same type where that type takes a
+    message alone.
+
+    >>> e = _in_user_names(ValueError("no rule for atan2(in_1, in_0)"),
+    ...                    {sp.Symbol("in_0"): "speed", sp.Symbol("in_1"): "angle"})
+    >>> str(e)
+    'no rule for atan2(angle, speed)'
+    """
+    by_name = {ours.name: theirs for ours, theirs in public.items()}
+    text = _INTERNAL_NAME.sub(lambda m: by_name.get(m.group(), m.group()), str(error))
+    if text == str(error) or len(error.args) != 1:
+        return error
+    try:
+        return type(error)(text)
+    except Exception:  # noqa: BLE001 - a type that wants more than a message: as it was
+        return error
+
+
+_INTERNAL_NAME = re.compile(r"\b(?:in|dim)_\d+\b")
+
+
 @without_cycle_collection
 def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     """Derive, optimize and describe the module for expr (see :func:`compile`)."""
@@ -197,33 +249,41 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     inputs = [table[s] for s in inputs]
     free = {table[d] for d in free}
     output_shape = tuple(sp.sympify(e).xreplace(table) for e in output_shape)
-    if output_shape == (1, 1):
-        from symgrad.ops import Entry
-        expr, output_shape = Entry(expr, 0, 0), ()
-    if output_shape:
-        upstream = sp.MatrixSymbol("upstream", *output_shape)
-        derivation = derive(expr, wrt, seed=upstream)
-        outputs = {"value": derivation.value}
-        outputs.update({w.name: derivation.gradients[w] for w in wrt})
-        lowered = lower(derivation, outputs, inputs)      # once, for every program
-        forward = fuse(restricted(lowered, ["value"]))
-        vjp = fuse(restricted(lowered, [w.name for w in wrt]))
-        spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=output_shape,
-                          free_dimensions=free, public=public, internal=table,
-                          forward=forward, vjp=vjp, upstream=upstream)
-        spec.op_counts = {"forward": forward.op_count(), "vjp": vjp.op_count()}
-    else:
-        derivation = derive(expr, wrt)
-        outputs = {"value": derivation.value}
-        outputs.update({w.name: derivation.gradients[w] for w in wrt})
-        lowered = lower(derivation, outputs, inputs)      # once, for every program
-        forward = fuse(restricted(lowered, ["value"]))
-        value_and_grad = fuse(lowered)
-        spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=(),
-                          free_dimensions=free, public=public, internal=table,
-                          forward=forward, value_and_grad=value_and_grad)
-        spec.op_counts = {"forward": forward.op_count(),
-                          "value_and_grad": value_and_grad.op_count()}
+    try:
+        if output_shape == (1, 1):
+            from symgrad.ops import Entry
+            expr, output_shape = Entry(expr, 0, 0), ()
+        if output_shape:
+            upstream = sp.MatrixSymbol("upstream", *output_shape)
+            derivation = derive(expr, wrt, seed=upstream)
+            outputs = {"value": derivation.value}
+            outputs.update({w.name: derivation.gradients[w] for w in wrt})
+            lowered = lower(derivation, outputs, inputs)      # once, for every program
+            forward = fuse(restricted(lowered, ["value"]))
+            vjp = fuse(restricted(lowered, [w.name for w in wrt]))
+            spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=output_shape,
+                              free_dimensions=free, public=public, internal=table,
+                              forward=forward, vjp=vjp, upstream=upstream)
+            spec.op_counts = {"forward": forward.op_count(), "vjp": vjp.op_count()}
+        else:
+            derivation = derive(expr, wrt)
+            outputs = {"value": derivation.value}
+            outputs.update({w.name: derivation.gradients[w] for w in wrt})
+            lowered = lower(derivation, outputs, inputs)      # once, for every program
+            forward = fuse(restricted(lowered, ["value"]))
+            value_and_grad = fuse(lowered)
+            spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=(),
+                              free_dimensions=free, public=public, internal=table,
+                              forward=forward, value_and_grad=value_and_grad)
+            spec.op_counts = {"forward": forward.op_count(),
+                              "value_and_grad": value_and_grad.op_count()}
+    except (NotImplementedError, ValueError, TypeError) as error:
+        # derivation and lowering see symgrad's names (in_0, dim_0): say the user's
+        translated = _in_user_names(error, public)
+        if translated is error:
+            raise
+        raise translated.with_traceback(error.__traceback__) from None
+    spec.least_extents = least_extents(expr, inputs)
     spec.docstring = module_docstring(name, user_expr, user_wrt, user_inputs, spec,
                                       derivation=derivation, lowered=lowered)
     return spec

@@ -462,6 +462,18 @@ def _check_inputs(f, inputs: dict) -> None:
     raise TypeError(f"missing input {missing[0]!r}; this model takes {', '.join(f.inputs)}")
 
 
+def least_extent_table(expression, inputs) -> tuple:
+    """``((input name, axis, least extent, why), ...)``: the extents the model's entries at
+    fixed positions need (see :func:`symgrad.compiled.least_extents`), for
+    ``_sg_dimensions`` to check: a derivative may no longer read an entry (``2 A[5, 0]``
+    has none), and its bundle's own checks would then let a too-small input through."""
+    from symgrad.codegen.module import entry_reason
+    from symgrad.compiled import least_extents
+
+    return tuple((s.name, axis, least, entry_reason(s.name, entry, least))
+                 for (s, axis), (least, entry) in least_extents(expression, inputs).items())
+
+
 def dimension_table(symbols) -> dict:
     """{dimension name: (input name, axis)}: where each symbolic dimension of the inputs
     is read (the first input that has it)."""
@@ -767,7 +779,9 @@ def _bundle_of(f, kind: str) -> _Bundle:
 def _sizes(f, inputs: dict) -> dict:
     from symgrad.codegen.second_runtime import _sg_dimensions
     table = _compiled(f, "dimensions", lambda: dimension_table(f.spec.user_inputs))
-    return _sg_dimensions(inputs, table)
+    least = _compiled(f, "least extents",
+                      lambda: least_extent_table(f.expression, f.spec.user_inputs))
+    return _sg_dimensions(inputs, table, least)
 
 
 def _scalar_model(f) -> bool:
@@ -1048,6 +1062,7 @@ def second_order_text(model) -> str:
     signature = ", ".join(["*"] + public) if public else ""
     gather = "{" + ", ".join(f"{n!r}: {n}" for n in public) + "}"
     out = [f"_SG_DIMENSIONS = {dimension_table(model.inputs)!r}",
+           f"_SG_LEAST_EXTENTS = {least_extent_table(model.output, model.inputs)!r}",
            f"_SG_SCALAR_MODEL = {not any(isinstance(s, MatrixExpr) for s in model.inputs)!r}",
            ""]
     if has_scalar_output(model):
@@ -1071,8 +1086,8 @@ def second_order_text(model) -> str:
             f"    _inputs = {gather}",
             "    return _sg_hvp(tangents, _inputs, PARAMETERS, _HVP_TABLE, "
             "_hvp__value_and_grad if _HVP_TABLE['probes'] else None,",
-            "                   _sg_dimensions(_inputs, _SG_DIMENSIONS), _SG_SCALAR_MODEL, "
-            f"{at_x})",
+            "                   _sg_dimensions(_inputs, _SG_DIMENSIONS, _SG_LEAST_EXTENTS), "
+            f"_SG_SCALAR_MODEL, {at_x})",
             "",
             "",
             f"def hessian({signature}):",
@@ -1082,7 +1097,7 @@ def second_order_text(model) -> str:
             f"    _inputs = {gather}",
             "    return _sg_hessian(_inputs, PARAMETERS, _HESSIAN_TABLE, "
             "_hessian__value_and_grad if _HESSIAN_TABLE['probes'] else None,",
-            "                       _sg_dimensions(_inputs, _SG_DIMENSIONS), "
+            "                       _sg_dimensions(_inputs, _SG_DIMENSIONS, _SG_LEAST_EXTENTS), "
             "_SG_SCALAR_MODEL, hvp)",
             ""]
     else:
@@ -1097,8 +1112,8 @@ def second_order_text(model) -> str:
             f"    _inputs = {gather}",
             "    return _sg_jacobian(_inputs, PARAMETERS, _JACOBIAN_TABLE, "
             "_jacobian__value_and_grad if _JACOBIAN_TABLE['probes'] else None,",
-            "                        _sg_dimensions(_inputs, _SG_DIMENSIONS), forward, vjp, "
-            f"{tuple(table['row_output'])!r})",
+            "                        _sg_dimensions(_inputs, _SG_DIMENSIONS, _SG_LEAST_EXTENTS), "
+            f"forward, vjp, {tuple(table['row_output'])!r})",
             ""]
     calls = "\n".join(functions)
     for prefix, body, table in bundles:

@@ -1,5 +1,7 @@
 """Bad input gets a clear error naming what the user wrote, never a wrong answer."""
 
+import functools
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -77,6 +79,79 @@ def test_symbolic_dimension_mismatch_names_the_dimension():
     f = sg.compile(sg.dot(v, A @ v), [v])
     with pytest.raises(ValueError, match="'A' has 3 rows.*expected n \\(n = 4 from 'v'\\)"):
         f.value_and_grad(A=np.eye(3), v=np.ones(4))
+
+
+@pytest.mark.parametrize("call", ["forward", "value_and_grad", "grad", "hessian", "vjp"])
+def test_an_entry_past_a_symbolic_extent_is_refused_naming_it(call):
+    """A model that reads A[5, 0] of an n x 1 input needs n >= 6; no shape check says so
+    (a 5 x 1 array has the shape the model names), so every entry point checks it instead
+    of reading and writing past the array's end, and the least size computes."""
+    n, m = (sp.Symbol(s, integer=True, positive=True) for s in "nm")
+    A, B = sg.matrix("A", n, 1), sg.matrix("B", 2, m)
+    read = 2 * A[5, 0] + A[0, 0] ** 2 + B.T[7, 1] * A[2, 0]
+    f = sg.compile(read * A if call == "vjp" else read, [A, B])
+    method = getattr(f, call)
+    if call == "vjp":
+        method = functools.partial(method, np.ones((6, 1)))
+    too_small = [({"A": np.ones(5), "B": np.ones((2, 8))}, r"'A' has 5 rows.*A\[5, 0\].* 6$"),
+                 ({"A": np.ones((6, 1)), "B": np.ones((2, 7), dtype=int)},
+                  r"'B' has 7 columns.*B\[1, 7\].* 8$")]
+    for given, message in too_small:
+        with pytest.raises(ValueError, match=message):
+            method(**given)
+    A0, B0 = np.arange(6.0), np.full((2, 8), 3.0)
+    result = method(A=A0, B=B0)
+    if call == "forward":
+        assert result == 2 * 5 + 0 + 3 * 2
+    elif call == "hessian":
+        assert result[("A", "B")][2, 1, 7] == 1
+    elif call == "vjp":                 # d/dB of sum(read * A) = A[2] sum(A)
+        assert result["B"][1, 7] == A0[2] * A0.sum()
+    else:
+        gradient = result[1] if call == "value_and_grad" else result
+        expected = np.zeros(6)
+        expected[[0, 2, 5]] = [2 * A0[0], B0[1, 7], 2]
+        np.testing.assert_array_equal(gradient["A"], expected)
+        assert gradient["B"][1, 7] == A0[2] and np.count_nonzero(gradient["B"]) == 1
+
+
+def test_an_extent_read_from_a_later_input_or_not_at_all():
+    """A dimension is read off any input's extent of the form a*p + b, whichever input comes
+    first; an extent (p**2) no input gives p for is refused at compile time, naming it."""
+    p = sp.Symbol("p", integer=True, positive=True)
+    G, v = sg.matrix("G", p**2, 1), sg.vector("v", p)
+    f = sg.compile(sg.sum(G) * sg.sum(v), [G, v])
+    value, g = f.value_and_grad(G=np.ones(4), v=np.full(2, 3.0))
+    assert value == 24 and np.array_equal(g["G"], np.full(4, 6.0))
+    with pytest.raises(ValueError, match=r"'G' has 5 rows.*expected p\*\*2 \(p = 2 from 'v'\)"):
+        f(G=np.ones(5), v=np.ones(2))
+    with pytest.raises(ValueError, match=r"dimension p .*'G' has the extent p\*\*2"):
+        sg.compile(sg.sum(G), [G])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int64])
+def test_a_vector_with_more_axes_is_refused_on_every_path(dtype):
+    """(2, 1, 1) holds two numbers, as a 2-vector does, but is not one: the fast path (a
+    float64 array goes straight to the kernel) refuses it as the checked path does."""
+    b = sg.vector("b", 2)
+    f = sg.compile(sg.sum(sg.tanh(b)), [b])
+    for shape in [(2, 1, 1), (2, 1, 1, 1), (1, 2, 1)]:
+        with pytest.raises(ValueError, match=rf"'b' must be a matrix of shape \(2, 1\).*{shape}"):
+            f.value_and_grad(b=np.zeros(shape, dtype=dtype))
+
+
+@pytest.mark.parametrize("make", [lambda a, b: sp.atan2(a, b), lambda a, b: sp.floor(b) * a,
+                                  lambda a, b: sp.Function("g")(b)])
+def test_compile_errors_name_the_users_symbols(make):
+    """sg.compile derives in symgrad's own names (in_0, in_1): its errors say the user's,
+    word for word as sg.grad's."""
+    speed, angle = sp.symbols("speed angle")
+    messages = []
+    for api in (sg.grad, sg.compile):
+        with pytest.raises(NotImplementedError) as raised:
+            api(make(angle, speed), [speed])
+        messages.append(str(raised.value))
+    assert messages[0] == messages[1] and "speed" in messages[1] and "in_0" not in messages[1]
 
 
 class Unsupported(sp.Function):

@@ -64,6 +64,8 @@ class ModuleSpec:
     # string keys and in messages (string literals), and in the escaped docstring.
     public: dict = field(default_factory=dict)
     internal: dict = field(default_factory=dict)    # the user's symbol -> symgrad's
+    # (matrix input, axis) -> (least extent, an entry read there): see compiled.least_extents
+    least_extents: dict = field(default_factory=dict)
 
     def public_name(self, symbol) -> str:
         return self.public.get(symbol, symbol.name)
@@ -836,6 +838,9 @@ def _entry_prologue(spec: ModuleSpec, extra: list[str]) -> list[str]:
             lines.append(f"    {binding}")
         if expected is not None and (s, axis) not in fixed:
             lines += [f"    if {actual} != {expected}:", f"        raise ValueError({s.name!r})"]
+    for (s, axis), (least, _) in spec.least_extents.items():
+        lines += [f"    if {s.name}.shape[{axis}] < {least}:",
+                  f"        raise ValueError({s.name!r})"]
     if extra:       # the upstream adjoint of a matrix output
         rows, cols = (sp.pycode(sp.sympify(d)) for d in spec.output_shape)
         lines += [f"    upstream = {_as_2d('_in_upstream', *spec.output_shape)}",
@@ -858,15 +863,18 @@ def _as_2d(name: str, rows, cols) -> str:
 def _shape_steps(spec: ModuleSpec, array_of: dict):
     """For each axis of each matrix input: (input, axis, the extent read, the line that binds
     a dimension from it or None, the expected extent to check or None, and the message's
-    explanation of that extent as a %-template and the dimensions that fill it)."""
+    explanation of that extent as a %-template and the dimensions that fill it).
+
+    Every binding comes before every check: an extent such as ``2 n`` is checked against
+    an n that a later input may be the one to give."""
     bound: dict = {}       # dimension symbol -> the input it is read from
+    checks = []
     for s in spec.inputs:
         if not isinstance(s, MatrixExpr):
             continue
         for axis, extent in enumerate(s.shape):
             extent = sp.sympify(extent)
             actual = f"{array_of[s.name]}.shape[{axis}]"
-            binding = None
             unbound = [d for d in extent.free_symbols if d not in bound]
             if len(unbound) == 1 and sp.Poly(extent, unbound[0]).degree() == 1:
                 d = unbound[0]
@@ -874,20 +882,36 @@ def _shape_steps(spec: ModuleSpec, array_of: dict):
                 offset = extent - coefficient * d
                 solved = f"({actual} - {sp.pycode(offset)}) // {sp.pycode(coefficient)}" \
                     if (coefficient != 1 or offset != 0) else actual
-                binding = f"{d.name} = {solved}"
                 bound[d] = s
+                yield s, axis, actual, f"{d.name} = {solved}", None, None
                 if extent == d:         # read as it is: nothing to check
-                    yield s, axis, actual, binding, None, None
                     continue
-            # the message is a %-template with symgrad's dimension names as its values, so that
-            # no user text is ever formatted as code (an f-string would run a name's braces)
-            shown = sorted(extent.free_symbols, key=lambda d: d.name)
-            origin = ", ".join(f"{spec.display(d)} = %d from {spec.public_name(bound[d])!r}"
-                               for d in shown)
-            template = (f"expected {spec.display(extent)}".replace("%", "%%")
-                        + (f" ({origin})" if origin else ""))
-            yield s, axis, actual, binding, sp.pycode(extent), \
-                (template, [d.name for d in shown])
+            checks.append((s, axis, actual, extent))
+    for s, axis, actual, extent in checks:
+        unread = sorted((d for d in extent.free_symbols if d not in bound), key=str)
+        if unread:
+            raise ValueError(
+                f"symgrad cannot read the dimension {spec.display(unread[0])} off the inputs' "
+                f"shapes: input {spec.public_name(s)!r} has the extent "
+                f"{spec.display(extent)}, and no input has an extent of the form a*"
+                f"{spec.display(unread[0])} + b to read it from")
+        # the message is a %-template with symgrad's dimension names as its values, so that
+        # no user text is ever formatted as code (an f-string would run a name's braces)
+        shown = sorted(extent.free_symbols, key=lambda d: d.name)
+        origin = ", ".join(f"{spec.display(d)} = %d from {spec.public_name(bound[d])!r}"
+                           for d in shown)
+        template = (f"expected {spec.display(extent)}".replace("%", "%%")
+                    + (f" ({origin})" if origin else ""))
+        yield s, axis, actual, None, sp.pycode(extent), (template, [d.name for d in shown])
+
+
+def entry_reason(name: str, entry, least: int) -> str:
+    """Why an input needs ``least`` rows or columns (for messages): the entry read there.
+
+    >>> entry_reason("A", sp.MatrixSymbol("A", 9, 1)[5, 0], 6)
+    'the model reads its entry A[5, 0], so it needs at least 6'
+    """
+    return f"the model reads its entry {name}[{entry.i}, {entry.j}], so it needs at least {least}"
 
 
 def _prepare_function(spec: ModuleSpec, dims: list) -> list[str]:
@@ -915,6 +939,10 @@ def _prepare_function(spec: ModuleSpec, dims: list) -> list[str]:
             lines += [f"    if {actual} != {expected}:",
                       f"        raise _dimension_error({spec.public_name(s)!r}, {axis}, "
                       f"{s.name}.shape, {text})"]
+    for (s, axis), (least, entry) in spec.least_extents.items():
+        lines += [f"    if {s.name}.shape[{axis}] < {least}:",
+                  f"        raise _dimension_error({spec.public_name(s)!r}, {axis}, "
+                  f"{s.name}.shape, {entry_reason(spec.public_name(s), entry, least)!r})"]
     shapes = []
     for s in spec.inputs:
         # only a vector can arrive 1-D: its gradient then goes back 1-D
@@ -931,9 +959,12 @@ def _prepare_function(spec: ModuleSpec, dims: list) -> list[str]:
 def _fast_gate(spec: ModuleSpec, extra: list[str]) -> str:
     """The Python test that sends a call straight to the kernel: C-contiguous float64 arrays,
     floats and ints as such (the kernel then compiles once, for these types)."""
-    arrays = extra + [s.name for s in spec.inputs if isinstance(s, MatrixExpr)]
-    tests = [f"type({n}) is _ndarray and {n}.dtype is _float64 and {n}.flags.c_contiguous"
-             for n in arrays]
+    # (a vector's kernel reshapes it, which a (2, 1, 1) array would pass as well)
+    dimensions = dict.fromkeys(extra, "<= 2" if 1 in spec.output_shape else "== 2")
+    dimensions.update((s.name, "<= 2" if 1 in s.shape else "== 2") for s in spec.inputs
+                      if isinstance(s, MatrixExpr))
+    tests = [f"type({n}) is _ndarray and {n}.dtype is _float64 and {n}.ndim {d} and "
+             f"{n}.flags.c_contiguous" for n, d in dimensions.items()]
     for s in spec.inputs:
         if s in spec.free_dimensions:
             tests.append(f"type({s.name}) is int")

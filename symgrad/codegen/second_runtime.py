@@ -72,8 +72,16 @@ def _sg_symmetric_product(a, c):
     return full
 
 
-def _sg_dimensions(inputs, dimensions):
-    """{dimension name: its size}, read off the inputs that fix them."""
+def _sg_dimensions(inputs, dimensions, least=()):
+    """{dimension name: its size}, read off the inputs that fix them; an input smaller than
+    an entry the model reads (``least``: (input, axis, extent, why) each) is refused."""
+    for source, axis, extent, why in least:
+        shape = np.shape(inputs[source])
+        if len(shape) == 1:
+            shape = (shape[0], 1)
+        if len(shape) == 2 and shape[axis] < extent:
+            raise ValueError(f"input {source!r} has {shape[axis]} "
+                             f"{'rows' if axis == 0 else 'columns'} (shape {shape}), but {why}")
     sizes = {}
     for name, (source, axis) in dimensions.items():
         shape = np.shape(inputs[source])
