@@ -34,7 +34,7 @@ tanhl, sinl, ...; 11 bits more precise, cross-checked against mpmath)::
     sg_sigmoid      2.36    all x (no overflow; subnormal results below -708)
     sg_softplus     1.57    all x (= x for large x, exp(x) for very negative x)
     sg_logsigmoid   1.57    all x (= -softplus(-x))
-    sg_sin          2.13    |x| < 2**29 (5.4e8); see below
+    sg_sin          2.13    |x| < 2**29 (5.4e8); nan from 2**51, see below
     sg_cos          2.31    |x| < 2**29
 
 tests/test_fastmath.py asserts 1 / 1.5 / 1 / 1 / 2.5 / 2.5 / 2 / 2 / 2.5 / 2.5
@@ -53,8 +53,9 @@ reduction steps) it measured <= 2 ulp also for 2**29 <= |x| < 2**51, random and
 near-multiple-of-pi/2 arguments, though that is not proven for the very closest
 approaches. Without FMA the absolute error grows like |x| * 2**-53 there
 (5e-7 at 2**32, 1e-4 at 2**40). For |x| >= 2**51 the quadrant cannot be
-formed: the result is finite and within [-1, 1] but otherwise meaningless (use
-np.sin for such arguments).
+formed (one ulp of x is half a radian or more): sg_sin and sg_cos answer nan
+there rather than a meaningless value (NumPy and JAX reduce such arguments
+exactly, with a branch per argument that a vectorised loop cannot take).
 
 Speed, ns per element (``python bench/fastmath_speed.py``; 2-core AVX-512 VM,
 Numba 0.68.1, NumPy 2.4; ``sg`` = ``out[i] = sg_f(x[i])`` in an njit loop;
@@ -447,6 +448,10 @@ _C3 = -2.7557317271145144e-07
 _C4 = 2.087614614655861e-09
 _C5 = -1.1382623647474604e-11
 
+# sin and cos answer nan from here on (see the module docstring)
+_SIN_COS_LIMIT = 2.0**51
+_NAN = float("nan")
+
 # sin(x) = x for |x| below this (x**3/6 < ulp(x)/2); also keeps sin(-0.0) = -0.0.
 _SIN_TINY = 2.0**-26
 
@@ -463,10 +468,9 @@ def _sin_cos_kernel(x, shift):
     r = r - kf * _PIO2_3
     r = r - kf * _PIO2_4
     r = r - kf * _PIO2_5
-    # Only for |x| >~ 2**51 (where k cannot be formed) can |r| exceed 1; clamp so
-    # the result stays finite and bounded there. nan passes through.
-    r = 1.0 if r > 1.0 else r
-    r = -1.0 if r < -1.0 else r
+    # From 2**51 on k cannot be formed (one ulp of x is half a radian or more): no
+    # value rather than a meaningless one (nan passes through, inf gives nan).
+    r = r if abs(x) < _SIN_COS_LIMIT else _NAN
     z = r * r
     ps = _S6
     ps = ps * z + _S5
