@@ -370,6 +370,27 @@ def same(got: float, want: float, where: str) -> None:
         assert got == pytest.approx(want, rel=1e-8, abs=1e-12), where
 
 
+def on_both_paths(f, point: dict):
+    """f's value and gradient at a point of floats, by the float path and the array path
+    (asserted to agree, NaN and inf alike)."""
+    value, grad = f.value_and_grad(**point)
+    values, grads = f.value_and_grad(**{k: np.array([v]) for k, v in point.items()})
+    same(value, values[0], f"value at {point}")
+    for name in grad:
+        same(grad[name], grads[name][0], f"d/d{name} at {point}")
+    return value, grad
+
+
+def test_a_constant_beyond_float64_computes_as_numpy_computes_with_it():
+    """A number too large for float64 (an integer, a rational, a SymPy Float) is NumPy's
+    float64 of it, inf with its sign, on both paths."""
+    x, y, z = sp.symbols("x y z")
+    f = sg.compile(x * sp.Rational(10**400, 3) - y * sp.Integer(10)**400
+                   + sp.exp(z - sp.Float("1e400")), [x, y, z])
+    value, grad = on_both_paths(f, {"x": 1.0, "y": -1.0, "z": 0.0})
+    assert (value, grad) == (math.inf, {"x": math.inf, "y": -math.inf, "z": 0.0})
+
+
 # ------------------------------------------------------------------------------------------
 # 6. Arguments are validated where they are written
 # ------------------------------------------------------------------------------------------

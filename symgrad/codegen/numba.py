@@ -253,16 +253,33 @@ class ScalarPrinter(NumPyPrinter):
         return f"({b} ** {power})"
 
     def _print_Rational(self, expr):
-        return repr(float(expr))
+        return self._float_text(float(expr))
 
     def _print_Integer(self, expr):
+        try:
+            float(expr.p)
+        except OverflowError:       # (Python's float of an int raises where NumPy's is inf)
+            return self._float_text(math.inf if expr.p > 0 else -math.inf)
         return f"{int(expr)}.0"
 
     def _print_Half(self, expr):
         return "0.5"
 
     def _print_Float(self, expr):
-        return repr(float(expr))
+        return self._float_text(float(expr))
+
+    def _float_text(self, value: float) -> str:
+        """A float64 constant's code: its repr, or NumPy's infinity where the exact number
+        overflows float64 (``float`` gives ``inf``, which no module defines), as NumPy
+        computes with it.
+
+        >>> ScalarPrinter().expression(sp.Symbol("x") * sp.Integer(10) ** 400)
+        'np.inf*x'
+        """
+        if math.isinf(value):
+            inf = self._module_format("numpy.inf")
+            return inf if value > 0 else f"(-{inf})"
+        return repr(value)
 
     def _print_Pi(self, expr):
         return "np.pi"
