@@ -381,6 +381,26 @@ def on_both_paths(f, point: dict):
     return value, grad
 
 
+def test_an_integer_exponent_beyond_float_precision_keeps_its_parity():
+    """An exact integer power n keeps the sign of (-1)^n when n is too large for a float to
+    hold (every float above 2^53 is even), in the value and in the derivative."""
+    a, b, c = sp.symbols("a b c")
+    exponents = {a: 2**53 + 1, b: 10**20, c: -(2**53 + 3)}
+    f = sg.compile(sum(s ** n for s, n in exponents.items()), list(exponents))
+    for base in (-1.0, 1.0):
+        value, grad = on_both_paths(f, {s.name: base for s in exponents})
+        assert value == sum(int(base) ** (n % 2) for n in exponents.values())   # (+-1)^n
+        for s, n in exponents.items():
+            assert grad[s.name] == float(n * int(base) ** ((n - 1) % 2)), (s, base)
+    # and in a matrix's elementwise loop
+    odd, even = 2**53 + 1, 10**20
+    A, e = sg.matrix("A", 1, 2), sp.Symbol("e")
+    g = sg.compile(sg.sum(sg.Map(sp.Lambda((e,), e ** odd + e ** even), (1, 2), A)), [A])
+    value, grad = g.value_and_grad(A=np.array([[-1.0, 1.0]]))
+    assert value == 2.0
+    np.testing.assert_array_equal(grad["A"], [[float(odd - even), float(odd + even)]])
+
+
 def test_a_constant_beyond_float64_computes_as_numpy_computes_with_it():
     """A number too large for float64 (an integer, a rational, a SymPy Float) is NumPy's
     float64 of it, inf with its sign, on both paths."""

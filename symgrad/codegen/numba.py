@@ -47,6 +47,8 @@ _PRINTED_SHAPES_MAX = 50_000
 # kernels of the forward pass and of value and gradient, and their Python twins)
 _PRINTED: dict = {}
 _PRINTED_MAX = 300_000
+# the integers that float64 holds exactly (larger ones lose their last bits, parity first)
+_EXACT_INTEGERS = 2**53
 
 
 def forget_printed() -> None:
@@ -248,6 +250,11 @@ class ScalarPrinter(NumPyPrinter):
             return "(" + " * ".join([b] * int(exponent)) + ")"
         if exponent.is_Integer and -4 <= exponent <= -2:
             return "(1.0 / (" + " * ".join([b] * int(-exponent)) + "))"
+        if exponent.is_Integer and abs(exponent.p) > _EXACT_INTEGERS and exponent.p % 2:
+            # a float this large is even: b ** float(n) loses the sign of an odd power, which
+            # the exact n gives back (x ** (2**53 + 1) is -1 at -1)
+            copysign = self._module_format("numpy.copysign")
+            return f"{copysign}({b} ** {self._print(sp.Float(exponent))}, {b})"
         exponent = sp.Float(exponent) if exponent.is_Rational else exponent
         power = self._print(exponent) if exponent.is_Atom else f"({self._print(exponent)})"
         return f"({b} ** {power})"
