@@ -381,6 +381,42 @@ def on_both_paths(f, point: dict):
     return value, grad
 
 
+MINMAX_POINTS = [(1.0, 2.0, 0.5), (2.0, 2.0, 2.0), (2.0, 2.0, 1.0), (1.0, 2.0, 2.0),
+                 (math.inf, math.inf, 0.0), (-math.inf, 1.0, -math.inf), (1.0, math.nan, 0.0),
+                 (math.nan, 1.0, 0.0), (0.0, 1.0, math.nan), (math.nan,) * 3]
+
+
+@pytest.mark.parametrize("arity", [2, 3])
+def test_max_and_min_route_the_gradient_as_jax_whatever_the_argument_order(arity):
+    """The gradient goes to the arguments equal to the value, split evenly at a tie (of two,
+    of three, of two infinities); where the value is NaN no argument equals it and each gets
+    0.  Binary Max and Min agree with JAX's maximum and minimum; an n-ary one with JAX's max
+    of the stacked arguments, whose reduction gives NaN rather than 0 where one is NaN."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    x, y, z = sp.symbols("x y z")
+    if arity == 2:
+        inputs, model = [x, y], sp.Max(x, y) + 3 * sp.Min(y, x)
+
+        def reference(v):
+            return jnp.maximum(v[0], v[1]) + 3 * jnp.minimum(v[1], v[0])
+    else:
+        inputs, model = [x, y, z], sp.Max(z, x, y) + 3 * sp.Min(x, y, z)
+
+        def reference(v):
+            return jnp.max(v) + 3 * jnp.min(v)
+    points = np.array(MINMAX_POINTS)[:, :arity]
+    wanted = np.array(jax.vmap(jax.grad(reference))(points))
+    if arity > 2:
+        wanted[np.isnan(points).any(axis=1)] = 0.0
+    f = sg.compile(model, inputs)
+    for point, want in zip(points, wanted):
+        _, grad = on_both_paths(f, {s.name: v for s, v in zip(inputs, point)})
+        assert [grad[s.name] for s in inputs] == pytest.approx(list(want), rel=1e-15), (
+            model, point)
+
+
 def test_an_integer_exponent_beyond_float_precision_keeps_its_parity():
     """An exact integer power n keeps the sign of (-1)^n when n is too large for a float to
     hold (every float above 2^53 is even), in the value and in the derivative."""
