@@ -381,6 +381,21 @@ def on_both_paths(f, point: dict):
     return value, grad
 
 
+def test_heaviside_is_numpys_at_every_special_point_and_nan_gives_relu_no_gradient():
+    """Heaviside(x, h) is np.heaviside(x, h), NaN at NaN, on both paths (as a value and as a
+    gradient); relu passes no gradient where its input is NaN, as JAX's relu and Max(x, 0)."""
+    x, y, z, u, v = sp.symbols("x y z u v")
+    f = sg.compile(sp.Heaviside(x) * y + 2 * sp.Heaviside(x, 0) * z + 3 * sg.relu(u)
+                   + 5 * sp.Max(v, 0), [y, z, u, v])
+    for p in SPECIAL_POINTS:
+        with np.errstate(invalid="ignore"):
+            _, grad = on_both_paths(f, {"x": p, "y": 1.0, "z": 1.0, "u": p, "v": p})
+        same(grad["y"], np.heaviside(p, 0.5), f"H({p})")
+        same(grad["z"], 2 * np.heaviside(p, 0.0), f"H({p}, 0)")
+        assert grad["u"] == (3.0 if p > 0 else 0.0), p
+        assert grad["v"] == (5.0 if p > 0 else 2.5 if p == 0 else 0.0), p
+
+
 MINMAX_POINTS = [(1.0, 2.0, 0.5), (2.0, 2.0, 2.0), (2.0, 2.0, 1.0), (1.0, 2.0, 2.0),
                  (math.inf, math.inf, 0.0), (-math.inf, 1.0, -math.inf), (1.0, math.nan, 0.0),
                  (math.nan, 1.0, 0.0), (0.0, 1.0, math.nan), (math.nan,) * 3]

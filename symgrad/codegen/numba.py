@@ -194,9 +194,17 @@ class ScalarPrinter(NumPyPrinter):
     _MAX, _MIN = "sg_max", "sg_min"
 
     def _print_Heaviside(self, expr):
+        """1 above 0, 0 below, the second argument (1/2 without one) at 0, and NaN at NaN,
+        which is none of these (``np.heaviside``).
+
+        >>> ScalarPrinter().expression(sp.Heaviside(sp.Symbol("x"), 0))
+        '(1.0 if x > 0.0 else (0.0 if x < 0.0 else (0.0 if x == 0.0 else np.nan)))'
+        """
         x = self._print(expr.args[0])
         at_zero = self._print(sp.Float(expr.args[1])) if len(expr.args) > 1 else "0.5"
-        return f"(1.0 if {x} > 0.0 else ({at_zero} if {x} == 0.0 else 0.0))"
+        nan = self._module_format("numpy.nan")
+        return (f"(1.0 if {x} > 0.0 else (0.0 if {x} < 0.0 else ({at_zero} if {x} == 0.0 "
+                f"else {nan})))")
 
     def _print_Max(self, expr):
         return self._minmax(self._MAX, expr.args)
