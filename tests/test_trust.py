@@ -572,6 +572,14 @@ def test_an_elementwise_reciprocal_does_not_print_as_an_inverse():
     assert "∘" not in sg.show(inverse)
 
 
+def test_a_selection_prints_each_value_with_its_condition_and_nan_where_none_holds():
+    x, y = sp.symbols("x y")
+    shown = sg.show(sg.grad(sp.Max(x, y) + sp.Piecewise((x * y, x > 1), (y, sp.Ne(x, 0))),
+                            [x]))
+    assert shown == ("df/dx = y*(1 if x > 1 else 0 if x ≠ 0 else nan) "
+                     "+ (1 if x > y else 1/2 if x = y else 0)"), shown
+
+
 def test_every_module_the_suite_builds_parses():
     """conftest.py parses the source of every module that sg.compile and sg.generate build
     in this session; here, one more of each kind and the record's size."""
