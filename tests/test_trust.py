@@ -432,6 +432,22 @@ def test_max_and_min_route_the_gradient_as_jax_whatever_the_argument_order(arity
             model, point)
 
 
+def test_a_power_with_a_variable_exponent_differentiates_as_jax_at_special_points():
+    """d(x**y)/dy is x**y log(x) with log(0) taken as 0 (0**y is 0 for all y > 0: its slope
+    is 0, not NaN), as JAX; both derivatives agree with JAX's at every special point."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    x, y = sp.symbols("x y")
+    grid = np.array([(a, b) for a in SPECIAL_POINTS for b in SPECIAL_POINTS])
+    wanted = np.array(jax.vmap(jax.grad(lambda v: v[0] ** v[1]))(grid))
+    f = sg.compile(x ** y, [x, y])
+    with np.errstate(all="ignore"):
+        for (a, b), want in zip(grid, wanted):
+            _, grad = on_both_paths(f, {"x": a, "y": b})
+            same(grad["x"], want[0], f"d/dx at {a, b}")
+            same(grad["y"], want[1], f"d/dy at {a, b}")
+
+
 def test_an_integer_exponent_beyond_float_precision_keeps_its_parity():
     """An exact integer power n keeps the sign of (-1)^n when n is too large for a float to
     hold (every float above 2^53 is even), in the value and in the derivative."""

@@ -106,7 +106,20 @@ def _pow_rule(g, y, base, exponent, **_):
         if exponent == -1:
             return (times(-g, y**2), None)
         return (times(times(g, exponent), base ** (exponent - 1)), None)
-    return (times(times(g, exponent), base ** (exponent - 1)), times(times(g, y), sp.log(base)))
+    return (times(times(g, exponent), base ** (exponent - 1)),
+            times(times(g, y), _log_of_base(base)))
+
+
+def _log_of_base(base):
+    """log(base) in d(base**e)/de = base**e log(base), with 0 where the base is 0, as JAX
+    takes it: 0**e is 0 for every e > 0, so its slope in e is 0 there (log(0) would make
+    it 0 * -inf, NaN); at e = 0 it is 0 too, and NaN where e < 0 (inf * 0).  A base that is
+    not zero (a positive symbol, a number) keeps its plain log.
+
+    >>> _log_of_base(sp.Symbol("x")), _log_of_base(sp.Symbol("p", positive=True))
+    (Piecewise((log(x), Ne(x, 0)), (0, True)), log(p))
+    """
+    return sp.Piecewise((sp.log(base), sp.Ne(base, 0)), (0, True))
 
 
 def _mul_rule(g, y, *x, wanted=None, **_):
