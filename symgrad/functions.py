@@ -94,8 +94,9 @@ _TABLE = [
                 numba="sg_logsigmoid({})", python="_py_logsigmoid({})",
                 numpy="(-np.logaddexp(0.0, -{}))", jax="jax.nn.log_sigmoid({})",
                 torch="F.logsigmoid({})", latex=r"\operatorname{logsigmoid}"),
-    # relu takes 0 at 0 (so does its derivative); NaN stays NaN, as np.maximum
-    Elementwise("relu", ops.relu, ops.relu, lambda x, y: sp.Heaviside(x, 0),
+    # relu takes 0 at 0 (so does its derivative); NaN stays NaN, as np.maximum, and its
+    # derivative there is 0, as JAX's and as Max(x, 0)'s (ops.relu.fdiff)
+    Elementwise("relu", ops.relu, ops.relu, lambda x, y: ops.relu_slope(x),
                 numba="sg_max({}, 0.0)", python="_py_max({}, 0.0)",
                 numpy="np.maximum({}, 0.0)", jax="jax.nn.relu({})", torch="torch.relu({})",
                 # np.maximum(x, 0) would give autograd half the gradient at 0

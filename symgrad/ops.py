@@ -115,10 +115,20 @@ class relu(_ScalarFunction):
         return sp.Max(x, 0)
 
     def fdiff(self, argindex=1):
-        return sp.Heaviside(self.args[0], 0)
+        return relu_slope(self.args[0])
 
     def _eval_rewrite_as_Max(self, x, **kwargs):
         return self.closed_form(x)
+
+
+def relu_slope(x):
+    """The derivative of relu: 1 where x > 0, else 0, NaN included (not Heaviside(x, 0),
+    which is NaN at NaN), as JAX's relu and the gradient of Max(x, 0).
+
+    >>> relu_slope(sp.Symbol("x"))
+    Piecewise((1, x > 0), (0, True))
+    """
+    return sp.Piecewise((1, x > 0), (0, True))
 
 
 log1p = _log1p

@@ -197,8 +197,8 @@ def test_explain_ends_with_the_lectures_gradients():
     assert "f = (x + y)*Max(y, z) = 6" in text
     # each step: local gradient x upstream, with numbers
     assert "to Max(y, z): local gradient x + y = 3; 3 × 1 = 3" in text
-    assert "to y: local gradient Heaviside(y - z) = 1; 1 × 3 = 3" in text
-    assert "to z: local gradient 1 - Heaviside(y - z) = 0; 0 × 3 = 0" in text
+    assert "to y: local gradient (1 if y > z else 1/2 if y = z else 0) = 1; 1 × 3 = 3" in text
+    assert "to z: local gradient (1 if y < z else 1/2 if y = z else 0) = 0; 0 × 3 = 0" in text
     assert "to x: local gradient 1; 1 × 2 = 2" in text
 
 

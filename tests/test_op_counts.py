@@ -62,14 +62,15 @@ def test_a_subtracted_term_costs_no_negation_of_its_own(make, forward):
     assert symgrad_op_counts(expr, sorted(expr.free_symbols, key=str))["forward"] == forward
 
 
-def test_max_gradient_subtracts_instead_of_negating():
-    # d Max(x, y)/dy = 1 - H(x - y): one subtraction, one step, one subtraction
+def test_max_gradient_is_one_selection_per_input():
+    # d Max(x, y)/dx: 1 if x > y, 1/2 if x = y, else 0 (two comparisons), and so for y
     x, y = sp.symbols("x y")
-    assert symgrad_op_counts(sp.Max(x, y), [x, y]) == {"forward": 1, "value_and_grad": 4}
+    assert symgrad_op_counts(sp.Max(x, y), [x, y]) == {"forward": 1, "value_and_grad": 5}
 
 
 # Random models whose gradient costs more than four forward passes, each a gap: a Max of three
-# (each Max passes its adjoint on as g H and g - g H, and the chain below it multiplies both).
+# (each input's share is a selection by the count of the inputs equal to the Max, and the
+# chain below it multiplies each).
 OVER_FOUR_TIMES = {64: "Max of three"}
 
 

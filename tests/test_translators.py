@@ -153,6 +153,15 @@ def test_every_scalar_function_gives_the_numpy_value(name, node, expr, expected)
 
 
 @pytest.mark.parametrize("name", FRAMEWORKS)
+def test_heaviside_is_numpys_at_special_points(name):
+    f = translate(sp.Heaviside(z) + 2 * sp.Heaviside(z, 0), [z], framework(name))
+    special_points = np.array([-np.inf, -1.0, -0.0, 0.0, 1.0, np.inf, np.nan])
+    np.testing.assert_equal(to_numpy(f(z=to_framework(name, special_points))),
+                            np.heaviside(special_points, 0.5)
+                            + 2 * np.heaviside(special_points, 0.0))
+
+
+@pytest.mark.parametrize("name", FRAMEWORKS)
 def test_canonical_and_written_forms_agree(name):
     model = sg.dot(sg.vector("u", 2), sg.sigmoid(W @ x + b)) + sg.logdet(S @ S.T) \
         + sp.log(1 - ops.sigmoid(sg.sum(W)))

@@ -370,6 +370,114 @@ def same(got: float, want: float, where: str) -> None:
         assert got == pytest.approx(want, rel=1e-8, abs=1e-12), where
 
 
+def on_both_paths(f, point: dict):
+    """f's value and gradient at a point of floats, by the float path and the array path
+    (asserted to agree, NaN and inf alike)."""
+    value, grad = f.value_and_grad(**point)
+    values, grads = f.value_and_grad(**{k: np.array([v]) for k, v in point.items()})
+    same(value, values[0], f"value at {point}")
+    for name in grad:
+        same(grad[name], grads[name][0], f"d/d{name} at {point}")
+    return value, grad
+
+
+def test_heaviside_is_numpys_at_every_special_point_and_nan_gives_relu_no_gradient():
+    """Heaviside(x, h) is np.heaviside(x, h), NaN at NaN, on both paths (as a value and as a
+    gradient); relu passes no gradient where its input is NaN, as JAX's relu and Max(x, 0)."""
+    x, y, z, u, v = sp.symbols("x y z u v")
+    f = sg.compile(sp.Heaviside(x) * y + 2 * sp.Heaviside(x, 0) * z + 3 * sg.relu(u)
+                   + 5 * sp.Max(v, 0), [y, z, u, v])
+    for p in SPECIAL_POINTS:
+        with np.errstate(invalid="ignore"):
+            _, grad = on_both_paths(f, {"x": p, "y": 1.0, "z": 1.0, "u": p, "v": p})
+        same(grad["y"], np.heaviside(p, 0.5), f"H({p})")
+        same(grad["z"], 2 * np.heaviside(p, 0.0), f"H({p}, 0)")
+        assert grad["u"] == (3.0 if p > 0 else 0.0), p
+        assert grad["v"] == (5.0 if p > 0 else 2.5 if p == 0 else 0.0), p
+
+
+MINMAX_POINTS = [(1.0, 2.0, 0.5), (2.0, 2.0, 2.0), (2.0, 2.0, 1.0), (1.0, 2.0, 2.0),
+                 (math.inf, math.inf, 0.0), (-math.inf, 1.0, -math.inf), (1.0, math.nan, 0.0),
+                 (math.nan, 1.0, 0.0), (0.0, 1.0, math.nan), (math.nan,) * 3]
+
+
+@pytest.mark.parametrize("arity", [2, 3])
+def test_max_and_min_route_the_gradient_as_jax_whatever_the_argument_order(arity):
+    """The gradient goes to the arguments equal to the value, split evenly at a tie (of two,
+    of three, of two infinities); where the value is NaN no argument equals it and each gets
+    0.  Binary Max and Min agree with JAX's maximum and minimum; an n-ary one with JAX's max
+    of the stacked arguments, whose reduction gives NaN rather than 0 where one is NaN."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    x, y, z = sp.symbols("x y z")
+    if arity == 2:
+        inputs, model = [x, y], sp.Max(x, y) + 3 * sp.Min(y, x)
+
+        def reference(v):
+            return jnp.maximum(v[0], v[1]) + 3 * jnp.minimum(v[1], v[0])
+    else:
+        inputs, model = [x, y, z], sp.Max(z, x, y) + 3 * sp.Min(x, y, z)
+
+        def reference(v):
+            return jnp.max(v) + 3 * jnp.min(v)
+    points = np.array(MINMAX_POINTS)[:, :arity]
+    wanted = np.array(jax.vmap(jax.grad(reference))(points))
+    if arity > 2:
+        wanted[np.isnan(points).any(axis=1)] = 0.0
+    f = sg.compile(model, inputs)
+    for point, want in zip(points, wanted):
+        _, grad = on_both_paths(f, {s.name: v for s, v in zip(inputs, point)})
+        assert [grad[s.name] for s in inputs] == pytest.approx(list(want), rel=1e-15), (
+            model, point)
+
+
+def test_a_power_with_a_variable_exponent_differentiates_as_jax_at_special_points():
+    """d(x**y)/dy is x**y log(x) with log(0) taken as 0 (0**y is 0 for all y > 0: its slope
+    is 0, not NaN), as JAX; both derivatives agree with JAX's at every special point."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    x, y = sp.symbols("x y")
+    grid = np.array([(a, b) for a in SPECIAL_POINTS for b in SPECIAL_POINTS])
+    wanted = np.array(jax.vmap(jax.grad(lambda v: v[0] ** v[1]))(grid))
+    f = sg.compile(x ** y, [x, y])
+    with np.errstate(all="ignore"):
+        for (a, b), want in zip(grid, wanted):
+            _, grad = on_both_paths(f, {"x": a, "y": b})
+            same(grad["x"], want[0], f"d/dx at {a, b}")
+            same(grad["y"], want[1], f"d/dy at {a, b}")
+
+
+def test_an_integer_exponent_beyond_float_precision_keeps_its_parity():
+    """An exact integer power n keeps the sign of (-1)^n when n is too large for a float to
+    hold (every float above 2^53 is even), in the value and in the derivative."""
+    a, b, c = sp.symbols("a b c")
+    exponents = {a: 2**53 + 1, b: 10**20, c: -(2**53 + 3)}
+    f = sg.compile(sum(s ** n for s, n in exponents.items()), list(exponents))
+    for base in (-1.0, 1.0):
+        value, grad = on_both_paths(f, {s.name: base for s in exponents})
+        assert value == sum(int(base) ** (n % 2) for n in exponents.values())   # (+-1)^n
+        for s, n in exponents.items():
+            assert grad[s.name] == float(n * int(base) ** ((n - 1) % 2)), (s, base)
+    # and in a matrix's elementwise loop
+    odd, even = 2**53 + 1, 10**20
+    A, e = sg.matrix("A", 1, 2), sp.Symbol("e")
+    g = sg.compile(sg.sum(sg.Map(sp.Lambda((e,), e ** odd + e ** even), (1, 2), A)), [A])
+    value, grad = g.value_and_grad(A=np.array([[-1.0, 1.0]]))
+    assert value == 2.0
+    np.testing.assert_array_equal(grad["A"], [[float(odd - even), float(odd + even)]])
+
+
+def test_a_constant_beyond_float64_computes_as_numpy_computes_with_it():
+    """A number too large for float64 (an integer, a rational, a SymPy Float) is NumPy's
+    float64 of it, inf with its sign, on both paths."""
+    x, y, z = sp.symbols("x y z")
+    f = sg.compile(x * sp.Rational(10**400, 3) - y * sp.Integer(10)**400
+                   + sp.exp(z - sp.Float("1e400")), [x, y, z])
+    value, grad = on_both_paths(f, {"x": 1.0, "y": -1.0, "z": 0.0})
+    assert (value, grad) == (math.inf, {"x": math.inf, "y": -math.inf, "z": 0.0})
+
+
 # ------------------------------------------------------------------------------------------
 # 6. Arguments are validated where they are written
 # ------------------------------------------------------------------------------------------
@@ -478,6 +586,14 @@ def test_an_elementwise_reciprocal_does_not_print_as_an_inverse():
     inverse = sg.grad(sg.logdet(M), [M])
     assert "M^∘-1" in sg.show(reciprocal) and r"M^{\circ -1}" in sg.latex(reciprocal)
     assert "∘" not in sg.show(inverse)
+
+
+def test_a_selection_prints_each_value_with_its_condition_and_nan_where_none_holds():
+    x, y = sp.symbols("x y")
+    shown = sg.show(sg.grad(sp.Max(x, y) + sp.Piecewise((x * y, x > 1), (y, sp.Ne(x, 0))),
+                            [x]))
+    assert shown == ("df/dx = y*(1 if x > 1 else 0 if x ≠ 0 else nan) "
+                     "+ (1 if x > y else 1/2 if x = y else 0)"), shown
 
 
 def test_every_module_the_suite_builds_parses():

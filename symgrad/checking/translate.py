@@ -314,10 +314,12 @@ class Translator(Printer):
         return f"(0.0 * {self._print(expr.args[0])})"
 
     def _print_Heaviside(self, expr):
-        # symgrad's convention: H(0) is the second argument, 1/2 when there is none
+        # symgrad's convention: H(0) is the second argument, 1/2 when there is none; NaN at
+        # NaN, as np.heaviside
         x = self._print(expr.args[0])
         at_zero = self._print(expr.args[1]) if len(expr.args) > 1 else "0.5"
-        inner = self._where(f"({x} == 0.0)", at_zero, "0.0")
+        inner = self._where(f"({x} == 0.0)", at_zero, self._number(float("nan")))
+        inner = self._where(f"({x} < 0.0)", "0.0", inner)
         return self._where(f"({x} > 0.0)", "1.0", inner)
 
     def _print_Max(self, expr):

@@ -78,6 +78,28 @@ class FormulaPrinter(StrPrinter):
     def _print__Piece(self, expr):
         return expr.name
 
+    def _print_Piecewise(self, expr):
+        """Each value with the condition that selects it, as a conditional reads, NaN where
+        none holds (as the compiled code): the local gradients of Max and relu read as
+        their rules are said.
+
+        >>> y, z = sp.symbols("y z")
+        >>> FormulaPrinter().doprint(sp.Piecewise((1, y > z), (sp.S.Half, sp.Eq(y, z)),
+        ...                                       (0, True)))
+        '(1 if y > z else 1/2 if y = z else 0)'
+        """
+        text = " else ".join(f"{self._print(value)} if {self._print(condition)}"
+                             for value, condition in expr.args if condition != sp.true)
+        last_value, last_condition = expr.args[-1]
+        last = self._print(last_value) if last_condition == sp.true else "nan"
+        return f"({text} else {last})" if text else last
+
+    def _print_Equality(self, expr):
+        return f"{self._print(expr.lhs)} = {self._print(expr.rhs)}"
+
+    def _print_Unequality(self, expr):
+        return f"{self._print(expr.lhs)} ≠ {self._print(expr.rhs)}"
+
     def parenthesize(self, item, level, strict=False):
         # a piece of several terms is grouped wherever it is an operand: SymPy asks with the
         # precedence of Add for the factors of a negated product (-(X w + b))

@@ -47,6 +47,8 @@ _PRINTED_SHAPES_MAX = 50_000
 # kernels of the forward pass and of value and gradient, and their Python twins)
 _PRINTED: dict = {}
 _PRINTED_MAX = 300_000
+# the integers that float64 holds exactly (larger ones lose their last bits, parity first)
+_EXACT_INTEGERS = 2**53
 
 
 def forget_printed() -> None:
@@ -192,9 +194,17 @@ class ScalarPrinter(NumPyPrinter):
     _MAX, _MIN = "sg_max", "sg_min"
 
     def _print_Heaviside(self, expr):
+        """1 above 0, 0 below, the second argument (1/2 without one) at 0, and NaN at NaN,
+        which is none of these (``np.heaviside``).
+
+        >>> ScalarPrinter().expression(sp.Heaviside(sp.Symbol("x"), 0))
+        '(1.0 if x > 0.0 else (0.0 if x < 0.0 else (0.0 if x == 0.0 else np.nan)))'
+        """
         x = self._print(expr.args[0])
         at_zero = self._print(sp.Float(expr.args[1])) if len(expr.args) > 1 else "0.5"
-        return f"(1.0 if {x} > 0.0 else ({at_zero} if {x} == 0.0 else 0.0))"
+        nan = self._module_format("numpy.nan")
+        return (f"(1.0 if {x} > 0.0 else (0.0 if {x} < 0.0 else ({at_zero} if {x} == 0.0 "
+                f"else {nan})))")
 
     def _print_Max(self, expr):
         return self._minmax(self._MAX, expr.args)
@@ -248,21 +258,43 @@ class ScalarPrinter(NumPyPrinter):
             return "(" + " * ".join([b] * int(exponent)) + ")"
         if exponent.is_Integer and -4 <= exponent <= -2:
             return "(1.0 / (" + " * ".join([b] * int(-exponent)) + "))"
+        if exponent.is_Integer and abs(exponent.p) > _EXACT_INTEGERS and exponent.p % 2:
+            # a float this large is even: b ** float(n) loses the sign of an odd power, which
+            # the exact n gives back (x ** (2**53 + 1) is -1 at -1)
+            copysign = self._module_format("numpy.copysign")
+            return f"{copysign}({b} ** {self._print(sp.Float(exponent))}, {b})"
         exponent = sp.Float(exponent) if exponent.is_Rational else exponent
         power = self._print(exponent) if exponent.is_Atom else f"({self._print(exponent)})"
         return f"({b} ** {power})"
 
     def _print_Rational(self, expr):
-        return repr(float(expr))
+        return self._float_text(float(expr))
 
     def _print_Integer(self, expr):
+        try:
+            float(expr.p)
+        except OverflowError:       # (Python's float of an int raises where NumPy's is inf)
+            return self._float_text(math.inf if expr.p > 0 else -math.inf)
         return f"{int(expr)}.0"
 
     def _print_Half(self, expr):
         return "0.5"
 
     def _print_Float(self, expr):
-        return repr(float(expr))
+        return self._float_text(float(expr))
+
+    def _float_text(self, value: float) -> str:
+        """A float64 constant's code: its repr, or NumPy's infinity where the exact number
+        overflows float64 (``float`` gives ``inf``, which no module defines), as NumPy
+        computes with it.
+
+        >>> ScalarPrinter().expression(sp.Symbol("x") * sp.Integer(10) ** 400)
+        'np.inf*x'
+        """
+        if math.isinf(value):
+            inf = self._module_format("numpy.inf")
+            return inf if value > 0 else f"(-{inf})"
+        return repr(value)
 
     def _print_Pi(self, expr):
         return "np.pi"

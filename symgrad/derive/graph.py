@@ -390,9 +390,11 @@ class Canonicalizer:
         if stable is not None:          # log(det(A)) -> logdet(A) ...
             return self._canon(stable)
         args = [self._canon(a) for a in expr.args]
-        if (isinstance(expr, (sp.Add, sp.Mul, sp.Max, sp.Min)) and len(args) > 2
+        if (isinstance(expr, (sp.Add, sp.Mul)) and len(args) > 2
                 and not (type(expr) is sp.Add and len(args) >= NARY_SUM_FROM)):
-            # binary, in SymPy's canonical argument order: partial results get shared
+            # binary, in SymPy's canonical argument order: partial results get shared (not
+            # Max and Min, whose rule splits a tie of n inputs n ways, as JAX does: nested,
+            # one of three would get half)
             return _binary(type(expr), args)
         if isinstance(expr, sp.Piecewise):
             return sp.Piecewise(*[(self._canon(e), self._canon_condition(c))

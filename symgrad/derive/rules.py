@@ -13,9 +13,10 @@ from their rows in symgrad/functions.py, whose derivatives use the output where 
 cheaper (exp: y, tanh: 1 - y^2, sigmoid: y (1 - y)), so the backward pass reuses forward
 values.
 
-Tie rule for Max and Min: where the two inputs are equal, each receives half the upstream
-gradient (the convention of JAX and PyTorch; a sum of the two halves is the true one-sided
-average).  An n-ary max is applied pairwise.
+Rule for Max and Min: the upstream gradient goes to the inputs equal to the output; where
+two or more are equal, each receives its share (the convention of JAX and PyTorch; a sum of
+the two halves is the true one-sided average), and where the output is NaN none gets any
+(as JAX).
 
 The Map rule runs reverse mode on the Map's scalar body, so it lives with reverse mode
 (symgrad/derive/reverse.py adds it to this table).
@@ -77,15 +78,25 @@ def _piecewise_rule(g, y, *x, node):
 
 
 def _route(g, y, inputs, sign):
-    """Max (sign 1) and Min (sign -1): the gradient goes to the input that is the output; a
-    tie splits it evenly between the tied inputs."""
+    """Max (sign 1) and Min (sign -1): the gradient goes to the inputs equal to the output,
+    split evenly between them (a tie), as JAX routes it, whatever the order of the inputs.
+    Where the output is NaN no input equals it and none gets any (JAX gives max(1, nan) the
+    gradient (0, 0)); two infinities of one sign are a tie.
+
+    >>> a, b, g = sp.symbols("a b g")
+    >>> _route(g, sp.Max(a, b), (a, b), 1)[0]
+    g*Piecewise((1, a > b), (1/2, Eq(a, b)), (0, True))
+    """
     if len(inputs) == 2:
         a, b = inputs
-        first = g * sp.Heaviside(sign * (a - b), _half)
-        return (first, g - first)
-    hits = [sp.Heaviside(sign * (x - y), 1) for x in inputs]  # 1 where x is the output
-    count = sp.Add(*hits)
-    return tuple(g * hit / count for hit in hits)
+
+        def share(x, other):
+            beats = x > other if sign > 0 else x < other
+            return times(g, sp.Piecewise((1, beats), (_half, sp.Eq(a, b)), (0, True)))
+        return (share(a, b), share(b, a))
+    count = sp.Add(*[sp.Piecewise((1, sp.Eq(x, y)), (0, True)) for x in inputs])
+    # (the division stands in the branch where x is the output, so count >= 1 there)
+    return tuple(times(g, sp.Piecewise((1 / count, sp.Eq(x, y)), (0, True))) for x in inputs)
 
 
 def _pow_rule(g, y, base, exponent, **_):
@@ -95,7 +106,20 @@ def _pow_rule(g, y, base, exponent, **_):
         if exponent == -1:
             return (times(-g, y**2), None)
         return (times(times(g, exponent), base ** (exponent - 1)), None)
-    return (times(times(g, exponent), base ** (exponent - 1)), times(times(g, y), sp.log(base)))
+    return (times(times(g, exponent), base ** (exponent - 1)),
+            times(times(g, y), _log_of_base(base)))
+
+
+def _log_of_base(base):
+    """log(base) in d(base**e)/de = base**e log(base), with 0 where the base is 0, as JAX
+    takes it: 0**e is 0 for every e > 0, so its slope in e is 0 there (log(0) would make
+    it 0 * -inf, NaN); at e = 0 it is 0 too, and NaN where e < 0 (inf * 0).  A base that is
+    not zero (a positive symbol, a number) keeps its plain log.
+
+    >>> _log_of_base(sp.Symbol("x")), _log_of_base(sp.Symbol("p", positive=True))
+    (Piecewise((log(x), Ne(x, 0)), (0, True)), log(p))
+    """
+    return sp.Piecewise((sp.log(base), sp.Ne(base, 0)), (0, True))
 
 
 def _mul_rule(g, y, *x, wanted=None, **_):
