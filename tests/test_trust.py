@@ -789,3 +789,41 @@ def test_shown_pieces_never_take_a_name_the_model_uses():
     defined = [line.split(" = ")[0] for line in text.splitlines() if not line.startswith("df/")]
     assert defined and not {"v", "h", "a"} & set(defined), text
     assert all(name in text for name in defined)
+
+
+@pytest.mark.parametrize("make", [
+    lambda x, y, a: sp.ITE(sp.Gt(a, a, evaluate=False), x < 1, y < 0),
+    lambda x, y, a: sp.And(sp.Ge(a, a, evaluate=False), y < 0, evaluate=False),
+    lambda x, y, a: sp.Or(sp.Lt(a, a, evaluate=False), sp.ITE(x > 0, y < 0, x < -1)),
+])
+def test_a_condition_that_reduces_to_one_name_compiles(make):
+    """SymPy reduces And(true, c) and ITE(false, a, c) to c: once lowering has decided a
+    relation of equal sides, a Piecewise's condition is a name of the program, which it
+    reads like any operand (it used to fail inside SymPy)."""
+    x, y = sp.symbols("x y")
+    a = 1 / (x**2 + 1)
+    e = sp.Piecewise((x * y, make(x, y, a)), (x - y, True))
+    f = sg.compile(e, [x, y])
+    for xv, yv in [(0.5, -2.0), (2.0, -1.0), (-2.0, 0.5), (0.5, 3.0)]:
+        at = {x: xv, y: yv}
+        value, g = f.value_and_grad(x=xv, y=yv)
+        assert value == float(e.subs(at))
+        assert g == {"x": float(sp.diff(e, x).subs(at)), "y": float(sp.diff(e, y).subs(at))}
+        assert f(x=np.array([xv]), y=np.array([yv]))[0] == value
+
+
+def test_array_path_rounds_each_operation_as_written():
+    """x*y - |x||y| is exactly 0 for x, y >= 0, and |x*y| + max(x, y) min(x, y) exactly 0 for
+    x y < 0, in IEEE arithmetic as written; a loop that fused a product into the next sum
+    (fast-math contract) would leave the product's rounding error instead, and sign and
+    Heaviside turn that into an error of 1.  Both paths must give the value as written."""
+    x, y = sp.symbols("x y")
+    xs = np.array([1.13399682, 0.3, 1.7, 2.9, 0.1, 1e-3])
+    ys = np.array([0.0670016, 0.77, 0.1234567, 0.41, 3.3, 7.77])
+    cases = [(sp.sign(x * y - sp.Abs(x) * sp.Abs(y)) + x, xs, ys, xs),
+             (sp.Heaviside(sp.Abs(x * y) + sp.Max(x, y) * sp.Min(x, y)) + x, xs, -ys, xs + 0.5)]
+    for e, xv, yv, expected in cases:
+        f = sg.compile(e, [x, y])
+        assert np.array_equal(f(x=xv, y=yv), expected), e
+        assert np.array_equal(f.value_and_grad(x=xv, y=yv)[0], expected), e
+        assert [f(x=float(a), y=float(b)) for a, b in zip(xv, yv)] == list(expected), e

@@ -806,8 +806,7 @@ def children(node) -> tuple:
         out = []
         for e, c in node.args:
             out.append(e)
-            if not isinstance(c, sp.logic.boolalg.BooleanAtom):
-                out.extend(c.args)
+            out.extend(_condition_operands(c))
         return tuple(out)
     operation = operations.of(node)
     if operation is not None:
@@ -817,6 +816,15 @@ def children(node) -> tuple:
     if not isinstance(node, sp.Basic) or node.is_Atom:
         return ()
     return tuple(a for a in node.args if isinstance(a, sp.Basic))
+
+
+def _condition_operands(condition) -> tuple:
+    """What a Piecewise condition reads: nothing for true or false, a relation's (or And's,
+    Or's ...) operands, or the condition itself where it is a name of the program (SymPy
+    reduces And(true, c) and ITE(false, a, c) to c when their operands are renamed)."""
+    if isinstance(condition, sp.logic.boolalg.BooleanAtom):
+        return ()
+    return condition.args or (condition,)
 
 
 def with_children(node, new: Sequence, plain: Callable | None = None):
@@ -847,8 +855,12 @@ def with_children(node, new: Sequence, plain: Callable | None = None):
         pieces = []
         for _, cond in node.args:
             value = next(it)
-            if not isinstance(cond, sp.logic.boolalg.BooleanAtom):
+            if not _condition_operands(cond):
+                pass
+            elif cond.args:
                 cond = cond.func(*[next(it) for _ in cond.args], evaluate=False)
+            else:
+                cond = next(it)
             pieces.append((value, cond))
         return sp.Piecewise(*pieces, evaluate=False)
     if not new:     # a leaf: a matrix symbol, Identity, a number, a Lambda ...
