@@ -226,11 +226,15 @@ class ScalarPrinter(NumPyPrinter):
 
         >>> x = sp.Symbol("x")
         >>> ScalarPrinter().expression(sp.Piecewise((x, x > 0), (-x, x < -1)))
-        '((x) if np.greater(x, 0.0) else (-x) if np.less(x, -1.0) else (np.nan))'
+        '((x) if (x > 0.0) else (-x) if (x < -1.0) else (np.nan))'
         """
         if expr.args[-1].cond != sp.true:
             expr = sp.Piecewise(*expr.args, (sp.nan, True), evaluate=False)
         return PythonCodePrinter._print_Piecewise(self, expr)
+
+    # a comparison of two floats as Python's operator (NaN compares false, as in NumPy):
+    # NumPy's printer calls np.greater, which the Python twins would pay ~1 us a call for
+    _print_Relational = PythonCodePrinter._print_Relational
 
     # Python's own boolean operators: Numba cannot compile np.logical_and.reduce
     def _print_And(self, expr):
