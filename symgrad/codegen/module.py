@@ -346,11 +346,12 @@ PARALLEL = (f'@numba.njit(cache=True, fastmath={FASTMATH_FLAGS}, error_model="nu
 INLINED = (f'@numba.njit(cache=True, fastmath={FASTMATH_FLAGS}, error_model="numpy", '
            'inline="always")')
 
-# Scalar models' loops carry no sum across points, so they vectorise without reassociation;
-# without it (and without nsz) the kernel evaluates each point in the order written, as the
-# Python twin does, and the two agree where inf meets 0 (measured: the 3-link arm at 100,000
-# points, one thread, 0.52 ms with the matrix kernels' flags, 0.48 ms with these).
-POINT_FLAGS = '{"arcp", "contract"}'
+# Scalar models' loops carry no sum across points, so they vectorise without fast-math: the
+# kernel then rounds each operation as written, as the Python twin does, and the two agree
+# bit for bit.  A fused multiply-add ("contract") would leave a product's rounding error where
+# the written difference is exactly 0 (x y - |x| |y|), which sign or Heaviside then turns
+# into an error of 1; a reciprocal ("arcp") rounds a division twice.
+POINT_FLAGS = "False"
 POINT_SERIAL = SERIAL.replace(FASTMATH_FLAGS, POINT_FLAGS)
 POINT_PARALLEL = PARALLEL.replace(FASTMATH_FLAGS, POINT_FLAGS)
 POINT_INLINED = INLINED.replace(FASTMATH_FLAGS, POINT_FLAGS)
@@ -387,17 +388,19 @@ NUMBA_SECONDS_PER_OP = 2e-3
 def _kernel(name: str, arguments: list[str], program: Program, returns: list[str],
             parallel: bool = False, python: bool = False, inline: bool = False,
             prologue: list[str] = (), schedule: Schedule | None = None,
-            shared: bool = False) -> tuple[list[str], list]:
+            shared: bool = False, point: bool = False) -> tuple[list[str], list]:
     """The source of one kernel, and the sizes of its loops that can run in parallel (none
     when it calls BLAS, see _entry_kernels); ``schedule``: the program's, where the caller
     has it already; ``python``: a pure-Python twin's; ``shared``: a Numba kernel whose code
-    its Python twin runs too (see _python_twin)."""
+    its Python twin runs too (see _python_twin); ``point``: a scalar model's point kernel,
+    compiled with POINT_FLAGS."""
     printer = (PythonScalarPrinter() if python else SharedScalarPrinter() if shared
                else None)
     schedule = schedule or build_schedule(program)
     emitter = KernelEmitter(parallel=parallel, printer=printer)
     emitter.render(schedule)
-    decorator = [] if python else [POINT_INLINED if inline else PARALLEL if parallel else SERIAL]
+    decorator = ([] if python else [POINT_INLINED if inline else POINT_SERIAL] if point
+                 else [PARALLEL if parallel else SERIAL])
     out = decorator + [f"def {name}({', '.join(arguments)}):"]
     out += list(prologue)
     out += emitter.lines or []
@@ -463,7 +466,7 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         python[kind] = op_count <= PYTHON_MAX_OPS
         python_first[kind] = op_count >= PYTHON_FIRST_FROM_OPS
         point = _kernel(f"_{kind}_point", names, program, returns, inline=inline,
-                        schedule=schedule, shared=python_first[kind])[0]
+                        schedule=schedule, shared=python_first[kind], point=True)[0]
         lines += point
         if python[kind]:
             twin = _kernel(f"_{kind}_python", names, program, returns, python=True,
