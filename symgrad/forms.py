@@ -26,9 +26,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sympy as sp
+from sympy.calculus.accumulationbounds import AccumBounds
 from sympy.core.function import AppliedUndef
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
-from sympy.matrices.expressions.matexpr import MatrixElement
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad.derive.graph import dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.rules import RULES
@@ -192,6 +193,47 @@ def _refuse_symbolic_entries(nodes: list) -> None:
                 "(x[2, 0]), or select it with a one-hot data vector: sg.dot(e, x)")
 
 
+def _refuse_non_real_constants(nodes: list) -> None:
+    """A constant that is not a real number (``I``, ``sqrt(-1)``, ``(-1)**(1/3)``, SymPy's
+    complex infinity ``zoo`` that ``x/0`` and ``log(0)`` make, an interval ``AccumBounds``):
+    an error naming it and the subexpression of the model that holds it.  symgrad computes
+    with real numbers; ``nan``, ``oo`` and ``-oo`` are real values and stay.
+
+    >>> x = sp.Symbol("x")
+    >>> _refuse_non_real_constants(dag_nodes(sp.sqrt(-4) * x))
+    Traceback (most recent call last):
+    ...
+    ValueError: the model holds the imaginary unit I, in 2*I*x: symgrad computes with ...
+    """
+    bad = [n for n in nodes if isinstance(n, AccumBounds) or (
+        isinstance(n, sp.Expr) and not isinstance(n, MatrixExpr) and n.is_number
+        and n.is_extended_real is False)]
+    if not bad:
+        return
+    # the smallest: every constant that holds a bad one is bad too (2*I holds I)
+    marked = set(bad)
+    constant = next(n for n in bad if not any(a in marked for a in n.args))
+    parents: dict = {}
+    for n in nodes:
+        for a in getattr(n, "args", ()):
+            parents.setdefault(a, n)
+    holder = constant
+    while holder in parents and holder in marked:
+        holder = parents[holder]
+    if constant is sp.I:
+        what = "the imaginary unit I"
+    elif constant is sp.zoo:
+        what = ("zoo, SymPy's complex infinity (its value of x/0 and of log(0); a real "
+                "infinity is oo or -oo)")
+    elif isinstance(constant, AccumBounds):
+        what = f"{constant}, an interval (a set of values, not a number)"
+    else:
+        what = f"{constant}, a complex number to SymPy"
+    where = "" if holder is constant else f", in {holder}"
+    raise ValueError(f"the model holds {what}{where}: symgrad computes with real numbers "
+                     "only; write the real number you mean")
+
+
 def normalize(expr, wrt=None, *, compiled: bool = False):
     """The model and ``wrt`` in symgrad's own forms (see the module docstring).
 
@@ -201,6 +243,7 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
     """
     expr = sp.sympify(expr)
     nodes = dag_nodes(expr)
+    _refuse_non_real_constants(nodes)
     # f(w) differentiated in w is a function the model applies (an error if it has no
     # rule), not a function of time: only an argument that is not differentiated is time
     given = wrt if isinstance(wrt, Sequence) and not isinstance(wrt, str) else [wrt]
