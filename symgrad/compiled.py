@@ -29,14 +29,17 @@ __all__ = ["grad", "compile", "CompiledFunction", "Gradients", "build_spec"]
 
 def _check_wrt(expr, wrt) -> list:
     """``wrt`` as a list of distinct symbols of the model, or an error naming the entry:
-    not a symbol, listed twice, not in the model, or a symbol that only shares its name with
-    one of the model's (other assumptions make it another symbol, whose gradient would be 0).
+    not a symbol, listed twice, a matrix dimension (checked first: a dimension is in the
+    model, though not among its free symbols), not in the model, or a symbol that only shares
+    its name with one of the model's (other assumptions make it another symbol, whose
+    gradient would be 0).
     """
     if isinstance(wrt, (sp.Symbol, sp.MatrixSymbol)):
         wrt = [wrt]
     if not isinstance(wrt, Sequence) or isinstance(wrt, str):
         raise TypeError(f"wrt must be a list of SymPy symbols or matrix symbols, got {wrt!r}")
     present = dag_free_symbols(expr)
+    dimensions = None
     out = []
     listed: set = set()     # (a set: a model with 1,000 parameters checks in O(n))
     for w in wrt:
@@ -46,6 +49,11 @@ def _check_wrt(expr, wrt) -> list:
         if w in listed:
             raise ValueError(f"wrt lists {w} twice")
         listed.add(w)
+        if isinstance(w, sp.Symbol):
+            if dimensions is None:      # (found once, and only when a scalar is listed)
+                dimensions = shape_symbols(expr)
+            if w in dimensions:
+                _refuse_dimension(w)
         if w not in present:
             namesakes = [s for s in present if getattr(s, "name", None) == w.name]
             if namesakes:
@@ -111,8 +119,12 @@ def inputs_of(expr, wrt: list) -> list:
     dims |= shape_symbols(expr)      # dimensions no input fixes stay inputs (integers)
     clash = [w for w in wrt if w in dims]
     if clash:
-        raise ValueError(f"{clash[0]} is a matrix dimension and cannot be differentiated")
+        _refuse_dimension(clash[0])
     return list(wrt) + data
+
+
+def _refuse_dimension(w) -> None:
+    raise ValueError(f"{w} is a matrix dimension and cannot be differentiated")
 
 
 @without_cycle_collection

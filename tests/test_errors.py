@@ -142,3 +142,14 @@ def test_nan_and_real_infinities_are_values_a_model_may_hold():
     model = sp.Piecewise((w**2, w > 0), (sp.nan, True)) + sp.oo * x - sp.oo * y
     grads = sg.grad(model, [w, x, y])
     assert grads[x] == sp.oo and grads[y] == -sp.oo
+
+
+def test_wrt_entry_that_is_a_matrix_dimension_says_so():
+    # n only in a shape, n also as a value, and m that no input's shape fixes
+    n, m = sp.symbols("n m", integer=True, positive=True)
+    A = sg.matrix("A", n, 2)
+    for model, dimension in [(sg.sum(A), n), (n * sg.sum(A), n),
+                             (sg.sum(A @ sp.OneMatrix(2, m)), m)]:
+        for call in (sg.grad, sg.compile):
+            with pytest.raises(ValueError, match=f"^{dimension} is a matrix dimension"):
+                call(model, [A, dimension])
