@@ -205,9 +205,7 @@ def _refuse_non_real_constants(nodes: list) -> None:
     ...
     ValueError: the model holds the imaginary unit I, in 2*I*x: symgrad computes with ...
     """
-    bad = [n for n in nodes if isinstance(n, AccumBounds) or (
-        isinstance(n, sp.Expr) and not isinstance(n, MatrixExpr) and n.is_number
-        and n.is_extended_real is False)]
+    bad = [n for n in nodes if isinstance(n, AccumBounds) or _not_real(n)]
     if not bad:
         return
     # the smallest: every constant that holds a bad one is bad too (2*I holds I)
@@ -232,6 +230,17 @@ def _refuse_non_real_constants(nodes: list) -> None:
     where = "" if holder is constant else f", in {holder}"
     raise ValueError(f"the model holds {what}{where}: symgrad computes with real numbers "
                      "only; write the real number you mean")
+
+
+def _not_real(node) -> bool:
+    """Whether node is a number SymPy knows is not real (a function, a Lambda such as
+    SymPy's IdentityFunction, is no number, though SymPy says is_number of it)."""
+    if not isinstance(node, sp.Expr) or isinstance(node, (MatrixExpr, sp.Lambda)):
+        return False
+    try:
+        return bool(node.is_number) and node.is_extended_real is False
+    except Exception:   # noqa: BLE001 - a node SymPy cannot ask is not known to be complex
+        return False
 
 
 def normalize(expr, wrt=None, *, compiled: bool = False):
