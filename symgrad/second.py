@@ -26,6 +26,7 @@ Layouts (the shape convention, unit axes dropped):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
@@ -332,8 +333,13 @@ def _restricted(body, variables, operands, shape):
 
 def _show(blocks: SecondOrder, output: str, latex: bool) -> str:
     from symgrad import ops
-    from symgrad.codegen.docstring import FormulaPrinter
+    from symgrad.codegen.docstring import FormulaPrinter, refuse_namesakes
+    from symgrad.derive.graph import dag_free_symbols
     from symgrad.present.formulas import FormulaLatexPrinter
+
+    keys = [part for key in blocks for part in (key if isinstance(key, tuple) else (key,))]
+    refuse_namesakes(itertools.chain(keys, *(dag_free_symbols(e) for e in blocks.values()
+                                             if isinstance(e, sp.Basic))))
 
     class Printer(FormulaPrinter):
         def _print_DiagMatrix(self, expr):
