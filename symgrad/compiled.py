@@ -15,7 +15,7 @@ from types import ModuleType
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
-from symgrad.codegen.docstring import Gradients, module_docstring
+from symgrad.codegen.docstring import Gradients, describe_symbol, module_docstring
 from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, module_source
 from symgrad.derive.graph import dag_atoms, dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.reverse import derive, inline_all
@@ -60,19 +60,11 @@ def _check_wrt(expr, wrt) -> list:
                 other = namesakes[0]
                 raise ValueError(
                     f"wrt entry {w.name!r} is not the model's {w.name!r}: one is "
-                    f"{_described(w)}, the other {_described(other)}; SymPy takes them for "
-                    "two different symbols: pass the model's own symbol")
+                    f"{describe_symbol(w)}, the other {describe_symbol(other)}; SymPy takes "
+                    "them for two different symbols: pass the model's own symbol")
             raise ValueError(f"wrt entry {w.name!r} does not appear in the model")
         out.append(w)
     return out
-
-
-def _described(symbol) -> str:
-    if isinstance(symbol, sp.MatrixSymbol):
-        return f"a {symbol.shape[0]} x {symbol.shape[1]} matrix"
-    assumptions = getattr(symbol, "_assumptions_orig", {})
-    return ("a symbol with " + ", ".join(f"{k}={v}" for k, v in sorted(assumptions.items()))
-            if assumptions else "a symbol with no assumptions")
 
 
 def dimensions_of(expr) -> set:

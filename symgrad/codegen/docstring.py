@@ -310,6 +310,19 @@ def _model_names(program) -> set:
     return names
 
 
+def describe_symbol(symbol) -> str:
+    """A symbol told apart from its namesakes: its shape, or its assumptions.
+
+    >>> describe_symbol(sp.Symbol("x", positive=True))
+    'a symbol with positive=True'
+    """
+    if isinstance(symbol, sp.MatrixSymbol):
+        return f"a {symbol.shape[0]} x {symbol.shape[1]} matrix"
+    assumptions = getattr(symbol, "_assumptions_orig", {})
+    return ("a symbol with " + ", ".join(f"{k}={v}" for k, v in sorted(assumptions.items()))
+            if assumptions else "a symbol with no assumptions")
+
+
 def refuse_namesakes(symbols) -> None:
     """Formulas name a symbol by its name: two different symbols of one name among
     ``symbols`` (other assumptions, or a matrix and a scalar) would print as one, and
@@ -321,8 +334,6 @@ def refuse_namesakes(symbols) -> None:
     ...
     ValueError: two different symbols are both named 'x' (a symbol with no assumptions, ...
     """
-    from symgrad.compiled import _described
-
     symbols = [s for s in symbols if isinstance(s, (sp.Symbol, sp.MatrixSymbol))]
     # dimensions are not printed with the matrices they size, and may share names (two
     # dimensions n stay apart, README "Names")
@@ -334,9 +345,9 @@ def refuse_namesakes(symbols) -> None:
             by_name.setdefault(s.name, set()).add(s)
     for name, found in by_name.items():
         if len(found) > 1:
-            described = sorted(_described(s) for s in found)
+            told = sorted(describe_symbol(s) for s in found)
             raise ValueError(
-                f"two different symbols are both named {name!r} ({', '.join(described)}): "
+                f"two different symbols are both named {name!r} ({', '.join(told)}): "
                 f"formulas would print both as {name} (a gradient by each would have one "
                 "label); give them distinct names")
 
