@@ -16,7 +16,7 @@ from types import ModuleType
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
-from symgrad.codegen.docstring import Gradients, module_docstring
+from symgrad.codegen.docstring import Gradients, describe_symbol, module_docstring
 from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, module_source
 from symgrad.derive.graph import dag_atoms, dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.reverse import derive, inline_all
@@ -30,14 +30,17 @@ __all__ = ["grad", "compile", "CompiledFunction", "Gradients", "build_spec"]
 
 def _check_wrt(expr, wrt) -> list:
     """``wrt`` as a list of distinct symbols of the model, or an error naming the entry:
-    not a symbol, listed twice, not in the model, or a symbol that only shares its name with
-    one of the model's (other assumptions make it another symbol, whose gradient would be 0).
+    not a symbol, listed twice, a matrix dimension (checked first: a dimension is in the
+    model, though not among its free symbols), not in the model, or a symbol that only shares
+    its name with one of the model's (other assumptions make it another symbol, whose
+    gradient would be 0).
     """
     if isinstance(wrt, (sp.Symbol, sp.MatrixSymbol)):
         wrt = [wrt]
     if not isinstance(wrt, Sequence) or isinstance(wrt, str):
         raise TypeError(f"wrt must be a list of SymPy symbols or matrix symbols, got {wrt!r}")
     present = dag_free_symbols(expr)
+    dimensions = None
     out = []
     listed: set = set()     # (a set: a model with 1,000 parameters checks in O(n))
     for w in wrt:
@@ -47,25 +50,22 @@ def _check_wrt(expr, wrt) -> list:
         if w in listed:
             raise ValueError(f"wrt lists {w} twice")
         listed.add(w)
+        if isinstance(w, sp.Symbol):
+            if dimensions is None:      # (found once, and only when a scalar is listed)
+                dimensions = shape_symbols(expr)
+            if w in dimensions:
+                _refuse_dimension(w)
         if w not in present:
             namesakes = [s for s in present if getattr(s, "name", None) == w.name]
             if namesakes:
                 other = namesakes[0]
                 raise ValueError(
                     f"wrt entry {w.name!r} is not the model's {w.name!r}: one is "
-                    f"{_described(w)}, the other {_described(other)}; SymPy takes them for "
-                    "two different symbols: pass the model's own symbol")
+                    f"{describe_symbol(w)}, the other {describe_symbol(other)}; SymPy takes "
+                    "them for two different symbols: pass the model's own symbol")
             raise ValueError(f"wrt entry {w.name!r} does not appear in the model")
         out.append(w)
     return out
-
-
-def _described(symbol) -> str:
-    if isinstance(symbol, sp.MatrixSymbol):
-        return f"a {symbol.shape[0]} x {symbol.shape[1]} matrix"
-    assumptions = getattr(symbol, "_assumptions_orig", {})
-    return ("a symbol with " + ", ".join(f"{k}={v}" for k, v in sorted(assumptions.items()))
-            if assumptions else "a symbol with no assumptions")
 
 
 def dimensions_of(expr) -> set:
@@ -112,7 +112,7 @@ def inputs_of(expr, wrt: list) -> list:
     dims |= shape_symbols(expr)      # dimensions no input fixes stay inputs (integers)
     clash = [w for w in wrt if w in dims]
     if clash:
-        raise ValueError(f"{clash[0]} is a matrix dimension and cannot be differentiated")
+        _refuse_dimension(clash[0])
     return list(wrt) + data
 
 
@@ -142,6 +142,10 @@ def least_extents(expr, inputs: list) -> dict:
                 least[key] = (int(index) + 1, node)
     order = {s: k for k, s in enumerate(inputs)}
     return dict(sorted(least.items(), key=lambda item: (order[item[0][0]], item[0][1])))
+
+
+def _refuse_dimension(w) -> None:
+    raise ValueError(f"{w} is a matrix dimension and cannot be differentiated")
 
 
 @without_cycle_collection

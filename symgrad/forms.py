@@ -8,8 +8,9 @@ the user's expression and ``wrt`` through :func:`normalize` first:
   ``q1_ddot`` (the third ``q1_dddot``, and so on);
 * ``A.applyfunc(f)`` on a matrix expression (SymPy's ``ElementwiseApplyFunction``) is an
   elementwise :class:`~symgrad.ops.Map`;
-* ``Sum`` (and ``Product``) with integer bounds are written out term by term; with symbolic
-  bounds they are refused, as are entries ``x[i, 0]`` at a symbolic position in compiled code.
+* ``Sum`` (and ``Product``) with integer bounds are written out term by term, as SymPy's
+  ``doit`` reads them (bounds in reverse included); with symbolic bounds they are refused, as
+  are entries ``x[i, 0]`` at a symbolic position in compiled code.
 
 >>> import sympy as sp
 >>> from sympy.physics.mechanics import dynamicsymbols
@@ -25,9 +26,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sympy as sp
+from sympy.calculus.accumulationbounds import AccumBounds
 from sympy.core.function import AppliedUndef
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
-from sympy.matrices.expressions.matexpr import MatrixElement
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad.derive.graph import dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.rules import RULES
@@ -96,24 +98,88 @@ def _refuse_clashes(table: dict, symbols: set) -> None:
 
 
 def _expanded(node, what: str):
-    """A Sum or Product with integer bounds, written out; else an error naming it."""
-    term = node.function
-    for variable, low, high in reversed(node.limits):
-        low, high = sp.sympify(low), sp.sympify(high)
+    """A Sum or Product with integer bounds, written out; else an error naming it.
+
+    The last limit is the outermost, as in SymPy: each of its values is put into the limits
+    inside it before they are read, so a triangular sum (``(j, 0, i), (i, 0, 3)``) has
+    integer bounds once ``i`` has one.  Bounds in reverse follow SymPy's (Karr's)
+    convention: over ``(a, b)`` with ``b < a - 1`` a sum is minus the sum over
+    ``(b + 1, a - 1)`` and a product its reciprocal; ``b = a - 1`` is empty.
+
+    >>> i, y = sp.Symbol("i", integer=True), sp.Symbol("y")
+    >>> _expanded(sp.Sum(i * y, (i, 5, 3)), "sum")
+    -4*y
+    >>> _expanded(sp.Product(y + i, (i, 5, 3)), "product")
+    1/(y + 4)
+    """
+    combine = sp.Add if isinstance(node, sp.Sum) else sp.Mul
+    written = [0]       # terms written so far, against MAX_EXPANDED_TERMS
+
+    def write(term, limits, at: dict):
+        if not limits:
+            written[0] += 1
+            if written[0] > MAX_EXPANDED_TERMS:
+                raise ValueError(f"{what} {node} has more than {MAX_EXPANDED_TERMS} terms, "
+                                 "the most symgrad writes out: put the terms in a matrix and "
+                                 "use sg.sum")
+            return term
+        (variable, low, high), inner = limits[-1], limits[:-1]
         if not (low.is_Integer and high.is_Integer):
             raise ValueError(
                 f"{what} {node} runs {variable} from {low} to {high}: symgrad writes out "
                 f"{what}s with integer bounds only; over a matrix of symbolic size use "
                 "sg.sum (or sg.mean, sg.dot) instead")
-        count = int(high) - int(low) + 1
+        low, high = int(low), int(high)
+        reverse = high < low - 1
+        first, last = (high + 1, low - 1) if reverse else (low, high)
+        count = last - first + 1
         if count > MAX_EXPANDED_TERMS:
             raise ValueError(f"{what} {node} has {count} terms, more than symgrad writes out "
                              f"({MAX_EXPANDED_TERMS}): put the terms in a matrix and use "
                              "sg.sum")
-        terms = [term.xreplace({variable: sp.Integer(k)})
-                 for k in range(int(low), int(high) + 1)]
-        term = sp.Add(*terms) if isinstance(node, sp.Sum) else sp.Mul(*terms)
-    return term
+        terms = []
+        for k in range(first, last + 1):
+            value = {variable: sp.Integer(k)}
+            # the inner limits' bounds see this value; a limit that binds the same variable
+            # again hides it from everything inside that limit
+            limits_k, hidden = [], False
+            for v, lo, hi in reversed(inner):
+                if not hidden:
+                    lo, hi = lo.xreplace(value), hi.xreplace(value)
+                    hidden = v == variable
+                limits_k.append((v, lo, hi))
+            at_k = {**at, **value}
+            term_k = term if hidden else _substituted(term, value, node, what, at_k)
+            terms.append(write(term_k, limits_k[::-1], at_k))
+        result = combine(*terms)
+        if reverse:
+            result = -result if combine is sp.Add else 1 / result
+        return result
+
+    return write(node.function, [(v, sp.sympify(lo), sp.sympify(hi))
+                                 for v, lo, hi in node.limits], {})
+
+
+def _substituted(term, value: dict, node, what: str, at: dict):
+    """term with value ({index: integer}) put in; an entry it then takes outside its matrix
+    is an error naming the entry, the sum, the indices' values ``at`` and the matrix's shape
+    (SymPy raises a bare IndexError)."""
+    try:
+        return term.xreplace(value)
+    except IndexError:
+        pass
+    where = ", ".join(f"{v} = {k}" for v, k in at.items())
+    for entry in dag_nodes(term):
+        if isinstance(entry, MatrixElement):
+            i, j = (sp.sympify(e).xreplace(value) for e in (entry.i, entry.j))
+            matrix = entry.parent
+            if not matrix.valid_index(i, j):
+                rows, cols = matrix.shape
+                name = str(matrix) if isinstance(matrix, sp.MatrixSymbol) else f"({matrix})"
+                raise ValueError(
+                    f"{what} {node} takes the entry {name}[{i}, {j}] (at {where}), "
+                    f"outside {name}, which is {rows} x {cols}: check the {what}'s bounds")
+    raise ValueError(f"{what} {node} takes an entry outside its matrix at {where}")
 
 
 def _refuse_symbolic_entries(nodes: list) -> None:
@@ -127,6 +193,56 @@ def _refuse_symbolic_entries(nodes: list) -> None:
                 "(x[2, 0]), or select it with a one-hot data vector: sg.dot(e, x)")
 
 
+def _refuse_non_real_constants(nodes: list) -> None:
+    """A constant that is not a real number (``I``, ``sqrt(-1)``, ``(-1)**(1/3)``, SymPy's
+    complex infinity ``zoo`` that ``x/0`` and ``log(0)`` make, an interval ``AccumBounds``):
+    an error naming it and the subexpression of the model that holds it.  symgrad computes
+    with real numbers; ``nan``, ``oo`` and ``-oo`` are real values and stay.
+
+    >>> x = sp.Symbol("x")
+    >>> _refuse_non_real_constants(dag_nodes(sp.sqrt(-4) * x))
+    Traceback (most recent call last):
+    ...
+    ValueError: the model holds the imaginary unit I, in 2*I*x: symgrad computes with ...
+    """
+    bad = [n for n in nodes if isinstance(n, AccumBounds) or _not_real(n)]
+    if not bad:
+        return
+    # the smallest: every constant that holds a bad one is bad too (2*I holds I)
+    marked = set(bad)
+    constant = next(n for n in bad if not any(a in marked for a in n.args))
+    parents: dict = {}
+    for n in nodes:
+        for a in getattr(n, "args", ()):
+            parents.setdefault(a, n)
+    holder = constant
+    while holder in parents and holder in marked:
+        holder = parents[holder]
+    if constant is sp.I:
+        what = "the imaginary unit I"
+    elif constant is sp.zoo:
+        what = ("zoo, SymPy's complex infinity (its value of x/0 and of log(0); a real "
+                "infinity is oo or -oo)")
+    elif isinstance(constant, AccumBounds):
+        what = f"{constant}, an interval (a set of values, not a number)"
+    else:
+        what = f"{constant}, a complex number to SymPy"
+    where = "" if holder is constant else f", in {holder}"
+    raise ValueError(f"the model holds {what}{where}: symgrad computes with real numbers "
+                     "only; write the real number you mean")
+
+
+def _not_real(node) -> bool:
+    """Whether node is a number SymPy knows is not real (a function, a Lambda such as
+    SymPy's IdentityFunction, is no number, though SymPy says is_number of it)."""
+    if not isinstance(node, sp.Expr) or isinstance(node, (MatrixExpr, sp.Lambda)):
+        return False
+    try:
+        return bool(node.is_number) and node.is_extended_real is False
+    except Exception:   # noqa: BLE001 - a node SymPy cannot ask is not known to be complex
+        return False
+
+
 def normalize(expr, wrt=None, *, compiled: bool = False):
     """The model and ``wrt`` in symgrad's own forms (see the module docstring).
 
@@ -136,6 +252,7 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
     """
     expr = sp.sympify(expr)
     nodes = dag_nodes(expr)
+    _refuse_non_real_constants(nodes)
     # f(w) differentiated in w is a function the model applies (an error if it has no
     # rule), not a function of time: only an argument that is not differentiated is time
     given = wrt if isinstance(wrt, Sequence) and not isinstance(wrt, str) else [wrt]

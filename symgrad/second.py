@@ -26,6 +26,7 @@ Layouts (the shape convention, unit axes dropped):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
@@ -332,8 +333,13 @@ def _restricted(body, variables, operands, shape):
 
 def _show(blocks: SecondOrder, output: str, latex: bool) -> str:
     from symgrad import ops
-    from symgrad.codegen.docstring import FormulaPrinter
+    from symgrad.codegen.docstring import FormulaPrinter, refuse_namesakes
+    from symgrad.derive.graph import dag_free_symbols
     from symgrad.present.formulas import FormulaLatexPrinter
+
+    keys = [part for key in blocks for part in (key if isinstance(key, tuple) else (key,))]
+    refuse_namesakes(itertools.chain(keys, *(dag_free_symbols(e) for e in blocks.values()
+                                             if isinstance(e, sp.Basic))))
 
     class Printer(FormulaPrinter):
         def _print_DiagMatrix(self, expr):
@@ -894,9 +900,11 @@ class ScipyProblem:
         unknown = [n for n in params if n not in self.f.parameters]
         if unknown:
             raise TypeError(f"{unknown[0]!r} is not a parameter ({', '.join(self.f.parameters)})")
+        from symgrad.codegen.second_runtime import _sg_real
+
         parts = []
         for name in self.f.parameters:
-            value = np.asarray(params[name], dtype=np.float64)
+            value = _sg_real(f"parameter {name!r}", params[name])
             expected = self.shapes[name]
             if expected is None:
                 self.shapes[name] = expected = value.shape
@@ -907,13 +915,15 @@ class ScipyProblem:
             parts.append(value.ravel())
         return np.concatenate(parts) if parts else np.zeros(0)
 
-    def unpack(self, x) -> dict:
-        """The flat vector as ``{name: array}`` (scalars as floats, vectors 1-D)."""
+    def unpack(self, x, what: str = "x") -> dict:
+        """The flat vector as ``{name: array}`` (scalars as floats, vectors 1-D); ``what``
+        names it in errors (``hessp`` unpacks its direction ``v``)."""
+        from symgrad.codegen.second_runtime import _sg_real
+
         layout = self._layout()
-        if type(x) is not np.ndarray or x.dtype != np.float64:
-            x = np.asarray(x, dtype=np.float64)
+        x = _sg_real(what, x)
         if x.shape != (self.size,):
-            raise ValueError(f"x has shape {x.shape}; the parameters take ({self.size},)")
+            raise ValueError(f"{what} has shape {x.shape}; the parameters take ({self.size},)")
         return {name: float(x[start]) if shape == () else x[start:stop].reshape(shape)
                 for name, shape, start, stop in layout}
 
@@ -991,7 +1001,7 @@ class ScipyProblem:
             self._kept_at_x = (np.array(x, dtype=np.float64), at_x)
         # the tangents straight into the bundle: unpack has checked their shape
         inputs.update({bundle.table["tangents"][name]: value
-                       for name, value in self.unpack(v).items()})
+                       for name, value in self.unpack(v, "v").items()})
         inputs.update(at_x)
         products = _sg_bundle(bundle.value_and_grad, bundle.table, inputs, sizes)
         for name, _shape, start, stop in self._layout():

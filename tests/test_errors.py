@@ -193,3 +193,38 @@ def test_value_and_grad_of_a_matrix_output_says_use_vjp():
     f = sg.compile(sg.tanh(A), [A])
     with pytest.raises(AttributeError, match="vjp"):
         f.value_and_grad(A=np.eye(2))
+
+
+@pytest.mark.parametrize("constant, named", [
+    (sp.I, r"the imaginary unit I, in I\*x"),
+    (sp.sqrt(-4), r"the imaginary unit I, in 2\*I\*x"),
+    (sp.Integer(-1) ** sp.Rational(1, 3), r"\(-1\)\*\*\(1/3\), a complex number to SymPy, in "),
+    (sp.zoo, r"zoo, SymPy's complex infinity .*, in zoo\*x"),
+    (sp.AccumBounds(0, 1), r"AccumBounds\(0, 1\), an interval .*, in x\*AccumBounds\(0, 1\)"),
+])
+def test_constant_that_is_not_real_is_refused_naming_it_and_its_term(constant, named):
+    # the check is where every entry point brings the model to symgrad's forms
+    model = constant * x + sp.sin(w)
+    calls = [lambda: sg.grad(model, [w]), lambda: sg.compile(model, [w]),
+             lambda: sg.check(model, [w]), lambda: sg.Model("m", model, [w]),
+             lambda: sg.hessian(model, [w])]
+    for call in calls:
+        with pytest.raises(ValueError, match="the model holds " + named + ".*real numbers"):
+            call()
+
+
+def test_nan_and_real_infinities_are_values_a_model_may_hold():
+    model = sp.Piecewise((w**2, w > 0), (sp.nan, True)) + sp.oo * x - sp.oo * y
+    grads = sg.grad(model, [w, x, y])
+    assert grads[x] == sp.oo and grads[y] == -sp.oo
+
+
+def test_wrt_entry_that_is_a_matrix_dimension_says_so():
+    # n only in a shape, n also as a value, and m that no input's shape fixes
+    n, m = sp.symbols("n m", integer=True, positive=True)
+    A = sg.matrix("A", n, 2)
+    for model, dimension in [(sg.sum(A), n), (n * sg.sum(A), n),
+                             (sg.sum(A @ sp.OneMatrix(2, m)), m)]:
+        for call in (sg.grad, sg.compile):
+            with pytest.raises(ValueError, match=f"^{dimension} is a matrix dimension"):
+                call(model, [A, dimension])

@@ -133,6 +133,50 @@ def test_sum_with_integer_bounds_is_written_out():
     assert sp.simplify(grads[w] - 36 * w) == 0
 
 
+@pytest.mark.parametrize("kind", [sp.Sum, sp.Product])
+def test_sum_and_product_follow_sympy_for_every_order_of_bounds(kind):
+    # SymPy's (Karr's) convention: (a, b) with b < a - 1 is minus the sum over
+    # (b + 1, a - 1), a product its reciprocal; b = a - 1 is empty
+    i, y = sp.Symbol("i", integer=True), sp.Symbol("y")
+    at = {y: sp.Rational(3, 7)}
+    for low in (-2, 0, 5):
+        for high in range(low - 5, low + 3):
+            model = kind(y**2 + i * y + 1, (i, low, high))
+            expected = model.doit()
+            grads = sg.grad(model + y, [y])
+            assert grads[y].xreplace(at) == sp.diff(expected + y, y).xreplace(at), (low, high)
+
+
+def test_nested_sums_expand_outer_first_as_sympy_does():
+    # the last limit is the outermost: an inner bound that names the outer index (a
+    # triangular sum) is an integer once the outer index is one
+    i, j, y = sp.Symbol("i", integer=True), sp.Symbol("j", integer=True), sp.Symbol("y")
+    at = {y: sp.Rational(3, 7)}
+    for kind, limits in [(sp.Sum, [(j, 0, i), (i, 0, 3)]), (sp.Sum, [(j, i, 3), (i, 0, 3)]),
+                         (sp.Sum, [(j, 0, i), (i, 3, -2)]), (sp.Product, [(j, 1, i), (i, 1, 3)]),
+                         (sp.Sum, [(i, 0, i), (i, 0, 3)])]:
+        model = kind(y ** (i + 1) + j, *limits)
+        ours = sg.grad(model, [y])[y]
+        assert ours.xreplace(at) == sp.diff(model.doit(), y).xreplace(at), limits
+    x = sg.vector("x", 4)
+    value = sg.compile(sp.Sum(x[j, 0] * x[i, 0], (j, 0, i), (i, 0, 3)), [x])(
+        x=np.array([1.0, 2.0, 3.0, 4.0]))
+    assert value == 1 + 2 * (1 + 2) + 3 * (1 + 2 + 3) + 4 * (1 + 2 + 3 + 4)
+    with pytest.raises(ValueError, match=r"more than 10000 terms"):
+        sg.grad(sp.Sum(j * y, (j, 0, i), (i, 0, 200)), [y])
+
+
+def test_sum_past_a_matrix_names_the_entry_the_sum_and_the_shape():
+    i, j = sp.Symbol("i", integer=True), sp.Symbol("j", integer=True)
+    x = sg.vector("x", 10)
+    for call in (sg.grad, sg.compile):
+        with pytest.raises(ValueError, match=r"Sum\(x\[i, 0\]\*\*2, \(i, 0, 10\)\) takes the "
+                           r"entry x\[10, 0\] \(at i = 10\), outside x, which is 10 x 1"):
+            call(sp.Sum(x[i, 0] ** 2, (i, 0, 10)), [x])
+    with pytest.raises(ValueError, match=r"entry x\[10, 0\] \(at i = 5, j = 5\)"):
+        sg.grad(sp.Sum(x[i + j, 0], (j, 0, i), (i, 0, 9)), [x])
+
+
 def test_sum_with_symbolic_bounds_is_refused():
     n = sp.Symbol("n", integer=True, positive=True)
     x, k = sg.vector("x", n), sp.Symbol("k", integer=True)

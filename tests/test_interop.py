@@ -417,14 +417,24 @@ def test_to_jax_custom_call_agrees_with_the_python_callback(jax):
     assert native[0][1]["b1"].shape == (N_H, 1)
 
 
-def test_to_jax_checks_shapes_when_tracing(jax):
+def test_to_jax_checks_shapes_when_tracing_in_the_compiled_functions_words(jax):
+    # the extent given, then the one expected (and where a dimension was read): the words of
+    # the compiled function's own check, for a fixed extent, a transposed matrix and a
+    # symbolic one
     jf = NET.to_jax()
-    inputs = {k: jax.numpy.asarray(v) for k, v in net_inputs().items()}
-    with pytest.raises(ValueError, match=r"input 'W2' has shape \(3, 5\): its dimension 1 "):
-        jax.jit(lambda W2: jf(**dict(inputs, W2=W2)))(jax.numpy.zeros((N_Y, N_X)))
-    with pytest.raises(ValueError, match=r"input 'Y' has shape \(3, 6\): its dimension 1 \(m\) "
-                                         r"should be 7"):
-        jf(**dict(inputs, Y=inputs["Y"][:, :6]))
+    inputs = net_inputs()
+    for name, wrong, message in [
+            ("W2", np.zeros((N_Y, N_X)), r"input 'W2' has 5 columns \(shape \(3, 5\)\), but "
+                                         r"expected 4"),
+            ("W1", np.zeros((N_X, N_H)), r"input 'W1' has 5 rows \(shape \(5, 4\)\), but "
+                                         r"expected 4"),
+            ("Y", inputs["Y"][:, :6], r"input 'Y' has 6 columns \(shape \(3, 6\)\), but "
+                                      r"expected m \(m = 7 from 'X'\)")]:
+        given = dict(inputs, **{name: wrong})
+        with pytest.raises(ValueError, match=message):
+            NET(**given)
+        with pytest.raises(ValueError, match=message):
+            jax.jit(lambda a, g=given, n=name: jf(**dict(g, **{n: a})))(jax.numpy.asarray(wrong))
 
 
 def test_the_readme_example_runs(jax):

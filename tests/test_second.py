@@ -232,6 +232,18 @@ def test_bad_tangents_are_named(logistic):
         f.hvp({"q": np.zeros(5)}, w=np.zeros(5), b=0.0, **data)
     with pytest.raises(ValueError, match="tangent of 'w' has shape"):
         f.hvp({"w": np.zeros(3)}, w=np.zeros(5), b=0.0, **data)
+    # a tangent that is not real numbers names the parameter, for a scalar and a vector
+    # parameter alike (and for SciPy's hessp, its direction v)
+    for name, bad in [("b", "a"), ("b", None), ("b", 1j), ("w", ["a"] * 5),
+                      ("w", np.ones(5, dtype=complex)), ("w", object())]:
+        with pytest.raises(TypeError, match=f"tangent of '{name}'.*(real numbers|numbers)"):
+            f.hvp({name: bad}, w=np.zeros(5), b=0.0, **data)
+    problem = f.scipy(**data)
+    x = problem.pack(w=np.zeros(5), b=0.0)
+    with pytest.raises(TypeError, match="^v must hold real numbers"):
+        problem.hessp(x, ["a"] * 6)
+    with pytest.raises(TypeError, match="^parameter 'b' must hold real numbers"):
+        problem.pack(w=np.zeros(5), b="a")
 
 
 # ------------------------------------------------------------------------------------------

@@ -196,6 +196,31 @@ def test_two_inputs_equal_under_nfkc_are_refused_with_one_error_naming_both():
         sg.compile(x + sp.Symbol("x", positive=True), [x])
 
 
+
+def test_formulas_never_print_two_symbols_of_one_name_alike():
+    # sg.grad keys gradients by the symbols themselves, but printed formulas name them: two
+    # symbols of one name would print alike and a gradient by each under one label (one
+    # line silently lost), so every printer refuses them naming both; dimensions that
+    # share a name are not printed with their matrices and stay apart
+    x, x_positive, x_vector = sp.Symbol("x"), sp.Symbol("x", positive=True), sg.vector("x", 2)
+    printers = [sg.show, sg.latex, str, lambda g: g._repr_latex_()]
+    for model, wrt in [(x * x_positive**2, [x, x_positive]), (x * x_positive**2, [x]),
+                       (x * sg.sum(x_vector), [x, x_vector])]:
+        grads = sg.grad(model, wrt)
+        assert len(grads) == len(wrt)
+        for printer in printers:
+            with pytest.raises(ValueError, match="two different symbols are both named 'x' "
+                                                 r"\(a .*, a .*\): formulas would print both"):
+                printer(grads)
+    for printer in printers:
+        with pytest.raises(ValueError, match="two different symbols are both named 'x'"):
+            printer(sg.hessian(x * x_positive**2, [x, x_positive]))
+    n_integer, n_plain = sp.Symbol("n", integer=True), sp.Symbol("n")
+    A, B = sg.matrix("A", n_integer, 2), sg.matrix("B", n_plain, 3)
+    lines = sg.show(sg.grad(sg.sum(A) * sg.sum(B), [A, B])).splitlines()
+    assert [line.split(" = ")[0] for line in lines if line.startswith("df/")] == [
+        "df/dA", "df/dB"]
+
 # ------------------------------------------------------------------------------------------
 # 3. Parallel code is race-free by construction
 # ------------------------------------------------------------------------------------------

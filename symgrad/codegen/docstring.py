@@ -332,17 +332,61 @@ def _model_names(program) -> set:
     return names
 
 
+def describe_symbol(symbol) -> str:
+    """A symbol told apart from its namesakes: its shape, or its assumptions.
+
+    >>> describe_symbol(sp.Symbol("x", positive=True))
+    'a symbol with positive=True'
+    """
+    if isinstance(symbol, sp.MatrixSymbol):
+        return f"a {symbol.shape[0]} x {symbol.shape[1]} matrix"
+    assumptions = getattr(symbol, "_assumptions_orig", {})
+    return ("a symbol with " + ", ".join(f"{k}={v}" for k, v in sorted(assumptions.items()))
+            if assumptions else "a symbol with no assumptions")
+
+
+def refuse_namesakes(symbols) -> None:
+    """Formulas name a symbol by its name: two different symbols of one name among
+    ``symbols`` (other assumptions, or a matrix and a scalar) would print as one, and
+    gradients by both would have one label, so they are an error naming both.  Matrix
+    dimensions may share names.
+
+    >>> refuse_namesakes([sp.Symbol("x"), sp.Symbol("x", positive=True)])
+    Traceback (most recent call last):
+    ...
+    ValueError: two different symbols are both named 'x' (a symbol with no assumptions, ...
+    """
+    symbols = [s for s in symbols if isinstance(s, (sp.Symbol, sp.MatrixSymbol))]
+    # dimensions are not printed with the matrices they size, and may share names (two
+    # dimensions n stay apart, README "Names")
+    dimensions = {d for s in symbols if isinstance(s, sp.MatrixSymbol)
+                  for extent in s.shape for d in sp.sympify(extent).free_symbols}
+    by_name: dict = {}
+    for s in symbols:
+        if s not in dimensions:
+            by_name.setdefault(s.name, set()).add(s)
+    for name, found in by_name.items():
+        if len(found) > 1:
+            told = sorted(describe_symbol(s) for s in found)
+            raise ValueError(
+                f"two different symbols are both named {name!r} ({', '.join(told)}): "
+                f"formulas would print both as {name} (a gradient by each would have one "
+                "label); give them distinct names")
+
+
 def _pieces(grads, output: str):
     """(named pieces [(name, expression)], gradient lines [(name, expression)], names)."""
-    from symgrad.derive.graph import Canonicalizer
+    from symgrad.derive.graph import Canonicalizer, dag_free_symbols
     from symgrad.derive.reverse import _smallest
     from symgrad.optimize import lower
 
+    # the symbols the gradients are of (sg.grad keys q1(t)'s by the object the user passed)
+    symbols = [getattr(grads, "symbol_of", {}).get(w, w) for w in grads]
+    refuse_namesakes(itertools.chain(symbols, *(
+        dag_free_symbols(g) for g in grads.values() if isinstance(g, sp.Basic))))
     derivation = getattr(grads, "derivation", None)
     if derivation is None:
         return [], [(f"d{output}/d{_label(w)}", g) for w, g in grads.items()], {}
-    # the symbols the gradients are of (sg.grad keys q1(t)'s by the object the user passed)
-    symbols = [getattr(grads, "symbol_of", {}).get(w, w) for w in grads]
     program = getattr(grads, "program", None)       # lowered already (sg.compile)
     if program is None:
         outputs = {_label(w): derivation.gradients[w] for w in symbols}

@@ -165,6 +165,30 @@ def _sg_at_x(table, linearize, inputs, sizes):
     return _sg_bundle(linearize, table["linearize"], inputs, sizes)
 
 
+def _sg_real(what, value):
+    """value as a float64 array, or TypeError saying ``what`` it is (a string, None, a
+    complex number are no directions).
+
+    >>> _sg_real("the tangent of 'w'", [1, 2]).dtype
+    dtype('float64')
+    >>> _sg_real("the tangent of 'w'", 1j)
+    Traceback (most recent call last):
+    ...
+    TypeError: the tangent of 'w' must hold real numbers, got dtype complex128 (complex)
+    """
+    if type(value) is np.ndarray and value.dtype == np.float64:
+        return value
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # noqa: BLE001 - any failure means "not numeric"
+        raise TypeError(f"{what}: cannot read {type(value).__name__} as numbers "
+                        f"({error})") from None
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must hold real numbers, got dtype {array.dtype} "
+                        f"({type(value).__name__})")
+    return array.astype(np.float64)
+
+
 def _sg_hvp(tangents, inputs, parameters, table, value_and_grad, sizes, scalar_model,
             linearize=None, at_x=None):
     """{parameter: sum_q H[p, q] v_q}; ``table["outputs"]`` is keyed by parameter and
@@ -173,21 +197,23 @@ def _sg_hvp(tangents, inputs, parameters, table, value_and_grad, sizes, scalar_m
     if not hasattr(tangents, "items"):
         raise TypeError(f"tangents must be a dict of parameter name -> array, got "
                         f"{type(tangents).__name__}")
+    read = {}
     for name, v in tangents.items():
         if name not in parameters:
             raise ValueError(f"tangent given for {name!r}, which is not a parameter "
                              f"({', '.join(parameters)})")
-        if np.size(v) != np.size(inputs[name]):
-            raise ValueError(f"the tangent of {name!r} has shape {np.shape(v)}; the "
+        read[name] = v = _sg_real(f"the tangent of {name!r}", v)
+        if v.size != np.size(inputs[name]):
+            raise ValueError(f"the tangent of {name!r} has shape {v.shape}; the "
                              f"parameter has shape {np.shape(inputs[name])}")
     arguments = dict(inputs)
     for p in parameters:
-        v = tangents.get(p)
+        v = read.get(p)
         given = np.shape(inputs[p])
         if v is None:
             v = np.zeros(given)
-        elif type(v) is not np.ndarray or v.dtype != np.float64 or v.shape != given:
-            v = np.asarray(v, dtype=np.float64).reshape(given)
+        elif v.shape != given:
+            v = v.reshape(given)
         arguments[table["tangents"][p]] = v if v.ndim else float(v)
     arguments.update(_sg_at_x(table, linearize, inputs, sizes) if at_x is None else at_x)
     values = _sg_bundle(value_and_grad, table, arguments, sizes)

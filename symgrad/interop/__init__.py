@@ -80,6 +80,7 @@ def output_shape(function, shapes: dict, dimensions: dict) -> tuple:
                 f"{n} {tuple(s)}" for n, s in shapes.items())) from None
     # the user's symbols: shapes and messages in the model's own names
     binding = {d: dimensions[d.name] for d in spec.user_free_dimensions if d.name in dimensions}
+    source = {}             # dimension -> the input it was read from
     given = {}
     for symbol in spec.user_inputs:
         shape = tuple(shapes[symbol.name])
@@ -96,13 +97,21 @@ def output_shape(function, shapes: dict, dimensions: dict) -> tuple:
         for extent, n in zip(symbol.shape, shape, strict=True):
             extent = sp.sympify(extent)
             if isinstance(extent, sp.Symbol) and extent not in binding:
-                binding[extent] = n
+                binding[extent], source[extent] = n, symbol.name
     for symbol, shape in given.items():
         for axis, (extent, n) in enumerate(zip(symbol.shape, shape, strict=True)):
-            expected = sp.sympify(extent).subs(binding)
+            extent = sp.sympify(extent)
+            expected = extent.subs(binding)
             if expected.is_Integer and int(expected) != n:
-                raise ValueError(f"input {symbol.name!r} has shape {tuple(shapes[symbol.name])}"
-                                 f": its dimension {axis} ({extent}) should be {expected}")
+                # the words of the compiled function's own check: the extent given, then
+                # the one expected and where its dimensions were read
+                which = "rows" if axis == 0 else "columns"
+                origin = ", ".join(
+                    f"{d} = {binding[d]} from {source[d]!r}" if d in source else
+                    f"{d} = {binding[d]}" for d in sorted(extent.free_symbols, key=str))
+                raise ValueError(f"input {symbol.name!r} has {n} {which} (shape "
+                                 f"{tuple(shapes[symbol.name])}), but expected {extent}"
+                                 + (f" ({origin})" if origin else ""))
     out = []
     for extent in spec.user_output_shape:
         value = sp.sympify(extent).subs(binding)
