@@ -226,6 +226,23 @@ def test_scalar_model_per_point_hessian():
     np.testing.assert_allclose(H[("b", "b")], 2 * np.exp(0.3 * t0), rtol=1e-12)
 
 
+def test_scalar_model_blocks_are_per_point_zero_blocks_included():
+    """Over arrays, every block of a scalar model's Hessian and every HVP result has the
+    inputs' broadcast shape, a block that is 0 (d2/dy2 of y sin x) and a scalar parameter
+    given as a float included."""
+    x, y = sp.symbols("x y")
+    f = sg.compile(sp.sin(x) * y, [x, y])
+    xs = np.array([0.1, 0.2, 0.3])
+    for y0 in (np.array([1.0, 2.0, 3.0]), 2.0):
+        H = f.hessian(x=xs, y=y0)
+        assert all(np.shape(block) == (3,) for block in H.values()), H
+        np.testing.assert_array_equal(H[("y", "y")], np.zeros(3))
+        np.testing.assert_allclose(H[("x", "y")], np.cos(xs), rtol=1e-15)
+        Hv = f.hvp({"y": 1.0 if np.ndim(y0) == 0 else np.ones(3)}, x=xs, y=y0)
+        assert np.shape(Hv["y"]) == (3,) and not Hv["y"].any()
+        np.testing.assert_allclose(Hv["x"], np.cos(xs), rtol=1e-15)
+
+
 def test_bad_tangents_are_named(logistic):
     f, data, rng = logistic
     with pytest.raises(ValueError, match="'q'.*not a parameter"):

@@ -221,9 +221,17 @@ def _sg_hvp(tangents, inputs, parameters, table, value_and_grad, sizes, scalar_m
     for p in parameters:
         value = values[p]
         if value is None:
-            value = np.zeros(np.shape(inputs[p]))
+            value = _sg_zeros(inputs, np.shape(inputs[p]), scalar_model)
         out[p] = _sg_as_given(value, np.shape(inputs[p]), scalar_model)
     return out
+
+
+def _sg_zeros(inputs, shape, scalar_model):
+    """A result that is 0: of its own shape, or for a scalar model over arrays, per point
+    (the inputs' broadcast shape), as its other results are."""
+    if scalar_model:
+        shape = np.broadcast_shapes(*[np.shape(v) for v in inputs.values()])
+    return np.zeros(shape)
 
 
 def _sg_hessian(inputs, parameters, table, value_and_grad, sizes, scalar_model, hvp):
@@ -255,7 +263,7 @@ def _sg_hessian(inputs, parameters, table, value_and_grad, sizes, scalar_model, 
                 value = product if value is None else product + np.reshape(value,
                                                                            product.shape)
             elif value is None:
-                value = np.zeros(shape)
+                value = _sg_zeros(inputs, shape, scalar_model)
             value = _sg_as_given(value, shape, scalar_model)
         out[(p, q)] = value
         if p != q:
