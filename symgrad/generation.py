@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import keyword
 import os
 import sys
 import traceback
@@ -263,7 +264,7 @@ def generate(model, path: PathLike | None = None, *, wrt: Sequence | None = None
             to_folder = path is not None and (Path(path).is_dir()
                                               or str(path).endswith(("/", os.sep)))
             stem = Path(path).stem if path is not None and not to_folder else ""
-            name = stem if stem.isidentifier() else "model"
+            name = stem if stem.isidentifier() and not keyword.iskeyword(stem) else "model"
         model = Model(name, model, wrt)
     if path is None:
         path = Path(f"{model.name}.py")

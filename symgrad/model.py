@@ -6,6 +6,7 @@ A *model file* is a Python file with Model objects at module level; ``symgrad sh
 
 from __future__ import annotations
 
+import keyword
 from functools import cached_property
 
 from sympy.matrices.expressions.matexpr import MatrixExpr
@@ -30,9 +31,9 @@ class Model:
     """
 
     def __init__(self, name: str, output, wrt, *, second_order: bool = False):
-        if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"model name {name!r} must be a Python identifier (it names the "
-                             "generated module)")
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise ValueError(f"model name {name!r} must be a Python identifier and no keyword "
+                             "(it names the generated module, which import must accept)")
         if not isinstance(second_order, bool):
             raise TypeError(f"second_order must be True or False, got {second_order!r}")
         self.name = name

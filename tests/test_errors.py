@@ -182,6 +182,13 @@ def test_wrt_must_hold_symbols():
         sg.grad(w * x, [w * x])
 
 
+@pytest.mark.parametrize("name", ["class", "import", "2fast", "a-b"])
+def test_a_model_name_must_be_importable(name):
+    """A model's name names its generated module: ``import class`` is a syntax error."""
+    with pytest.raises(ValueError, match=f"model name '{name}' must be a Python identifier"):
+        sg.Model(name, w * x, [w])
+
+
 def test_symbol_names_that_cannot_be_arguments_are_refused():
     bad = sp.Symbol("lambda")
     with pytest.raises(ValueError, match="'lambda'"):
