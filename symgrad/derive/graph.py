@@ -855,12 +855,11 @@ def with_children(node, new: Sequence, plain: Callable | None = None):
         pieces = []
         for _, cond in node.args:
             value = next(it)
-            if not _condition_operands(cond):
-                pass
-            elif cond.args:
-                cond = cond.func(*[next(it) for _ in cond.args], evaluate=False)
-            else:
+            operands = _condition_operands(cond)
+            if operands == (cond,):             # a name: its new value is the condition
                 cond = next(it)
+            elif operands:
+                cond = cond.func(*[next(it) for _ in operands], evaluate=False)
             pieces.append((value, cond))
         return sp.Piecewise(*pieces, evaluate=False)
     if not new:     # a leaf: a matrix symbol, Identity, a number, a Lambda ...
