@@ -337,3 +337,37 @@ def test_scipy_least_squares_with_a_residual_model():
     np.testing.assert_allclose(result.x, [2.5, 1.3], rtol=1e-8)
     with pytest.raises(AttributeError, match="least_squares"):
         p.hess(x0)
+
+
+# ------------------------------------------------------------------------------------------
+# The arrays second order is given, and the arrays it gives back
+# ------------------------------------------------------------------------------------------
+def _no_two_share_memory(arrays):
+    arrays = [a for a in arrays if isinstance(a, np.ndarray)]
+    for i, a in enumerate(arrays):
+        for b in arrays[i + 1:]:
+            assert not np.shares_memory(a, b)
+
+
+def test_hessian_blocks_are_fresh_arrays_none_a_view_of_another():
+    """Results are fresh arrays (README, conventions): H[(q, p)] is no view of H[(p, q)], of
+    a scalar model over arrays or of a matrix model, so updating one in place leaves the
+    other as it was; no block shares memory with another or with an input."""
+    w, x, t = sp.symbols("w x t")
+    scalar = sg.compile(sp.exp(w * t) * x**2 + w * x, [w, x])
+    v, b, X = sg.vector("v", D), sg.vector("b", D), sg.matrix("X", N, D)
+    matrix = sg.compile(sg.sum(sg.softplus(X @ v)) + sg.dot(v, b) * sg.dot(b, b), [v, b])
+    rng = np.random.default_rng(7)
+    cases = [(scalar, {"w": rng.normal(size=4), "x": rng.normal(size=4), "t": 0.5}),
+             (matrix, {"X": rng.normal(size=(N, D)), "v": rng.normal(size=D),
+                       "b": rng.normal(size=D)})]
+    for f, inputs in cases:
+        H = f.hessian(**inputs)
+        _no_two_share_memory(list(H.values()) + list(inputs.values()))
+        before = {k: np.copy(block) for k, block in H.items()}
+        for key, block in H.items():
+            block[...] = np.nan                       # each block updated in place ...
+            for other, kept in before.items():        # ... leaves every other one alone
+                if other != key:
+                    np.testing.assert_array_equal(H[other], kept)
+            block[...] = before[key]

@@ -267,11 +267,13 @@ def _sg_hessian(inputs, parameters, table, value_and_grad, sizes, scalar_model, 
             value = _sg_as_given(value, shape, scalar_model)
         out[(p, q)] = value
         if p != q:
+            # the mirrored block is a copy, not a view of (p, q): results are fresh arrays,
+            # so that updating one block in place leaves the other as it was
             if scalar_model:
-                out[(q, p)] = value
+                out[(q, p)] = value.copy() if isinstance(value, np.ndarray) else value
             else:
                 n_p, n_q = int(np.prod(shapes[p])), int(np.prod(shapes[q]))
-                out[(q, p)] = _sg_as_given(np.reshape(value, (n_p, n_q)).T,
+                out[(q, p)] = _sg_as_given(np.reshape(value, (n_p, n_q)).T.copy(),
                                            shapes[q] + shapes[p], False)
     return {(p, q): out[(p, q)] for p in parameters for q in parameters}
 
