@@ -431,19 +431,17 @@ def _user_symbols(f) -> dict:
 
 def _dimension_values(f, inputs: dict) -> dict:
     """Each symbolic dimension of the model, read off the arrays that fix it."""
+    from symgrad.codegen.second_runtime import _sg_extent
+
     values: dict = {}
     for s in f.spec.user_inputs:
         if not isinstance(s, MatrixExpr) or s.name not in inputs:
             continue
-        shape = np.shape(inputs[s.name])
-        if len(shape) == 1:
-            shape = (shape[0], 1)
-        if len(shape) != 2:
-            continue
-        for extent, size in zip(s.shape, shape):
+        for axis, extent in enumerate(s.shape):
             extent = sp.sympify(extent)
-            if extent.is_Symbol:
-                values[extent] = sp.Integer(int(size))
+            size = _sg_extent(inputs[s.name], axis)     # (a 1-D row too)
+            if extent.is_Symbol and size is not None:
+                values[extent] = sp.Integer(size)
     return values
 
 

@@ -371,3 +371,35 @@ def test_hessian_blocks_are_fresh_arrays_none_a_view_of_another():
                 if other != key:
                     np.testing.assert_array_equal(H[other], kept)
             block[...] = before[key]
+
+
+def test_second_order_takes_a_row_vector_given_1d_as_given_1_x_d():
+    """A 1 x d row may be given as a (d,) array, as f.grad takes it: hessian, hvp and
+    f.scipy then give what they give for the (1, d) array (1-D shapes as given), where they
+    took it for a d x 1 column (read d = 1 off it, refused it or failed to reshape)."""
+    d = sp.Symbol("d", integer=True, positive=True)
+    r, A, w = sg.matrix("r", 1, d), sg.matrix("A", d, d), sg.vector("w", d)
+    rng = np.random.default_rng(8)
+    r0, A0, w0 = rng.normal(size=3), rng.normal(size=(3, 3)), rng.normal(size=3)
+    # a row parameter (its dimension read off it), with an entry read at a fixed position
+    f = sg.compile(sg.sum(sg.square(r)) * sg.sum(r) + sg.sum(r @ A @ r.T) + r[0, 2] ** 3, [r])
+    H1, H2 = f.hessian(r=r0, A=A0), f.hessian(r=r0.reshape(1, 3), A=A0)
+    assert H1[("r", "r")].shape == (3, 3)
+    np.testing.assert_array_equal(H1[("r", "r")], H2[("r", "r")].reshape(3, 3))
+    t = rng.normal(size=3)
+    p1 = f.hvp({"r": t}, r=r0, A=A0)["r"]
+    p2 = f.hvp({"r": t.reshape(1, 3)}, r=r0.reshape(1, 3), A=A0)["r"]
+    assert p1.shape == (3,)
+    np.testing.assert_array_equal(p1, p2.reshape(3))
+    np.testing.assert_allclose(p1, H1[("r", "r")] @ t, rtol=1e-12, atol=1e-12)
+    # a row of data in a block A^T diag(c) A (computed as a symmetric product)
+    g = sg.compile(sg.sum(sg.softplus(r @ w)) + sg.dot(w, w), [w])
+    s = 1 / (1 + np.exp(-(r0 @ w0)))
+    closed = s * (1 - s) * np.outer(r0, r0) + 2 * np.eye(3)
+    for r_given in (r0, r0.reshape(1, 3)):
+        np.testing.assert_allclose(g.hessian(r=r_given, w=w0)[("w", "w")], closed,
+                                   rtol=1e-12, atol=1e-12)
+        problem = g.scipy(r=r_given)
+        np.testing.assert_allclose(problem.hess(problem.pack(w=w0)), closed,
+                                   rtol=1e-12, atol=1e-12)
+

@@ -37,14 +37,15 @@ def _sg_dsyrk():
 _SG_SYMMETRIC_MIN_COLUMNS = 64
 
 
-def _sg_symmetric_product(a, c):
+def _sg_symmetric_product(a, c, columns=1):
     """A^T diag(c) A for an n x d matrix A and an n-vector (or a number) c, computed as
     (sqrt(c) A)^T (sqrt(c) A) with BLAS dsyrk (one triangle: half the multiplications of
     A^T (c A)), then mirrored.  Rows with c < 0 are subtracted as a second such product, so
-    any sign works; a NaN in c stays NaN."""
+    any sign works; a NaN in c stays NaN.  ``columns`` is d, which reads a 1-D ``a`` (a
+    vector given as the caller may: an n x 1 column when d is 1, else a 1 x d row)."""
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 1:
-        a = a.reshape(-1, 1)
+        a = a.reshape(-1, columns)
     rows, d = a.shape
     c = np.asarray(c, dtype=np.float64).reshape(-1)
     if c.size != rows:
@@ -72,23 +73,31 @@ def _sg_symmetric_product(a, c):
     return full
 
 
+def _sg_extent(value, axis):
+    """The extent of a matrix input along ``axis``, or None where its shape is no matrix's.
+    Only a vector may come 1-D, and only its long axis has a symbolic extent (or a fixed
+    position read): the length of a 1-D array is that extent, for a column (n x 1) as for a
+    row (1 x d)."""
+    shape = np.shape(value)
+    if len(shape) == 1:
+        return int(shape[0])
+    return int(shape[axis]) if len(shape) == 2 else None
+
+
 def _sg_dimensions(inputs, dimensions, least=()):
     """{dimension name: its size}, read off the inputs that fix them; an input smaller than
     an entry the model reads (``least``: (input, axis, extent, why) each) is refused."""
     for source, axis, extent, why in least:
-        shape = np.shape(inputs[source])
-        if len(shape) == 1:
-            shape = (shape[0], 1)
-        if len(shape) == 2 and shape[axis] < extent:
-            raise ValueError(f"input {source!r} has {shape[axis]} "
-                             f"{'rows' if axis == 0 else 'columns'} (shape {shape}), but {why}")
+        size = _sg_extent(inputs[source], axis)
+        if size is not None and size < extent:
+            raise ValueError(f"input {source!r} has {size} "
+                             f"{'rows' if axis == 0 else 'columns'} "
+                             f"(shape {np.shape(inputs[source])}), but {why}")
     sizes = {}
     for name, (source, axis) in dimensions.items():
-        shape = np.shape(inputs[source])
-        if len(shape) == 1:
-            shape = (shape[0], 1)
-        if len(shape) == 2:
-            sizes[name] = int(shape[axis])
+        size = _sg_extent(inputs[source], axis)
+        if size is not None:
+            sizes[name] = size
     return sizes
 
 
@@ -259,7 +268,8 @@ def _sg_hessian(inputs, parameters, table, value_and_grad, sizes, scalar_model, 
             symmetric = table["symmetric"].get((p, q))
             if symmetric is not None:
                 a, c = symmetric
-                product = _sg_symmetric_product(inputs[a], 1.0 if c is None else values[c])
+                product = _sg_symmetric_product(inputs[a], 1.0 if c is None else values[c],
+                                                int(np.prod(shapes[p])))
                 value = product if value is None else product + np.reshape(value,
                                                                            product.shape)
             elif value is None:
