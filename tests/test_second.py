@@ -403,3 +403,13 @@ def test_second_order_takes_a_row_vector_given_1d_as_given_1_x_d():
         np.testing.assert_allclose(problem.hess(problem.pack(w=w0)), closed,
                                    rtol=1e-12, atol=1e-12)
 
+
+def test_second_order_names_an_input_that_is_no_matrix():
+    """A matrix input given as a 3-D array is refused naming it, as f.grad refuses it (the
+    dimension it fixes went unread: NameError: name 'n' is not defined)."""
+    n = sp.Symbol("n", integer=True, positive=True)
+    X, w = sg.matrix("X", n, D), sg.vector("w", D)
+    f = sg.compile(sg.sum(sg.softplus(X @ w)), [w])
+    for call in (lambda **i: f.hessian(**i), lambda **i: f.hvp({"w": np.ones(D)}, **i)):
+        with pytest.raises(ValueError, match=r"input 'X' must be a matrix.*\(4, 3, 1\)"):
+            call(X=np.ones((4, D, 1)), w=np.ones(D))

@@ -96,8 +96,10 @@ def _sg_dimensions(inputs, dimensions, least=()):
     sizes = {}
     for name, (source, axis) in dimensions.items():
         size = _sg_extent(inputs[source], axis)
-        if size is not None:
-            sizes[name] = size
+        if size is None:    # (a dimension left unread would fail later, naming no input)
+            raise ValueError(f"input {source!r} must be a matrix (a 2-D array, or 1-D for a "
+                             f"vector), got an array of shape {np.shape(inputs[source])}")
+        sizes[name] = size
     return sizes
 
 
