@@ -898,7 +898,7 @@ class ScipyProblem:
         unknown = [n for n in params if n not in self.f.parameters]
         if unknown:
             raise TypeError(f"{unknown[0]!r} is not a parameter ({', '.join(self.f.parameters)})")
-        from symgrad.codegen.second_runtime import _sg_real
+        from symgrad.codegen.second_runtime import _sg_fits, _sg_real
 
         parts = []
         for name in self.f.parameters:
@@ -907,7 +907,7 @@ class ScipyProblem:
             if expected is None:
                 self.shapes[name] = expected = value.shape
                 self._cached_layout = None
-            if value.size != int(np.prod(expected)):
+            if not _sg_fits(value.shape, expected):     # (not its size alone: W^T for W)
                 raise ValueError(f"parameter {name!r} has shape {value.shape}; expected "
                                  f"{expected}")
             parts.append(value.ravel())

@@ -413,3 +413,28 @@ def test_second_order_names_an_input_that_is_no_matrix():
     for call in (lambda **i: f.hessian(**i), lambda **i: f.hvp({"w": np.ones(D)}, **i)):
         with pytest.raises(ValueError, match=r"input 'X' must be a matrix.*\(4, 3, 1\)"):
             call(X=np.ones((4, D, 1)), w=np.ones(D))
+
+
+def test_a_tangent_or_packed_parameter_of_another_shape_is_refused_not_reshaped():
+    """A (3, 2) array is no direction for a 2 x 3 matrix, as f.grad refuses it as the
+    matrix: f.hvp and p.pack refuse it naming the parameter, where they took any array of
+    the same size and reshaped it (its entries moved: H V^T.reshape(2, 3), not H V).  A
+    vector's direction may still come as (n,), (n, 1) or (1, n)."""
+    W, x = sg.matrix("W", 2, 3), sg.vector("x", 3)
+    f = sg.compile(sg.sum(sg.exp(W @ x)), [W, x])
+    rng = np.random.default_rng(9)
+    W0, x0, V = rng.normal(size=(2, 3)), rng.normal(size=3), rng.normal(size=(2, 3))
+    with pytest.raises(ValueError, match=r"tangent of 'W' has shape \(3, 2\).*\(2, 3\)"):
+        f.hvp({"W": V.T.copy()}, W=W0, x=x0)
+    expected = f.hvp({"x": x0}, W=W0, x=x0)
+    for given in (x0, x0.reshape(3, 1), x0.reshape(1, 3)):
+        got = f.hvp({"x": given}, W=W0, x=x0)
+        np.testing.assert_array_equal(got["W"], expected["W"])
+        np.testing.assert_array_equal(got["x"], expected["x"])
+    problem = f.scipy()
+    with pytest.raises(ValueError, match=r"parameter 'W' has shape \(3, 2\); expected \(2, 3\)"):
+        problem.pack(W=W0.T.copy(), x=x0)
+    w, t = sp.symbols("w t")
+    g = sg.compile(sp.exp(w * t), [w])     # a scalar model over arrays: per point
+    with pytest.raises(ValueError, match=r"tangent of 'w' has shape \(4, 3\)"):
+        g.hvp({"w": np.ones((4, 3))}, w=np.ones((3, 4)), t=1.0)

@@ -200,6 +200,14 @@ def _sg_real(what, value):
     return array.astype(np.float64)
 
 
+def _sg_fits(shape, expected):
+    """Whether an array of ``shape`` holds the entries of one of shape ``expected`` in their
+    places: the same extents but for axes of length 1 (a vector's direction as (n,), (n, 1)
+    or (1, n)).  Not the same size alone: a (3, 2) array is no direction for a 2 x 3 matrix,
+    whose entries a reshape would move."""
+    return [e for e in shape if e != 1] == [e for e in expected if e != 1]
+
+
 def _sg_hvp(tangents, inputs, parameters, table, value_and_grad, sizes, scalar_model,
             linearize=None, at_x=None):
     """{parameter: sum_q H[p, q] v_q}; ``table["outputs"]`` is keyed by parameter and
@@ -214,7 +222,7 @@ def _sg_hvp(tangents, inputs, parameters, table, value_and_grad, sizes, scalar_m
             raise ValueError(f"tangent given for {name!r}, which is not a parameter "
                              f"({', '.join(parameters)})")
         read[name] = v = _sg_real(f"the tangent of {name!r}", v)
-        if v.size != np.size(inputs[name]):
+        if not _sg_fits(v.shape, np.shape(inputs[name])):
             raise ValueError(f"the tangent of {name!r} has shape {v.shape}; the "
                              f"parameter has shape {np.shape(inputs[name])}")
     arguments = dict(inputs)
