@@ -175,7 +175,13 @@ def grad(expr, wrt) -> Gradients:
     derivation = derive(expr, wrt)
     result = Gradients()
     result.symbol_of = {}
-    gradients = inline_all(derivation, [derivation.gradients[w] for w in wrt])
+    # a value of the model that canonicalisation left as the user wrote it is that
+    # expression itself: inlining its name need not build it again (Rosenbrock with 1,000
+    # variables: a quarter of sg.grad's time)
+    as_written = set(dag_nodes(expr))
+    walk = derivation.walk
+    known = {walk.values[node]: node for node in walk.operations if node in as_written}
+    gradients = inline_all(derivation, [derivation.gradients[w] for w in wrt], known=known)
     for key, w, gradient in zip(given, wrt, gradients):   # keyed by what the user passed
         result[key] = gradient                             # (q1(t), not q1)
         if key is not w:

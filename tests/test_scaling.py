@@ -127,6 +127,33 @@ def test_a_sum_of_2000_terms_sharing_10_variables_derives():
     assert all(line.count("=") == 1 for line in text.splitlines())
 
 
+def _own_values_models():
+    x = sp.symbols("x0:30", real=True)
+    q, u, l, m = (sp.symbols(f"{c}1:4", real=True) for c in "qulm")
+    yield sp.Add(*[100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2 for i in range(29)]), x
+    yield long_sum(60)[:2]
+    # pieces canonicalisation rewrites (products regrouped, a sum of three split in two)
+    yield sp.Add(*[m[i] * (l[i] * u[i] * sp.cos(q[i])) ** 2 / 2 + l[i] * sp.sin(q[i] + q[i - 1])
+                   for i in range(3)]) * sp.exp(-u[0] * u[1] * u[2]), [*q, *u]
+    f = x[0]
+    for k in range(6):
+        f = f * sp.sin(f + x[k + 1])
+    yield f, x[:7]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_grad_takes_the_models_own_values_as_inlining_rebuilds_them(index):
+    """sg.grad reuses the subexpressions of the model that canonicalisation left as they
+    were, instead of inlining their names: the gradients are the very expressions that
+    inlining every name gives."""
+    from symgrad.derive.reverse import inline_all
+
+    expr, wrt = list(_own_values_models())[index]
+    grads = sg.grad(expr, wrt)
+    d = grads.derivation
+    assert [grads[w] for w in wrt] == inline_all(d, [d.gradients[w] for w in wrt])
+
+
 @pytest.mark.parametrize("offset", [-1, 0, 40])
 def test_a_long_sum_is_one_node_whose_adjoint_reaches_every_term(offset):
     # every term of a sum gets the sum's adjoint: from NARY_SUM_FROM terms on the sum stays

@@ -272,10 +272,13 @@ def inline(derivation: Derivation, expr):
 
 
 @without_cycle_collection
-def inline_all(derivation: Derivation, exprs: list) -> list:
+def inline_all(derivation: Derivation, exprs: list, known: dict | None = None) -> list:
     """:func:`inline` of several expressions of one program in one walk: the pieces they
     share are rebuilt once, and the cost is that of the program, not of the program times
-    the number of expressions (one gradient per input of a model with 1,000 inputs)."""
+    the number of expressions (one gradient per input of a model with 1,000 inputs).
+
+    ``known`` maps names of the program to what they stand for, already inlined (a value
+    of the model as the user wrote it): they are not rebuilt."""
     definitions = dict(derivation.assignments)
 
     def plain_children(e) -> list:
@@ -320,7 +323,7 @@ def inline_all(derivation: Derivation, exprs: list) -> list:
             return terms(e)
         return plain_children(e)
 
-    memo: dict = {}
+    memo: dict = dict(known or {})
     stack = [(expr, None) for expr in reversed(exprs)]
     while stack:
         e, kids = stack.pop()
