@@ -151,6 +151,29 @@ def test_an_unknown_backend_is_refused():
         check(linear_regression, against="tensorflow")
 
 
+def test_no_backend_at_all_is_refused_rather_than_symgrad_against_itself():
+    """against=[] would leave only symgrad-floats (symgrad's float path against its own
+    kernel), which agrees with a wrong rule: it must not make a report ok."""
+    with pytest.raises(ValueError, match="against names no backend"):
+        check(linear_regression, against=[])
+
+
+def test_symgrad_against_its_own_float_path_does_not_count_as_compared():
+    report = check(linear_regression)
+    only_itself = CheckReport(model="m", wrt=["w"], backends=["symgrad-floats"], points=1,
+                              comparisons=[c for c in report.comparisons
+                                           if c.backend == "symgrad-floats"])
+    assert only_itself.comparisons and all(c.passed for c in only_itself.comparisons)
+    assert not only_itself.ok and only_itself.uncompared == ["value", "w"]
+
+
+def test_tolerances_for_an_unknown_backend_are_refused():
+    """A misspelt backend in tolerances would silently leave the default in force."""
+    with pytest.raises(ValueError, match="unknown backend 'finite-difference'"):
+        check(linear_regression, tolerances={"finite-difference": ((0, 0), (0, 0))})
+    assert check(linear_regression, tolerances={"fd": ((1e-7, 1e-10), (1e-4, 1e-7))}).ok
+
+
 # --------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------

@@ -163,8 +163,11 @@ def _backends(problem, names, explicit, rng, report) -> list[Backend]:
 def _tolerances(overrides) -> dict:
     tolerance = dict(TOLERANCES)
     for name, (value_tolerance, gradient_tolerance) in (overrides or {}).items():
-        tolerance[_ALIASES.get(name, name)] = (Tolerance(*value_tolerance),
-                                               Tolerance(*gradient_tolerance))
+        name = _ALIASES.get(name, name)
+        if name not in tolerance:   # a misspelt name would leave the default in force
+            raise ValueError(f"tolerances name an unknown backend {name!r}: choose from "
+                             f"{', '.join(tolerance)}")
+        tolerance[name] = (Tolerance(*value_tolerance), Tolerance(*gradient_tolerance))
     return tolerance
 
 
@@ -246,6 +249,9 @@ def _backend_names(against) -> tuple[list[str], set[str]]:
         explicit.add(name)
     everything = any(name == "all" for name in against)
     names = [n for n in BACKENDS if everything or n in explicit]
+    if not names:   # symgrad against its own float path alone would check nothing
+        raise ValueError(f"against names no backend: choose from {', '.join(BACKENDS)} "
+                         "or 'all'")
     return names, explicit
 
 
