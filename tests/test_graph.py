@@ -77,6 +77,31 @@ def test_gradients_agree_with_the_compiled_function_at_random_points():
             assert walk.node(v).gradient == pytest.approx(grads[v])
 
 
+@pytest.mark.parametrize("case", ["A A", "x^x"])
+def test_an_operand_taken_twice_has_an_edge_per_use_and_they_add_up(case):
+    """A A (and x^x) takes one value in two positions, whose contributions differ (1 A^T and
+    A^T 1): each use is its own edge, and what the edges leaving a value show adds up to its
+    gradient, which is the compiled one (one shared edge showed one contribution twice)."""
+    A = sg.matrix("A", 2, 2)
+    expr, wrt, at = {"A A": (sg.sum(A @ A), [A], {"A": np.array([[1.0, 2.0], [3.0, 4.0]])}),
+                     "x^x": (x**x + y, [x, y], {"x": 2.0, "y": 0.5})}[case]
+    walk = sg.graph(expr, at=at, wrt=wrt).walk
+    _, grads = sg.compile(expr, wrt).value_and_grad(**at)
+    for node in walk.nodes:
+        if node.gradient is None or node is walk.output:
+            continue
+        sent = [np.asarray(e.gradient) for e in walk.steps if e.tail is node]
+        assert len({id(e) for e in walk.steps if e.tail is node}) == len(sent)
+        np.testing.assert_allclose(sum(sent), node.gradient, rtol=1e-12)
+    name = wrt[0].name
+    np.testing.assert_allclose(walk.node(name).gradient, grads[name], rtol=1e-12)
+    twice = [e for e in walk.node(name).outgoing if e.head.kind == "operation"]
+    assert len(twice) == 2 and twice[0].head is twice[1].head
+    text = str(sg.explain(expr, at=at, wrt=wrt))
+    total = {"A A": "[3, 7, 3, 7] + [4, 4, 6, 6] = [7, 11, 9, 13]", "x^x": "4 + 2.77 = 6.77"}
+    assert total[case] in text
+
+
 def test_window_classifier_gradients_are_the_closed_forms():
     model, at = window_classifier()
     walk = sg.graph(model, at=at).walk
