@@ -312,6 +312,26 @@ def test_cli_graph_rejects_a_bad_value(capsys):
     assert "x=abc" in capsys.readouterr().err
 
 
+
+def test_a_dimension_given_at_a_point_is_a_whole_size_that_agrees_with_the_inputs(tmp_path,
+                                                                                  capsys):
+    """at={'m': 4} beside an X of 5 columns was overridden silently (the picture divided by
+    5), and --at m=2.5 drew inputs of 2 columns: both are errors naming the dimension."""
+    from examples.two_layer_net import two_layer_net
+
+    rng = np.random.default_rng(2)
+    at = {"W1": rng.normal(size=(3, 2)), "b1": rng.normal(size=3), "W2": rng.normal(size=(1, 3)),
+          "b2": rng.normal(size=1), "X": rng.normal(size=(2, 5)), "Y": rng.normal(size=(1, 5))}
+    with pytest.raises(ValueError, match="at= gives m = 4, but the inputs' shapes give m = 5"):
+        sg.graph(two_layer_net, at={**at, "m": 4})
+    assert sg.graph(two_layer_net, at={**at, "m": 5}).walk.dimensions["m"] == 5
+    for size in (2.5, 0, -1, float("nan")):
+        with pytest.raises(ValueError, match="whole number of at least 1"):
+            sg.graph(two_layer_net, at={**at, "m": size})
+        assert main(["graph", "examples/two_layer_net.py", "--random", "0", "--at", f"m={size}",
+                     "-o", str(tmp_path / "never.dot")]) == 1
+        assert "whole number of at least 1" in capsys.readouterr().err
+
 # ------------------------------------------------------------------------------------------
 # The README's section
 # ------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
 
-__all__ = ["Node", "Edge", "Backprop", "backprop", "format_value", "describe_point"]
+__all__ = ["Node", "Edge", "Backprop", "backprop", "format_value", "describe_point",
+           "dimension_size"]
 
 
 def _named(node) -> bool:
@@ -420,8 +421,13 @@ def _evaluate(walk: Backprop, derivation, expr, wrt, at: dict) -> None:
 
     inputs = inputs_of(expr, wrt)
     given = _given(at, inputs, shape_symbols(expr))
-    dims = {d: int(given.pop(d.name)) for d in shape_symbols(expr) if d.name in given}
-    dims.update(bind_dimensions(inputs, given))
+    dims = {d: dimension_size(d.name, given.pop(d.name))
+            for d in shape_symbols(expr) if d.name in given}
+    for d, size in bind_dimensions(inputs, given).items():
+        if dims.get(d, size) != size:
+            raise ValueError(f"at= gives {d.name} = {dims[d]}, but the inputs' shapes give "
+                             f"{d.name} = {size}")
+        dims[d] = size
     missing = [d.name for d in shape_symbols(expr) if d not in dims]
     if missing:
         raise ValueError(f"at= fixes no size for the dimension(s) {', '.join(missing)}: give "
@@ -453,6 +459,21 @@ def _evaluate(walk: Backprop, derivation, expr, wrt, at: dict) -> None:
         setattr(target, attribute, _as_value(result))
     walk.at = {s.name: values[s.name] for s in inputs}
     walk.dimensions = {d.name: n for d, n in dims.items()}
+
+
+def dimension_size(name: str, value) -> int:
+    """A dimension's size given in ``at=`` (or ``--at``): a whole number of at least 1, as
+    an int; anything else (2.5, 0, nan) is an error naming it, not a truncated size.
+
+    >>> dimension_size("m", 4.0)
+    4
+    """
+    array = np.asarray(value)
+    number = float(array) if array.ndim == 0 and array.dtype.kind in "biuf" else math.nan
+    if not (number >= 1 and number == int(number)):
+        raise ValueError(f"at[{name!r}] = {value!r}: the size of a dimension is a whole "
+                         "number of at least 1")
+    return int(number)
 
 
 def _given(at: dict, inputs: list, dimensions: set) -> dict:
