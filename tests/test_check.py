@@ -110,6 +110,26 @@ def test_a_wrong_rule_inside_a_matrix_model_is_caught(wrong_sine_rule):
     assert {c.quantity for c in report.failures} == {"W", "x"}
 
 
+def test_a_gradient_of_the_wrong_shape_is_not_broadcast_into_agreement(monkeypatch):
+    """A compiled gradient that came back as a number where a vector was given (the sum of
+    the right one, say) was broadcast to the vector's shape and compared entry by entry:
+    for a gradient whose entries are equal, a check that could not fail."""
+    v = sg.vector("v", 3)
+    model = sg.Model("m", sg.sum(sg.sin(v)) + sg.dot(v, v) * 0, wrt=[v])
+    assert check(model, inputs={"v": np.zeros(3)}).ok
+    compiled = model.compiled
+    right = compiled.value_and_grad
+
+    def summed(**inputs):
+        value, grads = right(**inputs)
+        return value, {"v": float(np.sum(grads["v"])) / 3}   # right value, wrong shape
+
+    monkeypatch.setattr(compiled, "value_and_grad", summed)
+    with pytest.raises(RuntimeError, match=r"gradient of 'v' has shape \(\), but v was given "
+                                           r"with shape \(3, 1\)"):
+        check(model, inputs={"v": np.zeros(3)})
+
+
 def test_the_rule_table_is_restored_after_the_wrong_rule():
     assert check(sp.sin(w) * x, [w]).ok
 

@@ -420,7 +420,15 @@ class CompiledReference(Backend):
         return self.compiled.value_and_grad(**arguments)
 
     def value_and_grad(self, values, dims, upstream):
-        value, grads = self._call(self._arguments(values, dims, self.floats), upstream)
+        arguments = self._arguments(values, dims, self.floats)
+        value, grads = self._call(arguments, upstream)
+        for n in self.problem.parameter_names:
+            # a gradient comes back in its parameter's shape as given: one of another shape
+            # (a sum where a vector was due) must not be broadcast into agreement below
+            if np.shape(grads[n]) != np.shape(arguments[n]):
+                raise RuntimeError(f"symgrad's gradient of {n!r} has shape "
+                                   f"{np.shape(grads[n])}, but {n} was given with shape "
+                                   f"{np.shape(arguments[n])}")
         shape = np.broadcast_shapes(*[np.shape(v) for v in values.values()]) \
             if self.problem.elementwise and values else np.shape(value)
         shapes = self._shapes(values)
