@@ -128,6 +128,9 @@ def test_a_gradient_of_the_wrong_shape_is_not_broadcast_into_agreement(monkeypat
     with pytest.raises(RuntimeError, match=r"gradient of 'v' has shape \(\), but v was given "
                                            r"with shape \(3, 1\)"):
         check(model, inputs={"v": np.zeros(3)})
+    # a model of scalars answers a point's gradient as a float where a dimension is free
+    s, m = sp.Symbol("s"), sp.Symbol("m", integer=True, positive=True)
+    assert check(sg.sum(sg.broadcast(s, (1, m))), [s]).ok
 
 
 def test_the_rule_table_is_restored_after_the_wrong_rule():
