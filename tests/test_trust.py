@@ -631,6 +631,13 @@ def test_products_and_elementwise_powers_of_a_model_print_with_their_grouping():
         "(1/m) A", "((x + 1)/(x - 1)) A"]
     assert len(set(printed.values())) == len(printed)     # different meanings read apart
     assert str(sg.sum(sg.hadamard(A, B) @ C)) == "sum((A ∘ B) C)"
+    # an entry of a compound matrix: (A + B)[0, 1], not A + B[0, 1]
+    entry = sp.matrices.expressions.matexpr.MatrixElement
+    entries = [entry(A + B, 0, 1), entry(A @ B, 0, 1), entry(sg.tanh(A) + sp.OneMatrix(3, 3), 0, 1),
+               entry(sg.inv(A), 1, 1), entry(sg.tanh(A), 0, 1), A[0, 1]]
+    assert [FormulaPrinter().doprint(e) for e in entries] == [
+        "(A + B)[0, 1]", "(A B)[0, 1]", "(tanh(A) + 1)[0, 1]", "(A^-1)[1, 1]", "tanh(A)[0, 1]",
+        "A[0, 1]"]
 
 
 def test_a_selection_prints_each_value_with_its_condition_and_nan_where_none_holds():

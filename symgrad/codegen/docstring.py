@@ -182,7 +182,11 @@ class FormulaPrinter(StrPrinter):
         parent = expr.parent
         if parent.shape == (1, 1):
             return self._print(parent)
-        return f"{self._print(parent)}[{expr.i}, {expr.j}]"
+        text = self._print(parent)
+        # an entry of a compound matrix: (A B)[0, 1], (X^-1)[1, 1], not A B[0, 1]
+        if not (_looks_atomic(text) and "^" not in text):
+            text = f"({text})"
+        return f"{text}[{expr.i}, {expr.j}]"
 
     def _print_Map(self, expr):
         body = _readable_body(expr, self)
