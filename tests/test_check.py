@@ -305,6 +305,30 @@ def test_tolerances_can_be_set_per_backend(wrong_sine_rule):
     assert lenient.comparison("jax", "w").rtol == 1e3
 
 
+def test_a_comparison_whose_entries_are_all_within_atol_of_zero_says_it_cannot_tell(
+        monkeypatch):
+    """Gradients of 1e-8 (a model scaled by 1e-8) pass the differences' atol of 1e-7 even
+    with the wrong sign: the report says so in the row, instead of a bare ok."""
+    from symgrad.checking.backends import CompiledReference
+
+    model = (1e-8 * (w - 1) ** 2, [w])
+    right = CompiledReference.value_and_grad
+
+    def flipped(self, values, dims, upstream):
+        result = right(self, values, dims, upstream)
+        result.gradients = {k: -g for k, g in result.gradients.items()}
+        return result
+
+    monkeypatch.setattr(CompiledReference, "value_and_grad", flipped)
+    report = check(model)
+    assert report.comparison("finite-differences", "w").passed     # what atol allows
+    assert "wrong sign or factor there would pass" in report.comparison(
+        "finite-differences", "w").note
+    assert "wrong sign" in str(report)
+    monkeypatch.undo()
+    assert not check((w - 1) ** 2, [w]).comparison("finite-differences", "w").note
+
+
 def test_finite_differences_say_when_they_cannot_be_trusted():
     """In sin(cosh(cosh(D))) a step of 1e-5 turns the sine by half a radian: the differences
     are off by 40% and say so in a note, rather than blaming symgrad (which JAX confirms)."""
