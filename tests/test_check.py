@@ -327,6 +327,9 @@ def test_a_comparison_whose_entries_are_all_within_atol_of_zero_says_it_cannot_t
     assert "wrong sign" in str(report)
     monkeypatch.undo()
     assert not check((w - 1) ** 2, [w]).comparison("finite-differences", "w").note
+    # at a point where everything is NaN, NaN agrees with NaN: ok, but said to compare nothing
+    nan = check(sp.sqrt(w) * x, [w], inputs={"w": -1.0, "x": 1.0})
+    assert nan.ok and all("nothing compared there" in c.note for c in nan.comparisons)
 
 
 def test_finite_differences_say_when_they_cannot_be_trusted():

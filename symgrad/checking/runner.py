@@ -186,26 +186,33 @@ def _compare_point(problem, backend: str, result, expected, tolerance, compariso
         elif result.notes.get(quantity) and not comparisons[key].note:
             comparisons[key].note = result.notes[quantity]      # seen at a later point only
         comparisons[key].add(*compare(got, want, tol, problem.elementwise, mask, slack))
-        if (0.0 < _largest(got, want, mask) <= tol.atol
-                and _TOO_SMALL not in comparisons[key].note):
-            # a gradient of -1e-8 against 1e-8 passes an atol of 1e-7: say that it could
-            comparisons[key].note = "; ".join(filter(None, [comparisons[key].note,
-                                                            _TOO_SMALL]))
+        largest = _largest(got, want, mask)
+        for caveat, applies in ((_TOO_SMALL, largest is not None and 0.0 < largest <= tol.atol),
+                                (_NOT_FINITE, largest is None)):
+            # a gradient of -1e-8 against 1e-8 passes an atol of 1e-7, and NaN agrees with
+            # NaN: say that nothing else could be told there
+            if applies and caveat not in comparisons[key].note:
+                comparisons[key].note = "; ".join(filter(None, [comparisons[key].note,
+                                                                caveat]))
 
 
 _TOO_SMALL = ("every entry within atol of 0 at a point: a wrong sign or factor there would "
               "pass; compare with jax or torch, or set a smaller atol")
+_NOT_FINITE = "no finite entry at a point (NaN agrees with NaN): nothing compared there"
 
 
-def _largest(got, want, mask) -> float:
-    """The largest finite magnitude in two results (the entries of ``mask``)."""
+def _largest(got, want, mask) -> float | None:
+    """The largest finite magnitude in two results (the entries of ``mask``); None where
+    every entry is NaN or infinite."""
     a, b = np.broadcast_arrays(np.asarray(got, dtype=np.float64),
                                np.asarray(want, dtype=np.float64))
     if mask is not None:
         a, b = a[mask], b[mask]
     both = np.abs(np.concatenate([np.ravel(a), np.ravel(b)]))
+    if not both.size:
+        return 0.0
     both = both[np.isfinite(both)]
-    return float(both.max()) if both.size else 0.0
+    return float(both.max()) if both.size else None
 
 
 def _problem(model_or_expr, wrt):
