@@ -261,6 +261,17 @@ def test_inputs_outside_the_domain_are_drawn_again():
     assert any("inputs drawn" in note for note in report.notes)
 
 
+def test_an_error_at_every_draw_is_told_not_blamed_on_the_domain():
+    """a[5, 0] of an n x 1 vector drawn with n = 3: the compiled function refuses the input
+    at every draw, and the check said only 'no inputs with a finite value ... in the
+    model's domain'."""
+    n = sp.Symbol("n", integer=True, positive=True)
+    a = sg.vector("a", n)
+    with pytest.raises(ValueError, match=r"after 12 draws \(the last draw raised ValueError: "
+                                         r"input 'a' has 3 rows.*a\[5, 0\]"):
+        check(a[5, 0] ** 2, [a])
+
+
 def test_given_inputs_are_kept_and_vectors_may_be_one_dimensional():
     report = check(window_classifier, against="finite-differences",
                    inputs={"x": np.linspace(-1, 1, 6)}, points=2)

@@ -286,20 +286,25 @@ def _inputs_in_domain(problem, symgrad, fixed, dims, rng, upstream, point, repor
     """Draw inputs until symgrad's value and gradients are finite (see sampling.py)."""
     if len(fixed) == len(problem.inputs):
         return fixed, symgrad.value_and_grad(fixed, dims, upstream)
-    tried = 0
+    tried, error = 0, None
     for distribution, values in draws(problem.inputs, fixed, dims, rng, problem.elementwise):
         tried += 1
         try:
             expected = symgrad.value_and_grad(values, dims, upstream)
-        except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+            error = exc
             continue
         if all(np.all(np.isfinite(a)) for a in [expected.value, *expected.gradients.values()]):
             if tried > 1:
                 report.notes.append(f"point {point + 1}: inputs drawn {tried} times to keep "
                                     f"the value and gradients finite; used {distribution}")
             return values, expected
+    # an error symgrad raised at every draw is told, not taken for the model's domain
+    raised = "" if error is None else (f" (the last draw raised {type(error).__name__}: "
+                                       f"{' '.join(str(error).split())})")
     raise ValueError(f"{problem.name}: no inputs with a finite value and gradients after "
-                     f"{tried} draws; pass inputs={{name: value}} in the model's domain")
+                     f"{tried} draws{raised}; pass inputs={{name: value}} in the model's "
+                     "domain")
 
 
 def _timings(symgrad, backends, values, dims, upstream) -> list[Timing]:
