@@ -261,10 +261,14 @@ def _random_inputs(model, given: dict, seed: int) -> dict:
     from sympy.matrices.expressions.matexpr import MatrixExpr
 
     from symgrad.compiled import shape_symbols
+    from symgrad.present.walk import dimension_size
 
     rng = np.random.default_rng(seed)
-    dims = {d: int(given[d.name]) if d.name in given else 3
-            for d in sorted(shape_symbols(model.output), key=lambda d: d.name)}
+    try:
+        dims = {d: dimension_size(d.name, given[d.name]) if d.name in given else 3
+                for d in sorted(shape_symbols(model.output), key=lambda d: d.name)}
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     at = dict(given)
     for symbol in model.inputs:
         if symbol.name in at:

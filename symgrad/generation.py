@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from symgrad.files import stage_beside
-from symgrad.model import Model, has_scalar_output
+from symgrad.model import GENERATED_IMPORTS, Model, has_scalar_output
 from symgrad.version import __version__
 
 __all__ = ["generate", "generate_file", "load_models", "module_text", "plan_modules",
@@ -264,7 +264,8 @@ def generate(model, path: PathLike | None = None, *, wrt: Sequence | None = None
             to_folder = path is not None and (Path(path).is_dir()
                                               or str(path).endswith(("/", os.sep)))
             stem = Path(path).stem if path is not None and not to_folder else ""
-            name = stem if stem.isidentifier() and not keyword.iskeyword(stem) else "model"
+            name = stem if (stem.isidentifier() and not keyword.iskeyword(stem)
+                            and stem not in GENERATED_IMPORTS) else "model"
         model = Model(name, model, wrt)
     if path is None:
         path = Path(f"{model.name}.py")

@@ -16,6 +16,11 @@ from symgrad.compiled import CompiledFunction, Gradients, _check_wrt, compile, g
 __all__ = ["Model"]
 
 
+# The modules that generated modules import (second-order ones look SciPy up): a module of
+# one of these names in their folder would shadow it, for itself and for every module there.
+GENERATED_IMPORTS = frozenset({"numpy", "numba", "math", "llvmlite", "scipy"})
+
+
 class Model:
     """A model: ``Model("window_classifier", s, wrt=[W, b, u, x])``.
 
@@ -34,6 +39,10 @@ class Model:
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise ValueError(f"model name {name!r} must be a Python identifier and no keyword "
                              "(it names the generated module, which import must accept)")
+        if name in GENERATED_IMPORTS:
+            raise ValueError(f"model name {name!r} is the name of a module that generated "
+                             f"modules import ({', '.join(sorted(GENERATED_IMPORTS))}): its "
+                             f"module, {name}.py, would stand in for that one beside it")
         if not isinstance(second_order, bool):
             raise TypeError(f"second_order must be True or False, got {second_order!r}")
         self.name = name

@@ -852,6 +852,14 @@ class ScipyProblem:
         if given:
             raise TypeError(f"{given[0]!r} is a parameter: f.scipy takes the data inputs only; "
                             "pack the parameters with p.pack(...)")
+        arrays = [n for n, v in data.items() if np.ndim(v) > 0]
+        if arrays and not self.residuals and _scalar_model(f):
+            # a scalar model over arrays has a value per point: no one number to minimise
+            raise ValueError(f"f.scipy needs one value to minimise, but {arrays[0]!r} is an "
+                             f"array (shape {np.shape(data[arrays[0]])}) of a model of "
+                             "scalars, which then has a value per point: give each data "
+                             "input one number, or write the model over vectors with a sum "
+                             "(sg.vector and sg.sum)")
         self.f = f
         self.data = dict(data)
         symbols = _user_symbols(f)

@@ -110,6 +110,29 @@ def test_a_wrong_rule_inside_a_matrix_model_is_caught(wrong_sine_rule):
     assert {c.quantity for c in report.failures} == {"W", "x"}
 
 
+def test_a_gradient_of_the_wrong_shape_is_not_broadcast_into_agreement(monkeypatch):
+    """A compiled gradient that came back as a number where a vector was given (the sum of
+    the right one, say) was broadcast to the vector's shape and compared entry by entry:
+    for a gradient whose entries are equal, a check that could not fail."""
+    v = sg.vector("v", 3)
+    model = sg.Model("m", sg.sum(sg.sin(v)) + sg.dot(v, v) * 0, wrt=[v])
+    assert check(model, inputs={"v": np.zeros(3)}).ok
+    compiled = model.compiled
+    right = compiled.value_and_grad
+
+    def summed(**inputs):
+        value, grads = right(**inputs)
+        return value, {"v": float(np.sum(grads["v"])) / 3}   # right value, wrong shape
+
+    monkeypatch.setattr(compiled, "value_and_grad", summed)
+    with pytest.raises(RuntimeError, match=r"gradient of 'v' has shape \(\), but v was given "
+                                           r"with shape \(3, 1\)"):
+        check(model, inputs={"v": np.zeros(3)})
+    # a model of scalars answers a point's gradient as a float where a dimension is free
+    s, m = sp.Symbol("s"), sp.Symbol("m", integer=True, positive=True)
+    assert check(sg.sum(sg.broadcast(s, (1, m))), [s]).ok
+
+
 def test_the_rule_table_is_restored_after_the_wrong_rule():
     assert check(sp.sin(w) * x, [w]).ok
 
@@ -149,6 +172,29 @@ def test_an_operation_a_framework_lacks_is_skipped_or_raised(monkeypatch):
 def test_an_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown backend 'tensorflow'"):
         check(linear_regression, against="tensorflow")
+
+
+def test_no_backend_at_all_is_refused_rather_than_symgrad_against_itself():
+    """against=[] would leave only symgrad-floats (symgrad's float path against its own
+    kernel), which agrees with a wrong rule: it must not make a report ok."""
+    with pytest.raises(ValueError, match="against names no backend"):
+        check(linear_regression, against=[])
+
+
+def test_symgrad_against_its_own_float_path_does_not_count_as_compared():
+    report = check(linear_regression)
+    only_itself = CheckReport(model="m", wrt=["w"], backends=["symgrad-floats"], points=1,
+                              comparisons=[c for c in report.comparisons
+                                           if c.backend == "symgrad-floats"])
+    assert only_itself.comparisons and all(c.passed for c in only_itself.comparisons)
+    assert not only_itself.ok and only_itself.uncompared == ["value", "w"]
+
+
+def test_tolerances_for_an_unknown_backend_are_refused():
+    """A misspelt backend in tolerances would silently leave the default in force."""
+    with pytest.raises(ValueError, match="unknown backend 'finite-difference'"):
+        check(linear_regression, tolerances={"finite-difference": ((0, 0), (0, 0))})
+    assert check(linear_regression, tolerances={"fd": ((1e-7, 1e-10), (1e-4, 1e-7))}).ok
 
 
 # --------------------------------------------------------------------------------------
@@ -215,6 +261,17 @@ def test_inputs_outside_the_domain_are_drawn_again():
     assert any("inputs drawn" in note for note in report.notes)
 
 
+def test_an_error_at_every_draw_is_told_not_blamed_on_the_domain():
+    """a[5, 0] of an n x 1 vector drawn with n = 3: the compiled function refuses the input
+    at every draw, and the check said only 'no inputs with a finite value ... in the
+    model's domain'."""
+    n = sp.Symbol("n", integer=True, positive=True)
+    a = sg.vector("a", n)
+    with pytest.raises(ValueError, match=r"after 12 draws \(the last draw raised ValueError: "
+                                         r"input 'a' has 3 rows.*a\[5, 0\]"):
+        check(a[5, 0] ** 2, [a])
+
+
 def test_given_inputs_are_kept_and_vectors_may_be_one_dimensional():
     report = check(window_classifier, against="finite-differences",
                    inputs={"x": np.linspace(-1, 1, 6)}, points=2)
@@ -257,6 +314,33 @@ def test_tolerances_can_be_set_per_backend(wrong_sine_rule):
     lenient = check(model, against="jax", tolerances={"jax": ((1e-7, 1e-10), (1e3, 1e3))})
     assert lenient.ok
     assert lenient.comparison("jax", "w").rtol == 1e3
+
+
+def test_a_comparison_whose_entries_are_all_within_atol_of_zero_says_it_cannot_tell(
+        monkeypatch):
+    """Gradients of 1e-8 (a model scaled by 1e-8) pass the differences' atol of 1e-7 even
+    with the wrong sign: the report says so in the row, instead of a bare ok."""
+    from symgrad.checking.backends import CompiledReference
+
+    model = (1e-8 * (w - 1) ** 2, [w])
+    right = CompiledReference.value_and_grad
+
+    def flipped(self, values, dims, upstream):
+        result = right(self, values, dims, upstream)
+        result.gradients = {k: -g for k, g in result.gradients.items()}
+        return result
+
+    monkeypatch.setattr(CompiledReference, "value_and_grad", flipped)
+    report = check(model)
+    assert report.comparison("finite-differences", "w").passed     # what atol allows
+    assert "wrong sign or factor there would pass" in report.comparison(
+        "finite-differences", "w").note
+    assert "wrong sign" in str(report)
+    monkeypatch.undo()
+    assert not check((w - 1) ** 2, [w]).comparison("finite-differences", "w").note
+    # at a point where everything is NaN, NaN agrees with NaN: ok, but said to compare nothing
+    nan = check(sp.sqrt(w) * x, [w], inputs={"w": -1.0, "x": 1.0})
+    assert nan.ok and all("nothing compared there" in c.note for c in nan.comparisons)
 
 
 def test_finite_differences_say_when_they_cannot_be_trusted():

@@ -189,6 +189,15 @@ def test_a_model_name_must_be_importable(name):
         sg.Model(name, w * x, [w])
 
 
+@pytest.mark.parametrize("name", ["numpy", "numba", "math", "llvmlite", "scipy"])
+def test_a_model_name_must_not_shadow_what_generated_modules_import(name):
+    """symgrad generate wrote numpy.py beside the other modules, which then imported it for
+    numpy (and numba.py could not import itself: a circular import)."""
+    with pytest.raises(ValueError, match=f"model name '{name}' is the name of a module that "
+                                         "generated modules import"):
+        sg.Model(name, w * x, [w])
+
+
 def test_symbol_names_that_cannot_be_arguments_are_refused():
     bad = sp.Symbol("lambda")
     with pytest.raises(ValueError, match="'lambda'"):

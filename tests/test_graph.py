@@ -77,6 +77,31 @@ def test_gradients_agree_with_the_compiled_function_at_random_points():
             assert walk.node(v).gradient == pytest.approx(grads[v])
 
 
+@pytest.mark.parametrize("case", ["A A", "x^x"])
+def test_an_operand_taken_twice_has_an_edge_per_use_and_they_add_up(case):
+    """A A (and x^x) takes one value in two positions, whose contributions differ (1 A^T and
+    A^T 1): each use is its own edge, and what the edges leaving a value show adds up to its
+    gradient, which is the compiled one (one shared edge showed one contribution twice)."""
+    A = sg.matrix("A", 2, 2)
+    expr, wrt, at = {"A A": (sg.sum(A @ A), [A], {"A": np.array([[1.0, 2.0], [3.0, 4.0]])}),
+                     "x^x": (x**x + y, [x, y], {"x": 2.0, "y": 0.5})}[case]
+    walk = sg.graph(expr, at=at, wrt=wrt).walk
+    _, grads = sg.compile(expr, wrt).value_and_grad(**at)
+    for node in walk.nodes:
+        if node.gradient is None or node is walk.output:
+            continue
+        sent = [np.asarray(e.gradient) for e in walk.steps if e.tail is node]
+        assert len({id(e) for e in walk.steps if e.tail is node}) == len(sent)
+        np.testing.assert_allclose(sum(sent), node.gradient, rtol=1e-12)
+    name = wrt[0].name
+    np.testing.assert_allclose(walk.node(name).gradient, grads[name], rtol=1e-12)
+    twice = [e for e in walk.node(name).outgoing if e.head.kind == "operation"]
+    assert len(twice) == 2 and twice[0].head is twice[1].head
+    text = str(sg.explain(expr, at=at, wrt=wrt))
+    total = {"A A": "[3, 7, 3, 7] + [4, 4, 6, 6] = [7, 11, 9, 13]", "x^x": "4 + 2.77 = 6.77"}
+    assert total[case] in text
+
+
 def test_window_classifier_gradients_are_the_closed_forms():
     model, at = window_classifier()
     walk = sg.graph(model, at=at).walk
@@ -286,6 +311,26 @@ def test_cli_graph_rejects_a_bad_value(capsys):
     assert exit_.value.code == 2
     assert "x=abc" in capsys.readouterr().err
 
+
+
+def test_a_dimension_given_at_a_point_is_a_whole_size_that_agrees_with_the_inputs(tmp_path,
+                                                                                  capsys):
+    """at={'m': 4} beside an X of 5 columns was overridden silently (the picture divided by
+    5), and --at m=2.5 drew inputs of 2 columns: both are errors naming the dimension."""
+    from examples.two_layer_net import two_layer_net
+
+    rng = np.random.default_rng(2)
+    at = {"W1": rng.normal(size=(3, 2)), "b1": rng.normal(size=3), "W2": rng.normal(size=(1, 3)),
+          "b2": rng.normal(size=1), "X": rng.normal(size=(2, 5)), "Y": rng.normal(size=(1, 5))}
+    with pytest.raises(ValueError, match="at= gives m = 4, but the inputs' shapes give m = 5"):
+        sg.graph(two_layer_net, at={**at, "m": 4})
+    assert sg.graph(two_layer_net, at={**at, "m": 5}).walk.dimensions["m"] == 5
+    for size in (2.5, 0, -1, float("nan")):
+        with pytest.raises(ValueError, match="whole number of at least 1"):
+            sg.graph(two_layer_net, at={**at, "m": size})
+        assert main(["graph", "examples/two_layer_net.py", "--random", "0", "--at", f"m={size}",
+                     "-o", str(tmp_path / "never.dot")]) == 1
+        assert "whole number of at least 1" in capsys.readouterr().err
 
 # ------------------------------------------------------------------------------------------
 # The README's section

@@ -286,6 +286,51 @@ def test_scipy_newton_methods_converge_on_the_logistic_loss(logistic):
         f.scipy(w=np.zeros(5), **data)
 
 
+def test_scipy_pack_refuses_a_matrix_of_the_wrong_shape_and_its_parts_agree_with_differences():
+    """pack of a (3, 2) array for a 2 x 3 parameter put its entries in the wrong order
+    (f itself refuses it); a vector may come as (n,), (n, 1) or (1, n).  fun, jac, hess and
+    hessp over mixed parameters (vector, matrix, scalar, row) agree with differences, and
+    trust-exact finds the least-squares minimum."""
+    optimize = pytest.importorskip("scipy.optimize")
+    rng = np.random.default_rng(0)
+    W, A, B = sg.matrix("W", 2, 3), sg.matrix("A", 3, 5), sg.matrix("B", 2, 5)
+    v, R, s = sg.vector("v", 2), sg.matrix("R", 1, 2), sp.Symbol("s")
+    f = sg.compile(sg.sum(sg.square(W @ A - B)) + s**2 * sg.dot(v, v) + (s - 1)**2
+                   + sg.sum(sg.tanh(R @ W)) + sg.dot(v, v), [v, W, s, R])
+    A0, B0 = rng.normal(size=(3, 5)), rng.normal(size=(2, 5))
+    p = f.scipy(A=A0, B=B0)
+    with pytest.raises(ValueError, match=r"parameter 'W' has shape \(3, 2\); expected \(2, 3\)"):
+        p.pack(v=np.zeros(2), W=np.zeros((3, 2)), s=0.0, R=np.zeros((1, 2)))
+    x0 = p.pack(v=rng.normal(size=(2, 1)), W=rng.normal(size=(2, 3)), s=0.3,
+                R=rng.normal(size=2))
+    assert {k: np.shape(a) for k, a in p.unpack(x0).items()} == {
+        "v": (2,), "W": (2, 3), "s": (), "R": (1, 2)}
+    h, eye = 1e-6, np.eye(x0.size)
+    differences = np.array([(p.fun(x0 + h * e) - p.fun(x0 - h * e)) / (2 * h) for e in eye])
+    np.testing.assert_allclose(p.jac(x0), differences, rtol=1e-6, atol=1e-6)
+    H = p.hess(x0)
+    np.testing.assert_allclose(H, np.array([(p.jac(x0 + h * e) - p.jac(x0 - h * e)) / (2 * h)
+                                            for e in eye]).T, rtol=1e-6, atol=1e-6)
+    direction = rng.normal(size=x0.size)
+    np.testing.assert_allclose(p.hessp(x0, direction), H @ direction, rtol=1e-12, atol=1e-12)
+    g = sg.compile(sg.sum(sg.square(W @ A - B)), [W])
+    q = g.scipy(A=A0, B=B0)
+    result = optimize.minimize(q.fun, q.pack(W=np.zeros((2, 3))), jac=q.jac, hess=q.hess,
+                               method="trust-exact")
+    np.testing.assert_allclose(q.unpack(result.x)["W"], B0 @ np.linalg.pinv(A0), atol=1e-8)
+
+
+def test_scipy_refuses_a_scalar_model_over_arrays_of_points():
+    """A model of scalars called with arrays has a value per point: f.scipy said so only
+    as 'only 0-dimensional arrays can be converted to Python scalars' from p.fun."""
+    w, x, y = sp.symbols("w x y")
+    f = sg.compile((w * x - y) ** 2, [w])
+    with pytest.raises(ValueError, match="'x' is an array .* value per point"):
+        f.scipy(x=np.arange(3.0), y=1.0)
+    p = f.scipy(x=2.0, y=1.0)
+    assert p.fun(p.pack(w=0.5)) == 0.0
+
+
 def test_the_readme_second_order_example_prints_what_it_says(capsys):
     import re
     from pathlib import Path

@@ -613,6 +613,33 @@ def test_an_elementwise_reciprocal_does_not_print_as_an_inverse():
     assert "∘" not in sg.show(inverse)
 
 
+def test_products_and_elementwise_powers_of_a_model_print_with_their_grouping():
+    """How a model prints (symgrad show's first line, a module's docstring, str()): A ∘ (B C)
+    is printed so, hence (A ∘ B) C must keep its brackets; an elementwise power is not the
+    inverse (A^∘-1, not A^-1) and keeps a compound exponent whole; a scalar with a fraction
+    bar before a matrix is grouped ((1/m) A, not 1/m A)."""
+    from symgrad.codegen.docstring import FormulaPrinter
+
+    A, B, C = (sg.matrix(n, 3, 3) for n in "ABC")
+    x, m = sp.symbols("x m")
+    printed = {expr: FormulaPrinter().doprint(expr) for expr in [
+        sg.hadamard(A, B) @ C, sg.hadamard(A, B @ C), C @ sg.hadamard(A, B),
+        sp.HadamardPower(A, -1), sg.inv(A), sp.HadamardPower(A, x + 1),
+        sp.HadamardPower(A, sp.Rational(1, 2)), A / m, (x + 1) / (x - 1) * A]}
+    assert list(printed.values()) == [
+        "(A ∘ B) C", "A ∘ (B C)", "C (A ∘ B)", "A^∘-1", "A^-1", "A^(x + 1)", "A^(1/2)",
+        "(1/m) A", "((x + 1)/(x - 1)) A"]
+    assert len(set(printed.values())) == len(printed)     # different meanings read apart
+    assert str(sg.sum(sg.hadamard(A, B) @ C)) == "sum((A ∘ B) C)"
+    # an entry of a compound matrix: (A + B)[0, 1], not A + B[0, 1]
+    entry = sp.matrices.expressions.matexpr.MatrixElement
+    entries = [entry(A + B, 0, 1), entry(A @ B, 0, 1), entry(sg.tanh(A) + sp.OneMatrix(3, 3), 0, 1),
+               entry(sg.inv(A), 1, 1), entry(sg.tanh(A), 0, 1), A[0, 1]]
+    assert [FormulaPrinter().doprint(e) for e in entries] == [
+        "(A + B)[0, 1]", "(A B)[0, 1]", "(tanh(A) + 1)[0, 1]", "(A^-1)[1, 1]", "tanh(A)[0, 1]",
+        "A[0, 1]"]
+
+
 def test_a_selection_prints_each_value_with_its_condition_and_nan_where_none_holds():
     x, y = sp.symbols("x y")
     shown = sg.show(sg.grad(sp.Max(x, y) + sp.Piecewise((x * y, x > 1), (y, sp.Ne(x, 0))),

@@ -420,7 +420,18 @@ class CompiledReference(Backend):
         return self.compiled.value_and_grad(**arguments)
 
     def value_and_grad(self, values, dims, upstream):
-        value, grads = self._call(self._arguments(values, dims, self.floats), upstream)
+        arguments = self._arguments(values, dims, self.floats)
+        value, grads = self._call(arguments, upstream)
+        for n in self.problem.parameter_names:
+            # a gradient comes back in its parameter's shape as given: one of another shape
+            # (a sum where a vector was due) must not be broadcast into agreement below.  A
+            # model of scalars may answer one point's gradient as a float (one with a free
+            # dimension does): there the number of entries must agree.
+            got, given = np.shape(grads[n]), np.shape(arguments[n])
+            if got != given and (not self.problem.elementwise
+                                 or np.prod(got) != np.prod(given)):
+                raise RuntimeError(f"symgrad's gradient of {n!r} has shape {got}, but {n} "
+                                   f"was given with shape {given}")
         shape = np.broadcast_shapes(*[np.shape(v) for v in values.values()]) \
             if self.problem.elementwise and values else np.shape(value)
         shapes = self._shapes(values)

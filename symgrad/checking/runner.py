@@ -163,8 +163,11 @@ def _backends(problem, names, explicit, rng, report) -> list[Backend]:
 def _tolerances(overrides) -> dict:
     tolerance = dict(TOLERANCES)
     for name, (value_tolerance, gradient_tolerance) in (overrides or {}).items():
-        tolerance[_ALIASES.get(name, name)] = (Tolerance(*value_tolerance),
-                                               Tolerance(*gradient_tolerance))
+        name = _ALIASES.get(name, name)
+        if name not in tolerance:   # a misspelt name would leave the default in force
+            raise ValueError(f"tolerances name an unknown backend {name!r}: choose from "
+                             f"{', '.join(tolerance)}")
+        tolerance[name] = (Tolerance(*value_tolerance), Tolerance(*gradient_tolerance))
     return tolerance
 
 
@@ -183,6 +186,33 @@ def _compare_point(problem, backend: str, result, expected, tolerance, compariso
         elif result.notes.get(quantity) and not comparisons[key].note:
             comparisons[key].note = result.notes[quantity]      # seen at a later point only
         comparisons[key].add(*compare(got, want, tol, problem.elementwise, mask, slack))
+        largest = _largest(got, want, mask)
+        for caveat, applies in ((_TOO_SMALL, largest is not None and 0.0 < largest <= tol.atol),
+                                (_NOT_FINITE, largest is None)):
+            # a gradient of -1e-8 against 1e-8 passes an atol of 1e-7, and NaN agrees with
+            # NaN: say that nothing else could be told there
+            if applies and caveat not in comparisons[key].note:
+                comparisons[key].note = "; ".join(filter(None, [comparisons[key].note,
+                                                                caveat]))
+
+
+_TOO_SMALL = ("every entry within atol of 0 at a point: a wrong sign or factor there would "
+              "pass; compare with jax or torch, or set a smaller atol")
+_NOT_FINITE = "no finite entry at a point (NaN agrees with NaN): nothing compared there"
+
+
+def _largest(got, want, mask) -> float | None:
+    """The largest finite magnitude in two results (the entries of ``mask``); None where
+    every entry is NaN or infinite."""
+    a, b = np.broadcast_arrays(np.asarray(got, dtype=np.float64),
+                               np.asarray(want, dtype=np.float64))
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    both = np.abs(np.concatenate([np.ravel(a), np.ravel(b)]))
+    if not both.size:
+        return 0.0
+    both = both[np.isfinite(both)]
+    return float(both.max()) if both.size else None
 
 
 def _problem(model_or_expr, wrt):
@@ -246,6 +276,9 @@ def _backend_names(against) -> tuple[list[str], set[str]]:
         explicit.add(name)
     everything = any(name == "all" for name in against)
     names = [n for n in BACKENDS if everything or n in explicit]
+    if not names:   # symgrad against its own float path alone would check nothing
+        raise ValueError(f"against names no backend: choose from {', '.join(BACKENDS)} "
+                         "or 'all'")
     return names, explicit
 
 
@@ -253,20 +286,25 @@ def _inputs_in_domain(problem, symgrad, fixed, dims, rng, upstream, point, repor
     """Draw inputs until symgrad's value and gradients are finite (see sampling.py)."""
     if len(fixed) == len(problem.inputs):
         return fixed, symgrad.value_and_grad(fixed, dims, upstream)
-    tried = 0
+    tried, error = 0, None
     for distribution, values in draws(problem.inputs, fixed, dims, rng, problem.elementwise):
         tried += 1
         try:
             expected = symgrad.value_and_grad(values, dims, upstream)
-        except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+            error = exc
             continue
         if all(np.all(np.isfinite(a)) for a in [expected.value, *expected.gradients.values()]):
             if tried > 1:
                 report.notes.append(f"point {point + 1}: inputs drawn {tried} times to keep "
                                     f"the value and gradients finite; used {distribution}")
             return values, expected
+    # an error symgrad raised at every draw is told, not taken for the model's domain
+    raised = "" if error is None else (f" (the last draw raised {type(error).__name__}: "
+                                       f"{' '.join(str(error).split())})")
     raise ValueError(f"{problem.name}: no inputs with a finite value and gradients after "
-                     f"{tried} draws; pass inputs={{name: value}} in the model's domain")
+                     f"{tried} draws{raised}; pass inputs={{name: value}} in the model's "
+                     "domain")
 
 
 def _timings(symgrad, backends, values, dims, upstream) -> list[Timing]:

@@ -122,9 +122,14 @@ class FormulaPrinter(StrPrinter):
         parts = []
         for a in expr.args:
             text = self._print(a)
-            if isinstance(a, (sp.MatAdd, sp.Add)) or (isinstance(a, ops.Map)
-                                                       and a not in self.names
-                                                       and not _is_atomic_map(a)):
+            # a product of matrices binds tighter than ∘ (A ∘ (B C) is printed so), so an
+            # elementwise product among its factors is grouped: (A ∘ B) C, not A ∘ B C
+            # and a scalar with a fraction bar too: (1/m) A, not 1/m A (which reads 1/(m A))
+            if (isinstance(a, (sp.MatAdd, sp.Add, sp.HadamardProduct))
+                    or (isinstance(a, ops.Map) and a not in self.names
+                        and not _is_atomic_map(a))
+                    or (not isinstance(a, MatrixExpr) and "/" in text
+                        and not _enclosed(text))):
                 text = f"({text})"
             parts.append(text)
         return " ".join(parts)
@@ -154,7 +159,15 @@ class FormulaPrinter(StrPrinter):
         return self.hadamard.join(self.parenthesize(a, PRECEDENCE["Mul"]) for a in expr.args)
 
     def _print_HadamardPower(self, expr):
-        return f"{self.parenthesize(expr.base, PRECEDENCE['Pow'])}^{self._print(expr.exp)}"
+        """An elementwise power: ``A^2``; a negative one marked elementwise, ``A^∘-1`` (as
+        in elementwise bodies: ``A^-1`` is the inverse); an exponent of more than one
+        symbol or digit grouped, ``A^(x + 1)``, ``A^(1/2)``."""
+        exponent = expr.exp
+        mark = "∘" if exponent.could_extract_minus_sign() else ""
+        text = self._print(exponent)
+        if not (exponent.is_Integer or exponent.is_Symbol):
+            text = f"({text})"
+        return f"{self.parenthesize(expr.base, PRECEDENCE['Pow'])}^{mark}{text}"
 
     def _print_OneMatrix(self, expr):
         return "1"
@@ -169,7 +182,11 @@ class FormulaPrinter(StrPrinter):
         parent = expr.parent
         if parent.shape == (1, 1):
             return self._print(parent)
-        return f"{self._print(parent)}[{expr.i}, {expr.j}]"
+        text = self._print(parent)
+        # an entry of a compound matrix: (A B)[0, 1], (X^-1)[1, 1], not A B[0, 1]
+        if not (_looks_atomic(text) and "^" not in text):
+            text = f"({text})"
+        return f"{text}[{expr.i}, {expr.j}]"
 
     def _print_Map(self, expr):
         body = _readable_body(expr, self)
@@ -205,6 +222,19 @@ def _negate(term):
     if coefficient == -1:
         return sp.MatMul(*rest) if len(rest) > 1 else rest[0]
     return sp.MatMul(-coefficient, *rest)
+
+
+def _enclosed(text: str) -> bool:
+    """Whether one pair of brackets encloses the whole text: ``(a + b)``, not
+    ``(a + b)/(c + d)``."""
+    if not (text.startswith("(") and text.endswith(")")):
+        return False
+    depth = 0
+    for k, c in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if depth == 0 and k < len(text) - 1:
+            return False
+    return True
 
 
 def _is_atomic_map(m: ops.Map) -> bool:

@@ -23,7 +23,8 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
 
-__all__ = ["Node", "Edge", "Backprop", "backprop", "format_value", "describe_point"]
+__all__ = ["Node", "Edge", "Backprop", "backprop", "format_value", "describe_point",
+           "dimension_size"]
 
 
 def _named(node) -> bool:
@@ -229,26 +230,33 @@ class _Builder:
                 if adjoint is not None and drawn.gradient_name is None:
                     drawn.gradient_name = self.pieces.get(adjoint)
 
+        # One edge per operand position: an operation that takes one value twice (A A,
+        # x^x) has two edges from it, each carrying its own contribution, so that what they
+        # show adds up to the value's gradient.  Keyed by (operand, operation, occurrence).
         edges: dict = {}
         for node in walk.nodes:
             if _named(node) or is_leaf(node):
                 continue
+            seen: dict = {}
             for child in children(node):
                 if isinstance(node, sp.Pow) and child is node.exp and child.is_number:
                     continue       # a number exponent is written in the node (^2, 1/•)
-                key = (self.represented(child), node)
-                if key not in edges:
-                    edges[key] = Edge(tail=nodes[key[0]], head=nodes[node])
+                tail = self.represented(child)
+                occurrence = seen[tail] = seen.get(tail, -1) + 1
+                edges[(tail, node, occurrence)] = Edge(tail=nodes[tail], head=nodes[node])
         # constants left without a consumer (those exponents) are not drawn
         used = {edge.tail for edge in edges.values()} | {edge.head for edge in edges.values()}
         nodes = {k: v for k, v in nodes.items()
                  if v.kind != "constant" or v in used or len(nodes) == 1}
         steps = []
         locals_of = self._local_formulas()
+        sent_so_far: dict = {}     # (operand, operation) -> contributions seen
         for node, child, contribution in walk.sent:
             if _named(node):
                 continue
-            edge = edges[(self.represented(child), node)]
+            pair = (self.represented(child), node)
+            occurrence = sent_so_far[pair] = sent_so_far.get(pair, -1) + 1
+            edge = edges[(*pair, occurrence)]
             edge.contribution = contribution
             edge.gradient_formula = self.formula(contribution)
             tail = edge.tail
@@ -256,7 +264,7 @@ class _Builder:
                                           if not _named(sender)
                                           and self.represented(kid) == tail.expression) == 1:
                 edge.gradient_formula = tail.gradient_name   # the one part of its adjoint
-            local = locals_of.get((node, child))
+            local = locals_of.get((node, pair[0], occurrence))
             if local is not None:
                 edge.local_expression = local
                 edge.local_formula = self.formula(local)
@@ -270,9 +278,10 @@ class _Builder:
                         edges=list(edges.values()), steps=steps, output=output)
 
     def _local_formulas(self) -> dict:
-        """(node, child) -> the node's rule applied to a unit upstream gradient (for a scalar
-        node: the local gradient itself), or for a matrix node to the placeholder
-        ``upstream`` (the vector-Jacobian product, since a Jacobian is no picture)."""
+        """(node, operand, occurrence) -> the node's rule applied to a unit upstream gradient
+        (for a scalar node: the local gradient itself), or for a matrix node to the
+        placeholder ``upstream`` (the vector-Jacobian product, since a Jacobian is no
+        picture).  ``occurrence`` counts the positions where the node takes that operand."""
         from symgrad.derive.graph import Canonicalizer, children, is_matrix
         from symgrad.derive.reverse import is_leaf
         from symgrad.derive.rules import rule_for
@@ -288,9 +297,12 @@ class _Builder:
             contributions = rule_for(node)(upstream, walk.values[node],
                                            *[walk.values[c] for c in kids],
                                            node=walk.operations[node])
+            seen: dict = {}
             for kid, contribution in zip(kids, contributions):
-                if contribution is not None and (node, kid) not in out:
-                    out[(node, kid)] = canonicalize(contribution)
+                if contribution is not None:
+                    kid = self.represented(kid)     # as the edges are keyed
+                    occurrence = seen[kid] = seen.get(kid, -1) + 1
+                    out[(node, kid, occurrence)] = canonicalize(contribution)
         return out
 
     # -- text ------------------------------------------------------------------------------
@@ -409,8 +421,13 @@ def _evaluate(walk: Backprop, derivation, expr, wrt, at: dict) -> None:
 
     inputs = inputs_of(expr, wrt)
     given = _given(at, inputs, shape_symbols(expr))
-    dims = {d: int(given.pop(d.name)) for d in shape_symbols(expr) if d.name in given}
-    dims.update(bind_dimensions(inputs, given))
+    dims = {d: dimension_size(d.name, given.pop(d.name))
+            for d in shape_symbols(expr) if d.name in given}
+    for d, size in bind_dimensions(inputs, given).items():
+        if dims.get(d, size) != size:
+            raise ValueError(f"at= gives {d.name} = {dims[d]}, but the inputs' shapes give "
+                             f"{d.name} = {size}")
+        dims[d] = size
     missing = [d.name for d in shape_symbols(expr) if d not in dims]
     if missing:
         raise ValueError(f"at= fixes no size for the dimension(s) {', '.join(missing)}: give "
@@ -442,6 +459,21 @@ def _evaluate(walk: Backprop, derivation, expr, wrt, at: dict) -> None:
         setattr(target, attribute, _as_value(result))
     walk.at = {s.name: values[s.name] for s in inputs}
     walk.dimensions = {d.name: n for d, n in dims.items()}
+
+
+def dimension_size(name: str, value) -> int:
+    """A dimension's size given in ``at=`` (or ``--at``): a whole number of at least 1, as
+    an int; anything else (2.5, 0, nan) is an error naming it, not a truncated size.
+
+    >>> dimension_size("m", 4.0)
+    4
+    """
+    array = np.asarray(value)
+    number = float(array) if array.ndim == 0 and array.dtype.kind in "biuf" else math.nan
+    if not (number >= 1 and number == int(number)):
+        raise ValueError(f"at[{name!r}] = {value!r}: the size of a dimension is a whole "
+                         "number of at least 1")
+    return int(number)
 
 
 def _given(at: dict, inputs: list, dimensions: set) -> dict:
