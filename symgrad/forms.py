@@ -303,7 +303,7 @@ def _rewrite(expr):
             written = _expanded(node, "sum" if isinstance(node, sp.Sum) else "product")
             return _rewrite(written) if written != node else written
         if isinstance(node, ElementwiseApplyFunction):
-            return map_of_applyfunc(node, new_operands[1])
+            return map_of_applyfunc(node, new_operands[1], new_operands[0])
         return rebuild(node, new_operands, xreplace=True)
 
     # a sum or product is written out from its own terms: the walk does not enter it

@@ -92,6 +92,51 @@ def test_applyfunc_is_an_elementwise_map():
     np.testing.assert_allclose(g["A"], 3 * A0**2 + np.cos(A0), rtol=1e-13)
 
 
+def test_applyfunc_body_that_reads_the_model_is_differentiated_by_what_it_reads():
+    # f's body may read parameters (a closure over w), entries of a model matrix and a
+    # symbol named like symgrad's own Map variable a0; each is an input the gradient reaches
+    # (they had been constants in the body: d/dw was 0), and a Sum in the body is written out
+    X, w, a0 = sg.matrix("X", 2, 3), sp.Symbol("w"), sp.Symbol("a0", real=True)
+    k = sp.Symbol("k", integer=True)
+    X0 = np.array([[0.3, -0.8, 1.1], [-0.4, 0.6, 0.2]])
+    at = {"X": X0, "w": 0.7, "a0": -1.3}
+    models = {
+        "closure": (lambda e: sp.sin(w * e), [X, w]),
+        "piecewise": (lambda e: sp.Piecewise((e**2, e > 0), (w * e, True)), [X, w]),
+        "condition": (lambda e: sp.Piecewise((w * e, w > 0), (e**2, True)), [X, w]),
+        "constant in e": (lambda e: w**2, [X, w]),
+        "entry": (lambda e: e * X[0, 1] ** 2, [X]),
+        "named a0": (lambda e: sp.exp(a0 * e), [X, a0]),
+        "sum": (lambda e: sp.Sum(w * k * e**k, (k, 0, 3)), [X, w]),
+    }
+    for label, (body, wrt) in models.items():
+        model = sg.sum(X.applyfunc(body))
+        report = sg.check(model, wrt, against=["finite-differences"], points=1)
+        assert report.ok, (label, str(report))
+        f = sg.compile(model, wrt)
+        _, g = f.value_and_grad(**{n: v for n, v in at.items() if n in f.inputs})
+        grads = sg.grad(model, wrt)
+        for p in wrt:
+            def value_at(v, p=p, body=body):
+                point = {s: (v if s == p else at[s.name]) for s in [w, a0]}
+                return float(sum(body(sp.Float(e)).subs({X: sp.ImmutableMatrix(X0)})
+                                 .subs(point).doit() for e in np.ravel(X0)))
+            if p != X:
+                h = 1e-6
+                expected = (value_at(at[p.name] + h) - value_at(at[p.name] - h)) / (2 * h)
+                assert g[p.name] == pytest.approx(expected, rel=1e-6), (label, p)
+                # the SymPy gradient, its sums of Maps written entry by entry
+                explicit = grads[p].replace(
+                    lambda n: isinstance(n, sg.ops.SumAll),
+                    lambda n: sp.Add(*[n.args[0][i, j] for i in range(2) for j in range(3)]))
+                symbolic = explicit.subs(X, sp.ImmutableMatrix(X0)).subs(
+                    {w: at["w"], a0: at["a0"]}).doit()
+                assert float(symbolic) == pytest.approx(expected, rel=1e-6), (label, p)
+    # one Map operand per term the body reads, named apart from symgrad's variables
+    m = sg.ops.map_of_applyfunc(X.applyfunc(lambda e: sp.exp(a0 * e) + w * e))
+    assert m.operands == (X, a0, w) or m.operands == (X, w, a0)
+
+
 def test_gradient_of_a_one_by_one_matrix_expression():
     a, b, X = sg.vector("a", 3), sg.vector("b", 3), sg.matrix("X", 3, 3)
     grads = sg.grad(a.T @ X @ b, [X, a])
