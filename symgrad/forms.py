@@ -36,7 +36,7 @@ from symgrad.derive.rules import RULES
 from symgrad.nodes import dag_rebuild, operands, rebuild
 from symgrad.ops import map_of_applyfunc
 
-__all__ = ["normalize", "time_function_name", "map_of_applyfunc"]
+__all__ = ["normalize", "normalize_explicit", "time_function_name", "map_of_applyfunc"]
 
 # A sum or product written out term by term has at most this many terms: beyond, the user
 # meant a reduction over a matrix (sg.sum), which symgrad computes as one loop.
@@ -273,6 +273,25 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
         return expr, wrt        # _check_wrt names what is wrong with it
     wrt_table = _time_function_table(list(entries))
     return expr, [wrt_table.get(w, w) for w in entries]
+
+
+def normalize_explicit(matrix, wrt):
+    """An explicit ``sympy.Matrix`` of scalar expressions (a mass matrix or forcing vector
+    of ``sympy.physics.mechanics``) and ``wrt`` in symgrad's forms, entry by entry as
+    :func:`normalize` brings a scalar model: ``q1(t)`` is the symbol ``q1``, sums are written
+    out.  Returns ``(ImmutableMatrix, wrt list)``.
+
+    >>> from sympy.physics.mechanics import dynamicsymbols
+    >>> q = dynamicsymbols("q")
+    >>> normalize_explicit(sp.Matrix([q**2, q.diff(dynamicsymbols._t)]), [q])
+    (Matrix([
+    [ q**2],
+    [q_dot]]), [q])
+    """
+    matrix = sp.ImmutableMatrix(matrix)
+    entries = list(wrt) if isinstance(wrt, (list, tuple)) else [wrt]
+    normal, entries = normalize(sp.Tuple(*matrix), entries)
+    return sp.ImmutableMatrix(matrix.rows, matrix.cols, list(normal)), entries
 
 
 def _argument_of(node):

@@ -204,12 +204,15 @@ def jacobian(expr, wrt) -> SecondOrder:
     result = SecondOrder()
     result.kind = "jacobian"
     if isinstance(expr, sp.MatrixBase):
-        explicit = sp.ImmutableMatrix(expr)
-        for q in (wrt if isinstance(wrt, (list, tuple)) else [wrt]):
+        from symgrad.forms import normalize_explicit
+        given = list(wrt) if isinstance(wrt, (list, tuple)) else [wrt]
+        explicit, symbols = normalize_explicit(expr, given)
+        for q, theirs in zip(symbols, given):
             if not isinstance(q, sp.Symbol):
                 raise TypeError(f"the Jacobian of an explicit sympy.Matrix is taken with "
                                 f"respect to scalar symbols; {q!r} is a {type(q).__name__}")
-            result[q] = explicit.applyfunc(lambda e, q=q: _entry_derivative(e, q))
+            result[theirs] = explicit.applyfunc(lambda e, q=q: _entry_derivative(e, q))
+        result.names = {theirs: q.name for q, theirs in zip(symbols, given) if q is not theirs}
         return result
     expr, symbols, user = _in_symgrad_forms(expr, wrt)
     if not isinstance(expr, MatrixExpr):
@@ -1157,9 +1160,11 @@ class ExplicitMatrixFunction:
 
     def __init__(self, matrix, wrt, name: str = "model"):
         from symgrad.compiled import compile as compile_
+        from symgrad.forms import normalize_explicit
 
-        matrix = sp.ImmutableMatrix(matrix)
-        wrt = list(wrt) if isinstance(wrt, (list, tuple)) else [wrt]
+        # functions of time (a mass matrix of sympy.physics.mechanics) are their symbols
+        matrix, wrt = normalize_explicit(
+            matrix, list(wrt) if isinstance(wrt, (list, tuple)) else [wrt])
         for q in wrt:
             if not isinstance(q, sp.Symbol):
                 raise TypeError(f"an explicit sympy.Matrix is differentiated with respect to "

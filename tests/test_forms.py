@@ -68,6 +68,45 @@ def test_second_order_of_functions_of_time_is_their_symbols_second_order():
         assert sp.simplify(value - sp.diff(plain, by_key[p])) == 0, p
 
 
+def test_explicit_matrix_of_functions_of_time_is_the_matrix_of_their_symbols():
+    # a mass matrix and forcing vector as LagrangesMethod gives them (explicit sympy
+    # matrices of q(t) and q'(t)): sg.jacobian and sg.compile take q(t) and q'(t) in wrt, as
+    # for a scalar model, and equal the same matrices over plain symbols (compile had refused
+    # q(t) in wrt; sg.jacobian had refused it too, and by the symbol q1 had answered 0)
+    from sympy.physics.mechanics import LagrangesMethod
+    q1, q2 = dynamicsymbols("q1 q2")
+    u1, u2 = q1.diff(t), q2.diff(t)
+    lagrangian = (u1**2 + u2**2 / 2 + u1 * u2 * sp.cos(q1 - q2)
+                  + 3 * sp.cos(q1) + sp.cos(q2))
+    method = LagrangesMethod(lagrangian, [q1, q2])
+    method.form_lagranges_equations()
+    plain_symbols = sp.symbols("q1 q2 q1_dot q2_dot")
+    wrt = [q1, q2, u1, u2]
+
+    def plain(e):
+        return e.subs(dict(zip([u1, u2], plain_symbols[2:]))).subs(
+            dict(zip([q1, q2], plain_symbols[:2])))
+
+    point = dict(zip(["q1", "q2", "q1_dot", "q2_dot"], [0.3, -0.7, 0.4, 1.1]))
+    at = {s: point[s.name] for s in plain_symbols}
+    for matrix in (method.mass_matrix, method.forcing):
+        jacobian = sg.jacobian(matrix, wrt)
+        assert list(jacobian) == wrt
+        for key, symbol in zip(wrt, plain_symbols):
+            assert sp.simplify(jacobian[key] - plain(matrix).diff(symbol)) == sp.zeros(
+                *matrix.shape), key
+        assert sg.jacobian(matrix, [plain_symbols[0]])[plain_symbols[0]] == jacobian[q1]
+        f = sg.compile(matrix, wrt)
+        assert f.parameters == ["q1", "q2", "q1_dot", "q2_dot"]
+        np.testing.assert_allclose(f(**point), np.array(plain(matrix).subs(at), float),
+                                   rtol=1e-13, atol=1e-15)
+        compiled = f.jacobian(**point)
+        for symbol in plain_symbols:
+            expected = np.array(plain(matrix).diff(symbol).subs(at), float)
+            np.testing.assert_allclose(compiled[symbol.name], expected, rtol=1e-13,
+                                       atol=1e-15)
+
+
 def test_function_of_time_name_clashes_are_refused_naming_both():
     q = dynamicsymbols("q1")
     with pytest.raises(ValueError, match=r"'q1_dot'.*Derivative\(q1\(t\), t\)"):
