@@ -598,8 +598,11 @@ class Scatter(MatrixExpr):
         return self.args[3], self.args[4]
 
     def _entry(self, i, j, **kwargs):
-        return sp.Piecewise((self.value, sp.And(sp.Eq(i, self.args[1]), sp.Eq(j, self.args[2]))),
-                            (0, True))
+        # a negative position counts from the end, as A[-1, 0] reads the last row in
+        # compiled code (and in NumPy)
+        at = [k + n if k.is_Integer and k < 0 else k
+              for k, n in zip(self.index, self.shape)]
+        return sp.Piecewise((self.value, sp.And(sp.Eq(i, at[0]), sp.Eq(j, at[1]))), (0, True))
 
 
 def softmax_cross_entropy(logits, labels, axis: int = 0):

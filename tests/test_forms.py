@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixElement
 from sympy.physics.mechanics import dynamicsymbols
 
 import symgrad as sg
@@ -199,6 +200,24 @@ def test_entry_at_a_symbolic_position_is_refused_in_code():
         sg.compile(x[i, 0] ** 2, [x])
     with pytest.raises(ValueError, match=r"symbolic position"):
         sg.check(x[i, 0] ** 2, [x])
+
+
+def test_gradient_by_an_entry_at_a_negative_position_counts_from_the_end():
+    # A[-1, -2] is read from the end in compiled code, as in NumPy; sg.grad's E[-1, -2]
+    # puts its adjoint there too (written out, it had been a matrix of zeros)
+    X = sg.matrix("X", 2, 3)
+    model = X[-1, -2] ** 2 + X[0, -1] * X[-2, 0]
+    X0 = np.array([[0.3, -0.8, 1.1], [-0.4, 0.6, 0.2]])
+    _, g = sg.compile(model, [X]).value_and_grad(X=X0)
+    expected = np.zeros((2, 3))
+    expected[-1, -2] += 2 * X0[-1, -2]
+    expected[0, -1] += X0[-2, 0]
+    expected[-2, 0] += X0[0, -1]
+    np.testing.assert_array_equal(g["X"], expected)
+    written = sp.Matrix(sg.grad(model, [X])[X]).replace(        # X's entries, at X0
+        lambda n: isinstance(n, (sg.ops.Entry, MatrixElement)),
+        lambda n: sp.Float(X0[int(n.args[1]), int(n.args[2])]))
+    np.testing.assert_array_equal(np.array(written, dtype=float), expected)
 
 
 def test_sum_with_integer_bounds_is_written_out():
