@@ -255,9 +255,13 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
     _refuse_non_real_constants(nodes)
     # f(w) differentiated in w is a function the model applies (an error if it has no
     # rule), not a function of time: only an argument that is not differentiated is time
+    # (unless wrt also holds a function of that argument, q(t) or its derivative: then the
+    # user takes the functions of t as inputs, and t is time read explicitly, ∂L/∂t)
     given = wrt if isinstance(wrt, Sequence) and not isinstance(wrt, str) else [wrt]
+    times = {_argument_of(w) for w in given
+             if isinstance(w, sp.Basic) and time_function_name(w) is not None}
     table = {node: symbol for node, symbol in _time_function_table(nodes).items()
-             if _argument_of(node) not in given}
+             if _argument_of(node) not in given or _argument_of(node) in times}
     if table:
         _refuse_clashes(table, _namesakes(expr, table))
         expr = dag_xreplace(expr, table)

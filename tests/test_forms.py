@@ -108,6 +108,30 @@ def test_explicit_matrix_of_functions_of_time_is_the_matrix_of_their_symbols():
                                        atol=1e-15)
 
 
+def test_time_read_explicitly_is_an_input_and_its_partial_derivative():
+    # t in the model is the input t; in wrt beside q(t) or q'(t) it is differentiated
+    # where it appears explicitly, q(t) and q'(t) held fixed (∂L/∂t), as for plain symbols
+    # (wrt [q(t), t] had said that q did not appear in the model)
+    q, p = dynamicsymbols("q p")
+    qd = q.diff(t)
+    lagrangian = qd**2 / 2 - q**2 * sp.cos(t) + p * t**2
+    Q, QD, P, T = sp.symbols("q q_dot p t")
+    plain = QD**2 / 2 - Q**2 * sp.cos(T) + P * T**2
+    for wrt in ([q, t], [qd, t], [t, q, qd]):
+        grads = sg.grad(lagrangian, wrt)
+        by_key = {q: Q, qd: QD, t: T}
+        for key in wrt:
+            assert sp.simplify(grads[key] - plain.diff(by_key[key])) == 0, (wrt, key)
+    f = sg.compile(lagrangian, [q, t])
+    assert set(f.inputs) == {"q", "q_dot", "p", "t"}
+    value, g = f.value_and_grad(q=0.5, q_dot=1.0, p=2.0, t=0.3)
+    assert g["t"] == pytest.approx(0.25 * np.sin(0.3) + 2 * 2.0 * 0.3, rel=1e-14)
+    assert g["q"] == pytest.approx(-2 * 0.5 * np.cos(0.3), rel=1e-14)
+    assert sg.check(lagrangian, [q, qd, t], against=["finite-differences"], points=1).ok
+    block = sg.hessian(lagrangian, [q, t])[(q, t)]
+    assert sp.simplify(block - plain.diff(Q, T)) == 0
+
+
 def test_function_of_time_name_clashes_are_refused_naming_both():
     q = dynamicsymbols("q1")
     with pytest.raises(ValueError, match=r"'q1_dot'.*Derivative\(q1\(t\), t\)"):
