@@ -132,6 +132,22 @@ def test_time_read_explicitly_is_an_input_and_its_partial_derivative():
     assert sp.simplify(block - plain.diff(Q, T)) == 0
 
 
+def test_an_unevaluated_derivative_is_the_derivative_sympy_writes_out():
+    # Derivative(q(t)**2, t) and Derivative(sin(x**2), x), left unevaluated by the user,
+    # are the model SymPy's doit writes (they had been refused: no rule for Derivative)
+    q = dynamicsymbols("q")
+    Q, QD = sp.symbols("q q_dot")
+    grads = sg.grad(sp.Derivative(q**2 * sp.sin(q), t), [q, q.diff(t)])
+    plain = sp.diff(Q**2 * sp.sin(Q), Q) * QD
+    assert sp.simplify(grads[q] - plain.diff(Q)) == 0
+    assert sp.simplify(grads[q.diff(t)] - plain.diff(QD)) == 0
+    x, y = sp.symbols("x y")
+    model = y * sp.Derivative(sp.sin(x**2), x)
+    value, g = sg.compile(model, [x, y]).value_and_grad(x=0.5, y=3.0)
+    assert value == pytest.approx(3 * 2 * 0.5 * np.cos(0.25), rel=1e-14)
+    assert g["x"] == pytest.approx(3 * (2 * np.cos(0.25) - np.sin(0.25)), rel=1e-14)
+
+
 def test_function_of_time_name_clashes_are_refused_naming_both():
     q = dynamicsymbols("q1")
     with pytest.raises(ValueError, match=r"'q1_dot'.*Derivative\(q1\(t\), t\)"):
