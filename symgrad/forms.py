@@ -193,6 +193,18 @@ def _refuse_symbolic_entries(nodes: list) -> None:
                 "(x[2, 0]), or select it with a one-hot data vector: sg.dot(e, x)")
 
 
+def _refuse_indexed(nodes: list) -> None:
+    """An entry of a ``sympy.IndexedBase`` (``a[0]``): an error naming it and the matrix form
+    compiled code takes (an IndexedBase has no shape to check an array against)."""
+    for node in nodes:
+        if isinstance(node, sp.Indexed):
+            base = node.base.label
+            raise ValueError(
+                f"the model reads {node}, an entry of the IndexedBase {base}: compiled code "
+                f"takes matrices, not IndexedBase; make {base} a vector "
+                f"({base} = sg.vector({str(base)!r}, n)) and read {base}[k, 0]")
+
+
 def _refuse_non_real_constants(nodes: list) -> None:
     """A constant that is not a real number (``I``, ``sqrt(-1)``, ``(-1)**(1/3)``, SymPy's
     complex infinity ``zoo`` that ``x/0`` and ``log(0)`` make, an interval ``AccumBounds``):
@@ -276,6 +288,7 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
         expr = _rewrite(expr)
     if compiled:
         _refuse_symbolic_entries(dag_nodes(expr))
+        _refuse_indexed(dag_nodes(expr))
     if wrt is None:
         return expr, None
     single = isinstance(wrt, (sp.Basic,)) and not isinstance(wrt, sp.Tuple)

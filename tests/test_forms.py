@@ -260,6 +260,21 @@ def test_gradient_by_an_entry_at_a_negative_position_counts_from_the_end():
     np.testing.assert_array_equal(np.array(written, dtype=float), expected)
 
 
+def test_an_indexed_base_entry_is_refused_in_code_naming_it(tmp_path):
+    # a[k] of a sympy.IndexedBase has no shape to check an array against: compile, check
+    # and generate refuse it naming the entry (compile had failed inside Numba: name 'a'
+    # is not defined); sg.grad differentiates it symbolically
+    a, k, y = sp.IndexedBase("a"), sp.Symbol("k", integer=True), sp.Symbol("y")
+    model = sp.Sum(a[k] * y**2, (k, 0, 2))
+    assert sp.simplify(sg.grad(model, [y])[y] - 2 * y * (a[0] + a[1] + a[2])) == 0
+    for call in (lambda: sg.compile(model, [y]), lambda: sg.check(model, [y]),
+                 lambda: sg.generate(sg.Model("indexed", model, wrt=[y]),
+                                     tmp_path / "indexed.py")):
+        with pytest.raises(ValueError, match=r"reads a\[\d\], an entry of the IndexedBase a.*"
+                           r"sg\.vector\('a', n\)"):
+            call()
+
+
 def test_sum_with_integer_bounds_is_written_out():
     x, k = sg.vector("x", 4), sp.Symbol("k", integer=True)
     w = sp.Symbol("w")
