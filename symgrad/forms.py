@@ -265,10 +265,12 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
     expr = sp.sympify(expr)
     nodes = dag_nodes(expr)
     written = {n: n.doit() for n in nodes
-               if isinstance(n, sp.Derivative) and time_function_name(n) is None}
+               if isinstance(n, (sp.Subs, sp.UnevaluatedExpr))
+               or isinstance(n, sp.Derivative) and time_function_name(n) is None}
     if written:
         # a derivative SymPy left unevaluated (Derivative(q(t)**2, t), Derivative(sin(x),
-        # x)) is the expression SymPy's doit gives, as the model written out
+        # x)), a substitution Subs(f, x, 2) and an UnevaluatedExpr are the expressions
+        # SymPy's doit gives, as the model written out
         expr = dag_xreplace(expr, written)
         nodes = dag_nodes(expr)
     _refuse_non_real_constants(nodes)

@@ -146,6 +146,10 @@ def test_an_unevaluated_derivative_is_the_derivative_sympy_writes_out():
     value, g = sg.compile(model, [x, y]).value_and_grad(x=0.5, y=3.0)
     assert value == pytest.approx(3 * 2 * 0.5 * np.cos(0.25), rel=1e-14)
     assert g["x"] == pytest.approx(3 * (2 * np.cos(0.25) - np.sin(0.25)), rel=1e-14)
+    # so are Subs and UnevaluatedExpr (refused as nodes without a rule)
+    model = sp.Subs(x**2 * y, x, 2) * x + sp.UnevaluatedExpr(x * y) * x
+    value, g = sg.compile(model, [x, y]).value_and_grad(x=0.5, y=3.0)
+    assert (value, g["x"], g["y"]) == pytest.approx((6.75, 12 + 3.0, 2 + 0.25), rel=1e-14)
 
 
 def test_function_of_time_name_clashes_are_refused_naming_both():
