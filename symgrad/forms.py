@@ -205,6 +205,18 @@ def _refuse_indexed(nodes: list) -> None:
                 f"({base} = sg.vector({str(base)!r}, n)) and read {base}[k, 0]")
 
 
+def _refuse_matrix_piecewise(nodes: list) -> None:
+    """A Piecewise whose branches are matrices (SymPy builds it, but takes it for a scalar):
+    an error naming it and the elementwise form that symgrad differentiates."""
+    for node in nodes:
+        if isinstance(node, sp.Piecewise) and any(isinstance(e, MatrixExpr)
+                                                   for e, _ in node.args):
+            raise ValueError(
+                f"the model has {node}, a Piecewise of matrices, which SymPy takes for a "
+                "scalar: choose entry by entry instead, with applyfunc on a matrix "
+                "(A.applyfunc(lambda e: Piecewise((e, x > 0), (2*e, True))))")
+
+
 def _refuse_non_real_constants(nodes: list) -> None:
     """A constant that is not a real number (``I``, ``sqrt(-1)``, ``(-1)**(1/3)``, SymPy's
     complex infinity ``zoo`` that ``x/0`` and ``log(0)`` make, an interval ``AccumBounds``):
@@ -274,6 +286,7 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
         expr = dag_xreplace(expr, written)
         nodes = dag_nodes(expr)
     _refuse_non_real_constants(nodes)
+    _refuse_matrix_piecewise(nodes)
     # f(w) differentiated in w is a function the model applies (an error if it has no
     # rule), not a function of time: only an argument that is not differentiated is time
     # (unless wrt also holds a function of that argument, q(t) or its derivative: then the

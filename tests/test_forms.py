@@ -221,6 +221,21 @@ def test_applyfunc_body_that_reads_the_model_is_differentiated_by_what_it_reads(
     assert m.operands == (X, a0, w) or m.operands == (X, w, a0)
 
 
+def test_a_piecewise_of_matrices_is_refused_naming_it():
+    # SymPy builds Piecewise((X, x > 0), (2*X, True)) but takes it for a scalar: it is
+    # refused naming it and the applyfunc form (it had failed inside SymPy's MatAdd: "Mix
+    # of Matrix and Scalar symbols"), which gives the same model entry by entry
+    X, x = sg.matrix("X", 2, 2), sp.Symbol("x")
+    model = sg.sum(sp.Piecewise((X, x > 0), (2 * X, True)))
+    for call in (sg.grad, sg.compile, sg.check):
+        with pytest.raises(ValueError, match=r"Piecewise\(\(X, x > 0\), \(2\*X, True\)\), a "
+                           r"Piecewise of matrices.*applyfunc"):
+            call(model, [X])
+    entrywise = sg.sum(X.applyfunc(lambda e: sp.Piecewise((e, x > 0), (2 * e, True))))
+    _, g = sg.compile(entrywise, [X]).value_and_grad(X=np.eye(2), x=-1.0)
+    np.testing.assert_array_equal(g["X"], np.full((2, 2), 2.0))
+
+
 def test_gradient_of_a_one_by_one_matrix_expression():
     a, b, X = sg.vector("a", 3), sg.vector("b", 3), sg.matrix("X", 3, 3)
     grads = sg.grad(a.T @ X @ b, [X, a])
