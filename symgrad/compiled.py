@@ -167,6 +167,10 @@ def grad(expr, wrt) -> Gradients:
     wrt = _check_wrt(expr, wrt)
     if isinstance(expr, MatrixExpr):
         if tuple(expr.shape) != (1, 1):
+            if isinstance(expr, sp.MatrixBase):     # an explicit sympy.Matrix: no vjp
+                raise ValueError(f"grad needs a scalar expression; this one is an explicit "
+                                 f"sympy.Matrix of shape {expr.shape}. Use sg.jacobian, or "
+                                 "sg.compile(...).jacobian, for its derivatives.")
             raise ValueError(f"grad needs a scalar expression; this one has shape "
                              f"{expr.shape}. Use sg.compile(...).vjp for vector-Jacobian "
                              "products.")

@@ -333,6 +333,18 @@ def normalize_explicit(matrix, wrt):
     return sp.ImmutableMatrix(matrix.rows, matrix.cols, list(normal)), entries
 
 
+def refuse_explicit_matrix(expr, what: str) -> None:
+    """An explicit ``sympy.Matrix`` larger than 1 x 1 where ``what`` (``sg.check``,
+    ``sg.Model``) takes a scalar or a matrix expression: an error naming the forms that
+    take it, instead of a failure inside (a missing vjp, no rule for the matrix class)."""
+    if isinstance(expr, sp.MatrixBase) and tuple(expr.shape) != (1, 1):
+        rows, cols = expr.shape
+        raise TypeError(
+            f"{what} takes a scalar or a matrix expression (sg.matrix, sg.vector); this is an "
+            f"explicit sympy.Matrix ({rows} x {cols}), which sg.compile (its entries and "
+            "f.jacobian) and sg.jacobian take: pass one entry at a time (M[0, 1])")
+
+
 def _argument_of(node):
     """t of q1(t) or of a derivative of q1(t)."""
     function = node if isinstance(node, AppliedUndef) else node.expr

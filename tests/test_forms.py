@@ -152,6 +152,24 @@ def test_an_unevaluated_derivative_is_the_derivative_sympy_writes_out():
     assert (value, g["x"], g["y"]) == pytest.approx((6.75, 12 + 3.0, 2 + 0.25), rel=1e-14)
 
 
+def test_explicit_matrix_where_a_matrix_expression_is_needed_names_what_takes_it():
+    # sg.check and sg.Model of an explicit sympy.Matrix (a mass matrix) say that sg.compile
+    # and sg.jacobian take it (check had failed on a missing vjp, generate on "no rule for
+    # ImmutableDenseMatrix"); sg.grad names sg.jacobian, not a vjp the matrix has not
+    x, y = sp.symbols("x y")
+    M = sp.Matrix([[x * y, x**2]])
+    for call in (lambda: sg.check(M, [x]), lambda: sg.check((M, [x])),
+                 lambda: sg.Model("m", M, wrt=[x])):
+        with pytest.raises(TypeError, match=r"explicit sympy.Matrix \(1 x 2\), which "
+                           r"sg.compile .* and sg.jacobian take: pass one entry"):
+            call()
+    with pytest.raises(ValueError, match=r"explicit sympy.Matrix of shape \(1, 2\)\. Use "
+                       r"sg.jacobian"):
+        sg.grad(M, [x])
+    assert sg.check(M[0, 1], [x], against=["finite-differences"], points=1).ok
+    assert sg.check(sp.Matrix([[x * y]]), [x], against=["finite-differences"], points=1).ok
+
+
 def test_function_of_time_name_clashes_are_refused_naming_both():
     q = dynamicsymbols("q1")
     with pytest.raises(ValueError, match=r"'q1_dot'.*Derivative\(q1\(t\), t\)"):
