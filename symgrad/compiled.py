@@ -292,6 +292,7 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
             raise
         raise translated.with_traceback(error.__traceback__) from None
     spec.least_extents = least_extents(expr, inputs)
+    spec.user_expression = user_expr
     spec.docstring = module_docstring(name, user_expr, user_wrt, user_inputs, spec,
                                       derivation=derivation, lowered=lowered)
     return spec

@@ -130,6 +130,16 @@ def test_time_read_explicitly_is_an_input_and_its_partial_derivative():
     assert sg.check(lagrangian, [q, qd, t], against=["finite-differences"], points=1).ok
     block = sg.hessian(lagrangian, [q, t])[(q, t)]
     assert sp.simplify(block - plain.diff(Q, T)) == 0
+    # the compiled second order too (it differentiated the model as given again, by the
+    # plain symbols, and found q(t) a function of t: 'q does not appear in the model')
+    at = {"q": 0.5, "q_dot": 1.0, "p": 2.0, "t": 0.3}
+    point = {s: at[s.name] for s in (Q, QD, P, T)}
+    hessian = f.hessian(**at)
+    for a, b in [(Q, T), (T, T), (Q, Q)]:
+        assert hessian[(a.name, b.name)] == pytest.approx(
+            float(plain.diff(a, b).subs(point)), rel=1e-14)
+    assert f.hvp({"t": 1.0}, **at)["q"] == pytest.approx(
+        float(plain.diff(Q, T).subs(point)), rel=1e-14)
 
 
 def test_an_unevaluated_derivative_is_the_derivative_sympy_writes_out():
