@@ -650,6 +650,12 @@ def map_of_applyfunc(node, operand=None, function=None):
         variable = sp.Dummy("e", real=True)
         body = function(variable)
     body, lifted = _lift_model_terms(sp.sympify(body), variable)
+    nested = [m for m in sp.preorder_traversal(body)
+              if isinstance(m, MatrixExpr) and variable in m.free_symbols]
+    if nested:
+        raise ValueError(f"{node.expr}.applyfunc(f): f computes the matrix {nested[0]} from "
+                         "its variable; an elementwise function is scalar in each entry (a "
+                         "matrix it reads must not depend on the entry)")
     fresh = map_variables(1 + len(lifted))
     body = body.xreplace(dict(zip([variable, *lifted.values()], fresh)))
     return Map(sp.Lambda(fresh, body), node.shape, operand, *lifted)

@@ -244,6 +244,12 @@ def test_applyfunc_body_that_reads_the_model_is_differentiated_by_what_it_reads(
                 symbolic = explicit.subs(X, sp.ImmutableMatrix(X0)).subs(
                     {w: at["w"], a0: at["a0"]}).doit()
                 assert float(symbolic) == pytest.approx(expected, rel=1e-6), (label, p)
+    # a matrix computed from the entry is no elementwise function: refused naming it
+    # (it had failed inside SymPy: "Duplicate symbol a1")
+    Y = sg.matrix("Y", 2, 3)
+    with pytest.raises(ValueError, match=r"X.applyfunc\(f\): f computes the matrix "):
+        sg.grad(sg.sum(X.applyfunc(lambda e: sg.sum(Y.applyfunc(lambda v: sp.exp(v * e))))),
+                [X])
     # one Map operand per term the body reads, named apart from symgrad's variables
     m = sg.ops.map_of_applyfunc(X.applyfunc(lambda e: sp.exp(a0 * e) + w * e))
     assert m.operands == (X, a0, w) or m.operands == (X, w, a0)
