@@ -167,6 +167,10 @@ def grad(expr, wrt) -> Gradients:
     wrt = _check_wrt(expr, wrt)
     if isinstance(expr, MatrixExpr):
         if tuple(expr.shape) != (1, 1):
+            if isinstance(expr, sp.MatrixBase):     # an explicit sympy.Matrix: no vjp
+                raise ValueError(f"grad needs a scalar expression; this one is an explicit "
+                                 f"sympy.Matrix of shape {expr.shape}. Use sg.jacobian, or "
+                                 "sg.compile(...).jacobian, for its derivatives.")
             raise ValueError(f"grad needs a scalar expression; this one has shape "
                              f"{expr.shape}. Use sg.compile(...).vjp for vector-Jacobian "
                              "products.")
@@ -294,6 +298,7 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
             raise
         raise translated.with_traceback(error.__traceback__) from None
     spec.least_extents = least_extents(expr, inputs)
+    spec.user_expression = user_expr
     spec.docstring = module_docstring(name, user_expr, user_wrt, user_inputs, spec,
                                       derivation=derivation, lowered=lowered)
     return spec

@@ -36,7 +36,7 @@ from symgrad.derive.rules import RULES
 from symgrad.nodes import dag_rebuild, operands, rebuild
 from symgrad.ops import map_of_applyfunc
 
-__all__ = ["normalize", "time_function_name", "map_of_applyfunc"]
+__all__ = ["normalize", "normalize_explicit", "time_function_name", "map_of_applyfunc"]
 
 # A sum or product written out term by term has at most this many terms: beyond, the user
 # meant a reduction over a matrix (sg.sum), which symgrad computes as one loop.
@@ -193,6 +193,30 @@ def _refuse_symbolic_entries(nodes: list) -> None:
                 "(x[2, 0]), or select it with a one-hot data vector: sg.dot(e, x)")
 
 
+def _refuse_indexed(nodes: list) -> None:
+    """An entry of a ``sympy.IndexedBase`` (``a[0]``): an error naming it and the matrix form
+    compiled code takes (an IndexedBase has no shape to check an array against)."""
+    for node in nodes:
+        if isinstance(node, sp.Indexed):
+            base = node.base.label
+            raise ValueError(
+                f"the model reads {node}, an entry of the IndexedBase {base}: compiled code "
+                f"takes matrices, not IndexedBase; make {base} a vector "
+                f"({base} = sg.vector({str(base)!r}, n)) and read {base}[k, 0]")
+
+
+def _refuse_matrix_piecewise(nodes: list) -> None:
+    """A Piecewise whose branches are matrices (SymPy builds it, but takes it for a scalar):
+    an error naming it and the elementwise form that symgrad differentiates."""
+    for node in nodes:
+        if isinstance(node, sp.Piecewise) and any(isinstance(e, MatrixExpr)
+                                                   for e, _ in node.args):
+            raise ValueError(
+                f"the model has {node}, a Piecewise of matrices, which SymPy takes for a "
+                "scalar: choose entry by entry instead, with applyfunc on a matrix "
+                "(A.applyfunc(lambda e: Piecewise((e, x > 0), (2*e, True))))")
+
+
 def _refuse_non_real_constants(nodes: list) -> None:
     """A constant that is not a real number (``I``, ``sqrt(-1)``, ``(-1)**(1/3)``, SymPy's
     complex infinity ``zoo`` that ``x/0`` and ``log(0)`` make, an interval ``AccumBounds``):
@@ -252,12 +276,26 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
     """
     expr = sp.sympify(expr)
     nodes = dag_nodes(expr)
+    written = {n: n.doit() for n in nodes
+               if isinstance(n, (sp.Subs, sp.UnevaluatedExpr))
+               or isinstance(n, sp.Derivative) and time_function_name(n) is None}
+    if written:
+        # a derivative SymPy left unevaluated (Derivative(q(t)**2, t), Derivative(sin(x),
+        # x)), a substitution Subs(f, x, 2) and an UnevaluatedExpr are the expressions
+        # SymPy's doit gives, as the model written out
+        expr = dag_xreplace(expr, written)
+        nodes = dag_nodes(expr)
     _refuse_non_real_constants(nodes)
+    _refuse_matrix_piecewise(nodes)
     # f(w) differentiated in w is a function the model applies (an error if it has no
     # rule), not a function of time: only an argument that is not differentiated is time
+    # (unless wrt also holds a function of that argument, q(t) or its derivative: then the
+    # user takes the functions of t as inputs, and t is time read explicitly, ∂L/∂t)
     given = wrt if isinstance(wrt, Sequence) and not isinstance(wrt, str) else [wrt]
+    times = {_argument_of(w) for w in given
+             if isinstance(w, sp.Basic) and time_function_name(w) is not None}
     table = {node: symbol for node, symbol in _time_function_table(nodes).items()
-             if _argument_of(node) not in given}
+             if _argument_of(node) not in given or _argument_of(node) in times}
     if table:
         _refuse_clashes(table, _namesakes(expr, table))
         expr = dag_xreplace(expr, table)
@@ -265,6 +303,7 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
         expr = _rewrite(expr)
     if compiled:
         _refuse_symbolic_entries(dag_nodes(expr))
+        _refuse_indexed(dag_nodes(expr))
     if wrt is None:
         return expr, None
     single = isinstance(wrt, (sp.Basic,)) and not isinstance(wrt, sp.Tuple)
@@ -273,6 +312,37 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
         return expr, wrt        # _check_wrt names what is wrong with it
     wrt_table = _time_function_table(list(entries))
     return expr, [wrt_table.get(w, w) for w in entries]
+
+
+def normalize_explicit(matrix, wrt):
+    """An explicit ``sympy.Matrix`` of scalar expressions (a mass matrix or forcing vector
+    of ``sympy.physics.mechanics``) and ``wrt`` in symgrad's forms, entry by entry as
+    :func:`normalize` brings a scalar model: ``q1(t)`` is the symbol ``q1``, sums are written
+    out.  Returns ``(ImmutableMatrix, wrt list)``.
+
+    >>> from sympy.physics.mechanics import dynamicsymbols
+    >>> q = dynamicsymbols("q")
+    >>> normalize_explicit(sp.Matrix([q**2, q.diff(dynamicsymbols._t)]), [q])
+    (Matrix([
+    [ q**2],
+    [q_dot]]), [q])
+    """
+    matrix = sp.ImmutableMatrix(matrix)
+    entries = list(wrt) if isinstance(wrt, (list, tuple)) else [wrt]
+    normal, entries = normalize(sp.Tuple(*matrix), entries)
+    return sp.ImmutableMatrix(matrix.rows, matrix.cols, list(normal)), entries
+
+
+def refuse_explicit_matrix(expr, what: str) -> None:
+    """An explicit ``sympy.Matrix`` larger than 1 x 1 where ``what`` (``sg.check``,
+    ``sg.Model``) takes a scalar or a matrix expression: an error naming the forms that
+    take it, instead of a failure inside (a missing vjp, no rule for the matrix class)."""
+    if isinstance(expr, sp.MatrixBase) and tuple(expr.shape) != (1, 1):
+        rows, cols = expr.shape
+        raise TypeError(
+            f"{what} takes a scalar or a matrix expression (sg.matrix, sg.vector); this is an "
+            f"explicit sympy.Matrix ({rows} x {cols}), which sg.compile (its entries and "
+            "f.jacobian) and sg.jacobian take: pass one entry at a time (M[0, 1])")
 
 
 def _argument_of(node):
@@ -303,7 +373,7 @@ def _rewrite(expr):
             written = _expanded(node, "sum" if isinstance(node, sp.Sum) else "product")
             return _rewrite(written) if written != node else written
         if isinstance(node, ElementwiseApplyFunction):
-            return map_of_applyfunc(node, new_operands[1])
+            return map_of_applyfunc(node, new_operands[1], new_operands[0])
         return rebuild(node, new_operands, xreplace=True)
 
     # a sum or product is written out from its own terms: the walk does not enter it

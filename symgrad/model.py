@@ -46,8 +46,9 @@ class Model:
         if not isinstance(second_order, bool):
             raise TypeError(f"second_order must be True or False, got {second_order!r}")
         self.name = name
-        from symgrad.forms import normalize
+        from symgrad.forms import normalize, refuse_explicit_matrix
 
+        refuse_explicit_matrix(output, "sg.Model")
         self.output, wrt = normalize(output, wrt)
         self.wrt = _check_wrt(self.output, wrt)
         # the generated module also offers hessian and hvp (a scalar output) or jacobian

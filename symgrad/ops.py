@@ -598,8 +598,11 @@ class Scatter(MatrixExpr):
         return self.args[3], self.args[4]
 
     def _entry(self, i, j, **kwargs):
-        return sp.Piecewise((self.value, sp.And(sp.Eq(i, self.args[1]), sp.Eq(j, self.args[2]))),
-                            (0, True))
+        # a negative position counts from the end, as A[-1, 0] reads the last row in
+        # compiled code (and in NumPy)
+        at = [k + n if k.is_Integer and k < 0 else k
+              for k, n in zip(self.index, self.shape)]
+        return sp.Piecewise((self.value, sp.And(sp.Eq(i, at[0]), sp.Eq(j, at[1]))), (0, True))
 
 
 def softmax_cross_entropy(logits, labels, axis: int = 0):
@@ -619,21 +622,61 @@ def softmax_cross_entropy(logits, labels, axis: int = 0):
     return SumAll(per_entry)
 
 
-def map_of_applyfunc(node, operand=None):
-    """``A.applyfunc(f)`` as symgrad's elementwise Map of ``operand`` (default: A).
+def map_of_applyfunc(node, operand=None, function=None):
+    """``A.applyfunc(f)`` as symgrad's elementwise Map of ``operand`` (default: A) and of
+    ``function`` (default: f; the caller's rewritten f, its sums written out).
+
+    Whatever in ``f``'s body does not depend on its variable and reads the model (a
+    parameter ``w`` in ``lambda e: sin(w * e)``, an entry ``X[0, 0]``) becomes a scalar
+    operand of the Map, so that gradients reach it; left in the body, it would be a constant
+    to differentiation.
 
     >>> A = sp.MatrixSymbol("A", 2, 2)
     >>> map_of_applyfunc(A.applyfunc(sp.sin)).body
     sin(a0)
+    >>> w = sp.Symbol("w")
+    >>> m = map_of_applyfunc(A.applyfunc(lambda e: sp.sin(w * e)))
+    >>> m.body, m.operands
+    (sin(a0*a1), (A, w))
     """
     operand = node.expr if operand is None else operand
-    (a,) = map_variables(1)
-    function = node.function
+    function = node.function if function is None else function
     if isinstance(function, sp.Lambda):
         if len(function.variables) != 1:
             raise ValueError(f"{node}: applyfunc needs a function of one variable, got "
                              f"{function}")
-        body = function.expr.xreplace({function.variables[0]: a})
+        variable, body = function.variables[0], function.expr
     else:
-        body = function(a)
-    return Map(sp.Lambda((a,), body), node.shape, operand)
+        variable = sp.Dummy("e", real=True)
+        body = function(variable)
+    body, lifted = _lift_model_terms(sp.sympify(body), variable)
+    nested = [m for m in sp.preorder_traversal(body)
+              if isinstance(m, MatrixExpr) and variable in m.free_symbols]
+    if nested:
+        raise ValueError(f"{node.expr}.applyfunc(f): f computes the matrix {nested[0]} from "
+                         "its variable; an elementwise function is scalar in each entry (a "
+                         "matrix it reads must not depend on the entry)")
+    fresh = map_variables(1 + len(lifted))
+    body = body.xreplace(dict(zip([variable, *lifted.values()], fresh)))
+    return Map(sp.Lambda(fresh, body), node.shape, operand, *lifted)
+
+
+def _lift_model_terms(body, variable) -> tuple:
+    """``(body, {term: dummy})``: body with each largest scalar term that reads the model but
+    not ``variable`` (nor a variable a Sum or Lambda inside binds) replaced by a dummy."""
+    lifted: dict = {}
+
+    def walk(e, bound: frozenset):
+        free = e.free_symbols
+        if (free and variable not in free and not free & bound and isinstance(e, sp.Expr)
+                and not isinstance(e, MatrixExpr)):
+            if e not in lifted:
+                lifted[e] = sp.Dummy(real=True)
+            return lifted[e]
+        if not e.args or variable not in free and not free - bound:
+            return e
+        inner = bound | set(getattr(e, "bound_symbols", ()))
+        args = [walk(a, inner) for a in e.args]
+        return e.func(*args) if args != list(e.args) else e
+
+    return walk(body, frozenset()), lifted

@@ -204,12 +204,15 @@ def jacobian(expr, wrt) -> SecondOrder:
     result = SecondOrder()
     result.kind = "jacobian"
     if isinstance(expr, sp.MatrixBase):
-        explicit = sp.ImmutableMatrix(expr)
-        for q in (wrt if isinstance(wrt, (list, tuple)) else [wrt]):
+        from symgrad.forms import normalize_explicit
+        given = list(wrt) if isinstance(wrt, (list, tuple)) else [wrt]
+        explicit, symbols = normalize_explicit(expr, given)
+        for q, theirs in zip(symbols, given):
             if not isinstance(q, sp.Symbol):
                 raise TypeError(f"the Jacobian of an explicit sympy.Matrix is taken with "
                                 f"respect to scalar symbols; {q!r} is a {type(q).__name__}")
-            result[q] = explicit.applyfunc(lambda e, q=q: _entry_derivative(e, q))
+            result[theirs] = explicit.applyfunc(lambda e, q=q: _entry_derivative(e, q))
+        result.names = {theirs: q.name for q, theirs in zip(symbols, given) if q is not theirs}
         return result
     expr, symbols, user = _in_symgrad_forms(expr, wrt)
     if not isinstance(expr, MatrixExpr):
@@ -770,12 +773,20 @@ def symmetric_split(e):
     return None
 
 
+def _expression(f):
+    """f's model in symgrad's forms, over the user's symbols (as its parameters are): the
+    expression as given would be brought to those forms again, without the wrt that
+    decided them (t in wrt beside q(t))."""
+    expression = getattr(f.spec, "user_expression", None)
+    return f.expression if expression is None else expression
+
+
 def _bundle_of(f, kind: str) -> _Bundle:
     def build():
         symbols = _user_symbols(f)
         params = [symbols[n] for n in f.parameters]
         plan = {"hvp": hvp_plan, "hessian": hessian_plan,
-                "jacobian": jacobian_plan}[kind](f.expression, params, set(symbols))
+                "jacobian": jacobian_plan}[kind](_expression(f), params, set(symbols))
         return _Bundle(plan, f"{f.spec.name}_{kind}")
     return _compiled(f, kind, build)
 
@@ -784,7 +795,7 @@ def _sizes(f, inputs: dict) -> dict:
     from symgrad.codegen.second_runtime import _sg_dimensions
     table = _compiled(f, "dimensions", lambda: dimension_table(f.spec.user_inputs))
     least = _compiled(f, "least extents",
-                      lambda: least_extent_table(f.expression, f.spec.user_inputs))
+                      lambda: least_extent_table(_expression(f), f.spec.user_inputs))
     return _sg_dimensions(inputs, table, least)
 
 
@@ -1163,9 +1174,11 @@ class ExplicitMatrixFunction:
 
     def __init__(self, matrix, wrt, name: str = "model"):
         from symgrad.compiled import compile as compile_
+        from symgrad.forms import normalize_explicit
 
-        matrix = sp.ImmutableMatrix(matrix)
-        wrt = list(wrt) if isinstance(wrt, (list, tuple)) else [wrt]
+        # functions of time (a mass matrix of sympy.physics.mechanics) are their symbols
+        matrix, wrt = normalize_explicit(
+            matrix, list(wrt) if isinstance(wrt, (list, tuple)) else [wrt])
         for q in wrt:
             if not isinstance(q, sp.Symbol):
                 raise TypeError(f"an explicit sympy.Matrix is differentiated with respect to "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixElement
 from sympy.physics.mechanics import dynamicsymbols
 
 import symgrad as sg
@@ -68,6 +69,117 @@ def test_second_order_of_functions_of_time_is_their_symbols_second_order():
         assert sp.simplify(value - sp.diff(plain, by_key[p])) == 0, p
 
 
+def test_explicit_matrix_of_functions_of_time_is_the_matrix_of_their_symbols():
+    # a mass matrix and forcing vector as LagrangesMethod gives them (explicit sympy
+    # matrices of q(t) and q'(t)): sg.jacobian and sg.compile take q(t) and q'(t) in wrt, as
+    # for a scalar model, and equal the same matrices over plain symbols (compile had refused
+    # q(t) in wrt; sg.jacobian had refused it too, and by the symbol q1 had answered 0)
+    from sympy.physics.mechanics import LagrangesMethod
+    q1, q2 = dynamicsymbols("q1 q2")
+    u1, u2 = q1.diff(t), q2.diff(t)
+    lagrangian = (u1**2 + u2**2 / 2 + u1 * u2 * sp.cos(q1 - q2)
+                  + 3 * sp.cos(q1) + sp.cos(q2))
+    method = LagrangesMethod(lagrangian, [q1, q2])
+    method.form_lagranges_equations()
+    plain_symbols = sp.symbols("q1 q2 q1_dot q2_dot")
+    wrt = [q1, q2, u1, u2]
+
+    def plain(e):
+        return e.subs(dict(zip([u1, u2], plain_symbols[2:]))).subs(
+            dict(zip([q1, q2], plain_symbols[:2])))
+
+    point = dict(zip(["q1", "q2", "q1_dot", "q2_dot"], [0.3, -0.7, 0.4, 1.1]))
+    at = {s: point[s.name] for s in plain_symbols}
+    for matrix in (method.mass_matrix, method.forcing):
+        jacobian = sg.jacobian(matrix, wrt)
+        assert list(jacobian) == wrt
+        for key, symbol in zip(wrt, plain_symbols):
+            assert sp.simplify(jacobian[key] - plain(matrix).diff(symbol)) == sp.zeros(
+                *matrix.shape), key
+        assert sg.jacobian(matrix, [plain_symbols[0]])[plain_symbols[0]] == jacobian[q1]
+        f = sg.compile(matrix, wrt)
+        assert f.parameters == ["q1", "q2", "q1_dot", "q2_dot"]
+        np.testing.assert_allclose(f(**point), np.array(plain(matrix).subs(at), float),
+                                   rtol=1e-13, atol=1e-15)
+        compiled = f.jacobian(**point)
+        for symbol in plain_symbols:
+            expected = np.array(plain(matrix).diff(symbol).subs(at), float)
+            np.testing.assert_allclose(compiled[symbol.name], expected, rtol=1e-13,
+                                       atol=1e-15)
+
+
+def test_time_read_explicitly_is_an_input_and_its_partial_derivative():
+    # t in the model is the input t; in wrt beside q(t) or q'(t) it is differentiated
+    # where it appears explicitly, q(t) and q'(t) held fixed (∂L/∂t), as for plain symbols
+    # (wrt [q(t), t] had said that q did not appear in the model)
+    q, p = dynamicsymbols("q p")
+    qd = q.diff(t)
+    lagrangian = qd**2 / 2 - q**2 * sp.cos(t) + p * t**2
+    Q, QD, P, T = sp.symbols("q q_dot p t")
+    plain = QD**2 / 2 - Q**2 * sp.cos(T) + P * T**2
+    for wrt in ([q, t], [qd, t], [t, q, qd]):
+        grads = sg.grad(lagrangian, wrt)
+        by_key = {q: Q, qd: QD, t: T}
+        for key in wrt:
+            assert sp.simplify(grads[key] - plain.diff(by_key[key])) == 0, (wrt, key)
+    f = sg.compile(lagrangian, [q, t])
+    assert set(f.inputs) == {"q", "q_dot", "p", "t"}
+    value, g = f.value_and_grad(q=0.5, q_dot=1.0, p=2.0, t=0.3)
+    assert g["t"] == pytest.approx(0.25 * np.sin(0.3) + 2 * 2.0 * 0.3, rel=1e-14)
+    assert g["q"] == pytest.approx(-2 * 0.5 * np.cos(0.3), rel=1e-14)
+    assert sg.check(lagrangian, [q, qd, t], against=["finite-differences"], points=1).ok
+    block = sg.hessian(lagrangian, [q, t])[(q, t)]
+    assert sp.simplify(block - plain.diff(Q, T)) == 0
+    # the compiled second order too (it differentiated the model as given again, by the
+    # plain symbols, and found q(t) a function of t: 'q does not appear in the model')
+    at = {"q": 0.5, "q_dot": 1.0, "p": 2.0, "t": 0.3}
+    point = {s: at[s.name] for s in (Q, QD, P, T)}
+    hessian = f.hessian(**at)
+    for a, b in [(Q, T), (T, T), (Q, Q)]:
+        assert hessian[(a.name, b.name)] == pytest.approx(
+            float(plain.diff(a, b).subs(point)), rel=1e-14)
+    assert f.hvp({"t": 1.0}, **at)["q"] == pytest.approx(
+        float(plain.diff(Q, T).subs(point)), rel=1e-14)
+
+
+def test_an_unevaluated_derivative_is_the_derivative_sympy_writes_out():
+    # Derivative(q(t)**2, t) and Derivative(sin(x**2), x), left unevaluated by the user,
+    # are the model SymPy's doit writes (they had been refused: no rule for Derivative)
+    q = dynamicsymbols("q")
+    Q, QD = sp.symbols("q q_dot")
+    grads = sg.grad(sp.Derivative(q**2 * sp.sin(q), t), [q, q.diff(t)])
+    plain = sp.diff(Q**2 * sp.sin(Q), Q) * QD
+    assert sp.simplify(grads[q] - plain.diff(Q)) == 0
+    assert sp.simplify(grads[q.diff(t)] - plain.diff(QD)) == 0
+    x, y = sp.symbols("x y")
+    model = y * sp.Derivative(sp.sin(x**2), x)
+    value, g = sg.compile(model, [x, y]).value_and_grad(x=0.5, y=3.0)
+    assert value == pytest.approx(3 * 2 * 0.5 * np.cos(0.25), rel=1e-14)
+    assert g["x"] == pytest.approx(3 * (2 * np.cos(0.25) - np.sin(0.25)), rel=1e-14)
+    # so are Subs and UnevaluatedExpr (refused as nodes without a rule)
+    model = sp.Subs(x**2 * y, x, 2) * x + sp.UnevaluatedExpr(x * y) * x
+    value, g = sg.compile(model, [x, y]).value_and_grad(x=0.5, y=3.0)
+    assert (value, g["x"], g["y"]) == pytest.approx((6.75, 12 + 3.0, 2 + 0.25), rel=1e-14)
+
+
+def test_explicit_matrix_where_a_matrix_expression_is_needed_names_what_takes_it():
+    # sg.check and sg.Model of an explicit sympy.Matrix (a mass matrix) say that sg.compile
+    # and sg.jacobian take it (check had failed on a missing vjp, generate on "no rule for
+    # ImmutableDenseMatrix"); sg.grad names sg.jacobian, not a vjp the matrix has not
+    x, y = sp.symbols("x y")
+    M = sp.Matrix([[x * y, x**2]])
+    for call in (lambda: sg.check(M, [x]), lambda: sg.check((M, [x])),
+                 lambda: sg.Model("m", M, wrt=[x])):
+        with pytest.raises(TypeError, match=r"explicit sympy.Matrix \(1 x 2\), which "
+                           r"sg.compile .* and sg.jacobian take: pass one entry"):
+            call()
+    with pytest.raises(ValueError, match=r"explicit sympy.Matrix of shape \(1, 2\)\. Use "
+                       r"sg.jacobian"):
+        sg.grad(M, [x])
+    assert sg.check(M[0, 1], [x], against=["finite-differences"], points=1).ok
+    assert sg.check(sp.Matrix([[x * y]]), [x], against=["finite-differences"], points=1).ok
+
+
 def test_function_of_time_name_clashes_are_refused_naming_both():
     q = dynamicsymbols("q1")
     with pytest.raises(ValueError, match=r"'q1_dot'.*Derivative\(q1\(t\), t\)"):
@@ -90,6 +202,72 @@ def test_applyfunc_is_an_elementwise_map():
     value, g = sg.compile(expr, [A]).value_and_grad(A=A0)
     assert value == pytest.approx(np.sum(A0**3 + np.sin(A0)))
     np.testing.assert_allclose(g["A"], 3 * A0**2 + np.cos(A0), rtol=1e-13)
+
+
+def test_applyfunc_body_that_reads_the_model_is_differentiated_by_what_it_reads():
+    # f's body may read parameters (a closure over w), entries of a model matrix and a
+    # symbol named like symgrad's own Map variable a0; each is an input the gradient reaches
+    # (they had been constants in the body: d/dw was 0), and a Sum in the body is written out
+    X, w, a0 = sg.matrix("X", 2, 3), sp.Symbol("w"), sp.Symbol("a0", real=True)
+    k = sp.Symbol("k", integer=True)
+    X0 = np.array([[0.3, -0.8, 1.1], [-0.4, 0.6, 0.2]])
+    at = {"X": X0, "w": 0.7, "a0": -1.3}
+    models = {
+        "closure": (lambda e: sp.sin(w * e), [X, w]),
+        "piecewise": (lambda e: sp.Piecewise((e**2, e > 0), (w * e, True)), [X, w]),
+        "condition": (lambda e: sp.Piecewise((w * e, w > 0), (e**2, True)), [X, w]),
+        "constant in e": (lambda e: w**2, [X, w]),
+        "entry": (lambda e: e * X[0, 1] ** 2, [X]),
+        "named a0": (lambda e: sp.exp(a0 * e), [X, a0]),
+        "sum": (lambda e: sp.Sum(w * k * e**k, (k, 0, 3)), [X, w]),
+    }
+    for label, (body, wrt) in models.items():
+        model = sg.sum(X.applyfunc(body))
+        report = sg.check(model, wrt, against=["finite-differences"], points=1)
+        assert report.ok, (label, str(report))
+        f = sg.compile(model, wrt)
+        _, g = f.value_and_grad(**{n: v for n, v in at.items() if n in f.inputs})
+        grads = sg.grad(model, wrt)
+        for p in wrt:
+            def value_at(v, p=p, body=body):
+                point = {s: (v if s == p else at[s.name]) for s in [w, a0]}
+                return float(sum(body(sp.Float(e)).subs({X: sp.ImmutableMatrix(X0)})
+                                 .subs(point).doit() for e in np.ravel(X0)))
+            if p != X:
+                h = 1e-6
+                expected = (value_at(at[p.name] + h) - value_at(at[p.name] - h)) / (2 * h)
+                assert g[p.name] == pytest.approx(expected, rel=1e-6), (label, p)
+                # the SymPy gradient, its sums of Maps written entry by entry
+                explicit = grads[p].replace(
+                    lambda n: isinstance(n, sg.ops.SumAll),
+                    lambda n: sp.Add(*[n.args[0][i, j] for i in range(2) for j in range(3)]))
+                symbolic = explicit.subs(X, sp.ImmutableMatrix(X0)).subs(
+                    {w: at["w"], a0: at["a0"]}).doit()
+                assert float(symbolic) == pytest.approx(expected, rel=1e-6), (label, p)
+    # a matrix computed from the entry is no elementwise function: refused naming it
+    # (it had failed inside SymPy: "Duplicate symbol a1")
+    Y = sg.matrix("Y", 2, 3)
+    with pytest.raises(ValueError, match=r"X.applyfunc\(f\): f computes the matrix "):
+        sg.grad(sg.sum(X.applyfunc(lambda e: sg.sum(Y.applyfunc(lambda v: sp.exp(v * e))))),
+                [X])
+    # one Map operand per term the body reads, named apart from symgrad's variables
+    m = sg.ops.map_of_applyfunc(X.applyfunc(lambda e: sp.exp(a0 * e) + w * e))
+    assert m.operands == (X, a0, w) or m.operands == (X, w, a0)
+
+
+def test_a_piecewise_of_matrices_is_refused_naming_it():
+    # SymPy builds Piecewise((X, x > 0), (2*X, True)) but takes it for a scalar: it is
+    # refused naming it and the applyfunc form (it had failed inside SymPy's MatAdd: "Mix
+    # of Matrix and Scalar symbols"), which gives the same model entry by entry
+    X, x = sg.matrix("X", 2, 2), sp.Symbol("x")
+    model = sg.sum(sp.Piecewise((X, x > 0), (2 * X, True)))
+    for call in (sg.grad, sg.compile, sg.check):
+        with pytest.raises(ValueError, match=r"Piecewise\(\(X, x > 0\), \(2\*X, True\)\), a "
+                           r"Piecewise of matrices.*applyfunc"):
+            call(model, [X])
+    entrywise = sg.sum(X.applyfunc(lambda e: sp.Piecewise((e, x > 0), (2 * e, True))))
+    _, g = sg.compile(entrywise, [X]).value_and_grad(X=np.eye(2), x=-1.0)
+    np.testing.assert_array_equal(g["X"], np.full((2, 2), 2.0))
 
 
 def test_gradient_of_a_one_by_one_matrix_expression():
@@ -115,6 +293,39 @@ def test_entry_at_a_symbolic_position_is_refused_in_code():
         sg.compile(x[i, 0] ** 2, [x])
     with pytest.raises(ValueError, match=r"symbolic position"):
         sg.check(x[i, 0] ** 2, [x])
+
+
+def test_gradient_by_an_entry_at_a_negative_position_counts_from_the_end():
+    # A[-1, -2] is read from the end in compiled code, as in NumPy; sg.grad's E[-1, -2]
+    # puts its adjoint there too (written out, it had been a matrix of zeros)
+    X = sg.matrix("X", 2, 3)
+    model = X[-1, -2] ** 2 + X[0, -1] * X[-2, 0]
+    X0 = np.array([[0.3, -0.8, 1.1], [-0.4, 0.6, 0.2]])
+    _, g = sg.compile(model, [X]).value_and_grad(X=X0)
+    expected = np.zeros((2, 3))
+    expected[-1, -2] += 2 * X0[-1, -2]
+    expected[0, -1] += X0[-2, 0]
+    expected[-2, 0] += X0[0, -1]
+    np.testing.assert_array_equal(g["X"], expected)
+    written = sp.Matrix(sg.grad(model, [X])[X]).replace(        # X's entries, at X0
+        lambda n: isinstance(n, (sg.ops.Entry, MatrixElement)),
+        lambda n: sp.Float(X0[int(n.args[1]), int(n.args[2])]))
+    np.testing.assert_array_equal(np.array(written, dtype=float), expected)
+
+
+def test_an_indexed_base_entry_is_refused_in_code_naming_it(tmp_path):
+    # a[k] of a sympy.IndexedBase has no shape to check an array against: compile, check
+    # and generate refuse it naming the entry (compile had failed inside Numba: name 'a'
+    # is not defined); sg.grad differentiates it symbolically
+    a, k, y = sp.IndexedBase("a"), sp.Symbol("k", integer=True), sp.Symbol("y")
+    model = sp.Sum(a[k] * y**2, (k, 0, 2))
+    assert sp.simplify(sg.grad(model, [y])[y] - 2 * y * (a[0] + a[1] + a[2])) == 0
+    for call in (lambda: sg.compile(model, [y]), lambda: sg.check(model, [y]),
+                 lambda: sg.generate(sg.Model("indexed", model, wrt=[y]),
+                                     tmp_path / "indexed.py")):
+        with pytest.raises(ValueError, match=r"reads a\[\d\], an entry of the IndexedBase a.*"
+                           r"sg\.vector\('a', n\)"):
+            call()
 
 
 def test_sum_with_integer_bounds_is_written_out():

@@ -232,8 +232,9 @@ def _problem(model_or_expr, wrt):
     else:
         if isinstance(model_or_expr, tuple) and len(model_or_expr) == 2 and wrt is None:
             model_or_expr, wrt = model_or_expr
-        from symgrad.forms import normalize
+        from symgrad.forms import normalize, refuse_explicit_matrix
 
+        refuse_explicit_matrix(model_or_expr, "sg.check")
         name, (expr, wrt) = "model", normalize(model_or_expr, wrt, compiled=True)
         if wrt is None:
             dims = shape_symbols(expr)

@@ -66,6 +66,9 @@ class ModuleSpec:
     internal: dict = field(default_factory=dict)    # the user's symbol -> symgrad's
     # (matrix input, axis) -> (least extent, an entry read there): see compiled.least_extents
     least_extents: dict = field(default_factory=dict)
+    # the model in symgrad's forms, over the user's symbols (q1(t) already the symbol q1):
+    # what second-order code differentiates by the user's symbols again
+    user_expression: object = None
 
     def public_name(self, symbol) -> str:
         return self.public.get(symbol, symbol.name)
