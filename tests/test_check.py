@@ -133,6 +133,29 @@ def test_a_gradient_of_the_wrong_shape_is_not_broadcast_into_agreement(monkeypat
     assert check(sg.sum(sg.broadcast(s, (1, m))), [s]).ok
 
 
+def test_a_wrong_stable_rewrite_is_caught_by_the_model_as_written(monkeypatch, tmp_path):
+    """Every backend sees the model after symgrad's stable rewrites, as symgrad computes it:
+    log(sigmoid(z)) rewritten wrongly to logsigmoid(2 z) agreed with all four.  The value of
+    the model as written, at the drawn points, tells."""
+    from symgrad.derive import graph
+
+    right = graph._rewrite_top
+
+    def wrong(e):
+        if isinstance(e, sp.log) and isinstance(e.args[0], ops.sigmoid):
+            return ops.logsigmoid(2 * e.args[0].args[0])
+        return right(e)
+
+    model = sp.log(sg.sigmoid(w * x)) + y
+    report = check(model, [w])
+    assert report.ok and report.comparison("model as written", "value").passed
+    monkeypatch.setattr(graph, "_rewrite_top", wrong)
+    monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(tmp_path))     # no module cached before
+    report = check(model, [w])
+    assert not report.ok
+    assert {(c.backend, c.quantity) for c in report.failures} == {("model as written", "value")}
+
+
 def test_the_rule_table_is_restored_after_the_wrong_rule():
     assert check(sp.sin(w) * x, [w]).ok
 

@@ -63,6 +63,7 @@ class Problem:
     wrt: list
     output_shape: tuple = ()
     dims: list = field(default_factory=list)   # dimension symbols, sorted by name
+    as_written: sp.Expr | None = None   # the model before the stable rewrites changed it
 
     @property
     def elementwise(self) -> bool:

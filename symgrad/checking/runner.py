@@ -61,6 +61,11 @@ def check(model_or_expr, wrt: Sequence | None = None,
     ``{"jax": ((rtol, atol) of the value, (rtol, atol) of the gradients)}``.  ``time=True``
     adds the median time of one value-and-gradient call per backend, on the last point.
 
+    The backends see the model after symgrad's stable rewrites (``log(sigmoid(z))`` ->
+    ``logsigmoid(z)``), as symgrad computes it; where those changed the model, its value
+    as written is compared too, at drawn points where it is finite (``"model as
+    written"``, loosely: textbook forms lose digits to cancellation).
+
     ``order=2`` also compares the compiled second order (``reference="compiled"`` only;
     see :mod:`symgrad.checking.second`): for a scalar output ``f.hessian`` and ``f.hvp`` (the
     quantities ``"hessian"`` and ``"hvp"``) against ``jax.hessian`` and jvp of grad,
@@ -108,6 +113,7 @@ def check(model_or_expr, wrt: Sequence | None = None,
         points = report.points = 1    # nothing random: one point says it all
 
     comparisons: dict = {}
+    as_written_translations: dict = {}
     for point in range(points):
         dims = sizes_at(point, problem.dims, fixed_dims)
         report.sizes.append({str(d): size for d, size in dims.items()})
@@ -129,6 +135,9 @@ def check(model_or_expr, wrt: Sequence | None = None,
                 continue
             _compare_point(problem, backend.name, result, expected, tolerance[backend.name],
                            comparisons)
+        if problem.as_written is not None and len(fixed) < len(problem.inputs):
+            _compare_as_written(problem, values, dims, expected, comparisons, report,
+                                as_written_translations)
         if order == 2:
             from symgrad.checking.second import compare_second_order, quantities
             report.second_order = quantities(problem)
@@ -138,6 +147,8 @@ def check(model_or_expr, wrt: Sequence | None = None,
                                  comparisons, {_ALIASES.get(k, k): v for k, v
                                                in second_tolerances.items()}, report.skipped)
     report.backends = [b.name for b in backends]
+    if any(c.backend == AS_WRITTEN for c in comparisons.values()):
+        report.backends.append(AS_WRITTEN)
     report.comparisons = [c for c in comparisons.values() if c.backend in report.backends]
     if time:
         report.timings = _timings(symgrad, backends, values, dims, upstream)
@@ -145,6 +156,41 @@ def check(model_or_expr, wrt: Sequence | None = None,
         report.notes.append("times are medians on the last point's inputs; torch on one "
                             "thread" + ("; finite differences are not timed" if untimed else ""))
     return report
+
+
+# Every backend sees the model after symgrad's stable rewrites (log(sigmoid(z)) ->
+# logsigmoid(z) ...), as symgrad computes it, so a wrong rewrite would agree with all of them.
+# At drawn points symgrad's value is also compared with the model as written (NumPy), where
+# that is finite: loosely, since a textbook form loses digits to cancellation (1 - sigmoid(z)
+# at z = 25 keeps 5 of them) while a wrong rewrite is off by O(1).
+AS_WRITTEN = "model as written"
+AS_WRITTEN_TOLERANCE = Tolerance(1e-3, 1e-8)
+
+
+def _compare_as_written(problem, values, dims, expected, comparisons, report,
+                        translations) -> None:
+    from symgrad.checking.translate import translate
+
+    key = tuple(sorted((str(k), v) for k, v in dims.items()))
+    if key not in translations:
+        try:
+            translations[key] = translate(problem.as_written, problem.inputs, "numpy", dims)
+        except NotImplementedError as error:    # a form the translator lacks
+            translations[key] = None
+            report.skipped[AS_WRITTEN] = str(error)
+    function = translations[key]
+    if function is None:
+        return
+    with np.errstate(all="ignore"):
+        raw = np.asarray(function(**values), dtype=np.float64)
+    reference = np.asarray(expected.value, dtype=np.float64)
+    raw, reference = np.broadcast_arrays(raw, reference)
+    # where the textbook form overflows (log(1 - sigmoid(40)) = log(0)) it says nothing
+    written = np.where(np.isfinite(raw), raw, reference)
+    comparison = comparisons.setdefault((AS_WRITTEN, "value"), Comparison(
+        AS_WRITTEN, "value", rtol=AS_WRITTEN_TOLERANCE.rtol, atol=AS_WRITTEN_TOLERANCE.atol,
+        note="the value before symgrad's stable rewrites"))
+    comparison.add(*compare(written, reference, AS_WRITTEN_TOLERANCE, problem.elementwise))
 
 
 def _backends(problem, names, explicit, rng, report) -> list[Backend]:
@@ -253,6 +299,7 @@ def _problem(model_or_expr, wrt):
     written = expr if output_shape else stabilize(expr)
     dims = shape_symbols(expr)
     problem = Problem(name=name, expr=written, wrt=list(wrt), output_shape=output_shape,
+                      as_written=None if written == expr else expr,
                       inputs=[s for s in inputs_of(expr, wrt) if s not in dims],
                       dims=sorted(dims, key=lambda d: d.name))
     if output_shape and any(s.name == "upstream" for s in problem.inputs):
