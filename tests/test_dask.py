@@ -189,6 +189,53 @@ def test_models_that_split_in_other_ways_give_the_call_in_memory(name):
     assert_same_call(got, f.value_and_grad(**inputs))
 
 
+def _models_in_other_tools_forms():
+    """Models that symgrad.forms rewrites before compiling them (what the split must read)."""
+    from sympy.physics.mechanics import dynamicsymbols
+
+    X, y, w = sg.matrix("X", n, 2), sg.vector("y", n), sg.vector("w", 2)
+    a, c = sp.symbols("a c")
+    time = dynamicsymbols._t
+    q = dynamicsymbols("q")     # q(t): it and its derivative are the inputs q and q_dot
+    i = sp.Symbol("i", integer=True)
+    dynamic = (sg.sum(sg.square(q * (X @ w) + q.diff(time) * y)) + a * q**2
+               + sp.cos(time) * q.diff(time))
+    return {
+        # q(time) and its derivative are the inputs q and q_dot: parameters of the split
+        "dynamicsymbols": (dynamic, [q, q.diff(time), w]),
+        "dynamicsymbols, time in wrt": (dynamic, [q, q.diff(time), w, time]),
+        # an applyfunc whose body reads the parameter c: an elementwise function of X
+        "applyfunc over c": (sg.mean(sg.square(X.applyfunc(lambda e: sp.tanh(c * e)) @ w - y)),
+                             [c, w]),
+        "Sum with integer bounds": (sg.mean(sg.square(X @ w - y))
+                                    + sp.Sum(w[i, 0] ** 2 * c, (i, 0, 1)), [w, c]),
+        "unevaluated Derivative": (sg.mean(sg.square(X @ w - y)) * sp.Derivative(c**3, c),
+                                   [w, c]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_models_in_other_tools_forms()))
+def test_models_in_other_tools_forms_give_the_call_in_memory(name):
+    # the split reads the model as compile brought it to symgrad's forms, over the symbols
+    # of its parameters: split as given, q(t) held the parameter q nowhere (its gradient
+    # came back 0), t in wrt met an unknown Derivative and an applyfunc was refused as not
+    # splitting
+    expr, wrt = _models_in_other_tools_forms()[name]
+    f = sg.compile(expr, wrt=wrt)
+    rng = np.random.default_rng(8)
+    values = {"X": rng.normal(size=(SIZE, 2)), "y": rng.normal(size=SIZE), "w": rng.normal(size=2),
+              "q": 0.7, "q_dot": -0.3, "a": 0.5, "c": 0.8, "t": 0.2}
+    inputs = {k: values[k] for k in f.inputs}
+    dask_inputs = dict(inputs, X=da.from_array(values["X"], chunks=(CHUNKS, 2)),
+                       y=da.from_array(values["y"], chunks=(CHUNKS,)))
+    with dask.config.set(scheduler="sync"):
+        got = f.value_and_grad(**dask_inputs)
+        grads = f.grad(**dask_inputs)
+    expected = f.value_and_grad(**inputs)
+    assert_same_call(got, expected)
+    assert_same_call((0.0, grads), (0.0, expected[1]))
+
+
 def test_parameters_travel_in_one_key_per_call(least_squares_case):
     f, _, dask_inputs = least_squares_case
     total, _ = build_graph(f, "value_and_grad", dask_inputs)
