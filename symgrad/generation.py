@@ -245,7 +245,10 @@ def generate(model, path: PathLike | None = None, *, wrt: Sequence | None = None
 
     ``path`` is the module's file, or an existing folder (the file is then
     ``<model name>.py`` inside it); by default ``<model name>.py`` in the current folder.
-    The module imports numpy and numba only.  If deriving fails, nothing is written.
+    The module imports numpy and numba only.  If deriving fails, nothing is written.  A file
+    named after a module that generated modules import (``numpy.py``, see
+    :data:`symgrad.model.GENERATED_IMPORTS`) is refused, as such a model name is: it would
+    stand in for that module beside it.
 
     >>> import sympy as sp, symgrad as sg, tempfile, os
     >>> w, x, y = sp.symbols("w x y")
@@ -277,6 +280,12 @@ def generate(model, path: PathLike | None = None, *, wrt: Sequence | None = None
         raise ValueError(f"generate: {str(path)!r} is neither a folder nor a .py file: give a "
                          "file name ending in .py, or a folder (an existing one, or a path "
                          "ending with '/')")
+    if path.stem in GENERATED_IMPORTS:
+        # as a model name is (symgrad.model.Model): numpy.py would stand in for numpy for
+        # every module in its folder that imports it
+        raise ValueError(f"generate: the file name {path.name!r} is the name of a module that "
+                         f"generated modules import ({', '.join(sorted(GENERATED_IMPORTS))}): "
+                         f"it would stand in for that one beside it; choose another file name")
     planned = {path: module_text(model)}
     return write_modules(planned)[0]
 

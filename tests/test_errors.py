@@ -198,6 +198,17 @@ def test_a_model_name_must_not_shadow_what_generated_modules_import(name):
         sg.Model(name, w * x, [w])
 
 
+@pytest.mark.parametrize("name", ["numpy", "numba", "math", "llvmlite", "scipy"])
+def test_a_generated_file_must_not_shadow_what_generated_modules_import(name, tmp_path):
+    """As a model's name: sg.generate(model, path='numpy.py') wrote numpy.py beside the other
+    modules (an expression's model was named 'model', its file numpy.py all the same)."""
+    for model, wrt in [(sg.Model("loss", w * x, [w]), None), (w * x, [w])]:
+        with pytest.raises(ValueError, match=f"the file name '{name}.py' is the name of a "
+                                             "module that generated modules import"):
+            sg.generate(model, path=tmp_path / f"{name}.py", wrt=wrt)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_symbol_names_that_cannot_be_arguments_are_refused():
     bad = sp.Symbol("lambda")
     with pytest.raises(ValueError, match="'lambda'"):
