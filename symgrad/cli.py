@@ -23,6 +23,9 @@ from pathlib import Path
 __all__ = ["main"]
 
 CHECK_BACKENDS = ("finite-differences", "jax", "torch", "autograd")
+# sg.check's aliases (symgrad.checking.runner._ALIASES), kept here: parsing the arguments
+# imports nothing of symgrad.checking, whose absence ``check`` reports as its own error
+CHECK_ALIASES = {"fd": "finite-differences", "finite_differences": "finite-differences"}
 
 
 class CommandError(Exception):
@@ -62,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--against", default="finite-differences", type=_backends,
                        metavar="LIST",
                        help=f"comma-separated, from {', '.join(CHECK_BACKENDS)} "
-                            "(default: finite-differences)")
+                            "(fd for short; default: finite-differences)")
     check.add_argument("--time", action="store_true", help="also time each method")
     check.add_argument("--points", type=_positive, default=3, metavar="N",
                        help="random points per model (default: 3)")
@@ -102,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _backends(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    """``--against``'s methods, with sg.check's aliases (``fd``) read as sg.check reads them."""
+    names = [CHECK_ALIASES.get(n.strip(), n.strip()) for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in CHECK_BACKENDS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(

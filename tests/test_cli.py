@@ -216,6 +216,28 @@ def test_check_prints_each_report_and_fails_if_one_disagrees(model_file, monkeyp
     assert calls == [("square_loss", ["finite-differences", "jax"], 5, 7, True, 2)]
 
 
+def test_check_takes_the_method_names_and_aliases_of_sg_check(model_file, monkeypatch):
+    """--against reads a name as sg.check does: its alias fd was 'unknown method'."""
+    from symgrad.checking.backends import BACKENDS
+    from symgrad.checking.runner import _ALIASES
+
+    calls = []
+
+    def check(model, against, points, seed, time, order):
+        calls.append(against)
+        return FakeReport(ok=True, text="")
+
+    monkeypatch.setitem(sys.modules, "symgrad.checking", types.SimpleNamespace(check=check))
+    for alias, name in _ALIASES.items():
+        assert main(["check", str(model_file), "--against", f"{alias},jax"]) == 0
+        assert calls.pop() == [name, "jax"]
+    # the command's own lists (it imports nothing of symgrad.checking to parse) are sg.check's
+    from symgrad.cli import CHECK_ALIASES, CHECK_BACKENDS
+
+    assert CHECK_ALIASES == _ALIASES
+    assert set(CHECK_BACKENDS) == set(BACKENDS)
+
+
 def test_check_without_symgrad_check_is_a_clean_error(model_file, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "symgrad.checking", None)
     assert main(["check", str(model_file)]) == 1
