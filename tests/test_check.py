@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import numpy as np
@@ -12,6 +13,7 @@ import sympy as sp
 import symgrad as sg
 from symgrad import ops
 from symgrad.checking import CheckReport, check
+from symgrad.checking.report import Comparison
 from symgrad.derive import reverse
 from symgrad.derive.rules import RULES
 
@@ -226,6 +228,22 @@ def test_tolerances_for_an_unknown_backend_are_refused():
 # --------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------
+def test_to_dict_is_strict_json_where_a_number_is_not_finite():
+    """JSON has no inf or NaN: json.dumps wrote Infinity, which strict parsers refuse; such a
+    number is the text the printed table shows, and float() reads it back."""
+    w, x = sp.symbols("w x")
+    report = check((w * x) ** 2, [w], against="fd", points=1,
+                   tolerances={"fd": ((math.inf, 0.0), (1e-6, math.inf))})
+    report.comparisons.append(Comparison("jax", "value", math.inf, math.nan, -math.inf))
+    data = report.to_dict()
+    assert json.loads(json.dumps(data, allow_nan=False)) == data
+    rtol = [c["rtol"] for c in data["comparisons"] if c["backend"] == "finite-differences"]
+    assert rtol[0] == "inf" and isinstance(rtol[1], float)
+    last = data["comparisons"][-1]
+    assert (last["abs_error"], last["rel_error"], last["rtol"]) == ("inf", "nan", "-inf")
+    assert float(last["abs_error"]) == math.inf
+
+
 def test_to_dict_is_plain_json_with_one_entry_per_backend_and_quantity():
     report = check(window_classifier, against="finite-differences", points=2)
     data = report.to_dict()

@@ -172,8 +172,20 @@ class CheckReport:
         raise KeyError(f"no comparison of {quantity!r} by {backend!r} in this report")
 
     def to_dict(self) -> dict:
-        """Plain data (str, float, bool, list, dict) for machines: JSON-serialisable."""
-        return {
+        """Plain data (str, float, bool, list, dict) for machines: strict JSON.
+
+        A number that is not finite (an error of ``inf`` where one side is NaN and the other
+        not, an infinite tolerance) is the string ``"inf"``, ``"-inf"`` or ``"nan"``, as the
+        printed table writes it: JSON has no such numbers (Python's ``json`` would write
+        ``Infinity``, which strict parsers refuse), and ``float(...)`` reads the strings back.
+
+        >>> report = CheckReport(model="m", wrt=[], backends=["jax"], points=1,
+        ...                      comparisons=[Comparison("jax", "value", math.inf, math.nan)])
+        >>> c = report.to_dict()["comparisons"][0]
+        >>> c["abs_error"], c["rel_error"], c["rtol"]
+        ('inf', 'nan', 0.0)
+        """
+        return _finite_or_text({
             "model": self.model,
             "ok": self.ok,
             "wrt": list(self.wrt),
@@ -187,7 +199,7 @@ class CheckReport:
             "second_order": list(self.second_order),
             "notes": list(self.notes),
             "timings": None if self.timings is None else [asdict(t) for t in self.timings],
-        }
+        })
 
     def __str__(self) -> str:
         sizes = ""
@@ -223,6 +235,22 @@ class CheckReport:
                      f"FAILED: {failed} of {len(self.comparisons)} comparisons" if failed else
                      "NOT OK")
         return "\n".join(lines)
+
+
+def _finite_or_text(data):
+    """``data`` with every float that is not finite written as ``"inf"``, ``"-inf"`` or
+    ``"nan"`` (see :meth:`CheckReport.to_dict`).
+
+    >>> _finite_or_text({"a": [1.5, -math.inf], "b": (math.nan, True, 2)})
+    {'a': [1.5, '-inf'], 'b': ['nan', True, 2]}
+    """
+    if isinstance(data, dict):
+        return {k: _finite_or_text(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite_or_text(v) for v in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return "nan" if math.isnan(data) else ("inf" if data > 0 else "-inf")
+    return data
 
 
 def _number(x: float) -> str:
