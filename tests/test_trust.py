@@ -843,6 +843,29 @@ def test_shown_pieces_never_take_a_name_the_model_uses():
     assert all(name in text for name in defined)
 
 
+def test_every_named_piece_a_shown_formula_reads_is_defined_before_it():
+    """A piece the user named (sg.name) that a gradient formula reads by its name has a
+    line of its own before that formula, also where the program computes it inside another
+    piece's loop (the two-layer net's A2 = sigmoid(Z2), read by dZ2 = (A2 - Y)/m, had none)."""
+    from pathlib import Path
+
+    from symgrad.generation import load_models
+
+    examples = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
+    checked = 0
+    for model in (m for file in examples for m in load_models(file)):
+        grads = sg.grad(model.output, model.wrt)
+        labels = set(grads.derivation.named)
+        defined: set = set()
+        for line in sg.show(grads).splitlines():
+            name, formula = line.split(" = ", 1)
+            read = set(re.findall(r"[A-Za-z_]\w*", formula)) & labels
+            assert read <= defined, f"{model.name}: {line} reads {read - defined} undefined"
+            defined.add(name)
+            checked += bool(read)
+    assert checked      # the examples do read named pieces
+
+
 @pytest.mark.parametrize("make", [
     lambda x, y, a: sp.ITE(sp.Gt(a, a, evaluate=False), x < 1, y < 0),
     lambda x, y, a: sp.And(sp.Ge(a, a, evaluate=False), y < 0, evaluate=False),

@@ -48,6 +48,7 @@ class FormulaPrinter(StrPrinter):
         self.hadamard = hadamard
         self.transpose = transpose
         self.aliases = aliases or {}   # printed text -> the user's name for it
+        self.aliased: dict = {}        # the user's names printed so far -> what they stand for
         self._depth = 0
 
     def _print(self, expr, **kwargs):
@@ -61,8 +62,14 @@ class FormulaPrinter(StrPrinter):
         finally:
             self._depth -= 1
         if self._depth > 0 and text in self.aliases:
-            return self.aliases[text]
+            return self.alias(text)
         return text
+
+    def alias(self, text: str) -> str:
+        """The user's name for the printed piece ``text``, remembered as printed."""
+        label = self.aliases[text]
+        self.aliased.setdefault(label, text)
+        return label
 
     def _print_Pow(self, expr, rational=False):
         if isinstance(expr.base, _Piece) and expr.base.matrix and expr.exp.is_Integer:
@@ -272,7 +279,7 @@ def _readable_body(m: ops.Map, printer) -> sp.Expr:
             return (isinstance(e, sp.Function) and e != body
                     and printer._print(e) in printer.aliases)
 
-        body = body.replace(aliased, lambda e: _Piece(printer.aliases[printer._print(e)],
+        body = body.replace(aliased, lambda e: _Piece(printer.alias(printer._print(e)),
                                                       True, True))
     from symgrad.derive.reverse import small_enough_to_expand
     if not small_enough_to_expand(body):
@@ -594,8 +601,22 @@ def _show_lines(grads, output: str, keep: int | None = None) -> list[str]:
         head, tail = _items(pieces, lines, 0, keep), _items(pieces, lines, total - keep, total)
     else:
         head, tail = _items(pieces, lines, 0, total), []
-    return ([f"{name} = {_tidy(printer.doprint(e))}" for name, e in head] + left_out
-            + [f"{name} = {_tidy(printer.doprint(e))}" for name, e in tail])
+    defined = {name for name, _ in pieces}
+
+    def written(items) -> list[str]:
+        # a piece the user named that a formula reads by that name without a line of its
+        # own (sigmoid(Z2), computed inside dZ2's loop, printed A2) is defined before it
+        out = []
+        for name, e in items:
+            text = _tidy(printer.doprint(e))
+            for label, meaning in printer.aliased.items():
+                if label not in defined:
+                    defined.add(label)
+                    out.append(f"{label} = {_tidy(meaning)}")
+            out.append(f"{name} = {text}")
+        return out
+
+    return written(head) + left_out + written(tail)
 
 
 def _items(pieces, lines: list, start: int, stop: int) -> list:
