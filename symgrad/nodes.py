@@ -467,6 +467,33 @@ def unevaluated(kind, args):
     return kind(*args, evaluate=False)
 
 
+def power_of_piecewise(base, exponent):
+    """``base**exponent`` of a Piecewise base: SymPy's evaluation takes the power of each
+    value, and folds a constant value into SymPy's number, which for a real model can be
+    no real number: 1/0 = zoo (the 1/u of d log(u) in a branch where u is 0, a branch the
+    gradient then never takes), (-2)**(1/2) = sqrt(2) I.  Such a value is NumPy's
+    instead, as the power computed at run time gives it: 0.0 to a negative power is inf,
+    a negative number to a fractional power NaN.  (Left a power of the Piecewise, the
+    zoo would come back: SymPy's product evaluates the powers it holds again.)
+
+    >>> z = sp.Symbol("z")
+    >>> power_of_piecewise(sp.Piecewise((0, z < -1), (-2, z > 1), (z, True)), sp.Rational(-1, 2))
+    Piecewise((oo, z < -1), (nan, z > 1), (1/sqrt(z), True))
+    """
+    folded = sp.Pow(base, exponent)
+    if not (isinstance(folded, sp.Piecewise) and folded.has(sp.zoo, sp.nan, sp.I)):
+        return folded
+    pieces = []
+    for (value, condition), (power, _) in zip(base.args, folded.args):
+        if power.is_number and not value.has(sp.zoo, sp.nan, sp.I):
+            if power is sp.zoo:
+                power = sp.oo if value.is_zero else sp.nan
+            elif power is sp.nan or power.is_extended_real is False:
+                power = sp.nan
+        pieces.append((power, condition))
+    return sp.Piecewise(*pieces, evaluate=False)
+
+
 _NARGS: dict = {}   # (function, number of args) -> their nargs, or False: SymPy builds them
 _PLAIN_NEW = (sp.Function.__new__, sp.core.function.DefinedFunction.__new__)
 _PLAIN_NEW_ = sp.core.function.DefinedFunction._new_.__func__

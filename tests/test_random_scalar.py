@@ -126,3 +126,40 @@ def test_positional_call_returns_value_then_gradients_in_parameter_order():
     w, x, y = sp.symbols("w x y")
     f = sg.compile((w * x - y) ** 2, [w, y])
     assert f.module.value_and_grad_positional(1.0, 2.0, 1.0) == (1.0, -2.0, 2.0)
+
+
+# unguarded models (depth, seed) whose gradients held SymPy's zoo or I: 1/u of d log(u)
+# folded into zoo in a branch where u is the constant 0, log(base) of a negative base into
+# i pi in d(base**e)/de
+UNGUARDED_NON_REAL = [(4, 159), (4, 274), (4, 286), (4, 331), (4, 347), (2, 250), (2, 344)]
+
+
+@pytest.mark.parametrize("depth, seed", UNGUARDED_NON_REAL)
+def test_the_gradient_of_an_unguarded_model_holds_only_real_constants(depth, seed):
+    """A real model's gradient holds real numbers only (oo and nan where NumPy computes
+    them), never SymPy's complex infinity or i, which no backend prints."""
+    from .random_models import SCALARS
+    expr = SeededDrawer(seed).first(scalar_model, SCALARS, depth=depth, guarded=False)
+    wrt = sorted(expr.free_symbols, key=lambda s: s.name)
+    for symbol, gradient in sg.grad(expr, wrt).items():
+        assert not gradient.has(sp.zoo, sp.I), (expr, symbol, gradient)
+
+
+def test_a_branch_never_taken_may_be_infinite_and_the_branch_taken_is_numpys():
+    """d log(u) = u'/u, with u a Piecewise holding the constant 0: the 1/0 stands in a
+    branch whose slope is 0 (JAX's gradient is 0 there), and a negative base's log(-2) in
+    d (-2)**y/dy is NumPy's NaN (JAX's), not i pi."""
+    z, y = sp.symbols("z y")
+    expr = sp.log(sp.Piecewise((0, z < -1), (z, True))) + sp.Pow(-2, y)
+    grads = sg.grad(expr, [z, y])
+    assert not any(g.has(sp.zoo, sp.I) for g in grads.values())
+    f = sg.compile(expr, [z, y])
+    with np.errstate(all="ignore"):
+        values, arrays = f.value_and_grad(z=np.array([-2.0, 0.5]), y=np.array([2.0, 2.0]))
+        np.testing.assert_equal(arrays["z"], [0.0, 2.0])
+        np.testing.assert_equal(arrays["y"], [np.nan, np.nan])
+        value, floats = f.value_and_grad(z=-2.0, y=2.0)
+    assert (value, floats["z"]) == (-np.inf, 0.0) and math.isnan(floats["y"])
+    report = sg.check(expr, [z, y], inputs={"z": 0.5, "y": 2.0})
+    assert report.ok, report
+

@@ -37,6 +37,7 @@ from symgrad.nodes import (
     add,
     function_of,
     mul,
+    power_of_piecewise,
     real_symbol,
     unevaluated,
     without_cycle_collection,
@@ -345,6 +346,8 @@ def inline_all(derivation: Derivation, exprs: list, known: dict | None = None) -
             result = mul(*values)
         elif isinstance(e, (sp.Add, sp.Mul)):
             result = e.func(*values)
+        elif type(e) is sp.Pow and isinstance(values[0], sp.Piecewise):
+            result = power_of_piecewise(*values)
         elif (isinstance(e, sp.Function) and values
               and not any(v.is_number for v in values if isinstance(v, sp.Basic))):
             # the function of an inlined argument: SymPy's automatic simplification of it
