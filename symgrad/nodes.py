@@ -494,6 +494,47 @@ def power_of_piecewise(base, exponent):
     return sp.Piecewise(*pieces, evaluate=False)
 
 
+def piecewise_unfolded(kind, args):
+    """A Piecewise (``kind`` Piecewise, ``args`` its (value, condition) pairs) or one such
+    pair (``kind`` ExprCondPair, ``args`` value and condition), without SymPy's evaluation
+    of its conditions, which is no identity in floats: it rewrites Eq(y/2 + 1, m) as
+    Eq(y, 2 m - 2), false at y = -0.4, m = 0.8 (2 * 0.8 - 2 is -0.3999999999999999), where
+    Max's rule routes the gradient by that equality; and it folds a Piecewise inside a
+    condition (the Eq(a, Min(...)) of Min's rule, a Min of a Piecewise) out into an ITE,
+    evaluating relations of its values, which can fail (an invalid comparison of a zoo it
+    made) or multiply the condition's size.  Kept: what needs no evaluation (a false
+    condition's piece dropped, the pieces after a true one, one value for all).
+
+    >>> x, y = sp.symbols("x y")
+    >>> p = sp.Piecewise((x, x > 0), (y, True))
+    >>> piecewise_unfolded(sp.Piecewise, [(x, sp.Eq(p, y)), (y, sp.true)])
+    Piecewise((x, Eq(Piecewise((x, x > 0), (y, True)), y)), (y, True))
+    >>> piecewise_unfolded(sp.Piecewise, [(1, sp.Eq(y / 2 + 1, x)), (0, sp.true)])
+    Piecewise((1, Eq(y/2 + 1, x)), (0, True))
+    """
+    from sympy.functions.elementary.piecewise import ExprCondPair
+
+    if kind is ExprCondPair:
+        value, condition = args
+        if condition == sp.true or condition == sp.false:
+            return ExprCondPair(value, condition)
+        return sp.Tuple.__new__(ExprCondPair, sp.sympify(value), condition)
+    pairs = [a if isinstance(a, ExprCondPair) else piecewise_unfolded(ExprCondPair, a)
+             for a in args]
+    kept = []
+    for pair in pairs:
+        if pair.cond is sp.false:
+            continue
+        kept.append(pair)
+        if pair.cond is sp.true:
+            break
+    if kept and kept[-1].cond is sp.true and all(p.expr == kept[0].expr for p in kept):
+        return kept[0].expr
+    if not kept:
+        return sp.Piecewise(*pairs)     # (SymPy's answer: no piece can be taken)
+    return sp.Basic.__new__(kind, *kept)
+
+
 _NARGS: dict = {}   # (function, number of args) -> their nargs, or False: SymPy builds them
 _PLAIN_NEW = (sp.Function.__new__, sp.core.function.DefinedFunction.__new__)
 _PLAIN_NEW_ = sp.core.function.DefinedFunction._new_.__func__

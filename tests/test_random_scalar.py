@@ -13,7 +13,7 @@ import sympy as sp
 
 import symgrad as sg
 
-from .random_models import SeededDrawer, scalar_model
+from .random_models import HALF, SeededDrawer, scalar_model
 
 X, Y, Z = sp.symbols("x y z", real=True)  # real: sympy.diff of Abs is then sign
 SYMBOLS = (X, Y, Z)
@@ -163,3 +163,29 @@ def test_a_branch_never_taken_may_be_infinite_and_the_branch_taken_is_numpys():
     report = sg.check(expr, [z, y], inputs={"z": 0.5, "y": 2.0})
     assert report.ok, report
 
+
+def test_min_of_a_piecewise_whose_condition_is_an_unevaluated_relation():
+    """Min's rule compares its inputs (Eq(a, Min(...))): a condition holding a Piecewise,
+    which SymPy folds out of it, evaluating -1 > 5/2 and failing on a zoo it made; seed
+    298 of the unguarded models of x, y raised TypeError in sg.grad."""
+    x, y = sp.symbols("x y")
+    never = sp.StrictGreaterThan(sp.Integer(-1), sp.Rational(5, 2), evaluate=False)
+    expr = sp.Min(y * sp.Piecewise((sp.Rational(-3, 2), never), (HALF, True), evaluate=False), x)
+    sg.grad(expr, [x, y])
+    value, grads = sg.compile(expr, [x, y]).value_and_grad(x=0.7, y=0.4)
+    assert (value, grads["x"], grads["y"]) == (0.2, 0.0, 0.5)
+    model = SeededDrawer(298).first(scalar_model, [x, y], guarded=False)
+    assert sg.check(model, [x, y], against=["finite-differences"]).ok
+
+
+def test_a_maxs_routing_condition_is_the_float_equality_the_model_computes():
+    """Max's rule routes the gradient to the inputs equal to the output; SymPy's evaluation
+    of a Piecewise rewrote Eq(y/2 + 1, m) as Eq(y, 2 m - 2), false in floats at y = -0.4
+    (2 * 0.8 - 2 is -0.3999999999999999): sg.grad's d/dy of Max(x, y, y/2 + 1) was 0 there
+    (seed 170 of the random models: 1.0 for 1.5)."""
+    x, y = sp.symbols("x y", real=True)
+    expr = sp.Max(x, y, y / 2 + 1)
+    grads = sg.grad(expr, [x, y])
+    at = (0.7, -0.4)
+    assert sp.lambdify((x, y), grads[y], "math")(*at) == 0.5
+    assert sg.compile(expr, [x, y]).value_and_grad(x=at[0], y=at[1])[1]["y"] == 0.5

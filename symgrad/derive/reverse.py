@@ -22,6 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import sympy as sp
+from sympy.functions.elementary.piecewise import ExprCondPair
 
 from symgrad import operations, ops
 from symgrad.derive import rules
@@ -37,6 +38,7 @@ from symgrad.nodes import (
     add,
     function_of,
     mul,
+    piecewise_unfolded,
     power_of_piecewise,
     real_symbol,
     unevaluated,
@@ -348,6 +350,8 @@ def inline_all(derivation: Derivation, exprs: list, known: dict | None = None) -
             result = e.func(*values)
         elif type(e) is sp.Pow and isinstance(values[0], sp.Piecewise):
             result = power_of_piecewise(*values)
+        elif isinstance(e, (sp.Piecewise, ExprCondPair)):
+            result = piecewise_unfolded(type(e), values)
         elif (isinstance(e, sp.Function) and values
               and not any(v.is_number for v in values if isinstance(v, sp.Basic))):
             # the function of an inlined argument: SymPy's automatic simplification of it
