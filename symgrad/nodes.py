@@ -535,6 +535,29 @@ def piecewise_unfolded(kind, args):
     return sp.Basic.__new__(kind, *kept)
 
 
+def not_a_real_number(e) -> bool:
+    """Whether ``e`` is a number SymPy holds for no real one (i pi, zoo, nan)."""
+    return isinstance(e, sp.Expr) and bool(e.is_number) and (
+        e.has(sp.I, sp.zoo, sp.nan) or e.is_extended_real is False)
+
+
+def numpy_number(e) -> sp.Expr:
+    """The constant ``e`` as NumPy computes it in float64 (log(-2) NaN, log(0) -inf), as
+    SymPy's real number: where SymPy's own value is no real number.
+
+    >>> numpy_number(sp.log(-2, evaluate=False)), numpy_number(sp.log(0, evaluate=False))
+    (nan, -oo)
+    """
+    import numpy as np
+    with np.errstate(all="ignore"):
+        value = complex(sp.lambdify((), e, modules="numpy")())
+    if value.imag or math.isnan(value.real):
+        return sp.nan
+    if math.isinf(value.real):
+        return sp.oo if value.real > 0 else -sp.oo
+    return sp.Float(value.real)
+
+
 _NARGS: dict = {}   # (function, number of args) -> their nargs, or False: SymPy builds them
 _PLAIN_NEW = (sp.Function.__new__, sp.core.function.DefinedFunction.__new__)
 _PLAIN_NEW_ = sp.core.function.DefinedFunction._new_.__func__

@@ -189,3 +189,15 @@ def test_a_maxs_routing_condition_is_the_float_equality_the_model_computes():
     at = (0.7, -0.4)
     assert sp.lambdify((x, y), grads[y], "math")(*at) == 0.5
     assert sg.compile(expr, [x, y]).value_and_grad(x=at[0], y=at[1])[1]["y"] == 0.5
+
+
+def test_a_negative_constant_base_that_sympy_cannot_sign_at_once_has_no_complex_log():
+    """d b**(x^2)/dx = 2 x b**(x^2) log(b): b = -log(1 + exp(-2)), a constant computed as a
+    node of its own, had SymPy's log(b) = log(log(1 + exp(-2))) + i pi inlined in it (seed
+    30 of the unguarded models of x, y); NumPy's log of it is NaN, as JAX's gradient."""
+    x, y = sp.symbols("x y")
+    expr = (-sp.log(sp.exp(-2) + 1)) ** (x**2) + y
+    grads = sg.grad(expr, [x, y])
+    assert not grads[x].has(sp.I, sp.zoo), grads[x]
+    model = SeededDrawer(30).first(scalar_model, [x, y], guarded=False)
+    assert not any(g.has(sp.I, sp.zoo) for g in sg.grad(model, [x, y]).values())

@@ -38,6 +38,8 @@ from symgrad.nodes import (
     add,
     function_of,
     mul,
+    not_a_real_number,
+    numpy_number,
     piecewise_unfolded,
     power_of_piecewise,
     real_symbol,
@@ -360,7 +362,13 @@ def inline_all(derivation: Derivation, exprs: list, known: dict | None = None) -
             result = function_of(e.func, values)
         elif values:
             it = iter(values)
-            result = e.func(*[next(it) if isinstance(a, sp.Basic) else a for a in e.args])
+            args = [next(it) if isinstance(a, sp.Basic) else a for a in e.args]
+            result = e.func(*args)
+            if isinstance(e, sp.Function) and not_a_real_number(result) \
+                    and not any(not_a_real_number(a) for a in values):
+                # a function of a real number that SymPy folded into no real number
+                # (the log(base) of d(base**e)/de at a negative base: i pi + ...)
+                result = numpy_number(e.func(*args, evaluate=False))
         else:
             result = e
         memo[e] = result
