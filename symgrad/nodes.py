@@ -467,6 +467,97 @@ def unevaluated(kind, args):
     return kind(*args, evaluate=False)
 
 
+def power_of_piecewise(base, exponent):
+    """``base**exponent`` of a Piecewise base: SymPy's evaluation takes the power of each
+    value, and folds a constant value into SymPy's number, which for a real model can be
+    no real number: 1/0 = zoo (the 1/u of d log(u) in a branch where u is 0, a branch the
+    gradient then never takes), (-2)**(1/2) = sqrt(2) I.  Such a value is NumPy's
+    instead, as the power computed at run time gives it: 0.0 to a negative power is inf,
+    a negative number to a fractional power NaN.  (Left a power of the Piecewise, the
+    zoo would come back: SymPy's product evaluates the powers it holds again.)
+
+    >>> z = sp.Symbol("z")
+    >>> power_of_piecewise(sp.Piecewise((0, z < -1), (-2, z > 1), (z, True)), sp.Rational(-1, 2))
+    Piecewise((oo, z < -1), (nan, z > 1), (1/sqrt(z), True))
+    """
+    folded = sp.Pow(base, exponent)
+    if not (isinstance(folded, sp.Piecewise) and folded.has(sp.zoo, sp.nan, sp.I)):
+        return folded
+    pieces = []
+    for (value, condition), (power, _) in zip(base.args, folded.args):
+        if power.is_number and not value.has(sp.zoo, sp.nan, sp.I):
+            if power is sp.zoo:
+                power = sp.oo if value.is_zero else sp.nan
+            elif power is sp.nan or power.is_extended_real is False:
+                power = sp.nan
+        pieces.append((power, condition))
+    return sp.Piecewise(*pieces, evaluate=False)
+
+
+def piecewise_unfolded(kind, args):
+    """A Piecewise (``kind`` Piecewise, ``args`` its (value, condition) pairs) or one such
+    pair (``kind`` ExprCondPair, ``args`` value and condition), without SymPy's evaluation
+    of its conditions, which is no identity in floats: it rewrites Eq(y/2 + 1, m) as
+    Eq(y, 2 m - 2), false at y = -0.4, m = 0.8 (2 * 0.8 - 2 is -0.3999999999999999), where
+    Max's rule routes the gradient by that equality; and it folds a Piecewise inside a
+    condition (the Eq(a, Min(...)) of Min's rule, a Min of a Piecewise) out into an ITE,
+    evaluating relations of its values, which can fail (an invalid comparison of a zoo it
+    made) or multiply the condition's size.  Kept: what needs no evaluation (a false
+    condition's piece dropped, the pieces after a true one, one value for all).
+
+    >>> x, y = sp.symbols("x y")
+    >>> p = sp.Piecewise((x, x > 0), (y, True))
+    >>> piecewise_unfolded(sp.Piecewise, [(x, sp.Eq(p, y)), (y, sp.true)])
+    Piecewise((x, Eq(Piecewise((x, x > 0), (y, True)), y)), (y, True))
+    >>> piecewise_unfolded(sp.Piecewise, [(1, sp.Eq(y / 2 + 1, x)), (0, sp.true)])
+    Piecewise((1, Eq(y/2 + 1, x)), (0, True))
+    """
+    from sympy.functions.elementary.piecewise import ExprCondPair
+
+    if kind is ExprCondPair:
+        value, condition = args
+        if condition == sp.true or condition == sp.false:
+            return ExprCondPair(value, condition)
+        return sp.Tuple.__new__(ExprCondPair, sp.sympify(value), condition)
+    pairs = [a if isinstance(a, ExprCondPair) else piecewise_unfolded(ExprCondPair, a)
+             for a in args]
+    kept = []
+    for pair in pairs:
+        if pair.cond is sp.false:
+            continue
+        kept.append(pair)
+        if pair.cond is sp.true:
+            break
+    if kept and kept[-1].cond is sp.true and all(p.expr == kept[0].expr for p in kept):
+        return kept[0].expr
+    if not kept:
+        return sp.Piecewise(*pairs)     # (SymPy's answer: no piece can be taken)
+    return sp.Basic.__new__(kind, *kept)
+
+
+def not_a_real_number(e) -> bool:
+    """Whether ``e`` is a number SymPy holds for no real one (i pi, zoo, nan)."""
+    return isinstance(e, sp.Expr) and bool(e.is_number) and (
+        e.has(sp.I, sp.zoo, sp.nan) or e.is_extended_real is False)
+
+
+def numpy_number(e) -> sp.Expr:
+    """The constant ``e`` as NumPy computes it in float64 (log(-2) NaN, log(0) -inf), as
+    SymPy's real number: where SymPy's own value is no real number.
+
+    >>> numpy_number(sp.log(-2, evaluate=False)), numpy_number(sp.log(0, evaluate=False))
+    (nan, -oo)
+    """
+    import numpy as np
+    with np.errstate(all="ignore"):
+        value = complex(sp.lambdify((), e, modules="numpy")())
+    if value.imag or math.isnan(value.real):
+        return sp.nan
+    if math.isinf(value.real):
+        return sp.oo if value.real > 0 else -sp.oo
+    return sp.Float(value.real)
+
+
 _NARGS: dict = {}   # (function, number of args) -> their nargs, or False: SymPy builds them
 _PLAIN_NEW = (sp.Function.__new__, sp.core.function.DefinedFunction.__new__)
 _PLAIN_NEW_ = sp.core.function.DefinedFunction._new_.__func__

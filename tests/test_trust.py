@@ -902,3 +902,17 @@ def test_array_path_rounds_each_operation_as_written():
         assert np.array_equal(f(x=xv, y=yv), expected), e
         assert np.array_equal(f.value_and_grad(x=xv, y=yv)[0], expected), e
         assert [f(x=float(a), y=float(b)) for a, b in zip(xv, yv)] == list(expected), e
+
+
+def test_a_negative_constant_to_a_power_is_numpys_on_both_paths():
+    """(-2)**y printed as Python's -2.0 ** y is -(2.0 ** y): 4 at y = 2 must stay 4, and a
+    fractional power of a negative number NaN, as np.power gives them, on the array path
+    (the Numba kernel) and the float path alike."""
+    y = sp.Symbol("y")
+    f = sg.compile(sp.Pow(-2, y) + sp.Pow(sp.Rational(-1, 2), y), [y])
+    ys = np.array([0.3, 1.0, 2.0, 3.0])
+    with np.errstate(all="ignore"):
+        expected = np.power(-2.0, ys) + np.power(-0.5, ys)
+        np.testing.assert_array_equal(f(y=ys), expected)
+        for point, want in zip(ys, expected):
+            same(f(y=float(point)), want, f"at {point}")

@@ -252,6 +252,9 @@ class ScalarPrinter(NumPyPrinter):
     def _print_Pow(self, expr, rational=False):
         base, exponent = expr.args
         b = self.parenthesize(base, 100) if not base.is_Atom else self._print(base)
+        if b.startswith("-"):
+            # a negative number: Python's -2.0 ** y is -(2.0 ** y)
+            b = f"({b})"
         if exponent == -1:
             return f"(1.0 / {b})"
         if exponent == sp.Rational(1, 2):

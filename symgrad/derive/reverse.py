@@ -22,6 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import sympy as sp
+from sympy.functions.elementary.piecewise import ExprCondPair
 
 from symgrad import operations, ops
 from symgrad.derive import rules
@@ -37,6 +38,10 @@ from symgrad.nodes import (
     add,
     function_of,
     mul,
+    not_a_real_number,
+    numpy_number,
+    piecewise_unfolded,
+    power_of_piecewise,
     real_symbol,
     unevaluated,
     without_cycle_collection,
@@ -345,6 +350,10 @@ def inline_all(derivation: Derivation, exprs: list, known: dict | None = None) -
             result = mul(*values)
         elif isinstance(e, (sp.Add, sp.Mul)):
             result = e.func(*values)
+        elif type(e) is sp.Pow and isinstance(values[0], sp.Piecewise):
+            result = power_of_piecewise(*values)
+        elif isinstance(e, (sp.Piecewise, ExprCondPair)):
+            result = piecewise_unfolded(type(e), values)
         elif (isinstance(e, sp.Function) and values
               and not any(v.is_number for v in values if isinstance(v, sp.Basic))):
             # the function of an inlined argument: SymPy's automatic simplification of it
@@ -353,7 +362,13 @@ def inline_all(derivation: Derivation, exprs: list, known: dict | None = None) -
             result = function_of(e.func, values)
         elif values:
             it = iter(values)
-            result = e.func(*[next(it) if isinstance(a, sp.Basic) else a for a in e.args])
+            args = [next(it) if isinstance(a, sp.Basic) else a for a in e.args]
+            result = e.func(*args)
+            if isinstance(e, sp.Function) and not_a_real_number(result) \
+                    and not any(not_a_real_number(a) for a in values):
+                # a function of a real number that SymPy folded into no real number
+                # (the log(base) of d(base**e)/de at a negative base: i pi + ...)
+                result = numpy_number(e.func(*args, evaluate=False))
         else:
             result = e
         memo[e] = result

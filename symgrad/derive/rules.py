@@ -114,11 +114,17 @@ def _log_of_base(base):
     """log(base) in d(base**e)/de = base**e log(base), with 0 where the base is 0, as JAX
     takes it: 0**e is 0 for every e > 0, so its slope in e is 0 there (log(0) would make
     it 0 * -inf, NaN); at e = 0 it is 0 too, and NaN where e < 0 (inf * 0).  A base that is
-    not zero (a positive symbol, a number) keeps its plain log.
+    not zero (a positive symbol, a number) keeps its plain log.  A negative number's log is
+    NaN, as NumPy's and JAX's (SymPy's is complex, log(-1) = i pi, no real number):
+    (-1)**e is NaN for every e but the integers, where it has no slope in e.
 
     >>> _log_of_base(sp.Symbol("x")), _log_of_base(sp.Symbol("p", positive=True))
     (Piecewise((log(x), Ne(x, 0)), (0, True)), log(p))
+    >>> _log_of_base(sp.Integer(-1)), _log_of_base(sp.Integer(2))
+    (nan, log(2))
     """
+    if base.is_number and base.is_extended_negative:
+        return sp.nan
     return sp.Piecewise((sp.log(base), sp.Ne(base, 0)), (0, True))
 
 
