@@ -77,6 +77,7 @@ def test_two_layer_net_formulas_read_like_the_course():
         "Z1 = W1 X + b1",
         "A1 = tanh(Z1)",
         "Z2 = W2 A1 + b2",
+        "A2 = sigmoid(Z2)",
         "dZ2 = (A2 - Y)/m",
         "dA1 = W2^T dZ2",
         "dZ1 = dA1 ∘ (1 - A1^2)",

@@ -591,7 +591,7 @@ def _kind(operation) -> str:
 def _show_lines(grads, output: str, keep: int | None = None) -> list[str]:
     """The lines of show(grads); with ``keep``, a longer list is cut to its first and last
     ``keep`` lines around one that says how many were left out (only those are printed)."""
-    pieces, lines, _ = _pieces(grads, output)
+    pieces, lines, names = _pieces(grads, output)
     printer = FormulaPrinter(aliases=_aliases(grads))
     total = len(pieces) + len(lines)
     left_out = []
@@ -601,7 +601,7 @@ def _show_lines(grads, output: str, keep: int | None = None) -> list[str]:
         head, tail = _items(pieces, lines, 0, keep), _items(pieces, lines, total - keep, total)
     else:
         head, tail = _items(pieces, lines, 0, total), []
-    defined = {name for name, _ in pieces}
+    defined = set(names.values())     # (the pieces' names, without making the pieces)
 
     def written(items) -> list[str]:
         # a piece the user named that a formula reads by that name without a line of its
