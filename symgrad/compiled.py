@@ -330,7 +330,7 @@ class CompiledFunction:
     def __init__(self, spec: ModuleSpec, source: str, module: ModuleType, path: Path,
                  expression=None):
         self.spec = spec
-        self.expression = expression        # the model, for splitting it over Dask chunks
+        self.expression = expression        # the model as given (see model_in_forms)
         self.source = source
         self.module = module
         self.path = path
@@ -352,6 +352,15 @@ class CompiledFunction:
             self.value_and_grad = dask_aware(self, "value_and_grad", module.value_and_grad,
                                              batchable)
             self.grad = dask_aware(self, "grad", module.grad, batchable)
+
+    @property
+    def model_in_forms(self):
+        """The model in symgrad's forms over the user's symbols (``q1(t)`` already the symbol
+        ``q1``, an applyfunc an elementwise function), as its parameters are: what second
+        order and the Dask split differentiate again (the expression as given would hold
+        ``q1(t)``, in which the parameter ``q1`` does not appear)."""
+        expression = getattr(self.spec, "user_expression", None)
+        return self.expression if expression is None else expression
 
     @property
     def __call__(self):

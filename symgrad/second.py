@@ -773,20 +773,12 @@ def symmetric_split(e):
     return None
 
 
-def _expression(f):
-    """f's model in symgrad's forms, over the user's symbols (as its parameters are): the
-    expression as given would be brought to those forms again, without the wrt that
-    decided them (t in wrt beside q(t))."""
-    expression = getattr(f.spec, "user_expression", None)
-    return f.expression if expression is None else expression
-
-
 def _bundle_of(f, kind: str) -> _Bundle:
     def build():
         symbols = _user_symbols(f)
         params = [symbols[n] for n in f.parameters]
         plan = {"hvp": hvp_plan, "hessian": hessian_plan,
-                "jacobian": jacobian_plan}[kind](_expression(f), params, set(symbols))
+                "jacobian": jacobian_plan}[kind](f.model_in_forms, params, set(symbols))
         return _Bundle(plan, f"{f.spec.name}_{kind}")
     return _compiled(f, kind, build)
 
@@ -795,7 +787,7 @@ def _sizes(f, inputs: dict) -> dict:
     from symgrad.codegen.second_runtime import _sg_dimensions
     table = _compiled(f, "dimensions", lambda: dimension_table(f.spec.user_inputs))
     least = _compiled(f, "least extents",
-                      lambda: least_extent_table(_expression(f), f.spec.user_inputs))
+                      lambda: least_extent_table(f.model_in_forms, f.spec.user_inputs))
     return _sg_dimensions(inputs, table, least)
 
 

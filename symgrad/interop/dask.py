@@ -187,13 +187,9 @@ class _Plan:
         else:
             from symgrad.derive.split import split_over_batch
 
-            # the model in symgrad's forms over the user's symbols (q1(t) already the symbol
-            # q1, an applyfunc an elementwise function), as the parameters are: the expression
-            # as given holds q1(t), in which the parameter q1 does not appear (its gradient
-            # came back 0), and forms the split does not read
-            expression = spec.user_expression
-            if expression is None:
-                expression = function.expression
+            # (the expression as given holds q1(t), in which the parameter q1 does not
+            # appear: its gradient came back 0)
+            expression = function.model_in_forms
             if expression is None:
                 raise TypeError("this compiled function does not know its model's expression, "
                                 "which is needed to split it over Dask chunks")
