@@ -158,6 +158,35 @@ def test_a_wrong_stable_rewrite_is_caught_by_the_model_as_written(monkeypatch, t
     assert {(c.backend, c.quantity) for c in report.failures} == {("model as written", "value")}
 
 
+@pytest.mark.parametrize("case", ["logsigmoid", "log-softmax"])
+def test_the_frameworks_see_the_stable_forms_inside_elementwise_maps(case):
+    """Where symgrad rewrites a log inside an elementwise Map (log(sigmoid(W X)) ->
+    logsigmoid(W X), log(softmax(Z)) -> Z - logsumexp(Z)), the frameworks evaluate that form
+    too: at X = -1000 the textbook form is -inf for all of them, and the check failed
+    although symgrad's finite value and gradient were right."""
+    all_frameworks()
+    W, X = sg.matrix("W", 3, 4), sg.matrix("X", 4, 5)
+    Z, Y = sg.matrix("Z", 3, 5), sg.matrix("Y", 3, 5)
+    rng = np.random.default_rng(1)
+    if case == "logsigmoid":
+        model, wrt = sg.sum(sg.log(sg.sigmoid(W @ X))), [W]
+        extreme = {"X": np.full((4, 5), -1000.0), "W": rng.uniform(0.5, 1.0, (3, 4))}
+        gradient = np.ones((3, 5)) @ extreme["X"].T     # logsigmoid' = 1 - sigmoid = 1 there
+    else:
+        model, wrt = -sg.sum(sg.hadamard(Y, sg.log(sg.softmax(Z, axis=0)))), [Z]
+        z = np.zeros((3, 5))
+        z[0, 0], z[1, 2] = 1000.0, -1000.0
+        extreme = {"Z": z, "Y": rng.uniform(0.0, 1.0, (3, 5))}
+        p = np.exp(z - z.max(axis=0))
+        gradient = extreme["Y"].sum(axis=0) * p / p.sum(axis=0) - extreme["Y"]
+    assert check(model, wrt).ok         # at drawn points, the model as written agrees too
+    report = check(model, wrt, against=ALL, inputs=extreme)
+    assert report.ok, report
+    value, grads = sg.compile(model, wrt).value_and_grad(**extreme)
+    assert np.isfinite(value)
+    np.testing.assert_allclose(grads[wrt[0].name], gradient, rtol=1e-12)
+
+
 def test_the_rule_table_is_restored_after_the_wrong_rule():
     assert check(sp.sin(w) * x, [w]).ok
 

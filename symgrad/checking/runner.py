@@ -62,9 +62,10 @@ def check(model_or_expr, wrt: Sequence | None = None,
     adds the median time of one value-and-gradient call per backend, on the last point.
 
     The backends see the model after symgrad's stable rewrites (``log(sigmoid(z))`` ->
-    ``logsigmoid(z)``), as symgrad computes it; where those changed the model, its value
-    as written is compared too, at drawn points where it is finite (``"model as
-    written"``, loosely: textbook forms lose digits to cancellation).
+    ``logsigmoid(z)``, in scalars and inside elementwise Maps), as symgrad computes it;
+    where those changed the model, its value as written is compared too, at drawn points
+    where it is finite (``"model as written"``, loosely: textbook forms lose digits to
+    cancellation).
 
     ``order=2`` also compares the compiled second order (``reference="compiled"`` only;
     see :mod:`symgrad.checking.second`): for a scalar output ``f.hessian`` and ``f.hvp`` (the
@@ -264,7 +265,7 @@ def _largest(got, want, mask) -> float | None:
 def _problem(model_or_expr, wrt):
     """(Problem, a function returning the compiled module) from a Model or (expr, wrt)."""
     from symgrad.compiled import _check_wrt, compile, inputs_of
-    from symgrad.derive.graph import stabilize
+    from symgrad.derive.graph import stabilize_model
     from symgrad.model import Model
 
     if isinstance(model_or_expr, Model):
@@ -294,9 +295,9 @@ def _problem(model_or_expr, wrt):
     if output_shape == (1, 1):      # a 1 x 1 output is a scalar, as sg.compile takes it
         expr, output_shape = MatrixElement(expr, 0, 0), ()
     # The frameworks see the model as written, after symgrad's stable rewrites only (so that
-    # log(sigmoid(z)) stays finite for them too), not its canonical form: canonicalization is
-    # then checked along with the rules.
-    written = expr if output_shape else stabilize(expr)
+    # log(sigmoid(z)) stays finite for them too, in a scalar or inside an elementwise Map),
+    # not its canonical form: canonicalization is then checked along with the rules.
+    written = stabilize_model(expr)
     dims = shape_symbols(expr)
     problem = Problem(name=name, expr=written, wrt=list(wrt), output_shape=output_shape,
                       as_written=None if written == expr else expr,

@@ -172,6 +172,30 @@ def stabilize(expr: sp.Expr) -> sp.Expr:
     return dag_rebuild(expr, stable)
 
 
+def stabilize_model(expr):
+    """:func:`stabilize`, and the same stable rewrites inside elementwise Maps, over the
+    model's own forms (not symgrad's canonical ones): a Map of log over a Map of sigmoid
+    becomes one Map of logsigmoid, a log of a softmax becomes log-softmax, as in the
+    compiled model.  What :func:`symgrad.check` hands the frameworks, so that they evaluate
+    the model symgrad computes rather than a textbook form that overflows where symgrad's
+    does not.
+
+    >>> import symgrad as sg
+    >>> W, X = sp.MatrixSymbol("W", 3, 4), sp.MatrixSymbol("X", 4, 5)
+    >>> stabilize_model(sg.sum(sg.log(sg.sigmoid(W * X))))
+    sum(logsigmoid(W X))
+    """
+    if not is_matrix(expr):
+        expr = stabilize(expr)
+    # Only a Map whose body holds a form with a stable rewrite (a log, 1/(1 + exp(-x))) can
+    # change; the fuser would otherwise only rewrite the model into symgrad's forms.
+    if not _some_node(expr, lambda node: isinstance(node, ops.Map)
+                      and _has_unstable_form(node.body)):
+        return expr
+    uses = _count_uses(expr)
+    return expr if uses is None else dag_rebuild(expr, _Fuser(uses), operands=children)
+
+
 def _has_unstable_form(expr) -> bool:
     """Whether a node of expr's DAG (the nodes dag_rebuild walks) is one _rewrite_top may
     rewrite: a log, a real or imaginary part, a conjugate, or 1/(1 + exp(-x)).  Where none
