@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--against", default="finite-differences", type=_backends,
                        metavar="LIST",
                        help=f"comma-separated, from {', '.join(CHECK_BACKENDS)} "
-                            "(fd for short; default: finite-differences)")
+                            "(fd for short), or all: every one installed (default: "
+                            "finite-differences)")
     check.add_argument("--time", action="store_true", help="also time each method")
     check.add_argument("--points", type=_positive, default=3, metavar="N",
                        help="random points per model (default: 3)")
@@ -107,10 +108,10 @@ def _parser() -> argparse.ArgumentParser:
 def _backends(text: str) -> list[str]:
     """``--against``'s methods, with sg.check's aliases (``fd``) read as sg.check reads them."""
     names = [CHECK_ALIASES.get(n.strip(), n.strip()) for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CHECK_BACKENDS]
+    unknown = [n for n in names if n not in CHECK_BACKENDS and n != "all"]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown method {unknown[0]!r}; choose from {', '.join(CHECK_BACKENDS)}"
+            f"unknown method {unknown[0]!r}; choose from {', '.join(CHECK_BACKENDS)} or all"
             if unknown else "give at least one method")
     return names
 

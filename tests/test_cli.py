@@ -231,6 +231,9 @@ def test_check_takes_the_method_names_and_aliases_of_sg_check(model_file, monkey
     for alias, name in _ALIASES.items():
         assert main(["check", str(model_file), "--against", f"{alias},jax"]) == 0
         assert calls.pop() == [name, "jax"]
+    # all: every framework installed, as sg.check(against="all") skips the missing ones
+    assert main(["check", str(model_file), "--against", "all"]) == 0
+    assert calls.pop() == ["all"]
     # the command's own lists (it imports nothing of symgrad.checking to parse) are sg.check's
     from symgrad.cli import CHECK_ALIASES, CHECK_BACKENDS
 
