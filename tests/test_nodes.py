@@ -309,10 +309,16 @@ def test_what_the_canonicalizer_takes_as_canonical_already_it_gives_back(monkeyp
     for seed in range(150):
         expressions += dag_nodes(SeededDrawer(seed).first(scalar_model, SCALARS))
     taken = [e for e in expressions if graph._canonical_already(e)]
-    monkeypatch.setattr(graph, "_canonical_already", lambda e: False)
-    for e in taken:
+    # sums and products of what was proven canonical, proven so without walking it again
+    proven = set(taken)
+    combined = [sp.Add(*taken[k:k + size]) for size in (2, 3, 70) for k in range(0, 140, 7)]
+    combined += [sp.Mul(*taken[k:k + 2]) for k in range(0, 140, 5)]
+    by_proven = [e for e in combined if graph._canonical_already(e, proven)]
+    assert by_proven == [e for e in combined if graph._canonical_already(e)]
+    monkeypatch.setattr(graph, "_canonical_already", lambda e, proven=(): False)
+    for e in taken + by_proven:
         assert Canonicalizer()(e) == e, e
-    assert len(taken) > 100
+    assert len(taken) > 100 and len(by_proven) > 20
 
 
 def test_the_fuser_is_skipped_only_where_it_has_nothing_to_rewrite():

@@ -347,14 +347,18 @@ class Canonicalizer:
     def __init__(self):
         self._memo: dict = {}
         self.labels: dict = {}  # canonical expression -> the name the user gave it
+        # expressions that _canonical_already found so: a sum of them (a gradient of 2,000
+        # contributions) is proven canonical without walking each one again
+        self._proven: set = set()
 
     def __call__(self, expr):
         expr = sp.sympify(expr)
         if expr.is_Atom and not is_matrix(expr):
             # a name or a number (most adjoint contributions): nothing to stabilize or fuse
             return self._canon(expr)
-        if _canonical_already(expr):
+        if _canonical_already(expr, self._proven):
             # most other contributions (g cos(t), 3 g): every pass below gives them back
+            self._proven.add(expr)
             return expr
         plain = not is_matrix(expr)
         if plain:
@@ -672,7 +676,7 @@ def _scalar_postorder(expr) -> list:
     return order
 
 
-def _canonical_already(expr) -> bool:
+def _canonical_already(expr, proven=frozenset()) -> bool:
     """Whether canonicalizing expr gives an expression equal to expr, proven cheaply: a
     scalar expression made of numbers and symbols by sums and products of at most two
     operands (or sums of NARY_SUM_FROM terms or more), powers, and functions that no pass
@@ -682,7 +686,8 @@ def _canonical_already(expr) -> bool:
     Then stabilize finds no form to rewrite, _canon_scalar keeps every node (its args are
     its own, so _rebuild_canonical returns it), and the fuser has no node to rewrite: the
     three walks of :meth:`Canonicalizer.__call__` return expr.  One iterative walk, which
-    stops at the first node that needs them.
+    stops at the first node that needs them; none where each operand is a leaf or one of
+    ``proven``, expressions found canonical already.
 
     >>> x, y = sp.symbols("x y")
     >>> _canonical_already(3 * sp.cos(x)), _canonical_already(x + y + 1)
@@ -690,9 +695,11 @@ def _canonical_already(expr) -> bool:
     >>> _canonical_already(sp.log(x)), _canonical_already(1 / (1 + sp.exp(-x)))
     (False, False)
     """
-    if all(not a.args for a in expr.args):
-        # one operation over names and numbers (most adjoint contributions): no walk
-        return not (_canonicalized(expr) or any(_canonicalized(a) for a in expr.args))
+    if all(not a.args or a in proven for a in expr.args):
+        # one operation over names, numbers and expressions proven canonical before (most
+        # adjoint contributions, and the sums of them): no walk
+        return not (_canonicalized(expr) or any(_canonicalized(a) for a in expr.args
+                                                if a not in proven))
     return not _some_node(expr, _canonicalized)
 
 
