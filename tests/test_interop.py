@@ -455,6 +455,12 @@ def test_the_readme_example_runs(jax):
                                    b=namespace["b0"].detach().numpy(),
                                    X=namespace["X0"].numpy(), Y=namespace["Y0"].numpy())
     np.testing.assert_allclose(namespace["dW"], expected["W"], rtol=1e-12, atol=1e-15)
+    hessian = namespace["f"].hessian(W=namespace["W0"].detach().numpy(),
+                                     b=namespace["b0"].detach().numpy(),
+                                     X=namespace["X0"].numpy(), Y=namespace["Y0"].numpy())
+    for name in ("H_jax", "H_torch"):
+        np.testing.assert_allclose(np.asarray(namespace[name]), hessian[("b", "b")],
+                                   rtol=1e-10, atol=1e-15)
 
 
 def test_scalar_inputs_and_free_dimensions_in_both_frameworks(jax):
