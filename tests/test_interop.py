@@ -210,13 +210,14 @@ def test_to_torch_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda W1, b1: layer(W1=W1, b1=b1, X=X), lp)
 
 
-def test_to_torch_first_derivatives_only():
+def test_to_torch_layer_has_first_derivatives_only():
     inputs = tensors(layer_inputs(), ("W1",))
     # squared: the gradient reaching the layer depends on W1, so a second pass would need
-    # the layer's second derivative
+    # the layer's second derivative (a matrix output: symgrad has its vjp only)
     out = (LAYER.to_torch()(**inputs) ** 2).sum()
     (g,) = torch.autograd.grad(out, inputs["W1"], create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
+    with pytest.raises(NotImplementedError, match="interop_layer has a matrix output and "
+                                                  "first derivatives only"):
         g.sum().backward()
 
 
@@ -454,6 +455,12 @@ def test_the_readme_example_runs(jax):
                                    b=namespace["b0"].detach().numpy(),
                                    X=namespace["X0"].numpy(), Y=namespace["Y0"].numpy())
     np.testing.assert_allclose(namespace["dW"], expected["W"], rtol=1e-12, atol=1e-15)
+    hessian = namespace["f"].hessian(W=namespace["W0"].detach().numpy(),
+                                     b=namespace["b0"].detach().numpy(),
+                                     X=namespace["X0"].numpy(), Y=namespace["Y0"].numpy())
+    for name in ("H_jax", "H_torch"):
+        np.testing.assert_allclose(np.asarray(namespace[name]), hessian[("b", "b")],
+                                   rtol=1e-10, atol=1e-15)
 
 
 def test_scalar_inputs_and_free_dimensions_in_both_frameworks(jax):

@@ -6,8 +6,13 @@ symgrad's compiled gradient (scalar outputs) or vector-Jacobian product (matrix 
 the backward pass.  Neither framework is imported until a wrapper is made.
 :mod:`symgrad.interop.dask` evaluates a model chunk by chunk when its data are Dask arrays.
 
+Both differentiate twice for a scalar output: the gradient's own derivative is symgrad's
+Hessian-vector product ``f.hvp`` (:func:`hessian_vector_product`), the Hessian being
+symmetric so that the same product is the transpose that reverse mode needs.
+
 This module holds what both wrappers share: which inputs a call names, the shape of the
-output for given input shapes, and summing a broadcast gradient back to an input's shape.
+output for given input shapes, summing a broadcast gradient back to an input's shape, and
+the Hessian-vector product in the gradients' layout.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-__all__ = ["check_names", "is_elementwise", "output_shape", "sum_to_shape"]
+__all__ = ["check_names", "hessian_vector_product", "is_elementwise", "output_shape",
+           "sum_to_shape"]
 
 
 def check_names(function, given) -> None:
@@ -120,3 +126,40 @@ def output_shape(function, shapes: dict, dimensions: dict) -> tuple:
                              "as an integer argument")
         out.append(int(value))
     return tuple(out)
+
+
+def hessian_vector_product(function, inputs: dict, directions: dict,
+                           elementwise: bool) -> dict:
+    """``{p: sum_q H[p, q] directions[q]}`` by ``function.hvp``, each product in its
+    direction's shape; ``inputs`` are the model's inputs (and free dimensions).
+
+    The directions are in the layout of the wrappers' gradients: a parameter's own shape, or
+    for an elementwise model (scalar inputs broadcast together) the broadcast shape, one
+    direction per point; every input is then broadcast to that shape, so that each point has
+    its own direction and its own product (per point the Hessian is symmetric, so this map
+    is its own transpose in that layout too).
+
+    >>> import sympy as sp, symgrad as sg
+    >>> w, x = sp.symbols("w x")
+    >>> f = sg.compile(w**3 * x, [w])
+    >>> hessian_vector_product(f, {"w": np.array([1.0, 2.0]), "x": 1.0},
+    ...                        {"w": np.array([1.0, 1.0])}, True)["w"].tolist()
+    [6.0, 12.0]
+    """
+    if elementwise:
+        shape = np.broadcast_shapes(*(np.shape(v) for v in directions.values()),
+                                    *(np.shape(inputs[n]) for n in function.inputs))
+        inputs = {n: (_contiguous(np.broadcast_to(v, shape)) if n in function.inputs else v)
+                  for n, v in inputs.items()}
+        directions = {p: _contiguous(np.broadcast_to(d, shape)) for p, d in directions.items()}
+    else:
+        directions = {p: _contiguous(d) for p, d in directions.items()}
+    products = function.hvp(directions, **inputs)
+    return {p: np.asarray(products[p], dtype=np.float64).reshape(np.shape(d))
+            for p, d in directions.items()}
+
+
+def _contiguous(array):
+    """A C-contiguous float64 array (a broadcast view or a strided slice copied), as the
+    compiled kernels are typed for."""
+    return np.asarray(array, dtype=np.float64, order="C")     # a 0-d array stays 0-d
