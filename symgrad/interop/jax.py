@@ -285,7 +285,6 @@ class JaxFunction:
                  "derivatives (the second from symgrad's Hessian-vector products): a third "
                  "derivative is not supported")
         hvp = _HostHvp(function, names, self.parameters, dimensions, elementwise, third)
-        primitive = _hvp_primitive()
 
         def moved_parameters(tangents):
             """The parameters' tangents in float64, None for those that do not move; a data
@@ -320,7 +319,10 @@ class JaxFunction:
                 directions = [jnp.broadcast_to(jnp.zeros(()) if t is None else t, s)
                               for t, s in zip(moved, grad_shapes.values(), strict=True)]
                 inputs = [jnp.asarray(a, dtype=jnp.float64) for a in primals]
-                products = primitive.bind(*inputs, *directions, call=hvp, batch_ndim=0)
+                # made at the first second derivative only: first order never depends on
+                # JAX's primitive API
+                products = _hvp_primitive().bind(*inputs, *directions, call=hvp,
+                                                 batch_ndim=0)
             return (value, *grads), (directional(value, grads, moved), *products)
 
         value_and_grad.defjvp(value_and_grad_jvp, symbolic_zeros=True)
@@ -408,8 +410,14 @@ def _hvp_primitive():
     if "hvp" in _PRIMITIVES:
         return _PRIMITIVES["hvp"]
     import jax
-    from jax.extend.core import Primitive
-    from jax.interpreters import ad, batching, mlir
+
+    try:
+        from jax.extend.core import Primitive
+        from jax.interpreters import ad, batching, mlir
+    except ImportError as error:
+        raise NotImplementedError(
+            f"second derivatives through to_jax need JAX's primitive API (jax.extend.core, "
+            f"jax.interpreters), which this JAX {jax.__version__} lacks: {error}") from None
 
     jnp = jax.numpy
     primitive = Primitive("symgrad_hvp")
