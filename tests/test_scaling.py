@@ -648,6 +648,34 @@ def test_printing_a_statement_by_its_shape_gives_sympy_s_text():
     assert checked > 3000
 
 
+def test_the_shape_of_an_operation_over_leaves_is_the_one_the_walk_finds():
+    """shape_of takes a shortcut for an operation whose operands are all leaves (most
+    statements): on sums, products, powers and functions of names (of other assumptions,
+    repeated, of one name) and numbers of every kind, evaluated or not, it finds the shape
+    that the general walk finds, or leaves the operation to the walk."""
+    import itertools
+
+    from symgrad.codegen import ir
+
+    leaves = [sp.Symbol("_t1", real=True), sp.Symbol("_t10", real=True), sp.Symbol("a"),
+              sp.Symbol("a", positive=True), sp.Dummy("d"), sp.pi, sp.oo]
+    leaves += [sp.Integer(k) for k in (-3, -1, 0, 1, 2, 7)] + [sp.Rational(1, 2), sp.Float(2.5),
+                                                             sp.Float(-1.0), sp.Float(0.0)]
+    taken = 0
+    for a, b in itertools.product(leaves, repeat=2):
+        forms = [kind(a, b, evaluate=False) for kind in (sp.Add, sp.Mul, sp.Pow, sp.Max)]
+        forms += [sp.Add(a, b, a, evaluate=False), sp.Mul(b, 3, a, evaluate=False),
+                  sp.sin(a, evaluate=False), sp.Function("g")(a, b)]
+        for e in forms:
+            if not e.args:
+                continue        # (a leaf has no shape)
+            fast = ir._shape_over_leaves(e)
+            if fast is not None:
+                assert fast == ir._walked_shape(e), e
+                taken += 1
+    assert taken > 500
+
+
 def test_a_large_models_kernel_code_is_its_python_twins_but_for_names():
     """A large model's Python twin runs its point kernel's own code (module.py,
     _python_twin) with Python's functions standing in for Numba's: every statement of 60
