@@ -186,14 +186,15 @@ def shape_of(e):
     """
     if not isinstance(e, sp.Basic) or not e.args:
         return None
+    shape = _shape_over_leaves(e)
+    if shape is not None:
+        return shape        # (found again faster than it is remembered)
     known = _SHAPES.get(e)
     if known is not None:
         return known
-    shape = _shape_over_leaves(e)
+    shape = _walked_shape(e)
     if shape is None:
-        shape = _walked_shape(e)
-        if shape is None:
-            return None
+        return None
     if len(_SHAPES) >= _SHAPES_MAX:
         _SHAPES.clear()
     _SHAPES[e] = shape
