@@ -31,8 +31,17 @@ _CONSTANT_MATRICES = (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
 def is_atom(e) -> bool:
     """Operands a statement may use directly."""
-    if type(e) is sp.Symbol:        # (most operands: the names of the program)
+    kind = type(e)
+    if kind is sp.Symbol:           # (most operands: the names of the program)
         return True
+    by_args = _NUMBER_BY_ARGS.get(kind)
+    if by_args is None:
+        by_args = _NUMBER_BY_ARGS[kind] = _is_number_by_args(kind)
+    if by_args:
+        # (most operations: one that reads a name is no number, so no atom)
+        for a in e.args:
+            if type(a) is sp.Symbol:
+                return False
     if isinstance(e, (sp.MatrixSymbol, *_CONSTANT_MATRICES)):
         return True
     if isinstance(e, sp.Transpose) and isinstance(e.arg, sp.MatrixSymbol):
@@ -41,6 +50,18 @@ def is_atom(e) -> bool:
         return False
     return isinstance(e, sp.Basic) and (e.is_Atom or (e.is_number and not e.atoms(sp.Function)
                                                       and not isinstance(e, MatrixElement)))
+
+
+def _is_number_by_args(kind) -> bool:
+    """Whether an expression of this kind is a number exactly when all its args are (SymPy's
+    own ``Expr.is_number``): one that reads a name is then no number, whatever else it
+    reads."""
+    return (issubclass(kind, sp.Expr) and not issubclass(kind, MatrixExpr)
+            and not kind.is_Atom and kind.is_number is _EXPR_IS_NUMBER)
+
+
+_EXPR_IS_NUMBER = sp.Expr.__dict__["is_number"]
+_NUMBER_BY_ARGS: dict = {}      # kind of expression -> _is_number_by_args(kind)
 
 
 class _Flattener:
@@ -56,13 +77,56 @@ class _Flattener:
             return e
         return self._named(self._operation(e))
 
+    def renamed_atom(self, e, names: dict):
+        """``atom(_substituted(e, names))``: the atom of e with its names replaced by
+        theirs.  An operation over names and numbers (most statements of a derivation) is
+        built once where :meth:`_renamed_operation` can, not once renamed and once more by
+        :meth:`_operation` over the same atoms (with its checks of every kind on the way: a
+        third of the cost of lowering such a statement)."""
+        operation = self._renamed_operation(e, names)
+        if operation is None:
+            return self.atom(_substituted(e, names))
+        return self._named(operation)
+
+    def _renamed_operation(self, e, names: dict):
+        """The operation that ``atom(_substituted(e, names))`` names, built once, where e is
+        a sum of two terms that subtracts neither, a product of two factors, a power, or a
+        function that is not a registered operation, of names and numbers, and SymPy builds
+        it over exactly the renamed operands, at least one of them a name (it folds
+        nothing; a sum or a product at most orders them): :meth:`_operation` would build
+        the same again from them.  None for any other e."""
+        kind = type(e)
+        if kind is sp.Add or kind is sp.Mul:
+            if len(e.args) != 2:
+                return None     # (a longer sum or product is a chain)
+        elif not (kind is sp.Pow or (issubclass(kind, sp.Function) and kind is not sp.Piecewise
+                                     and operations.of(e) is None)):
+            return None
+        operands = []
+        for a in e.args:
+            if a.args:
+                return None
+            a = names.get(a, a)
+            if not is_atom(a) or (kind is sp.Add and a in self.negations):
+                return None     # (a difference: _operation's own)
+            operands.append(a)
+        if not any(type(a) is sp.Symbol for a in operands):
+            return None         # (an operation on numbers alone may be an atom)
+        operation = _built(kind, operands)
+        operands = tuple(operands)
+        if type(operation) is kind and (operation.args == operands or (
+                (kind is sp.Add or kind is sp.Mul) and operation.args == operands[::-1])):
+            return operation
+        return None
+
     def _named(self, operation):
         """The atom of an operation over atoms: itself if it folded to one, else the target
         of its statement (a new one the first time)."""
         if is_atom(operation):
             return operation
-        if operation in self.table:
-            return self.table[operation]
+        target = self.table.get(operation)
+        if target is not None:
+            return target
         k = len(self.statements)
         if isinstance(operation, MatrixExpr):
             target = sp.MatrixSymbol(f"_t{k}", *operation.shape)
@@ -86,6 +150,13 @@ class _Flattener:
 
     def _operation(self, e):
         """e as one operation over atoms (its operands flattened first)."""
+        kind = type(e)
+        if (kind is sp.Mul or kind is sp.Pow) and len(e.args) == 2:
+            # (most operations, the terms of long sums among them: what the general path
+            # below does with them, without its checks of every other kind first)
+            a, b = e.args
+            if kind is sp.Pow or not _is_reciprocal(b) or _is_reciprocal(a):
+                return _built(kind, (self.atom(a), self.atom(b)))
         if isinstance(e, ops.Map):
             operands = [self.atom(o) for o in e.operands]
             return _normalized_map(e.function, e.shape, operands)
@@ -236,7 +307,7 @@ def lower(derivation: Derivation, outputs: dict, inputs: list) -> Program:
     labels: dict = {}
     adjoints: set = set()
     for name, expression in derivation.assignments:
-        atom = flat.atom(_substituted(expression, resolved))
+        atom = flat.renamed_atom(expression, resolved)
         resolved[name] = atom
         if name in derivation.labels and atom not in labels and not atom.is_number:
             labels[atom] = derivation.labels[name]

@@ -549,6 +549,64 @@ def test_lowering_keeps_sympy_forms_of_sums_and_products():
         assert sp.simplify(value - expr) == 0
 
 
+def test_lowering_an_operation_over_names_builds_what_the_general_path_builds(monkeypatch):
+    """_Flattener.renamed_atom builds a statement over names and numbers once, not once
+    renamed and once more over its atoms: the programs of random scalar and matrix models,
+    and of models with differences, powers, functions of several names and negations, are
+    the very programs (statements, names, outputs) that renaming each statement and then
+    flattening it gives."""
+    from symgrad import optimize
+    from symgrad.compiled import build_spec
+
+    from .random_models import SCALARS, SeededDrawer, matrix_model, parameters, scalar_model
+
+    a, b, c = sp.symbols("a b c", real=True)
+    models = [(sp.sin(a - b) * sp.exp(-a) + (a * b) ** 2 + sp.Max(a, b, 0) - 3 * c, [a, b, c]),
+              (sp.atan(a / b) + sp.log(a**2 + 1) / (b - c) - a * b * c, [a, b]),
+              (sp.Min(a, 2 * b) * sp.Abs(c) + sp.cos(a) ** -3 - sp.sqrt(b**2 + 1), [b, c])]
+    for seed in range(60):
+        if seed % 3 == 2:
+            expr = SeededDrawer(seed).first(matrix_model)
+            models.append((expr, parameters(expr)))
+        else:
+            expr = SeededDrawer(seed).first(scalar_model, SCALARS)
+            models.append((expr, sorted(expr.free_symbols, key=str)))
+
+    def programs(expr, wrt):
+        spec = build_spec(expr, wrt)
+        return [(p.statements, p.outputs) for p in (spec.forward, spec.value_and_grad,
+                                                    spec.vjp) if p is not None]
+
+    fast = [programs(expr, wrt) for expr, wrt in models]
+    monkeypatch.setattr(optimize._Flattener, "renamed_atom",
+                        lambda self, e, names: self.atom(optimize._substituted(e, names)))
+    for (expr, wrt), expected in zip(models, fast):
+        assert programs(expr, wrt) == expected, expr
+
+
+def test_an_operation_that_reads_a_name_is_no_atom_by_its_kind_as_by_its_checks(monkeypatch):
+    """is_atom answers an operation of a kind whose number-ness is its args' (SymPy's
+    Expr.is_number) from a name among its args; the answer is the general checks' one."""
+    import itertools
+
+    from symgrad import optimize
+
+    x = sp.Symbol("x", real=True)
+    operands = [x, sp.Symbol("_t3"), sp.Integer(2), sp.Rational(1, 3), sp.pi, sp.Float(1.5)]
+    forms = []
+    for a, b in itertools.product(operands, repeat=2):
+        forms += [kind(a, b, evaluate=evaluate) for kind in (sp.Add, sp.Mul, sp.Pow)
+                  for evaluate in (True, False)]
+        forms += [sp.Max(a, b), sp.Function("g")(a, b), sp.atan2(a, b)]
+    for f in (sp.sin, sp.exp, sp.log, ops.sigmoid, sp.Abs, sp.Heaviside):
+        forms += [f(a) for a in operands] + [f(a, evaluate=False) for a in operands]
+    quick = [optimize.is_atom(e) for e in forms]
+    monkeypatch.setattr(optimize, "_NUMBER_BY_ARGS", {})
+    monkeypatch.setattr(optimize, "_is_number_by_args", lambda kind: False)
+    assert quick == [optimize.is_atom(e) for e in forms]
+    assert quick.count(False) > 100 and quick.count(True) > 50
+
+
 def test_one_operation_forms_count_as_count_ops_counts():
     import itertools
 
@@ -646,6 +704,34 @@ def test_printing_a_statement_by_its_shape_gives_sympy_s_text():
             if isinstance(e, sp.Expr) and not isinstance(e, ops.Map):
                 assert ir._statement_cost(e) == ir._counted(e), e
     assert checked > 3000
+
+
+def test_the_shape_of_an_operation_over_leaves_is_the_one_the_walk_finds():
+    """shape_of takes a shortcut for an operation whose operands are all leaves (most
+    statements): on sums, products, powers and functions of names (of other assumptions,
+    repeated, of one name) and numbers of every kind, evaluated or not, it finds the shape
+    that the general walk finds, or leaves the operation to the walk."""
+    import itertools
+
+    from symgrad.codegen import ir
+
+    leaves = [sp.Symbol("_t1", real=True), sp.Symbol("_t10", real=True), sp.Symbol("a"),
+              sp.Symbol("a", positive=True), sp.Dummy("d"), sp.pi, sp.oo]
+    leaves += [sp.Integer(k) for k in (-3, -1, 0, 1, 2, 7)] + [sp.Rational(1, 2), sp.Float(2.5),
+                                                             sp.Float(-1.0), sp.Float(0.0)]
+    taken = 0
+    for a, b in itertools.product(leaves, repeat=2):
+        forms = [kind(a, b, evaluate=False) for kind in (sp.Add, sp.Mul, sp.Pow, sp.Max)]
+        forms += [sp.Add(a, b, a, evaluate=False), sp.Mul(b, 3, a, evaluate=False),
+                  sp.sin(a, evaluate=False), sp.Function("g")(a, b)]
+        for e in forms:
+            if not e.args:
+                continue        # (a leaf has no shape)
+            fast = ir._shape_over_leaves(e)
+            if fast is not None:
+                assert fast == ir._walked_shape(e), e
+                taken += 1
+    assert taken > 500
 
 
 def test_a_large_models_kernel_code_is_its_python_twins_but_for_names():

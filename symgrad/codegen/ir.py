@@ -186,9 +186,67 @@ def shape_of(e):
     """
     if not isinstance(e, sp.Basic) or not e.args:
         return None
+    shape = _shape_over_leaves(e)
+    if shape is not None:
+        return shape        # (found again faster than it is remembered)
     known = _SHAPES.get(e)
     if known is not None:
         return known
+    shape = _walked_shape(e)
+    if shape is None:
+        return None
+    if len(_SHAPES) >= _SHAPES_MAX:
+        _SHAPES.clear()
+    _SHAPES[e] = shape
+    return shape
+
+
+def _shape_over_leaves(e):
+    """:func:`shape_of` an operation whose operands are all leaves, with at most two
+    symbols (most statements: ``a + b``, ``3*a``, ``sin(a)``): the very shape that
+    :func:`_walked_shape` finds, without its stack and tables; None for any other operation
+    (and for two symbols of one name, which the walk refuses too)."""
+    symbols: list = []
+    numbers: list = []
+    place: dict = {}        # a symbol, or (kind, value) of a slotted number -> its place
+    fixed: set = set()
+    top = [type(e)]
+    slotted = e.is_Add or e.is_Mul
+    for a in e.args:
+        if a.args:
+            return None
+        if type(a) is sp.Symbol:
+            k = place.get(a)
+            if k is None:       # (a repeated symbol keeps the place where it was first met)
+                k = place[a] = len(symbols)
+                symbols.append(a)
+            top.append(k)
+        elif slotted and _is_number_slot(a):
+            slot = place.get((type(a), a))
+            if slot is None:
+                slot = place[(type(a), a)] = len(numbers)
+                numbers.append(a)
+            top.append((_NUMBER_SLOT, type(a), _negative(a), slot))
+        else:
+            if getattr(a, "is_Number", False):
+                fixed.add(a)
+            top.append((type(a), a))
+    if len(symbols) == 2:
+        first, second = symbols
+        if first.name == second.name:
+            return None
+        by_name = (0, 1) if first.name < second.name else (1, 0)
+        ordered = [symbols[k] for k in by_name]
+    elif len(symbols) < 2:
+        by_name, ordered = tuple(range(len(symbols))), symbols
+    else:
+        return None
+    key = (tuple(top), by_name, tuple([assumptions_key(s) for s in symbols]))
+    return Shape(key, ordered, numbers, fixed)
+
+
+def _walked_shape(e):
+    """:func:`shape_of` any expression, by a walk of its DAG."""
     symbols: list = []      # in the order the walk meets them; the key holds their places
     numbers: list = []      # the values of the number slots, in the order met
     slot_of: dict = {}
@@ -231,10 +289,7 @@ def shape_of(e):
     if len({s.name for s in ordered}) != len(ordered):
         return None
     key = (done[e], tuple(by_name), tuple(assumptions_key(s) for s in symbols))
-    if len(_SHAPES) >= _SHAPES_MAX:
-        _SHAPES.clear()
-    shape = _SHAPES[e] = Shape(key, ordered, numbers, fixed)
-    return shape
+    return Shape(key, ordered, numbers, fixed)
 
 
 class Shape(NamedTuple):

@@ -195,11 +195,12 @@ def statements(text: str) -> tuple:
     return tuple(pieces)
 
 
-def _reached(pieces: tuple, code: str) -> list:
-    """The indices of the statements in ``pieces`` that ``code`` reaches: those defining a
-    word of ``code``, and, transitively, what they read.  Words, not parsed names: a word of a
-    string literal costs at most one statement too many, never one too few."""
-    wanted = set(_WORD.findall(code))
+def _reached(pieces: tuple, words: set) -> list:
+    """The indices of the statements in ``pieces`` that code of these ``words`` reaches:
+    those defining one of its words, and, transitively, what they read.  Words, not parsed
+    names: a word of a string literal costs at most one statement too many, never one too
+    few."""
+    wanted = set(words)
     kept: set = set()
     changed = True
     while changed:
@@ -223,7 +224,8 @@ def used_part(text: str, code: str) -> str:
     (True, False)
     """
     pieces = statements(text)
-    return "\n".join(pieces[k][0] for k in _reached(pieces, code)).strip("\n") + "\n"
+    return "\n".join(pieces[k][0] for k in _reached(pieces, set(_WORD.findall(code)))
+                     ).strip("\n") + "\n"
 
 
 _TOP_LEVEL_NAME = re.compile(r"^(?:def|class)\s+(\w+)|^(\w+)\s*[:=]", re.MULTILINE)
@@ -250,11 +252,12 @@ def _runtime_pieces(files: tuple[int, ...]) -> tuple:
     return statements("\n\n\n".join(_runtime_file(k)[0] for k in files) + "\n")
 
 
-def _runtime_files_reached(code: str) -> tuple[int, ...]:
-    """The runtime files that ``code`` can reach: those defining a word of it, and the files
-    that their words reach in turn (words over-approximate what a file calls, so this never
-    leaves out a file that the statement-level walk of runtime_source needs)."""
-    words = set(_WORD.findall(code))
+def _runtime_files_reached(words: set) -> tuple[int, ...]:
+    """The runtime files that code of these ``words`` can reach: those defining one of its
+    words, and the files that their words reach in turn (words over-approximate what a file
+    calls, so this never leaves out a file that the statement-level walk of runtime_source
+    needs)."""
+    words = set(words)
     files: set = set()
     changed = True
     while changed:
@@ -279,9 +282,10 @@ def runtime_source(code: str) -> str:
     >>> "def sg_expm1(" in runtime_source("y = sg_tanh(x)")
     True
     """
-    pieces = _runtime_pieces(_runtime_files_reached(code))
+    words = set(_WORD.findall(code))     # (once: the code of a large model is long)
+    pieces = _runtime_pieces(_runtime_files_reached(words))
     imports, out = [], []
-    for k in _reached(pieces, code):
+    for k in _reached(pieces, words):
         text = pieces[k][0]
         if text.startswith(("import ", "from ")):
             if text not in imports:     # several runtime files import numpy and math

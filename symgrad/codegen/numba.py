@@ -119,10 +119,11 @@ class ScalarPrinter(NumPyPrinter):
         return self._print_Float(abs(number))
 
     def _template(self, text: str, symbols: list, numbers: list, fixed: set):
-        """text with a slot for each symbol (by its name) and each slotted number (by its
-        text); None where a slot's text could be told apart from the rest of the code no
-        more (a name that is a word of code, two numbers of one text, a number slot whose
-        text a number outside the slots prints too)."""
+        """text as a format string with a field for each symbol (by its name) and each
+        slotted number (by its text), symbols first (see :meth:`_filled`); None where a
+        slot's text could be told apart from the rest of the code no more (a name that is a
+        word of code, two numbers of one text, a number slot whose text a number outside
+        the slots prints too)."""
         names = {self._print_Symbol(s): k for k, s in enumerate(symbols)}
         if not all(_IDENTIFIER.fullmatch(name) and not _CODE_WORDS.fullmatch(name)
                    for name in names):
@@ -134,14 +135,17 @@ class ScalarPrinter(NumPyPrinter):
                                           if m.group() in texts else m.group()), text)
         if not all(_NUMBER_SLOT.format(k) in template for k in range(len(numbers))):
             return None     # a number printed otherwise than as its text: no template
-        return _IDENTIFIER.sub(
+        template = _IDENTIFIER.sub(
             lambda m: _SLOT.format(names[m.group()]) if m.group() in names else m.group(),
             template)
+        # (str.format fills a template without a call back into Python for each slot)
+        return _SLOT_TEXT.sub(
+            lambda m: f"{{{int(m.group(2)) + (m.group(1) == _NUMBER_SLOT[0]) * len(symbols)}}}",
+            template.replace("{", "{{").replace("}", "}}"))
 
     def _filled(self, template: str, symbols: list, numbers: list) -> str:
-        return _SLOT_TEXT.sub(
-            lambda m: (self._print_Symbol(symbols[int(m.group(2))]) if m.group(1) == "\x00"
-                       else self._number_text(numbers[int(m.group(2))])), template)
+        return template.format(*[self._print_Symbol(s) for s in symbols],
+                               *[self._number_text(n) for n in numbers])
 
     def _expression(self, e) -> str:
         self._not_supported = set()
