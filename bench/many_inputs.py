@@ -20,6 +20,11 @@ microseconds per call (min-max in brackets):
 * ``point kernel(*values)``: the compiled Numba kernel of the value, called with n
   positional floats (Numba's dispatch, the arithmetic and the boxing of the result).
 
+A model of 2,000 operations or more (here the one of 1,000 inputs, about 4,000) answers its
+first calls with the pure-Python twin of its kernel until they have cost about what
+compiling would (README, "Scalar models take any number of inputs"): its row times the twin
+in the columns through ``f`` and the module, the Numba kernel only in the last column.
+
 Writes MANY_INPUTS.md (the last run) and MANY_INPUTS.json.
 """
 
@@ -93,7 +98,9 @@ def render(run: dict) -> str:
     lines = ["# Calls of a scalar model with many inputs", "",
              f"{run['date']}, `{run['command']}`, {run['machine']}. Median microseconds per "
              "call on floats (min-max over the repeats); see bench/many_inputs.py for what "
-             "each column calls.", "",
+             "each column calls. A model of 2,000 operations or more (1,000 inputs) answers "
+             "through `f` and the module with its pure-Python twin until that has cost about "
+             "what compiling would; the last column is its Numba kernel.", "",
              "| inputs | " + " | ".join(f"`{label}`" for label in labels) + " |",
              "|---:|" + "---:|" * len(labels)]
     for n, results in run["results"].items():
