@@ -33,3 +33,14 @@ def _every_generated_module_parses():
     yield
     for module, original in originals.items():
         module.module_source = original
+
+
+@pytest.fixture
+def jax():
+    """JAX in 64-bit mode (symgrad computes in float64), skipped where it is not installed;
+    the mode is restored after the test."""
+    jax = pytest.importorskip("jax")
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield jax
+    jax.config.update("jax_enable_x64", before)

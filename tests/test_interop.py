@@ -255,15 +255,6 @@ def test_adam_trajectory_through_to_torch_matches_pytorch():
 # ------------------------------------------------------------------------------------------
 # JAX
 # ------------------------------------------------------------------------------------------
-@pytest.fixture
-def jax():
-    jax = pytest.importorskip("jax")
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield jax
-    jax.config.update("jax_enable_x64", before)
-
-
 def jax_net(jax):
     return lambda W1, b1, W2, b2, X, Y: net_in(
         jax.numpy, lambda z: jax.nn.log_softmax(z, axis=0), W1, b1, W2, b2, X, Y)

@@ -87,15 +87,6 @@ def assert_blocks(ours, expected, names):
 # ------------------------------------------------------------------------------------------
 # JAX
 # ------------------------------------------------------------------------------------------
-@pytest.fixture
-def jax():
-    jax = pytest.importorskip("jax")
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield jax
-    jax.config.update("jax_enable_x64", before)
-
-
 def test_jax_hessian_of_a_scalar_model_every_way(jax, scalar_model):
     jnp = jax.numpy
     jf = scalar_model.to_jax()
