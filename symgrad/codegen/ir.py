@@ -222,11 +222,7 @@ def _shape_over_leaves(e):
                 symbols.append(a)
             top.append(k)
         elif slotted and _is_number_slot(a):
-            slot = place.get((type(a), a))
-            if slot is None:
-                slot = place[(type(a), a)] = len(numbers)
-                numbers.append(a)
-            top.append((_NUMBER_SLOT, type(a), _negative(a), slot))
+            top.append(_number_slot(a, place, numbers))
         else:
             if getattr(a, "is_Number", False):
                 fixed.add(a)
@@ -274,11 +270,7 @@ def _walked_shape(e):
             parts = []
             for a in node.args:
                 if _is_number_slot(a):
-                    slot = slot_of.get((type(a), a))
-                    if slot is None:
-                        slot = slot_of[(type(a), a)] = len(numbers)
-                        numbers.append(a)
-                    parts.append((_NUMBER_SLOT, type(a), _negative(a), slot))
+                    parts.append(_number_slot(a, slot_of, numbers))
                 else:
                     parts.append(done[a])
             done[node] = (type(node), *parts)
@@ -290,6 +282,16 @@ def _walked_shape(e):
         return None
     key = (done[e], tuple(by_name), tuple(assumptions_key(s) for s in symbols))
     return Shape(key, ordered, numbers, fixed)
+
+
+def _number_slot(a, slot_of: dict, numbers: list) -> tuple:
+    """The key part of the number a in a slot of a sum or product: its kind, its sign and
+    the slot, one per distinct value (``numbers`` grows by the values in the order met)."""
+    slot = slot_of.get((type(a), a))
+    if slot is None:
+        slot = slot_of[(type(a), a)] = len(numbers)
+        numbers.append(a)
+    return (_NUMBER_SLOT, type(a), _negative(a), slot)
 
 
 class Shape(NamedTuple):
