@@ -3,9 +3,11 @@
 f(w) = sum log(1 + exp(-y_i x_i^T w)) + (lam/2) ||w||^2, labels y_i in {-1, 1}.  The full
 Hessian and a Hessian-vector product, symgrad (``f.hessian``, ``f.hvp``) against the
 hand-written NumPy formula X^T diag(s (1 - s)) X + lam I, JAX (``jax.hessian``, jvp of grad,
-jit) and PyTorch (``torch.func.hessian``, jvp of grad); then per-point Hessians of W4 (the
-3-link arm at 100,000 points) against ``jax.vmap(jax.hessian)``.  Interleaved repeats,
-medians.
+jit) and PyTorch (``torch.func.hessian``, jvp of grad), and symgrad's model inside them
+(``f.to_jax()`` under the same JAX transforms, ``f.to_torch()`` under
+``torch.autograd.functional``: second order through the wrappers); then per-point
+Hessians of W4 (the 3-link arm at 100,000 points) against ``jax.vmap(jax.hessian)``.
+Interleaved repeats, medians.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench.second_order
 
@@ -87,6 +89,18 @@ def implementations(X, y, w, v):
         wj, vj = jnp.asarray(w), jnp.asarray(v)
         out[("hessian", "JAX jit")] = lambda: np.asarray(jhess(wj).block_until_ready())
         out[("hvp", "JAX jit")] = lambda: np.asarray(jhvp(wj, vj).block_until_ready())
+        # symgrad inside JAX: the same jit'd transforms of f.to_jax() (second order from f.hvp)
+        jf = f.to_jax()
+
+        def jsym(w):
+            return jf(w=w, X=X, y=y, lam=LAM)
+
+        shess = jax.jit(jax.hessian(jsym))
+        shvp = jax.jit(lambda w, v: jax.jvp(jax.grad(jsym), (w,), (v,))[1])
+        out[("hessian", "symgrad to_jax, JAX jit")] = lambda: np.asarray(
+            shess(wj).block_until_ready())
+        out[("hvp", "symgrad to_jax, JAX jit")] = lambda: np.asarray(
+            shvp(wj, vj).block_until_ready())
     except ImportError:
         pass
     try:
@@ -102,6 +116,17 @@ def implementations(X, y, w, v):
         tgrad = torch.func.grad(tloss)
         out[("hessian", "torch.func")] = lambda: thess(wt).numpy()
         out[("hvp", "torch.func")] = lambda: torch.func.jvp(tgrad, (wt,), (vt,))[1].numpy()
+        # symgrad inside PyTorch: torch.autograd.functional of f.to_torch() (double backward
+        # through f.hvp; torch.func transforms do not reach its kernels)
+        tf = f.to_torch()
+
+        def tsym(w):
+            return tf(w=w, X=Xt, y=yt, lam=LAM)
+
+        out[("hessian", "symgrad to_torch, autograd.functional")] = lambda: \
+            torch.autograd.functional.hessian(tsym, wt).numpy()
+        out[("hvp", "symgrad to_torch, autograd.functional")] = lambda: \
+            torch.autograd.functional.hvp(tsym, wt, vt)[1].numpy()
     except ImportError:
         pass
     return out, f
