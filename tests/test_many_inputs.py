@@ -75,6 +75,69 @@ def test_a_keyword_call_missing_or_adding_an_input_names_it():
         f.module.forward(*inputs.values())
 
 
+def test_a_keyword_call_on_numbers_goes_straight_to_the_compiled_kernel():
+    """From the first call on floats on, a keyword call hands the inputs to the compiled
+    kernel unchecked: Numba converts ints and bools as float() does, without compiling a
+    version for them, and anything else falls back to the checked call, whose results and
+    errors are those of a model without the shortcut."""
+    n = 38      # (a model of its own: no other test has called it yet in this process)
+    expr, x = chain(n)
+    f = sg.compile(expr, x[:5])
+    module = f.module
+    x0 = np.linspace(-0.5, 1.5, n)
+    floats = {s.name: float(v) for s, v in zip(x, x0)}
+    assert module._forward_point_floats_only is None           # nothing compiled yet
+    value, grads = f.value_and_grad(**floats)
+    first = f(**floats)
+    assert module._forward_point_floats_only is module._forward_point
+    assert module._value_and_grad_point_floats_only is module._value_and_grad_point
+
+    def checked_only(*_):
+        raise AssertionError("the call took the checked path")
+
+    checked = {name: getattr(module, name) for name in ("_forward", "_value_and_grad")}
+    for name in checked:                    # the shortcut never reaches them
+        setattr(module, name, checked_only)
+    try:
+        assert f(**floats) == first
+        assert f.value_and_grad(**floats) == (value, grads)
+        assert f.grad(**floats) == grads
+        for number, as_float in [(3, 3.0), (True, 1.0), (np.float32(0.25), 0.25),
+                                 (np.int64(-2), -2.0), (2**80, float(2**80))]:
+            # each number where a float was: the same kernel on the same floats
+            assert f(**{**floats, "x3": number}) == f(**{**floats, "x3": as_float})
+            assert f.grad(**{**floats, "x1": number}) == f.grad(**{**floats, "x1": as_float})
+    finally:
+        for name, function in checked.items():
+            setattr(module, name, function)
+    # anything else takes the checked path: arrays broadcast, bad inputs are named
+    values = f(**{**floats, "x2": np.array([x0[2], 0.3])})
+    assert values[0] == pytest.approx(first, rel=1e-13)
+    assert values[1] == f(**{**floats, "x2": 0.3})
+    with pytest.raises(TypeError, match="input 'x4'"):
+        f(**{**floats, "x4": "0.5"})
+    with pytest.raises(TypeError, match="input 'x4' must hold real numbers"):
+        f.grad(**{**floats, "x4": 1j})
+    with pytest.raises(ValueError, match="input 'x4': an int of 1329 bits"):
+        f(**{**floats, "x4": 10**400})
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'x7'"):
+        f(**{k: v for k, v in floats.items() if k != "x7"})
+    # and Numba compiled nothing for the ints, bools, arrays or strings it was handed
+    assert len(module._forward_point.signatures) == 1
+    assert len(module._value_and_grad_point.signatures) == 1
+
+
+def test_a_keyword_call_goes_straight_to_numba_only_where_floats_would():
+    """The shortcut is the by-keyword call's only: a model small enough for Python floats
+    (its pure-Python twin) keeps its checked call, which prefers the twin."""
+    x = sp.symbols(f"x0:{KEYWORDS_BY_DICT_FROM}", real=True)
+    f = sg.compile(sp.Add(*x) * x[0], x[:2])
+    assert "_python(" in f.source and "_floats_only" not in f.source
+    assert f(**{s.name: 1.0 for s in x}) == KEYWORDS_BY_DICT_FROM
+    small, y = chain(KEYWORDS_BY_DICT_FROM - 1)      # keyword-only parameters: no shortcut
+    assert "_floats_only" not in sg.compile(small, y[:2]).source
+
+
 def test_a_model_with_a_thousand_inputs_works_on_floats_and_arrays():
     # 1,000 inputs: more than thirty times CPython's stack limit for calls; with 2,000
     # operations (see PYTHON_FIRST_FROM_OPS) the first calls, on floats and on arrays, are

@@ -542,6 +542,16 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
                 + ["        except (ArithmeticError, ValueError):",
                    f"            return _value_and_grad_point({args})"])
 
+    def straight(kind: str, result: str) -> tuple[str, str] | None:
+        """(point kernel, result) where the by-keyword call of ``kind`` may go straight to
+        the Numba kernel (see _public_function_by_dict), else None."""
+        if len(names) < KEYWORDS_BY_DICT_FROM or python[kind] or python_first[kind]:
+            return None
+        return f"_{kind}_point", result
+
+    lines += [f"_{kind}_point_floats_only = None     # the kernel, once compiled for floats"
+              for kind, _, _ in programs if straight(kind, "") is not None]
+    lines += [""] if lines[-1] != "" else []
     lines += [
         f"def _forward({args}):",
         f"    if {float_check}:",
@@ -557,7 +567,8 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         "    return _out[0].reshape(_shape)",
         "",
         *_public_function(spec, "forward", "_forward",
-                          "The value (a float, or an array of the inputs' broadcast shape)."),
+                          "The value (a float, or an array of the inputs' broadcast shape).",
+                          floats=straight("forward", "_g")),
     ]
     if spec.value_and_grad is None:
         return lines
@@ -583,9 +594,9 @@ def _scalar_model(spec: ModuleSpec) -> list[str]:
         "",
         *_public_function(spec, "value_and_grad", "_value_and_grad",
                           "(value, {parameter name: gradient}), elementwise over broadcast "
-                          "inputs."),
+                          "inputs.", floats=straight("value_and_grad", f"_g[0], {{{grads}}}")),
         *_public_function(spec, "grad", "_value_and_grad", "{parameter name: gradient}.",
-                          item="[1]"),
+                          item="[1]", floats=straight("value_and_grad", f"{{{grads}}}")),
         f"def value_and_grad_positional({typed_args}) -> tuple:",
         '    """(value, gradient of each parameter in PARAMETERS order), the inputs in INPUTS',
         '    order: value_and_grad without keywords or a dict, for the smallest models where',
@@ -672,20 +683,21 @@ KEYWORDS_BY_DICT_FROM = 17
 
 
 def _public_function(spec: ModuleSpec, name: str, target: str, doc: str,
-                     positional: tuple = (), item: str = "") -> list[str]:
+                     positional: tuple = (), item: str = "",
+                     floats: tuple[str, str] | None = None) -> list[str]:
     """A function of the public API: the user's names as keyword-only arguments, handed on
     in order to symgrad's function of the same work, which names them in_0, in_1, ... .  The
     body mentions only the arguments and ``target`` (user names never start with an
     underscore), so no user name can shadow anything the work needs.  The signature is
     typed (a model with many inputs takes ``**_inputs``), and the docstring ends with the
-    work's operation count."""
+    work's operation count.  ``floats``: (point kernel, result of its ``_g``) where a
+    scalar model's call on floats goes straight to that kernel (see _FloatsOnly)."""
     count = spec.op_counts.get("value_and_grad" if name == "grad" else name)
     if count is not None:
         doc += f"\n\n    {count} operations after common subexpressions are shared."
     if len(spec.inputs) >= KEYWORDS_BY_DICT_FROM:
-        return _public_function_by_dict(name, target, doc,
-                                        [spec.public_name(s) for s in spec.inputs],
-                                        positional, item)
+        return _public_function_by_dict(name, target, doc, len(spec.inputs), positional,
+                                        item, floats)
     public = [f"{spec.public_name(s)}: {_input_type(spec, s)}" for s in spec.inputs]
     typed = [f"{p}: np.ndarray" for p in positional]
     signature = typed + (["/"] if positional else []) + (["*"] if public else []) + public
@@ -718,29 +730,56 @@ def _result_type(spec: ModuleSpec, name: str) -> str:
             "grad": f"dict[str, {gradient}]", "vjp": f"dict[str, {gradient}]"}[name]
 
 
-def _public_function_by_dict(name: str, target: str, doc: str, public: list,
-                             positional: tuple, item: str) -> list[str]:
-    """The public function of a model with many inputs: ``**_inputs``, each name looked up
-    once (O(n)); a missing or unknown name raises the TypeError Python's own binding would
-    (``_keyword_error``, in the module)."""
-    lookups = ", ".join(f"_inputs[{p!r}]" for p in public) + ("," if len(public) == 1 else "")
+def _public_function_by_dict(name: str, target: str, doc: str, count: int,
+                             positional: tuple, item: str,
+                             floats: tuple[str, str] | None) -> list[str]:
+    """The public function of a model with many inputs: ``**_inputs``, read in INPUTS
+    order by one C call (``_in_order``, O(n)); a missing or unknown name raises the
+    TypeError Python's own binding would (``_keyword_error``, in the module).
+
+    With ``floats`` (a scalar model's point kernel and what to return of its result ``_g``),
+    a call whose inputs are all numbers goes straight to the kernel once Numba has compiled
+    it for floats and compiles it for nothing else (``_floats_only``): no check of each
+    input in Python, which costs more than the kernel itself at 200 inputs.  Any input the
+    kernel cannot take (an array, a string) makes Numba raise TypeError before it runs, and
+    the checked call below takes the inputs as they are."""
     head = list(positional) + (["/"] if positional else []) + ["**_inputs"]
-    return [f"def {name}({', '.join(head)}):",
-            f"    {docstring_literal(doc)}",
-            "    try:",
-            f"        _arguments = ({lookups})",
-            "    except KeyError:",
-            "        _arguments = None",
-            f"    if _arguments is None or len(_inputs) != {len(public)}:",
-            f"        raise _keyword_error({name!r}, _inputs)",
-            f"    return {target}({''.join(p + ', ' for p in positional)}*_arguments){item}",
-            ""]
+    call = f"{target}({''.join(p + ', ' for p in positional)}*_arguments){item}"
+    lines = [f"def {name}({', '.join(head)}):", f"    {docstring_literal(doc)}"]
+    if floats is not None:
+        kernel, result = floats
+        ready = f"{kernel}_floats_only"
+        lines += [f"    global {ready}",
+                  f"    if {ready} is not None and len(_inputs) == {count}:",
+                  "        try:",
+                  f"            _g = {ready}(*_in_order(_inputs))",
+                  "        except (KeyError, TypeError):",
+                  "            pass     # a name missing, or an input that is no number",
+                  "        else:",
+                  f"            return {result}"]
+    lines += ["    try:",
+              "        _arguments = _in_order(_inputs)",
+              "    except KeyError:",
+              "        _arguments = None",
+              f"    if _arguments is None or len(_inputs) != {count}:",
+              f"        raise _keyword_error({name!r}, _inputs)"]
+    if floats is None:
+        return lines + [f"    return {call}", ""]
+    return lines + [f"    _result = {call}",
+                    f"    if {ready} is None and {kernel}.signatures:   # compiled for floats",
+                    f"        {ready} = _floats_only({kernel})",
+                    "    return _result",
+                    ""]
 
 
 def _keyword_error_function() -> list[str]:
-    """``_keyword_error(function, given)``: the TypeError for a call by keywords that misses
+    """``_in_order(inputs)``, the values of a call's keywords in INPUTS order, and
+    ``_keyword_error(function, given)``: the TypeError for a call by keywords that misses
     an input or names one the model does not have (INPUTS holds the public names)."""
     return [
+        "_in_order = _reader(INPUTS)",
+        "",
+        "",
         "def _keyword_error(function, given):",
         "    missing = [name for name in INPUTS if name not in given]",
         "    if missing:",

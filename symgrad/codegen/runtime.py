@@ -2,11 +2,13 @@
 scalar-or-array load used by the loops of scalar models, and the input checks.
 
 This file's text (below the marker line) is copied into each generated module, after the
-code of fastmath.py; both import nothing but numpy, numba (with its llvmlite) and math.
+code of fastmath.py; both import nothing but numpy, numba (with its llvmlite), math and
+operator.
 """
 
 # --- symgrad runtime: copied verbatim into generated modules ------------------------------
 import math
+import operator
 
 import numba
 import numpy as np
@@ -148,10 +150,34 @@ class _Threads(Exception):
     """Raised by a serial kernel when its parallel twin should run instead."""
 
 
+def _reader(names):
+    """A function that reads the values of ``names`` from a dict in that order, one look-up
+    each, in C: a keyword call's inputs for its kernel (``_in_order(inputs)``)."""
+    return operator.itemgetter(*names)
+
+
+def _floats_only(kernel):
+    """``kernel``, which Numba has compiled for floats, told to compile for nothing else.
+    Called with other arguments, Numba converts ints and bools as ``float()`` does and
+    raises TypeError for anything else (an array, a string, None), without compiling a
+    version for them: a keyword call can hand it the inputs unchecked and go to its
+    checked path on TypeError."""
+    kernel.disable_compile()
+    return kernel
+
+
 def _real_array(name, value):
     """value as a float64 array, or TypeError naming the input."""
     if type(value) is np.ndarray and value.dtype == np.float64:
         return value
+    if type(value) is int:
+        # NumPy holds an int beyond 64 bits as an object; as a float it is a number like any
+        # other (and the compiled kernel, handed one, converts it so)
+        try:
+            return np.asarray(float(value))
+        except OverflowError:
+            raise ValueError(f"input {name!r}: an int of {value.bit_length()} bits is too "
+                             "large for a float") from None
     try:
         array = np.asarray(value)
     except Exception as error:  # noqa: BLE001 - any failure means "not numeric"
