@@ -261,6 +261,10 @@ def _not_real(node) -> bool:
     SymPy's IdentityFunction, is no number, though SymPy says is_number of it)."""
     if not isinstance(node, sp.Expr) or isinstance(node, (MatrixExpr, sp.Lambda)):
         return False
+    if any(type(a) is sp.Symbol for a in node.args):
+        # (most nodes) no number, unless the symbol is bound (the x of an integral over x);
+        # a non-real one then holds I or another non-real constant, a node of its own
+        return False
     try:
         return bool(node.is_number) and node.is_extended_real is False
     except Exception:   # noqa: BLE001 - a node SymPy cannot ask is not known to be complex
@@ -276,17 +280,25 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
     """
     expr = sp.sympify(expr)
     nodes = dag_nodes(expr)
+    kinds = set(map(type, nodes))   # (the checks below ask of a kind before its nodes)
+
+    def has(*classes) -> bool:
+        return any(issubclass(kind, classes) for kind in kinds)
+
     written = {n: n.doit() for n in nodes
                if isinstance(n, (sp.Subs, sp.UnevaluatedExpr))
-               or isinstance(n, sp.Derivative) and time_function_name(n) is None}
+               or isinstance(n, sp.Derivative) and time_function_name(n) is None
+               } if has(sp.Subs, sp.UnevaluatedExpr, sp.Derivative) else {}
     if written:
         # a derivative SymPy left unevaluated (Derivative(q(t)**2, t), Derivative(sin(x),
         # x)), a substitution Subs(f, x, 2) and an UnevaluatedExpr are the expressions
         # SymPy's doit gives, as the model written out
         expr = dag_xreplace(expr, written)
         nodes = dag_nodes(expr)
+        kinds = set(map(type, nodes))
     _refuse_non_real_constants(nodes)
-    _refuse_matrix_piecewise(nodes)
+    if has(sp.Piecewise):
+        _refuse_matrix_piecewise(nodes)
     # f(w) differentiated in w is a function the model applies (an error if it has no
     # rule), not a function of time: only an argument that is not differentiated is time
     # (unless wrt also holds a function of that argument, q(t) or its derivative: then the
@@ -295,11 +307,12 @@ def normalize(expr, wrt=None, *, compiled: bool = False):
     times = {_argument_of(w) for w in given
              if isinstance(w, sp.Basic) and time_function_name(w) is not None}
     table = {node: symbol for node, symbol in _time_function_table(nodes).items()
-             if _argument_of(node) not in given or _argument_of(node) in times}
+             if _argument_of(node) not in given or _argument_of(node) in times
+             } if has(AppliedUndef, sp.Derivative) else {}
     if table:
         _refuse_clashes(table, _namesakes(expr, table))
         expr = dag_xreplace(expr, table)
-    if any(isinstance(n, (ElementwiseApplyFunction, sp.Sum, sp.Product)) for n in nodes):
+    if has(ElementwiseApplyFunction, sp.Sum, sp.Product):
         expr = _rewrite(expr)
     if compiled:
         _refuse_symbolic_entries(dag_nodes(expr))

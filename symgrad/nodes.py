@@ -129,6 +129,28 @@ def renamed(node, new_operands):
     return node.func(*new_operands)
 
 
+def postprocessed(obj):
+    """``obj`` after SymPy's constructor postprocessors (what a sum, product or power gets
+    when SymPy builds it: a matrix expression among its args makes it a matrix sum ...),
+    without SymPy's two cached look-ups per argument where no argument's class has any
+    (every scalar expression): a tenth of building a statement of two names.
+
+    >>> (x, y), A = sp.symbols("x y"), sp.MatrixSymbol("A", 2, 2)
+    >>> postprocessed(sp.Add._from_args((x, y))) == x + y, postprocessed(sp.Add._from_args((A, A)))
+    (True, 2*A)
+    """
+    for a in obj.args:
+        kind = type(a)
+        if kind not in _WITHOUT_POSTPROCESSORS:
+            if any(c in sp.Basic._constructor_postprocessor_mapping for c in kind.__mro__):
+                return type(obj)._exec_constructor_postprocessors(obj)
+            _WITHOUT_POSTPROCESSORS.add(kind)
+    return obj
+
+
+_WITHOUT_POSTPROCESSORS: set = set()     # classes that bring no constructor postprocessor
+
+
 # ------------------------------------------------------------------------------------------
 # Sums and products as SymPy evaluates them, without its general machinery where provably
 # nothing would combine
@@ -156,8 +178,10 @@ def add(*args):
             # two names (most statements a program adds): SymPy only sorts them
             if _SYMPY_ORDER(b) < _SYMPY_ORDER(a):
                 a, b = b, a
-            return sp.Add._exec_constructor_postprocessors(sp.Add._from_args((a, b), True))
+            return postprocessed(sp.Add._from_args((a, b), True))
     terms = [a for a in args if a is not sp.S.Zero]
+    if len(terms) == 1 and isinstance(terms[0], sp.Expr):
+        return terms[0]         # (SymPy drops the zeros and gives the other term back)
     if len(terms) < 2 or not all(isinstance(a, sp.Expr) for a in terms):
         return sp.Add(*args)
     coefficient = sp.S.Zero
@@ -215,7 +239,7 @@ def add(*args):
     rest.sort(key=_SYMPY_ORDER)
     if coefficient is not sp.S.Zero:
         rest.insert(0, coefficient)
-    return sp.Add._exec_constructor_postprocessors(sp.Add._from_args(rest, True))
+    return postprocessed(sp.Add._from_args(rest, True))
 
 
 def _commutative(e) -> bool:
@@ -290,6 +314,8 @@ def mul(*args):
     if len(args) == 1 and isinstance(args[0], sp.Expr):
         return args[0]          # (a rule's product of the other factors, when there is one)
     factors = [a for a in args if a is not sp.S.One]
+    if len(factors) == 1 and isinstance(factors[0], sp.Expr):
+        return factors[0]       # (SymPy drops the ones and gives the other factor back)
     if len(factors) < 2 or not all(isinstance(a, sp.Expr) for a in factors):
         return sp.Mul(*args)
     distribute = sp.core.parameters.global_parameters.distribute
@@ -301,7 +327,7 @@ def mul(*args):
             r, b = b.as_coeff_Mul()
             if b.is_Add:
                 if r is sp.S.One and distribute and b.is_commutative:
-                    return sp.Mul._exec_constructor_postprocessors(
+                    return postprocessed(
                         add(*[_keep_coeff(a, t) for t in b.args]))
                 return sp.Mul(*args)
     coefficient = sp.S.One
@@ -334,12 +360,12 @@ def mul(*args):
     if (has_sum and coefficient is not sp.S.One and len(rest) == 1 and type(rest[0]) is sp.Add
             and distribute):
         # a number times a sum: SymPy distributes it
-        return sp.Mul._exec_constructor_postprocessors(
+        return postprocessed(
             add(*[times(coefficient, t) for t in rest[0].args]))
     rest.sort(key=_SYMPY_ORDER)
     if coefficient is not sp.S.One:
         rest.insert(0, coefficient)
-    return sp.Mul._exec_constructor_postprocessors(sp.Mul._from_args(rest, True))
+    return postprocessed(sp.Mul._from_args(rest, True))
 
 
 def times(a, b):
@@ -457,10 +483,10 @@ def unevaluated(kind, args):
     if not all(isinstance(a, sp.Expr) for a in args):
         return kind(*args, evaluate=False)
     if kind is sp.Add or kind is sp.Mul:
-        return kind._exec_constructor_postprocessors(kind._from_args(list(args)))
+        return postprocessed(kind._from_args(list(args)))
     if kind is sp.Pow and len(args) == 2:
         base, exponent = args
-        obj = sp.Pow._exec_constructor_postprocessors(sp.Basic.__new__(sp.Pow, base, exponent))
+        obj = postprocessed(sp.Basic.__new__(sp.Pow, base, exponent))
         if isinstance(obj, sp.Pow):
             obj.is_commutative = (base.is_commutative and exponent.is_commutative)
         return obj

@@ -16,7 +16,7 @@ import sympy as sp
 
 import symgrad as sg
 from symgrad import ops
-from symgrad.derive.graph import dag_free_symbols, dag_xreplace, stabilize
+from symgrad.derive.graph import dag_free_symbols, dag_nodes, dag_xreplace, stabilize
 
 
 def evaluate(expr, values: dict) -> float:
@@ -477,6 +477,13 @@ def test_dag_walks_agree_with_sympy_on_small_models():
     X = sp.MatrixSymbol("X", sp.Symbol("n", integer=True), 2)
     expr = sp.sin(x * w) + sp.Lambda(u, u**2)(x) + X[0, 1] * w
     assert dag_free_symbols(expr) == expr.free_symbols
+    t = sp.Symbol("t")
+    for model in [expr, sp.sin(x * w) + 3, X[0, 1] * w, sp.Lambda(u, u * w)(x) + x,
+                  sp.Integral(x * t, (t, 0, 1)) + w, sp.Derivative(sp.Function("f")(x), x)]:
+        # also where the model's nodes are listed already (checking a model lists them
+        # first): a matrix symbol's dimensions and bound variables are no free symbols
+        dag_nodes(model)
+        assert dag_free_symbols(model) == model.free_symbols, model
     table = {x: u, w: sp.Integer(2)}
     assert dag_xreplace(expr, table) == expr.xreplace(table)
 

@@ -100,6 +100,23 @@ def dag_free_symbols(expr) -> set:
 
 
 def _free_symbols(expr) -> set:
+    kept = _LAST_WALKED.get("nodes")
+    if kept is not None and kept[0] is expr:
+        # the model's nodes, listed already (checking a model walks it for both): its free
+        # symbols are those of its nodes, where no node binds a variable (a Lambda's)
+        out = set()
+        for node in kept[1]:
+            if isinstance(node, sp.Symbol):
+                out.add(node)
+            elif not isinstance(node, sp.Basic):
+                continue
+            elif _has_own_free_symbols(node) if node.args else node.free_symbols:
+                # a node with free symbols of its own making (a matrix symbol, which does
+                # not count its dimensions; a Lambda, which binds its variables): the walk
+                # below stops at it
+                break
+        else:
+            return out
     out: set = set()
     seen: set = set()
     stack = [expr]
@@ -211,8 +228,11 @@ def _has_unstable_form(expr) -> bool:
 
 
 def _some_node(expr, found) -> bool:
-    """Whether ``found(node)`` holds for a node of expr's DAG (the walk stops at the first)."""
-    return any(found(node) for node in _walk(expr))
+    """Whether ``found(node)`` holds for a node of expr's DAG (the walk stops at the first;
+    the model's nodes listed already are gone through as listed)."""
+    kept = _LAST_WALKED.get("nodes")
+    return any(found(node) for node in (kept[1] if kept is not None and kept[0] is expr
+                                         else _walk(expr)))
 
 
 def _stable_form(e):

@@ -205,7 +205,8 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
         for kid, contribution in zip(kids, local):
             if contribution is None or kid not in depends:
                 continue
-            contribution = canonicalize(contribution)
+            if type(contribution) is not sp.Symbol:     # (a name is canonical)
+                contribution = canonicalize(contribution)
             derivation.walk.sent.append((node, kid, contribution))
             if _is_zero(contribution):
                 continue
@@ -227,7 +228,8 @@ def _is_transposed_symbol(e) -> bool:
 
 
 def _is_zero(e) -> bool:
-    return e == 0 or isinstance(e, sp.ZeroMatrix)
+    # (asked of every contribution, canonical expressions: only a number can equal 0)
+    return isinstance(e, sp.ZeroMatrix) or (e.is_Number and e == 0)
 
 
 def _sum(parts: list, node, canonicalize):
@@ -296,6 +298,7 @@ def inline_all(derivation: Derivation, exprs: list, known: dict | None = None) -
             return [a for a in e.args if isinstance(a, sp.Basic)]
         return []
 
+    memo: dict = dict(known or {})
     uses: dict = {}
     seen: set = set()
     stack = list(exprs)
@@ -304,6 +307,11 @@ def inline_all(derivation: Derivation, exprs: list, known: dict | None = None) -
         if e in seen:
             continue
         seen.add(e)
+        if e in memo:
+            # a known value is not rebuilt: what it is made of needs no count (a link used
+            # here and under it counts once, and is then merged into the sum or product
+            # that uses it, which SymPy's flattening gives the same expression)
+            continue
         for child in plain_children(e):
             uses[child] = uses.get(child, 0) + 1
             stack.append(child)
@@ -328,7 +336,6 @@ def inline_all(derivation: Derivation, exprs: list, known: dict | None = None) -
             return terms(e)
         return plain_children(e)
 
-    memo: dict = dict(known or {})
     stack = [(expr, None) for expr in reversed(exprs)]
     while stack:
         e, kids = stack.pop()
