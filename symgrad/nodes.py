@@ -324,6 +324,9 @@ def mul(*args):
         if b.is_Rational:
             a, b = b, a
         if a.is_Rational and a is not sp.S.Zero:
+            if type(b) is sp.Symbol and b.is_commutative:
+                # (a rule's 3 g, a term's 2 x): the number, then the name
+                return sp.Mul._from_args((a, b), True)
             r, b = b.as_coeff_Mul()
             if b.is_Add:
                 if r is sp.S.One and distribute and b.is_commutative:
