@@ -691,7 +691,7 @@ def _public_function(spec: ModuleSpec, name: str, target: str, doc: str,
     underscore), so no user name can shadow anything the work needs.  The signature is
     typed (a model with many inputs takes ``**_inputs``), and the docstring ends with the
     work's operation count.  ``floats``: (point kernel, result of its ``_g``) where a
-    scalar model's call on floats goes straight to that kernel (see _FloatsOnly)."""
+    scalar model's call on floats goes straight to that kernel (see _public_function_by_dict)."""
     count = spec.op_counts.get("value_and_grad" if name == "grad" else name)
     if count is not None:
         doc += f"\n\n    {count} operations after common subexpressions are shared."
