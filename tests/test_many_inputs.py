@@ -3,7 +3,7 @@ value-and-gradient loop that stays vectorised with many parameters.
 
 Results are checked against closed forms; the cost of a keyword call is checked through its
 mechanism (one dictionary lookup per input instead of CPython's keyword binding, which scans
-the parameter names for each keyword given), never through timings (bench/scaling.py measures
+the parameter names for each keyword given), never through timings (bench/many_inputs.py measures
 those).
 """
 
