@@ -749,14 +749,7 @@ def _public_function_by_dict(name: str, target: str, doc: str, count: int,
     if floats is not None:
         kernel, result = floats
         ready = f"{kernel}_floats_only"
-        lines += [f"    global {ready}",
-                  f"    if {ready} is not None and len(_inputs) == {count}:",
-                  "        try:",
-                  f"            _g = {ready}(*_in_order(_inputs))",
-                  "        except (KeyError, TypeError):",
-                  "            pass     # a name missing, or an input that is no number",
-                  "        else:",
-                  f"            return {result}"]
+        lines.append(f"    global {ready}")
     lines += ["    try:",
               "        _arguments = _in_order(_inputs)",
               "    except KeyError:",
@@ -765,7 +758,14 @@ def _public_function_by_dict(name: str, target: str, doc: str, count: int,
               f"        raise _keyword_error({name!r}, _inputs)"]
     if floats is None:
         return lines + [f"    return {call}", ""]
-    return lines + [f"    _result = {call}",
+    return lines + [f"    if {ready} is not None:",
+                    "        try:",
+                    f"            _g = {ready}(*_arguments)",
+                    "        except TypeError:",
+                    "            pass     # an input that is no number: the checked call",
+                    "        else:",
+                    f"            return {result}",
+                    f"    _result = {call}",
                     f"    if {ready} is None and {kernel}.signatures:   # compiled for floats",
                     f"        {ready} = _floats_only({kernel})",
                     "    return _result",

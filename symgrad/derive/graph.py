@@ -60,6 +60,14 @@ def _last_walked(expr, what: str, walk):
 _LAST_WALKED: dict = {}     # what -> (the expression, what a walk of it found)
 
 
+def _listed_nodes(expr):
+    """expr's nodes where :func:`dag_nodes` listed them last (checking a model lists them
+    first), else None: a later pass over the whole model goes through the list instead of
+    walking it again."""
+    kept = _LAST_WALKED.get("nodes")
+    return kept[1] if kept is not None and kept[0] is expr else None
+
+
 def _walk(expr):
     """The distinct subexpressions of expr, each once, a node before its children, without
     recursion (lazily: a caller may stop at the first it looks for)."""
@@ -100,12 +108,11 @@ def dag_free_symbols(expr) -> set:
 
 
 def _free_symbols(expr) -> set:
-    kept = _LAST_WALKED.get("nodes")
-    if kept is not None and kept[0] is expr:
-        # the model's nodes, listed already (checking a model walks it for both): its free
-        # symbols are those of its nodes, where no node binds a variable (a Lambda's)
+    listed = _listed_nodes(expr)
+    if listed is not None:
+        # its free symbols are those of its nodes, where no node binds a variable (a Lambda's)
         out = set()
-        for node in kept[1]:
+        for node in listed:
             if isinstance(node, sp.Symbol):
                 out.add(node)
             elif not isinstance(node, sp.Basic):
@@ -230,9 +237,8 @@ def _has_unstable_form(expr) -> bool:
 def _some_node(expr, found) -> bool:
     """Whether ``found(node)`` holds for a node of expr's DAG (the walk stops at the first;
     the model's nodes listed already are gone through as listed)."""
-    kept = _LAST_WALKED.get("nodes")
-    return any(found(node) for node in (kept[1] if kept is not None and kept[0] is expr
-                                         else _walk(expr)))
+    listed = _listed_nodes(expr)
+    return any(found(node) for node in (_walk(expr) if listed is None else listed))
 
 
 def _stable_form(e):
