@@ -173,10 +173,11 @@ def add(*args):
         return sp.Add(*args)
     if len(args) == 2:
         a, b = args
-        if (type(a) is sp.Symbol and type(b) is sp.Symbol and a != b
-                and a.is_commutative and b.is_commutative):
-            # two names (most statements a program adds): SymPy only sorts them
-            if _SYMPY_ORDER(b) < _SYMPY_ORDER(a):
+        if (type(a) is sp.Symbol and type(b) is sp.Symbol and a.name != b.name
+                and a._assumptions0 == b._assumptions0 and a.is_commutative):
+            # two names of the same assumptions (most statements a program adds): SymPy
+            # only sorts them, and Basic.compare of such symbols is that of their names
+            if b.name < a.name:
                 a, b = b, a
             return postprocessed(sp.Add._from_args((a, b), True))
     terms = [a for a in args if a is not sp.S.Zero]
@@ -327,6 +328,9 @@ def mul(*args):
             if type(b) is sp.Symbol and b.is_commutative:
                 # (a rule's 3 g, a term's 2 x): the number, then the name
                 return sp.Mul._from_args((a, b), True)
+            if isinstance(b, sp.Function) and _plain_mul(a, b):
+                # (a gradient's 3 cos(x)): the number, then the function, as SymPy has it
+                return postprocessed(sp.Mul._from_args((a, b), True))
             r, b = b.as_coeff_Mul()
             if b.is_Add:
                 if r is sp.S.One and distribute and b.is_commutative:

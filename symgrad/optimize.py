@@ -71,6 +71,8 @@ class _Flattener:
         self.statements: list[Statement] = []
         self.table: dict = {}
         self.negations: dict = {}       # target of -a -> a
+        # the sum or product renamed_atom has just built as SymPy evaluates it (see _chain)
+        self._evaluated = None
 
     def atom(self, e):
         if is_atom(e):
@@ -84,9 +86,12 @@ class _Flattener:
         :meth:`_operation` over the same atoms (with its checks of every kind on the way: a
         third of the cost of lowering such a statement)."""
         operation = self._renamed_operation(e, names)
-        if operation is None:
-            return self.atom(_substituted(e, names))
-        return self._named(operation)
+        if operation is not None:
+            return self._named(operation)
+        renamed = _substituted(e, names)
+        if renamed is not e and (type(renamed) is sp.Add or type(renamed) is sp.Mul):
+            self._evaluated = renamed       # (rebuilt by _built: in SymPy's form)
+        return self.atom(renamed)
 
     def _renamed_operation(self, e, names: dict):
         """The operation that ``atom(_substituted(e, names))`` names, built once, where e is
@@ -202,7 +207,9 @@ class _Flattener:
         operand = self._term if func is sp.Add else self.atom
         if (not all(a.is_commutative for a in args)
                 or (args[0].is_Number and not args[0].is_finite)
-                or _built(func, args).args != args):
+                # (a sum SymPy has just evaluated is in its form: a sum of 10,000 terms
+                # need not be built again to find that out)
+                or (e is not self._evaluated and _built(func, args).args != args)):
             head = self.atom(_built(func, args[:-1]))
             return _built(func, (head, operand(args[-1])))
         numbers = all(a.is_number for a in args[:2])

@@ -143,7 +143,16 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
         if is_leaf(node):
             name_of[node] = node
             continue
-        rebuilt = rebuild(node, [name_of[c] for c in kids_of[node]])
+        kids = kids_of[node]
+        names = [name_of[c] for c in kids]
+        kind = type(node)
+        if ((kind is sp.Add or kind is sp.Mul or kind is sp.Pow)
+                and all(n is c for n, c in zip(names, kids))):
+            # a sum, product or power of leaves (3*x, x**2) is its own rebuilding: the same
+            # operands, unevaluated (a third of the nodes of a sum of terms a*x + y)
+            rebuilt = node
+        else:
+            rebuilt = rebuild(node, names)
         rebuilt_of[node] = rebuilt
         if _is_transposed_symbol(rebuilt):     # X^T is a view, not a value to compute
             name_of[node] = rebuilt
@@ -164,7 +173,7 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
     wrt_set = set(wrt)
     depends: set = set()
     for node in graph.nodes:
-        if node in wrt_set or any(c in depends for c in kids_of[node]):
+        if node in wrt_set or not depends.isdisjoint(kids_of[node]):
             depends.add(node)
 
     # backward: seed with 1, then each node hands its adjoint to its children
