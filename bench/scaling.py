@@ -27,8 +27,8 @@ Every measurement runs in a fresh process with a fresh symgrad cache folder (col
 and a time cap; once a size passes the cap (or fails), the larger sizes of that family and
 tool are skipped.  Each tool's curve gets the slope of a least-squares line through its
 log-log points from the middle size up (the asymptotic exponent: 1 = linear).  Results are
-kept per label (``before``, ``after``) in SCALING.json; SCALING.md and scaling.png show every
-label.
+kept per label (``before``, ``after``) in SCALING.json; SCALING.md shows every label and,
+first, ``now``: the newest measurement of each size; scaling.png draws ``before`` and ``now``.
 """
 
 from __future__ import annotations
@@ -427,15 +427,48 @@ def _ordered(data: dict) -> list:
                   key=lambda item: (item[0] != "before", item[0]))
 
 
+PEERS = ("jax", "lambdify")     # the tools whose times do not change with symgrad's code
+
+
 def _with_peers(data: dict, entry: dict) -> dict:
-    """The entry, with the columns of tools it did not run (JAX, lambdify: they do not
-    change with symgrad) taken from another label that ran them."""
+    """The entry, with the columns of the peers it did not run (JAX, lambdify) taken from
+    another label that ran them, for the families it ran.  symgrad's own columns are never
+    borrowed: a section shows only what its run measured of symgrad."""
     results = {family: dict(tools) for family, tools in entry["results"].items()}
     for _, other in _ordered(data):
         for family, tools in other["results"].items():
-            for tool, rows in tools.items():
-                results.setdefault(family, {}).setdefault(tool, rows)
+            if family not in results:
+                continue
+            for tool in PEERS:
+                if tool in tools:
+                    results[family].setdefault(tool, tools[tool])
     return {**entry, "results": results}
+
+
+def _tables(results: dict) -> list:
+    """Markdown lines: one table per family of one label's results, with fitted slopes."""
+    lines = []
+    for family in results:
+        header = ["n"] + [title for _, _, title in COLUMNS]
+        lines += [f"### {family}", "", "| " + " | ".join(header) + " |",
+                  "|" + "---:|" * len(header)]
+        sizes = sorted({int(n) for tool in results[family].values() for n in tool})
+        for n in sizes:
+            row = [str(n)]
+            for tool, phase, _ in COLUMNS:
+                row.append(_cell(results[family].get(tool, {}).get(str(n)), phase))
+            lines.append("| " + " | ".join(row) + " |")
+        row = ["slope"]
+        for tool, phase, _ in COLUMNS:
+            k = slope(_curve(results, family, tool, phase))
+            row.append("" if k is None else f"{k:.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+        errors = sorted({(tool, r["error"]) for tool, rows in results[family].items()
+                         for r in rows.values() if "error" in r})
+        for tool, error in errors:
+            lines.append(f"\n{tool} failed: `{error}`")
+        lines.append("")
+    return lines
 
 
 def render(data: dict) -> str:
@@ -451,78 +484,83 @@ def render(data: dict) -> str:
              "floats; JAX's `jit(value_and_grad)` first call (trace, XLA compile, run) on the "
              "same function written as a Python loop; `sympy.lambdify(cse=True)` of the value "
              "alone plus one call.", ""]
+    lines += ["## now", "",
+              "The newest measurement of each size by any run after `before` (the sections "
+              "below, by date: later runs timed the large sizes only), and the peers' times.",
+              ""]
+    lines += _tables(newest(data))
     for label, entry in _ordered(data):
         entry = _with_peers(data, entry)
         meta = entry.get("meta", {})
         lines += [f"## {label}", "",
                   f"{meta.get('date', '')}, `{meta.get('command', '')}`, cap {meta.get('cap')} s, "
                   f"{meta.get('machine', '')}. {meta.get('note', '')}".rstrip(), ""]
-        results = entry["results"]
-        for family in results:
-            header = ["n"] + [title for _, _, title in COLUMNS]
-            lines += [f"### {family}", "", "| " + " | ".join(header) + " |",
-                      "|" + "---:|" * len(header)]
-            sizes = sorted({int(n) for tool in results[family].values() for n in tool})
-            for n in sizes:
-                row = [str(n)]
-                for tool, phase, _ in COLUMNS:
-                    row.append(_cell(results[family].get(tool, {}).get(str(n)), phase))
-                lines.append("| " + " | ".join(row) + " |")
-            row = ["slope"]
-            for tool, phase, _ in COLUMNS:
-                k = slope(_curve(results, family, tool, phase))
-                row.append("" if k is None else f"{k:.2f}")
-            lines.append("| " + " | ".join(row) + " |")
-            errors = sorted({(tool, r["error"]) for tool, rows in results[family].items()
-                             for r in rows.values() if "error" in r})
-            for tool, error in errors:
-                lines.append(f"\n{tool} failed: `{error}`")
-            lines.append("")
+        lines += _tables(entry["results"])
     if "ratio" in data:
         lines += render_ratio(data["ratio"])
     lines += ["![Compile cost against model size, log-log](scaling.png)", ""]
     return "\n".join(lines)
 
 
+def newest(data: dict) -> dict:
+    """Results in the form of one label's: for each family, tool and size, the newest
+    measurement of symgrad by any run after ``before`` (runs of later sessions measured the
+    large sizes only; the small ones stand as the last run that timed them), and of the
+    peers by any run."""
+    runs = sorted((entry.get("meta", {}).get("date", ""), label, entry)
+                  for label, entry in _ordered(data))
+    merged: dict = {}
+    for _, label, entry in runs:
+        for family, tools in entry["results"].items():
+            for tool, rows in tools.items():
+                if label != "before" or tool in PEERS:
+                    merged.setdefault(family, {}).setdefault(tool, {}).update(rows)
+    return merged
+
+
 def plot(data: dict, path: Path) -> None:
+    """Log-log curves of each family: symgrad before the linear passes (dashed) and now (the
+    newest measurement of each size, solid), JAX's first call and lambdify once each."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     families = list(SIZES)
-    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 4.4))
-    styles = {"before": "--", "after": ":", "final": "-"}
+    columns = 3
+    rows = -(-len(families) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows), squeeze=False)
     colors = {"grad": "tab:blue", "own": "tab:orange", "total": "tab:red",
               "jax": "tab:green", "lambdify": "tab:purple"}
-    labels = [label for label, _ in _ordered(data)]
-    for ax, family in zip(axes, families):
-        for label, entry in _ordered(data):
-            results = entry["results"]
-            for tool, phase, title, key in [("grad", "grad", "sg.grad", "grad"),
-                                            ("symgrad", "own", "symgrad phases", "own"),
-                                            ("symgrad", "total", "compile + first call",
-                                             "total"),
-                                            ("jax", "total", "JAX first call", "jax"),
-                                            ("lambdify", "total", "lambdify(cse)", "lambdify")]:
-                peer_label = next((name for name in labels if tool in data[name]["results"]
-                                   .get(family, {})), None)
-                if tool in ("jax", "lambdify") and label != peer_label:
-                    continue   # the peers do not change between labels: drawn once
+    curves = [("grad", "grad", "sg.grad", "grad"),
+              ("symgrad", "own", "symgrad phases", "own"),
+              ("symgrad", "total", "compile + first call", "total"),
+              ("jax", "total", "JAX first call", "jax"),
+              ("lambdify", "total", "lambdify(cse)", "lambdify")]
+    runs = [("before", data.get("before", {}).get("results", {}), "--"),
+            ("now", newest(data), "-")]
+    for ax, family in zip(axes.flat, families):
+        for run, results, style in runs:
+            for tool, phase, title, key in curves:
+                peer = tool in PEERS
+                if peer and run != "now":
+                    continue        # the peers do not change with symgrad: drawn once
                 curve = _curve(results, family, tool, phase)
                 if not curve:
                     continue
                 k = slope(curve)
-                ax.loglog([n for n, _ in curve], [t for _, t in curve],
-                          styles.get(label, "-"), marker="o", ms=3, color=colors[key],
-                          label=f"{title} ({label}, k={k:.2f})" if k is not None
-                          else f"{title} ({label})")
+                name = title if peer else f"{title} ({run})"
+                ax.loglog([n for n, _ in curve], [t for _, t in curve], style if not peer
+                          else ":", marker="o", ms=3, color=colors[key],
+                          label=f"{name}, k={k:.2f}" if k is not None else name)
         ax.axhline(10, color="grey", lw=0.6, ls=":")
         ax.set_title(family)
         ax.set_xlabel("model size n")
         ax.set_ylabel("seconds")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(families):]:
+        ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def _machine() -> str:
