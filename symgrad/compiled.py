@@ -21,7 +21,7 @@ from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, mod
 from symgrad.derive.graph import dag_atoms, dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.reverse import derive, inline_all
 from symgrad.files import cache_dir, drop_damaged_numba_cache, load_module, write_atomically
-from symgrad.nodes import without_cycle_collection
+from symgrad.nodes import one_pass
 from symgrad.optimize import fuse, lower, restricted
 from symgrad.version import __version__
 
@@ -148,7 +148,7 @@ def _refuse_dimension(w) -> None:
     raise ValueError(f"{w} is a matrix dimension and cannot be differentiated")
 
 
-@without_cycle_collection
+@one_pass
 def grad(expr, wrt) -> Gradients:
     """The gradient of a scalar expression with respect to each symbol of ``wrt``.
 
@@ -242,7 +242,7 @@ def _in_user_names(error: Exception, public: dict) -> Exception:
 _INTERNAL_NAME = re.compile(r"\b(?:in|dim)_\d+\b")
 
 
-@without_cycle_collection
+@one_pass
 def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     """Derive, optimize and describe the module for expr (see :func:`compile`)."""
     from symgrad.forms import normalize
@@ -455,6 +455,7 @@ class CompiledFunction:
                 f"parameters {', '.join(self.parameters)}; ops {self.op_counts}>")
 
 
+@one_pass
 def compile(expr, wrt, name: str = "model") -> CompiledFunction:  # noqa: A001 - the API name
     """Derive, optimize and compile ``expr`` and its gradients to Numba.
 

@@ -900,3 +900,71 @@ def test_writing_a_module_keeps_no_statement_texts(tmp_path, monkeypatch):
     second = module_source(build_spec(sp.sin(5 * x) * y + 2 * y, [x, y]), "test")
     assert "5.0*" in second and "3.0*" not in second and "3.0*" in first
     assert not numba._PRINTED and not ir._SHAPES
+
+
+def test_each_call_costs_what_the_first_does_whatever_came_before(monkeypatch):
+    """symgrad builds nodes equal to, not the same objects as, those an earlier call left in
+    SymPy's cache, and SymPy finds a cached entry by comparing node by node: on a nested
+    model that walks every path of the tree (a second sg.grad at depth 16 compared 160,448
+    times against the first call's 883).  Counted, not timed: every later call compares
+    about as often as the first, after other calls and after the model is built again."""
+    from sympy.core.basic import Basic
+
+    comparisons = [0]
+    equal = Basic.__eq__
+
+    def counted(self, other):
+        comparisons[0] += 1
+        return equal(self, other)
+
+    monkeypatch.setattr(Basic, "__eq__", counted)
+    f, x, w = nested(16)
+    x0, w0 = 0.7, 0.3
+    _, dx, dw = nested_by_hand(16, x0, w0)
+
+    def grad_comparisons(model) -> int:
+        comparisons[0] = 0
+        g = sg.grad(model, [x, w])
+        spent = comparisons[0]
+        assert evaluate(g[x], {x: x0, w: w0}) == pytest.approx(dx, rel=1e-12)
+        assert evaluate(g[w], {x: x0, w: w0}) == pytest.approx(dw, rel=1e-12)
+        return spent
+
+    first = grad_comparisons(f)
+    later = [grad_comparisons(f)]
+    sg.compile(f, [x, w])
+    later.append(grad_comparisons(f))
+    sg.hessian(nested(4)[0], [x, w])
+    later.append(grad_comparisons(f))
+    later.append(grad_comparisons(nested(16)[0]))      # the same model, built again
+    assert max(later) <= 2 * first + 100, (first, later)
+
+
+def test_sympys_cache_is_cleared_when_the_outermost_pass_begins_and_ends():
+    """Nested passes share the cache (what one pass built, the next finds); only the
+    outermost clears it, before and after."""
+    from symgrad.nodes import one_pass
+
+    x = sp.Symbol("x")
+    cached = sp.Mul.__new__      # one of SymPy's cached constructors
+
+    def size() -> int:
+        return cached.cache_info().currsize
+
+    @one_pass
+    def inner():
+        sp.Mul(x, sp.Symbol("inner"))
+        return size()
+
+    @one_pass
+    def outer():
+        before = size()
+        sp.Mul(x, sp.Symbol("outer"))
+        return before, size(), inner(), size()
+
+    sp.Mul(x, sp.Symbol("user"))
+    assert size() > 0
+    before, built, in_inner, after_inner = outer()
+    assert before == 0                          # cleared as the outermost pass began
+    assert built >= 1 and in_inner >= built + 1 and after_inner == in_inner   # kept inside
+    assert size() == 0                          # and cleared as it ended

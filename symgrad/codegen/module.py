@@ -30,7 +30,7 @@ from symgrad.codegen.numba import (
     python_stand_ins,
 )
 from symgrad.codegen.schedule import Schedule, build_schedule
-from symgrad.nodes import without_cycle_collection
+from symgrad.nodes import one_pass
 
 # symgrad's runtime: each file's text from its marker line on (fastmath.py has no marker: all
 # of it after its docstring) is what generated modules take their runtime from, statement by
@@ -297,7 +297,7 @@ def runtime_source(code: str) -> str:
             + "\n\n\n" + "\n".join(out).strip("\n") + "\n")
 
 
-@without_cycle_collection
+@one_pass
 def module_source(spec: ModuleSpec, version: str, *, appended: str = "",
                   appended_note: str = "") -> str:
     """The full, deterministic text of the module: its docstring, the runtime it calls, the

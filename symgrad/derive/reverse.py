@@ -40,11 +40,11 @@ from symgrad.nodes import (
     mul,
     not_a_real_number,
     numpy_number,
+    one_pass,
     piecewise_unfolded,
     power_of_piecewise,
     real_symbol,
     unevaluated,
-    without_cycle_collection,
 )
 
 LEAVES = (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
@@ -118,7 +118,7 @@ def rebuild(node, kids_new: list):
     return with_children(node, kids_new, _unevaluated)
 
 
-@without_cycle_collection
+@one_pass
 def derive(expr, wrt: list, seed=None) -> Derivation:
     """Backpropagate through ``expr`` once and return the program with every gradient.
 
@@ -287,7 +287,7 @@ def inline(derivation: Derivation, expr):
     return inline_all(derivation, [expr])[0]
 
 
-@without_cycle_collection
+@one_pass
 def inline_all(derivation: Derivation, exprs: list, known: dict | None = None) -> list:
     """:func:`inline` of several expressions of one program in one walk: the pieces they
     share are rebuilt once, and the cost is that of the program, not of the program times

@@ -23,6 +23,7 @@ from symgrad.codegen.docstring import (
     _readable_body,
     _show_lines,
 )
+from symgrad.nodes import one_pass
 
 __all__ = ["FormulaLatexPrinter", "latex", "show"]
 
@@ -98,6 +99,7 @@ class FormulaLatexPrinter(LatexPrinter):
         return super().parenthesize(item, level, is_neg, strict)
 
 
+@one_pass
 def show(grads, output: str = "f") -> str:
     """The gradients as text, each shared piece named once.
 
@@ -113,6 +115,7 @@ def show(grads, output: str = "f") -> str:
     return "\n".join(_show_lines(grads, output))
 
 
+@one_pass
 def latex(grads, output: str = "f") -> str:
     """The gradients (or one expression) as LaTeX, shared pieces named once."""
     printer = FormulaLatexPrinter()
