@@ -21,7 +21,7 @@ from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, mod
 from symgrad.derive.graph import dag_atoms, dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.reverse import derive, inline_all
 from symgrad.files import cache_dir, drop_damaged_numba_cache, load_module, write_atomically
-from symgrad.nodes import one_pass
+from symgrad.nodes import one_call, one_pass
 from symgrad.optimize import fuse, lower, restricted
 from symgrad.version import __version__
 
@@ -455,7 +455,7 @@ class CompiledFunction:
                 f"parameters {', '.join(self.parameters)}; ops {self.op_counts}>")
 
 
-@one_pass
+@one_call
 def compile(expr, wrt, name: str = "model") -> CompiledFunction:  # noqa: A001 - the API name
     """Derive, optimize and compile ``expr`` and its gradients to Numba.
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from symgrad.files import stage_beside
 from symgrad.model import GENERATED_IMPORTS, Model, has_scalar_output
-from symgrad.nodes import one_pass
+from symgrad.nodes import one_call
 from symgrad.version import __version__
 
 __all__ = ["generate", "generate_file", "load_models", "module_text", "plan_modules",
@@ -240,7 +240,7 @@ def _make_folder(folder: Path) -> list[Path]:
 # ------------------------------------------------------------------------------------------
 # The public entry points
 # ------------------------------------------------------------------------------------------
-@one_pass
+@one_call
 def generate(model, path: PathLike | None = None, *, wrt: Sequence | None = None,
              name: str | None = None) -> Path:
     """Write the standalone module of a model (or of ``expr`` with ``wrt``) and return its path.

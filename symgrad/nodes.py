@@ -22,6 +22,7 @@ y + sin(y)**2
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import math
@@ -34,7 +35,7 @@ from sympy.core.mul import _keep_coeff
 
 __all__ = ["operands", "rebuild", "renamed", "add", "mul", "times", "function_of",
            "assumptions_key", "eval_keeps", "unevaluated", "real_symbol", "dag_rebuild",
-           "one_pass"]
+           "one_pass", "one_call"]
 
 
 def operands(node) -> tuple:
@@ -682,20 +683,28 @@ def dag_rebuild(expr, visit: Callable = rebuild, *, operands: Callable = operand
     return done[expr]
 
 
-# how many one_pass calls this thread is running (its outermost clears SymPy's cache; a
+# how many one_call calls this thread is running (its outermost clears SymPy's cache; a
 # clearing while another thread runs a pass only costs that pass some cached entries)
-_PASSES = threading.local()
+_CALLS = threading.local()
 
 
-def one_pass(function: Callable) -> Callable:
-    """function, run as one of symgrad's passes over SymPy expressions: Python's cycle
-    collector paused (and resumed after it, unless it was paused already), and SymPy's cache
-    cleared when the outermost such call begins and when it ends.
+@contextlib.contextmanager
+def _fresh_sympy_cache():
+    depth = getattr(_CALLS, "depth", 0)
+    if depth == 0:
+        clear_cache()
+    _CALLS.depth = depth + 1
+    try:
+        yield
+    finally:
+        _CALLS.depth = depth
+        if depth == 0:
+            clear_cache()
 
-    A pass that builds tens of thousands of SymPy nodes which all stay alive makes the
-    collector walk the growing heap again and again, finding nothing: a quarter of the time
-    ``sg.grad`` takes on a sum of 10,000 terms.  The nodes form no reference cycles (they are
-    freed by their counts), and what the pass leaves behind is collected as usual after it.
+
+def one_call(function: Callable) -> Callable:
+    """function, a public entry of symgrad, with SymPy's cache cleared when the outermost
+    such call (or :func:`one_pass`) begins and when it ends; nested ones share the cache.
 
     symgrad builds most nodes directly, not through SymPy's cached constructors
     (:func:`add`, :func:`mul`, :func:`function_of`), so a node it builds again is equal to,
@@ -705,6 +714,31 @@ def one_pass(function: Callable) -> Callable:
     a second ``sg.grad`` of that model took 2.0 s against 0.04 s for the first.  Without
     entries from earlier calls, each call costs what the first does.  (The cache is a memo
     only: clearing it changes no result.)
+
+    >>> @one_call
+    ... def cached():
+    ...     sp.Mul(sp.Symbol("a"), sp.Symbol("b"))
+    ...     return sp.Mul.__new__.cache_info().currsize > 0
+    >>> cached(), sp.Mul.__new__.cache_info().currsize
+    (True, 0)
+    """
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        with _fresh_sympy_cache():
+            return function(*args, **kwargs)
+
+    return call
+
+
+def one_pass(function: Callable) -> Callable:
+    """function, one of symgrad's passes over SymPy expressions: as :func:`one_call`, and
+    with Python's cycle collector paused (and resumed after it, unless it was paused
+    already).
+
+    A pass that builds tens of thousands of SymPy nodes which all stay alive makes the
+    collector walk the growing heap again and again, finding nothing: a quarter of the time
+    ``sg.grad`` takes on a sum of 10,000 terms.  The nodes form no reference cycles (they are
+    freed by their counts), and what the pass leaves behind is collected as usual after it.
 
     >>> @one_pass
     ... def enabled():
@@ -716,17 +750,10 @@ def one_pass(function: Callable) -> Callable:
     def paused(*args, **kwargs):
         was_enabled = gc.isenabled()
         gc.disable()
-        depth = getattr(_PASSES, "depth", 0)
-        outermost = depth == 0
-        if outermost:
-            clear_cache()
-        _PASSES.depth = depth + 1
         try:
-            return function(*args, **kwargs)
+            with _fresh_sympy_cache():
+                return function(*args, **kwargs)
         finally:
-            _PASSES.depth = depth
-            if outermost:
-                clear_cache()
             if was_enabled:
                 gc.enable()
 

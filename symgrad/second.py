@@ -35,7 +35,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.docstring import fresh_names
 from symgrad.derive.second import NoMatrixForm, jacobian_columns, jvp
-from symgrad.nodes import one_pass
+from symgrad.nodes import one_call
 
 __all__ = ["hessian", "hvp", "jacobian", "SecondOrder", "NoMatrixForm", "ScipyProblem"]
 
@@ -125,7 +125,7 @@ def _keyed_by_user(result: SecondOrder, user: dict, pairs: bool) -> SecondOrder:
     return out
 
 
-@one_pass
+@one_call
 def hessian(expr, wrt) -> SecondOrder:
     """The Hessian of a scalar expression, block by block: ``{(p, q): d²f/dp dq}`` for every
     pair of ``wrt`` entries, each block in the shape convention (see the module docstring).
@@ -155,7 +155,7 @@ def hessian(expr, wrt) -> SecondOrder:
     return _keyed_by_user(ordered, user, pairs=True)
 
 
-@one_pass
+@one_call
 def hvp(expr, wrt, tangents: Mapping) -> SecondOrder:
     """The Hessian-vector product ``{p: sum_q H[p, q] v_q}`` as expressions, forward over
     reverse (no Hessian is formed).  ``tangents`` maps parameters to directions of their shape;
@@ -192,7 +192,7 @@ def hvp(expr, wrt, tangents: Mapping) -> SecondOrder:
     return _keyed_by_user(result, user, pairs=False)
 
 
-@one_pass
+@one_call
 def jacobian(expr, wrt) -> SecondOrder:
     """The Jacobian of a vector or matrix output, ``{q: d expr / d q}`` in the layout of the
     module docstring: for a column output y (m x 1) and a vector q (n x 1), an m x n matrix

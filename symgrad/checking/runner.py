@@ -25,14 +25,14 @@ from symgrad.checking.sampling import (
     shape_symbols,
     sizes_at,
 )
-from symgrad.nodes import one_pass
+from symgrad.nodes import one_call
 
 __all__ = ["check"]
 
 _ALIASES = {"fd": "finite-differences", "finite_differences": "finite-differences"}
 
 
-@one_pass
+@one_call
 def check(model_or_expr, wrt: Sequence | None = None,
           against: str | Sequence[str] | None = ("finite-differences",), points: int = 3,
           seed: int = 0, inputs: dict | None = None, time: bool = False, *,

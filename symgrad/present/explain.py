@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
-from symgrad.nodes import one_pass
+from symgrad.nodes import one_call
 from symgrad.present.walk import Backprop, Edge, Node, backprop, describe_point, format_value
 
 __all__ = ["explain", "Explanation"]
@@ -23,7 +23,7 @@ __all__ = ["explain", "Explanation"]
 _NAME_LIMIT = 40     # longer formulas are called by their node instead
 
 
-@one_pass
+@one_call
 def explain(model_or_expr, at: dict, wrt=None, output: str | None = None) -> Explanation:
     """Walk through reverse mode on a model at a point, with numbers.
 

@@ -23,7 +23,7 @@ from symgrad.codegen.docstring import (
     _readable_body,
     _show_lines,
 )
-from symgrad.nodes import one_pass
+from symgrad.nodes import one_call
 
 __all__ = ["FormulaLatexPrinter", "latex", "show"]
 
@@ -99,7 +99,7 @@ class FormulaLatexPrinter(LatexPrinter):
         return super().parenthesize(item, level, is_neg, strict)
 
 
-@one_pass
+@one_call
 def show(grads, output: str = "f") -> str:
     """The gradients as text, each shared piece named once.
 
@@ -115,7 +115,7 @@ def show(grads, output: str = "f") -> str:
     return "\n".join(_show_lines(grads, output))
 
 
-@one_pass
+@one_call
 def latex(grads, output: str = "f") -> str:
     """The gradients (or one expression) as LaTeX, shared pieces named once."""
     printer = FormulaLatexPrinter()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import sympy as sp
 
-from symgrad.nodes import one_pass
+from symgrad.nodes import one_call
 from symgrad.present.walk import Backprop, Edge, Node, backprop, describe_point, format_value
 
 __all__ = ["graph", "Graph", "GraphvizNotFound"]
@@ -38,7 +38,7 @@ class GraphvizNotFound(RuntimeError):
     """Graphviz's ``dot`` program is not installed (or not on ``PATH``)."""
 
 
-@one_pass
+@one_call
 def graph(model_or_expr, at: dict | None = None, wrt=None, output: str | None = None) -> Graph:
     """The computation graph of a model as symgrad differentiates it.
 
