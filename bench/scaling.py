@@ -8,6 +8,7 @@ grow with one size parameter.
     python -m bench.scaling --render          # rewrite SCALING.md and the plot from the JSON
     python -m bench.scaling --ratio           # value and gradient / forward on the pendulums
     python -m bench.scaling --skip-array-call # leave out the first call on arrays
+    python -m bench.scaling --dag-sizes       # count each model's DAG (and its gradients')
 
 Families (n is the size):
 
@@ -29,6 +30,14 @@ tool are skipped.  Each tool's curve gets the slope of a least-squares line thro
 log-log points from the middle size up (the asymptotic exponent: 1 = linear).  Results are
 kept per label (``before``, ``after``) in SCALING.json; SCALING.md shows every label and,
 first, ``now``: the newest measurement of each size; scaling.png draws ``before`` and ``now``.
+
+The passes are meant to be linear in the size of the model's DAG, which is not always linear
+in n: SymPy flattens the product ``f sin(f + w)`` of the nesting family, so its n-th level is
+a product of n + 1 factors and the DAG has about n^2/2 edges.  ``--dag-sizes`` counts, for
+each family and size, the distinct nodes of the model and their operands (edges), and those
+of its gradients as ``sg.grad`` returns them (SymPy expressions, flat sums and products); the
+"now" section then also fits each curve against the model's edges, and ``sg.grad`` against
+its result's edges.
 """
 
 from __future__ import annotations
@@ -259,6 +268,60 @@ def _worker(family: str, n: int, tool: str) -> None:
     _emit(phase="array_call", s=time.perf_counter() - t2)
 
 
+def dag_size(exprs) -> tuple:
+    """(distinct nodes, edges: the operands of each distinct node) of one or more SymPy
+    expressions together, counted without recursion."""
+    seen: set = set()
+    stack = list(exprs)
+    edges = 0
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        args = getattr(node, "args", ())
+        edges += len(args)
+        stack.extend(a for a in args if a not in seen)
+    return len(seen), edges
+
+
+def _size_worker(family: str, n: int) -> None:
+    """The model's DAG size, then its gradients' (one JSON line each: a capped run still
+    reports the model's)."""
+    expr, wrt, _ = model(family, n)
+    nodes, edges = dag_size([expr])
+    _emit(phase="model_dag", s=0.0, nodes=nodes, edges=edges)
+    import symgrad as sg
+    gradients = sg.grad(expr, wrt)
+    nodes, edges = dag_size(list(gradients.values()))
+    _emit(phase="grad_dag", s=0.0, nodes=nodes, edges=edges)
+
+
+def measure_dag_sizes(families: list, sizes: dict, cap: float) -> dict:
+    """{family: {n: {"model": [nodes, edges], "grad": [nodes, edges]}}}, each size in a
+    fresh process ("grad" missing where sg.grad passed the cap)."""
+    found: dict = {}
+    for family in families:
+        for n in sizes[family]:
+            command = [sys.executable, "-m", "bench.scaling", "--worker", family, str(n),
+                       "dag"]
+            try:
+                done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                                      timeout=cap)
+                out = done.stdout
+            except subprocess.TimeoutExpired as expired:
+                out = expired.stdout or ""
+                out = out.decode() if isinstance(out, bytes) else out
+            row = {}
+            for line in out.splitlines():
+                if line.startswith("{"):
+                    record = json.loads(line)
+                    row[record["phase"].split("_")[0]] = [record["nodes"], record["edges"]]
+            found.setdefault(family, {})[str(n)] = row
+            print(f"dag {family:10s} n={n:<6d} {row}", flush=True)
+    return found
+
+
 RATIO_SIZES = [1, 2, 3, 5, 8, 16, 32]      # pendulum links: 2, ..., 64 parameters
 RATIO_POINTS = 100_000
 _PACKED = r"\bv(?:mul|add|sub|div|fn?m(?:add|sub)\d{3})pd\s+[^\n]*%[yz]mm"
@@ -471,6 +534,50 @@ def _tables(results: dict) -> list:
     return lines
 
 
+# (title, tool, phase, which DAG's edges the curve is fitted against)
+DAG_SLOPES = [
+    ("sg.grad / model", "grad", "grad", "model"),
+    ("sg.grad / its result", "grad", "grad", "grad"),
+    ("symgrad phases / model", "symgrad", "own", "model"),
+    ("compile + first call / model", "symgrad", "total", "model"),
+    ("JAX first call / model", "jax", "total", "model"),
+]
+
+
+def _dag_tables(results: dict, dag_sizes: dict) -> list:
+    """Markdown lines: the DAG sizes of each model and of its gradients, and the slopes of
+    the "now" curves against them (t ~ edges^k, from the middle size up, as :func:`slope`)."""
+    lines = ["### DAG sizes", "",
+             "Distinct nodes and edges (the operands of each distinct node) of each model, and "
+             "of its gradients together as `sg.grad` returns them (`python -m bench.scaling "
+             "--dag-sizes`).", "",
+             "| family | n | model nodes | model edges | gradient nodes | gradient edges |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for family, rows in dag_sizes.items():
+        for n, row in sorted(rows.items(), key=lambda item: int(item[0])):
+            model_size, grad_size = row.get("model", ["", ""]), row.get("grad", ["", ""])
+            lines.append(f"| {family} | {n} | {model_size[0]} | {model_size[1]} | "
+                         f"{grad_size[0]} | {grad_size[1]} |")
+    header = ["family", "model edges / n"] + [title for title, _, _, _ in DAG_SLOPES]
+    lines += ["", "### Slopes against the DAG", "",
+              "The exponent k of t ~ e^k, where e is the number of edges of the model's DAG "
+              "(or of `sg.grad`'s result): 1 is linear in the size of the DAG. The first "
+              "column is the exponent of the model's edges in n.", "",
+              "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for family, rows in dag_sizes.items():
+        edges = {int(n): {dag: row[dag][1] for dag in ("model", "grad") if dag in row}
+                 for n, row in rows.items()}
+        k = slope([(n, e["model"]) for n, e in sorted(edges.items()) if "model" in e])
+        row = [family, "" if k is None else f"{k:.2f}"]
+        for _, tool, phase, dag in DAG_SLOPES:
+            curve = [(edges[n][dag], t) for n, t in _curve(results, family, tool, phase)
+                     if dag in edges.get(n, {})]
+            k = slope(curve)
+            row.append("" if k is None else f"{k:.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
+
+
 def render(data: dict) -> str:
     lines = ["# Compile cost against model size", "",
              "Written by `python -m bench.scaling` (see its docstring for the families and the "
@@ -489,6 +596,8 @@ def render(data: dict) -> str:
               "below, by date: later runs timed the large sizes only), and the peers' times.",
               ""]
     lines += _tables(newest(data))
+    if "dag_sizes" in data:
+        lines += _dag_tables(newest(data), data["dag_sizes"])
     for label, entry in _ordered(data):
         entry = _with_peers(data, entry)
         meta = entry.get("meta", {})
@@ -595,18 +704,33 @@ def main(argv=None) -> None:
     parser.add_argument("--render", action="store_true")
     parser.add_argument("--ratio", action="store_true",
                         help="value-and-gradient / forward on the pendulums (section 'ratio')")
+    parser.add_argument("--dag-sizes", action="store_true",
+                        help="count the DAG of each model and of its gradients ('dag_sizes')")
     args = parser.parse_args(argv)
     if args.worker:
         family, n, tool = args.worker
         if family == "ratio":
             _ratio_worker(int(n))
             return
+        if tool == "dag":
+            _size_worker(family, int(n))
+            return
         _worker(family, int(n), tool)
         return
     if args.skip_array_call:
         os.environ["SCALING_SKIP_ARRAY_CALL"] = "1"
     data = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {}
-    if args.ratio:
+    if args.dag_sizes:
+        sizes = dict(SIZES)
+        for item in args.sizes:
+            family, values = item.split("=")
+            sizes[family] = [int(v) for v in values.split(",")]
+        found = measure_dag_sizes([f for f in args.only.split(",") if f], sizes, args.cap)
+        data = _reloaded(data)
+        for family, rows in found.items():
+            data.setdefault("dag_sizes", {}).setdefault(family, {}).update(rows)
+        JSON_PATH.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    elif args.ratio:
         rows = measure_ratio(args.cap)
         data = _reloaded(data)
         data["ratio"] = {"rows": rows, "meta": {
