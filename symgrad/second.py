@@ -35,7 +35,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.docstring import fresh_names
 from symgrad.derive.second import NoMatrixForm, jacobian_columns, jvp
-from symgrad.nodes import one_call
+from symgrad.nodes import one_call, shared
 
 __all__ = ["hessian", "hvp", "jacobian", "SecondOrder", "NoMatrixForm", "ScipyProblem"]
 
@@ -69,9 +69,11 @@ def _zero_like(shape_of):
 
 
 def _tidy(e):
-    """The canonical form (fused elementwise loops, products in the cheapest order)."""
+    """The canonical form (fused elementwise loops, products in the cheapest order) of a
+    derivative that forward mode built: its equal pieces made one object first, which the
+    canonicalizer's memo then finds without comparing copies node by node."""
     from symgrad.derive.graph import Canonicalizer
-    return Canonicalizer()(e)
+    return Canonicalizer()(shared([e])[0])
 
 
 def _block(gradient, p, q):
@@ -115,11 +117,13 @@ def _in_symgrad_forms(expr, wrt):
 
 
 def _keyed_by_user(result: SecondOrder, user: dict, pairs: bool) -> SecondOrder:
-    """``result`` with its keys (or pairs of keys) the user's entries of ``wrt``."""
+    """``result`` with its keys (or pairs of keys) the user's entries of ``wrt``, and one
+    object for each value its blocks share (see :func:`symgrad.nodes.shared`)."""
     def theirs(s):
         return user.get(s, s)
+    values = shared(list(result.values()))
     out = SecondOrder({((theirs(k[0]), theirs(k[1])) if pairs else theirs(k)): v
-                       for k, v in result.items()})
+                       for k, v in zip(result, values)})
     out.kind = result.kind
     out.names = {theirs(s): s.name for s in user if theirs(s) is not s}
     return out

@@ -35,6 +35,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
+from symgrad.nodes import mul
 
 __all__ = ["NoMatrixForm", "jvp", "jacobian_columns"]
 
@@ -143,6 +144,14 @@ class _Forward:
         tangents = [self(a) if isinstance(a, sp.Expr) else None for a in args]
         if all(t is None for t in tangents):
             return None
+        if type(e) is sp.Add:
+            return _add(tangents)
+        if type(e) is sp.Mul and not any(_is_matrix(t) for t in tangents):
+            # the product rule, each term built once: SymPy's partials of a product of k
+            # factors, each put back in place of its variable, build every product of k - 1
+            # factors twice (the flattened products of a deep model's gradient are long)
+            return _add([mul(*args[:k], *args[k + 1:], t) for k, t in enumerate(tangents)
+                         if t is not None])
         variables = _map_variables(len(args), "_j")
         local = e.func(*variables)
         partials = _scalar_partials(local, variables)
