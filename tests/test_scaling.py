@@ -968,3 +968,23 @@ def test_sympys_cache_is_cleared_when_the_outermost_pass_begins_and_ends():
     assert before == 0                          # cleared as the outermost pass began
     assert built >= 1 and in_inner >= built + 1 and after_inner == in_inner   # kept inside
     assert size() == 0                          # and cleared as it ended
+
+
+@pytest.mark.parametrize("depth", [1, 5, 20])
+def test_the_benchmark_counts_a_nested_models_dag_in_closed_form(depth):
+    """bench.scaling fits its curves against the size of the model's DAG: level k of the
+    model nested n deep adds a product of k + 1 factors (SymPy flattens f sin(f + w)), a sine
+    and a sum of two terms, so the DAG has 3n + 2 nodes and n(n + 1)/2 + 4n edges."""
+    from bench.scaling import _dag_tables, dag_size, model
+
+    expr, _, _ = model("nesting", depth)
+    assert dag_size([expr]) == (3 * depth + 2, depth * (depth + 1) // 2 + 4 * depth)
+    # a time proportional to the edges has slope 1 against them (and nearly 2 in n)
+    sizes = {str(n): {"model": list(dag_size([model("nesting", n)[0]]))} for n in (10, 20, 40)}
+    results = {"nesting": {"grad": {n: {"grad": 1e-6 * size["model"][1]}
+                                    for n, size in sizes.items()}}}
+    table = "\n".join(_dag_tables(results, {"nesting": sizes}))
+    row = next(line for line in table.splitlines() if line.startswith("| nesting |")
+               and line.count("|") > 7)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "1.00" and 1.5 < float(cells[1]) < 2.0, row    # (n^2 from large n)
