@@ -483,3 +483,43 @@ def test_a_tangent_or_packed_parameter_of_another_shape_is_refused_not_reshaped(
     g = sg.compile(sp.exp(w * t), [w])     # a scalar model over arrays: per point
     with pytest.raises(ValueError, match=r"tangent of 'w' has shape \(4, 3\)"):
         g.hvp({"w": np.ones((4, 3))}, w=np.ones((3, 4)), t=1.0)
+
+
+def test_hessian_of_a_long_product_is_the_closed_form():
+    # d2/da_i da_j prod_k (sin a_k + 2): cos a_i cos a_j times the other factors (i != j),
+    # -sin a_i times the others on the diagonal; 12 factors take the shared partial products
+    a = sp.symbols("a0:12", real=True)
+    factors = [sp.sin(s) + 2 for s in a]
+    H = sg.hessian(sp.Mul(*factors), list(a))
+    point = {s: sp.Float(0.1 * (k + 1)) for k, s in enumerate(a)}
+    values = [float(f.subs(point)) for f in factors]
+    for (p, q), block in H.items():
+        i, j = a.index(p), a.index(q)
+        others = np.prod([v for k, v in enumerate(values) if k not in (i, j)])
+        expected = (-np.sin(float(point[p])) if i == j
+                    else np.cos(float(point[p])) * np.cos(float(point[q]))) * others
+        assert abs(float(block.subs(point)) - expected) <= 1e-12 * abs(expected), (p, q)
+
+
+def test_forward_mode_through_a_long_product_shares_its_partial_products():
+    # the product rule of k factors as k flat terms holds k (k - 1) factors in all; through
+    # a balanced tree of partial products each term holds log2 k pieces
+    from symgrad.derive.second import jvp
+
+    k = 256
+    x = sp.symbols(f"x0:{k}", real=True)
+    v = sp.symbols(f"v0:{k}", real=True)
+    tangent = jvp(sp.Mul(*x), dict(zip(x, v)))
+    nodes, stack, edges = set(), [tangent], 0
+    while stack:
+        node = stack.pop()
+        if id(node) not in nodes:
+            nodes.add(id(node))
+            edges += len(node.args)
+            stack.extend(node.args)
+    assert edges < 4 * k * 8, edges          # k log2 k = 2,048; flat terms: 65,536
+    point = {s: sp.Float(1 + 0.001 * n) for n, s in enumerate(x)}
+    point.update({s: sp.Float(0.5 - 0.002 * n) for n, s in enumerate(v)})
+    values = np.array([float(point[s]) for s in x])
+    expected = sum(float(point[v[n]]) * np.prod(np.delete(values, n)) for n in range(k))
+    assert abs(float(tangent.xreplace(point)) - expected) <= 1e-12 * abs(expected)

@@ -35,7 +35,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
-from symgrad.nodes import mul
+from symgrad.nodes import mul, unevaluated
 
 __all__ = ["NoMatrixForm", "jvp", "jacobian_columns"]
 
@@ -72,6 +72,57 @@ def _scalar_partials(body, variables) -> list:
         d = d.replace(lambda t: isinstance(t, sp.DiracDelta), lambda t: sp.S.Zero)
         partials.append(d)
     return partials
+
+
+# A product of more factors than this, more than one of them moving, takes the product rule
+# through shared partial products: the gradient of a model nested n deep holds products of
+# n factors (SymPy flattens f sin(f + w)), whose k flat terms of k - 1 factors each would be
+# quadratic in k.
+FLAT_PRODUCT_RULE_MAX = 8
+
+
+def _product_terms(factors: list, tangents: list) -> list:
+    """The terms of the product rule, one per moving factor: that factor's tangent times the
+    other factors.  Up to FLAT_PRODUCT_RULE_MAX factors, or with one factor moving, each
+    term is a product as SymPy builds it; beyond, the others are the pieces of a balanced
+    tree of partial products over the factors (built once, unevaluated, shared by the
+    terms): log k pieces a term, k log k nodes in all.
+
+    >>> a, b, c, t = sp.symbols("a b c t")
+    >>> _product_terms([a, b, c], [None, t, None])
+    [a*c*t]
+    """
+    moving = [k for k, t in enumerate(tangents) if t is not None]
+    if len(factors) <= FLAT_PRODUCT_RULE_MAX or len(moving) == 1:
+        return [mul(*factors[:k], *factors[k + 1:], tangents[k]) for k in moving]
+    products: dict = {}
+
+    def product(lo: int, hi: int):
+        """The product of factors lo .. hi - 1 (a node of the tree)."""
+        if hi - lo == 1:
+            return factors[lo]
+        if (lo, hi) not in products:
+            middle = (lo + hi) // 2
+            products[lo, hi] = unevaluated(sp.Mul, (product(lo, middle), product(middle, hi)))
+        return products[lo, hi]
+
+    terms = []
+    for k in moving:
+        others, lo, hi = [], 0, len(factors)
+        while hi - lo > 1:          # the tree's nodes beside the path down to factor k
+            middle = (lo + hi) // 2
+            if k < middle:
+                others.append(product(middle, hi))
+                hi = middle
+            else:
+                others.append(product(lo, middle))
+                lo = middle
+        rest = others[0]
+        for piece in others[1:]:
+            rest = unevaluated(sp.Mul, (rest, piece))
+        t = tangents[k]
+        terms.append(rest if t == 1 else unevaluated(sp.Mul, (t, rest)))
+    return terms
 
 
 def _map_variables(n: int, prefix: str):
@@ -147,11 +198,10 @@ class _Forward:
         if type(e) is sp.Add:
             return _add(tangents)
         if type(e) is sp.Mul and not any(_is_matrix(t) for t in tangents):
-            # the product rule, each term built once: SymPy's partials of a product of k
+            # the product rule, each term built once (SymPy's partials of a product of k
             # factors, each put back in place of its variable, build every product of k - 1
-            # factors twice (the flattened products of a deep model's gradient are long)
-            return _add([mul(*args[:k], *args[k + 1:], t) for k, t in enumerate(tangents)
-                         if t is not None])
+            # factors twice)
+            return _add(_product_terms(args, tangents))
         variables = _map_variables(len(args), "_j")
         local = e.func(*variables)
         partials = _scalar_partials(local, variables)
