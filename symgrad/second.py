@@ -518,7 +518,10 @@ class BundlePlan:
         terms = []
         outputs: dict = {}
         shapes: dict = {}
-        for k, (key, e) in enumerate(expressions.items()):
+        # (the blocks share pieces, built as copies: one object of each before SymPy
+        # combines them, and compiling walks them, comparing nodes)
+        values = shared(list(expressions.values()))
+        for k, (key, e) in enumerate(zip(expressions, values)):
             if e == 0 or isinstance(e, sp.ZeroMatrix):
                 outputs[key] = None
                 continue
@@ -537,7 +540,7 @@ class BundlePlan:
                 shapes[label] = ()
             self.probes.append(probe)
             outputs[key] = label
-        self.expression = sp.Add(*terms) if terms else None
+        self.expression = shared([sp.Add(*terms)])[0] if terms else None
         self.table = {"inputs": (), "probes": shapes, "outputs": outputs}
 
 
