@@ -35,7 +35,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.docstring import fresh_names
 from symgrad.derive.second import NoMatrixForm, jacobian_columns, jvp
-from symgrad.nodes import one_call, shared
+from symgrad.nodes import dag_rebuild, one_call, shared
 
 __all__ = ["hessian", "hvp", "jacobian", "SecondOrder", "NoMatrixForm", "ScipyProblem"]
 
@@ -587,6 +587,8 @@ class _Linearizer:
         self.tangents, self.params, self.taken = tangents, params, taken
         self.hoisted: dict = {}          # name -> expression computed at x
         self._names: dict = {}           # expression -> its symbol
+        self._split: dict = {}           # expression -> what __call__ made of it
+        self._held: dict = {}            # expression -> the tangents and parameters in it
 
     def _symbol_for(self, e):
         symbol = self._names.get(e)
@@ -602,12 +604,35 @@ class _Linearizer:
         return symbol
 
     def _moves(self, e) -> bool:
-        return bool(e.free_symbols & self.tangents)
+        return bool(self._holds(e) & self.tangents)
+
+    def _holds(self, e) -> frozenset:
+        """The tangents and parameters in e, each shared node's found once, children first
+        (SymPy's free_symbols walks a shared DAG as a tree: exponential in its depth)."""
+        held = self._held
+        stack = [(e, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if node in held:
+                continue
+            if node in self.tangents or node in self.params:
+                held[node] = frozenset([node])
+                continue
+            args = node.args if isinstance(node, sp.Basic) else ()
+            if not args:
+                held[node] = frozenset()
+                continue
+            if not expanded:
+                stack.append((node, True))
+                stack.extend((a, False) for a in args if a not in held)
+                continue
+            held[node] = frozenset().union(*[held[a] for a in args])
+        return held[e]
 
     def _at_x(self, e):
         """e (free of tangents) as an input of the apply part: hoisted when it costs work."""
         if isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Number)) or e.is_number \
-                or not (e.free_symbols & self.params) or e == 0 \
+                or not (self._holds(e) & self.params) or e == 0 \
                 or isinstance(e, (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):
             return e
         if isinstance(e, sp.Transpose) and isinstance(e.arg, sp.MatrixSymbol):
@@ -615,15 +640,34 @@ class _Linearizer:
         return self._symbol_for(e)
 
     def __call__(self, e):
+        """e split: each shared node once, children first, without recursion (the HVP of a
+        deep model is a deep DAG)."""
         from symgrad import ops
 
-        if not isinstance(e, sp.Basic) or not self._moves(e):
-            return self._at_x(e) if isinstance(e, sp.Basic) else e
-        if isinstance(e, ops.Map):
-            return self._map(e)
-        if e.is_Atom or isinstance(e, (sp.MatrixSymbol, sp.Lambda)):
+        if not isinstance(e, sp.Basic):
             return e
-        return e.func(*[self(a) if isinstance(a, sp.Basic) else a for a in e.args])
+        split = self._split
+
+        def walked_into(node) -> bool:
+            # a moving node of plain arithmetic: rebuilt over what its operands split into
+            return (isinstance(node, sp.Basic) and node not in split and self._moves(node)
+                    and not isinstance(node, (ops.Map, sp.MatrixSymbol, sp.Lambda))
+                    and not node.is_Atom)
+
+        def visit(node, new):
+            if node not in split:
+                if not self._moves(node):
+                    split[node] = self._at_x(node)
+                elif isinstance(node, ops.Map):
+                    split[node] = self._map(node)
+                elif walked_into(node):
+                    split[node] = node.func(*new)
+                else:
+                    split[node] = node
+            return split[node]
+
+        return dag_rebuild(e, visit, operands=lambda node: node.args if walked_into(node)
+                           else ())
 
     def _map(self, e):
         from symgrad import ops
