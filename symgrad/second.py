@@ -31,6 +31,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import sympy as sp
+from sympy.core.cache import clear_cache
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.docstring import fresh_names
@@ -215,11 +216,13 @@ def jacobian(expr, wrt) -> SecondOrder:
         from symgrad.forms import normalize_explicit
         given = list(wrt) if isinstance(wrt, (list, tuple)) else [wrt]
         explicit, symbols = normalize_explicit(expr, given)
-        for q, theirs in zip(symbols, given):
+        for q in symbols:
             if not isinstance(q, sp.Symbol):
                 raise TypeError(f"the Jacobian of an explicit sympy.Matrix is taken with "
                                 f"respect to scalar symbols; {q!r} is a {type(q).__name__}")
-            result[theirs] = explicit.applyfunc(lambda e, q=q: _entry_derivative(e, q))
+        columns = _explicit_jacobian(explicit, symbols)
+        for q, theirs in zip(symbols, given):
+            result[theirs] = columns[q]
         result.names = {theirs: q.name for q, theirs in zip(symbols, given) if q is not theirs}
         return result
     expr, symbols, user = _in_symgrad_forms(expr, wrt)
@@ -246,12 +249,30 @@ def jacobian(expr, wrt) -> SecondOrder:
     return _keyed_by_user(result, user, pairs=False)
 
 
-def _entry_derivative(e, q):
+def _explicit_jacobian(matrix: sp.ImmutableMatrix, symbols: list) -> dict:
+    """{q: the matrix of d entry / d q} of an explicit matrix of scalar expressions: one
+    reverse pass per entry for all the symbols it holds (found each shared node once), and
+    the derivatives of all the entries made one object per value (entries share pieces: the
+    outputs of a model taken at several depths)."""
     from symgrad.compiled import grad
-    e = sp.sympify(e)
-    if q not in e.free_symbols:
-        return sp.S.Zero
-    return grad(e, [q])[q]
+    from symgrad.derive.graph import dag_free_symbols
+
+    derivatives = {q: [] for q in symbols}
+    for entry in matrix:
+        # an earlier entry's derivatives left in SymPy's cache are copies of pieces this one
+        # builds again, and finding them there compares node by node along every path
+        # (see symgrad.nodes.one_call): each entry starts from an empty cache
+        clear_cache()
+        entry = sp.sympify(entry)
+        held = dag_free_symbols(entry)
+        moving = [q for q in symbols if q in held]
+        gradients = grad(entry, moving) if moving else {}
+        for q in symbols:
+            derivatives[q].append(gradients[q] if q in gradients else sp.S.Zero)
+    flat = shared([d for q in symbols for d in derivatives[q]])
+    size = len(matrix)
+    return {q: sp.ImmutableMatrix(matrix.rows, matrix.cols, flat[k * size:(k + 1) * size])
+            for k, q in enumerate(symbols)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -1221,6 +1242,7 @@ class ExplicitMatrixFunction:
 
     def __init__(self, matrix, wrt, name: str = "model"):
         from symgrad.compiled import compile as compile_
+        from symgrad.derive.graph import dag_free_symbols
         from symgrad.forms import normalize_explicit
 
         # functions of time (a mass matrix of sympy.physics.mechanics) are their symbols
@@ -1230,8 +1252,7 @@ class ExplicitMatrixFunction:
             if not isinstance(q, sp.Symbol):
                 raise TypeError(f"an explicit sympy.Matrix is differentiated with respect to "
                                 f"scalar symbols; wrt has {q!r}, a {type(q).__name__}")
-        symbols = set().union(*[sp.sympify(e).free_symbols for e in matrix]) if matrix \
-            else set()
+        symbols = set().union(*[dag_free_symbols(e) for e in matrix]) if matrix else set()
         others = [s for s in symbols if not isinstance(s, sp.Symbol)]
         if others:
             raise TypeError(f"an explicit sympy.Matrix must hold scalar expressions of scalar "
@@ -1243,8 +1264,8 @@ class ExplicitMatrixFunction:
         self.expression = matrix
         names = set(self.inputs)
         entries = {(i, j): matrix[i, j] for i in range(matrix.rows) for j in range(matrix.cols)}
-        derivatives = {(q.name, i, j): _entry_derivative(e, q)
-                       for q in wrt for (i, j), e in entries.items()}
+        columns = _explicit_jacobian(matrix, wrt)
+        derivatives = {(q.name, i, j): columns[q][i, j] for q in wrt for (i, j) in entries}
         self._bundles = {}
         for kind, expressions in (("forward", entries), ("jacobian", derivatives)):
             plan = BundlePlan(expressions, set(names))

@@ -567,3 +567,35 @@ def test_compiled_hvp_of_a_nested_model_is_its_hessian_times_the_tangent():
     for p in "xw":
         expected = sum(hessian[p, q] * tangent[q] for q in "xw")
         assert abs(product[p] - expected) <= 1e-9 * (1 + abs(expected)), p
+
+
+def test_jacobian_of_an_explicit_matrix_of_nested_outputs_is_its_entries_differences():
+    # the outputs of a model taken at several depths share their pieces: each entry was
+    # differentiated by each symbol apart, after SymPy's free_symbols (a walk as a tree), in
+    # a cache holding the earlier entries' derivatives, which SymPy compared node by node
+    # with the new ones: at depth 48 sg.jacobian did not finish in five minutes
+    from symgrad.derive.graph import dag_xreplace
+    from tests.test_nodes import _one_object_per_value
+
+    x, w = sp.symbols("x w", real=True)
+    f, outputs = x, []
+    for k in range(48):
+        f = f * sp.sin(f + w)
+        if k % 8 == 7:
+            outputs.append(f)
+    jacobian = sg.jacobian(sp.Matrix(outputs), [x, w])
+    one_object_each = _one_object_per_value(list(jacobian.values()))   # (pytest prints no tree)
+    assert one_object_each, "the Jacobian holds two objects of one value"
+
+    def at(e, x0, w0):      # in 40 digits (SymPy's own xreplace walks the DAG as a tree)
+        return dag_xreplace(e, {x: sp.Float(x0, 40), w: sp.Float(w0, 40)})
+
+    x0, w0, h = sp.Rational(3, 2), sp.Rational(6, 5), sp.Rational(1, 10**10)
+    for q, column in jacobian.items():
+        step = (h, 0) if q == x else (0, h)
+        for entry, derivative in zip(outputs, column):
+            difference = float((at(entry, x0 + step[0], w0 + step[1])
+                                - at(entry, x0 - step[0], w0 - step[1])) / (2 * h))
+            value = float(at(derivative, x0, w0))
+            assert abs(difference) > 1e-3     # (a point where no entry vanishes)
+            assert abs(value - difference) <= 1e-9 * abs(difference), (value, difference)

@@ -36,6 +36,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
+from symgrad.derive.graph import dag_free_symbols
 
 __all__ = ["NotSplittable", "BatchSplit", "split_over_batch"]
 
@@ -100,7 +101,7 @@ def split_over_batch(expr, wrt, dimension: sp.Symbol) -> BatchSplit:
 
 def _total_symbol(expr, dimension: sp.Symbol) -> sp.Symbol:
     """``m_total`` (or ``m_total_2`` ... if the model already has a symbol of that name)."""
-    taken = {s.name for s in expr.free_symbols} | {s.name for s in expr.atoms(sp.MatrixSymbol)}
+    taken = {s.name for s in dag_free_symbols(expr)}     # (matrix symbols among them)
     name, k = f"{dimension.name}_total", 1
     while name in taken:
         k += 1

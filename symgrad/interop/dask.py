@@ -213,7 +213,9 @@ class _Plan:
 def _present(parameters: list, expr) -> list:
     """The parameters that a piece of the split model contains (sg.compile refuses the
     others); the pieces' gradients are added up by name, a missing one counting as 0."""
-    symbols = sp.sympify(expr).free_symbols
+    from symgrad.derive.graph import dag_free_symbols
+
+    symbols = dag_free_symbols(expr)
     return [p for p in parameters if p in symbols]
 
 
