@@ -383,3 +383,28 @@ def test_a_tie_in_max_splits_the_gradient_in_half():
     walk = sg.graph(BRANCHING, at={"x": 1, "y": 2, "z": 2}).walk
     from_max = {e.tail.name: e.gradient for e in walk.edges if e.head.text == "max"}
     assert from_max == {"y": 1.5, "z": 1.5}        # upstream x + y = 3, halved
+
+
+def test_the_walk_of_a_deep_model_is_the_compiled_gradient_with_formulas_cut_short():
+    # each value was inlined apart (copies of the shared pieces, which SymPy compared node by
+    # node along every path) and each formula written out as a tree: at depth 12 sg.graph did
+    # not finish in a minute
+    from symgrad.present.walk import ELLIPSIS, FORMULA_NODES
+
+    w = sp.Symbol("w", real=True)
+    f = x
+    for _ in range(24):
+        f = f * sp.sin(f + w)
+    point = {"x": 1.5, "w": 1.2}
+    walk = sg.graph(f, at=point, wrt=[x, w]).walk
+    value, grads = sg.compile(f, [x, w]).value_and_grad(**point)
+    assert walk.output.value == pytest.approx(value, rel=1e-12)
+    for v in "xw":
+        assert walk.node(v).gradient == pytest.approx(grads[v], rel=1e-10)
+    for edge in walk.steps:      # the numbers stay exact where the formulas are cut
+        assert edge.gradient == pytest.approx(edge.local * edge.head.gradient, rel=1e-10)
+    formulas = [n.formula for n in walk.nodes] + [e.gradient_formula for e in walk.steps]
+    assert any(ELLIPSIS in text for text in formulas)
+    # a cut formula has at most FORMULA_NODES nodes, each of a few characters
+    assert max(len(text) for text in formulas) < 12 * FORMULA_NODES
+    assert str(sg.explain(f, point, wrt=[x, w])).count("\n") > len(walk.steps)

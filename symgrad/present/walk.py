@@ -340,10 +340,12 @@ class _Builder:
         return _tidy(text)
 
     def formula(self, expression, top: bool = False) -> str:
-        """An expression of the derivation's names, written out with the pieces' names."""
+        """An expression of the derivation's names, written out with the pieces' names, and
+        cut to its first ``FORMULA_NODES`` nodes (written out, a piece that a deep model
+        shares is repeated at each use: its text grows exponentially with the depth)."""
         from symgrad.codegen.docstring import FormulaPrinter
 
-        return _tidy(FormulaPrinter().doprint(self._readable(expression, top)))
+        return _tidy(FormulaPrinter().doprint(_elided(self._readable(expression, top))))
 
     def _readable(self, e, top=False):
         from symgrad.derive.graph import Canonicalizer
@@ -366,6 +368,70 @@ class _Builder:
             return e.func(*[self._readable(a) if isinstance(a, sp.Basic) else a
                             for a in e.args])
         return e
+
+
+FORMULA_NODES = 120     # nodes of a formula written out; the rest is "…"
+ELLIPSIS = "…"
+
+
+def _elided(e, budget: int = FORMULA_NODES):
+    """e with the subexpressions beyond its first ``budget`` nodes, breadth first (the top
+    of the formula kept, its depths cut), written as ``…``; e itself where it is no larger.
+    Visits at most ``budget`` nodes and their operands, however large e is as a tree.
+
+    >>> x, y = sp.symbols("x y")
+    >>> _elided(sp.sin(x + y) * sp.cos(x + y), budget=5), _elided(x + y, budget=3)
+    (sin(…)*cos(…), x + y)
+    >>> _elided(x * y * sp.sin(x), budget=3)
+    …
+    """
+    def opened(node) -> bool:
+        return bool(node.args) and not isinstance(node, (sp.MatrixSymbol, sp.Lambda, ops.Map))
+
+    nodes = [e]            # the nodes visited, breadth first
+    operands: list = []    # of each: its operands' indices in nodes (None: not an
+    k = 0                  # expression), [] for a leaf, or None where it is cut
+    while k < len(nodes):
+        node = nodes[k]
+        positions: list | None = []
+        if opened(node):
+            # all of a node's operands or none (a product is no row of …)
+            if len(nodes) + sum(isinstance(a, sp.Expr) for a in node.args) <= budget:
+                for a in node.args:
+                    positions.append(len(nodes) if isinstance(a, sp.Expr) else None)
+                    if isinstance(a, sp.Expr):
+                        nodes.append(a)
+            else:
+                positions = None
+        operands.append(positions)
+        k += 1
+    rebuilt: list = [None] * len(nodes)
+    for k in reversed(range(len(nodes))):
+        node = nodes[k]
+        if operands[k] is None:
+            rebuilt[k] = _ellipsis_like(node)
+            continue
+        if not operands[k]:
+            rebuilt[k] = node
+            continue
+        new = [rebuilt[j] if j is not None else a for a, j in zip(node.args, operands[k])]
+        if all(n is a for n, a in zip(new, node.args)):
+            rebuilt[k] = node
+        elif isinstance(node, (sp.Add, sp.Mul)):
+            rebuilt[k] = type(node)._from_args(new)     # as it stands: … + … is no 2*…
+        else:
+            rebuilt[k] = node.func(*new)
+    return rebuilt[0]
+
+
+def _ellipsis_like(a):
+    """``…`` in a's place: a matrix symbol of its shape, a scalar symbol, or a itself where
+    it is no expression (a Map's shape)."""
+    if not isinstance(a, sp.Expr):
+        return a
+    if isinstance(a, MatrixExpr):
+        return sp.MatrixSymbol(ELLIPSIS, *a.shape)
+    return sp.Symbol(ELLIPSIS)
 
 
 def _lowered(derivation, wrt):
@@ -417,7 +483,8 @@ def _evaluate(walk: Backprop, derivation, expr, wrt, at: dict) -> None:
     from symgrad.checking.sampling import bind_dimensions, normalize
     from symgrad.checking.translate import translate
     from symgrad.compiled import inputs_of, shape_symbols
-    from symgrad.derive.reverse import inline
+    from symgrad.derive.reverse import inline_all
+    from symgrad.nodes import shared
 
     inputs = inputs_of(expr, wrt)
     given = _given(at, inputs, shape_symbols(expr))
@@ -441,18 +508,22 @@ def _evaluate(walk: Backprop, derivation, expr, wrt, at: dict) -> None:
                                  "scalar of the model, so the picture needs one number")
     values = normalize(inputs, given, dims, elementwise=False)
 
-    wanted: list = []          # (object, attribute, expression over the inputs)
+    wanted: list = []          # (object, attribute, expression of the derivation's names)
     for node in walk.nodes:
         wanted.append((node, "value", node.expression))
         adjoint = derivation.walk.adjoints.get(node.expression)
         if adjoint is not None:
-            wanted.append((node, "gradient", inline(derivation, adjoint)))
+            wanted.append((node, "gradient", adjoint))
     for edge in walk.steps:
-        wanted.append((edge, "gradient", inline(derivation, edge.contribution)))
+        wanted.append((edge, "gradient", edge.contribution))
         if edge.local_expression is not None and not isinstance(edge.head.expression,
                                                                 MatrixExpr):
-            wanted.append((edge, "local", inline(derivation, edge.local_expression)))
-    function = translate([w[2] for w in wanted], inputs, "numpy", dims)
+            wanted.append((edge, "local", edge.local_expression))
+    # over the inputs in one walk, one object per value: the translation then writes each
+    # shared piece once (inlined one by one, the pieces of a deep model were copies, which
+    # SymPy compares node by node along every path)
+    expressions = shared(inline_all(derivation, [w[2] for w in wanted]))
+    function = translate(expressions, inputs, "numpy", dims)
     with np.errstate(all="ignore"):
         results = function(**values)
     for (target, attribute, _), result in zip(wanted, results):
