@@ -36,7 +36,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.docstring import fresh_names
 from symgrad.derive.second import NoMatrixForm, jacobian_columns, jvp
-from symgrad.nodes import dag_rebuild, one_call, shared
+from symgrad.nodes import dag_rebuild, new_pass, one_call, shared
 
 __all__ = ["hessian", "hvp", "jacobian", "SecondOrder", "NoMatrixForm", "ScipyProblem"]
 
@@ -719,6 +719,7 @@ class _Linearizer:
         return ops.Map(sp.Lambda(tuple(new_variables), sp.Add(*terms)), e.shape, *new_operands)
 
 
+@new_pass
 def hvp_plan(expression, params: list, names: set) -> BundlePlan:
     """The bundle of the HVPs of all parameters; ``names`` are the names taken."""
     taken = set(names)
@@ -733,6 +734,7 @@ def hvp_plan(expression, params: list, names: set) -> BundlePlan:
     return plan
 
 
+@new_pass
 def hessian_plan(expression, params: list, names: set) -> BundlePlan:
     """The bundle of every Hessian block with a matrix form (p at or before q).  A block
     A^T diag(c) A + rest is computed as rest and c in the bundle, and the product with
@@ -767,6 +769,7 @@ def hessian_plan(expression, params: list, names: set) -> BundlePlan:
     return plan
 
 
+@new_pass
 def jacobian_plan(expression, params: list, names: set) -> BundlePlan:
     """The bundle of the Jacobian blocks with a matrix form; the others (assembled from
     vector-Jacobian products) in ``table["without"]``."""
