@@ -408,3 +408,29 @@ def test_the_walk_of_a_deep_model_is_the_compiled_gradient_with_formulas_cut_sho
     # a cut formula has at most FORMULA_NODES nodes, each of a few characters
     assert max(len(text) for text in formulas) < 12 * FORMULA_NODES
     assert str(sg.explain(f, point, wrt=[x, w])).count("\n") > len(walk.steps)
+
+
+def test_laying_out_the_walk_is_linear_in_the_model(monkeypatch):
+    # whether an edge carries its operand's whole gradient was found by scanning every
+    # contribution for each edge: quadratic (a sum of 1,000 terms: 12.9 s, now 4.1 s).
+    # Counted, not timed: the nodes looked at grow as the model, 4 times for 4 times the terms
+    import symgrad.present.walk as walk_module
+
+    looked_at = [0]
+    named = walk_module._named
+
+    def counted(node):
+        looked_at[0] += 1
+        return named(node)
+
+    monkeypatch.setattr(walk_module, "_named", counted)
+    v = sp.symbols("v0:10", real=True)
+
+    def looked_at_for(terms: int) -> int:
+        looked_at[0] = 0
+        sg.graph(sp.Add(*[sp.sin(v[k % 10] + (k + 1) * v[(7 * k + 3) % 10])
+                          for k in range(terms)]))
+        return looked_at[0]
+
+    small, large = looked_at_for(50), looked_at_for(200)
+    assert large <= 5 * small, (small, large)

@@ -251,6 +251,11 @@ class _Builder:
         steps = []
         locals_of = self._local_formulas()
         sent_so_far: dict = {}     # (operand, operation) -> contributions seen
+        senders: dict = {}         # operand -> how many contributions it receives
+        for sender, kid, _ in walk.sent:
+            if not _named(sender):
+                kid = self.represented(kid)
+                senders[kid] = senders.get(kid, 0) + 1
         for node, child, contribution in walk.sent:
             if _named(node):
                 continue
@@ -260,9 +265,7 @@ class _Builder:
             edge.contribution = contribution
             edge.gradient_formula = self.formula(contribution)
             tail = edge.tail
-            if tail.gradient_name and sum(1 for sender, kid, _ in walk.sent
-                                          if not _named(sender)
-                                          and self.represented(kid) == tail.expression) == 1:
+            if tail.gradient_name and senders[tail.expression] == 1:
                 edge.gradient_formula = tail.gradient_name   # the one part of its adjoint
             local = locals_of.get((node, pair[0], occurrence))
             if local is not None:
