@@ -365,7 +365,12 @@ def _restricted(body, variables, operands, shape):
 
 def _show(blocks: SecondOrder, output: str, latex: bool) -> str:
     from symgrad import ops
-    from symgrad.codegen.docstring import FormulaPrinter, refuse_namesakes
+    from symgrad.codegen.docstring import (
+        SHOW_MAX_NODES,
+        FormulaPrinter,
+        _tree_size,
+        refuse_namesakes,
+    )
     from symgrad.derive.graph import dag_free_symbols
     from symgrad.present.formulas import FormulaLatexPrinter
 
@@ -390,6 +395,21 @@ def _show(blocks: SecondOrder, output: str, latex: bool) -> str:
         def _print_DiagMatrix(self, expr):
             return rf"\operatorname{{diag}}\left({self._print(expr.args[0])}\right)"
 
+
+    if any(_tree_size(e, SHOW_MAX_NODES) > SHOW_MAX_NODES for e in blocks.values()
+           if isinstance(e, sp.Basic)):
+        # written out, the blocks would repeat their shared pieces: at each use, so the
+        # text of a deep model's blocks grows exponentially with its depth
+        steps, forms = _as_steps(blocks)
+        step_printer = LatexPrinter() if latex else Printer()
+        lines = []
+        for name, e in steps + [(_block_name(blocks, key, output, latex), e)
+                                for key, e in forms.items()]:
+            text = step_printer.doprint(e).replace("+ -", "- ")
+            lines.append(f"{name} &= {text}" if latex else f"{name} = {text.replace('**', '^')}")
+        if latex:
+            return "\\begin{aligned}\n" + " \\\\\n".join(lines) + "\n\\end{aligned}"
+        return "\n".join(lines)
 
     forms = {key: readable(e) for key, e in blocks.items()}
     # a function of a matrix used twice or more is named once (h, h2, ...), recognised by
@@ -430,27 +450,98 @@ def _show(blocks: SecondOrder, output: str, latex: bool) -> str:
     for text, name in aliases.items():
         text = text if latex else text.replace("**", "^")
         lines.append(f"{name} &= {text}" if latex else f"{name} = {text}")
-    def _name(s) -> str:      # (the names of formulas: q for the function of time q(t))
-        return blocks.names.get(s) or getattr(s, "name", str(s))
-
     for key, e in forms.items():
         text = printer.doprint(e).replace("+ -", "- ")
         if not latex:
             text = text.replace("**", "^")
-        if blocks.kind == "hessian":
-            p, q = key
-            name = (rf"\frac{{\partial^2 {output}}}{{\partial {_name(p)}\, \partial {_name(q)}}}"
-                    if latex else f"d²{output}/d{_name(p)} d{_name(q)}")
-        elif blocks.kind == "hvp":
-            name = (rf"\left(H v\right)_{{{_name(key)}}}" if latex
-                    else f"(H v)_{_name(key)}")
-        else:
-            name = (rf"\frac{{\partial {output}}}{{\partial {_name(key)}}}" if latex
-                    else f"d{output}/d{_name(key)}")
+        name = _block_name(blocks, key, output, latex)
         lines.append(f"{name} &= {text}" if latex else f"{name} = {text}")
     if latex:
         return "\\begin{aligned}\n" + " \\\\\n".join(lines) + "\n\\end{aligned}"
     return "\n".join(lines)
+
+
+def _block_name(blocks: SecondOrder, key, output: str, latex: bool) -> str:
+    """What a block's line is called: d²f/dx dw, (H v)_x, df/dx (or their LaTeX)."""
+    def _name(s) -> str:      # (the names of formulas: q for the function of time q(t))
+        return blocks.names.get(s) or getattr(s, "name", str(s))
+
+    if blocks.kind == "hessian":
+        p, q = key
+        return (rf"\frac{{\partial^2 {output}}}{{\partial {_name(p)}\, \partial {_name(q)}}}"
+                if latex else f"d²{output}/d{_name(p)} d{_name(q)}")
+    if blocks.kind == "hvp":
+        return rf"\left(H v\right)_{{{_name(key)}}}" if latex else f"(H v)_{_name(key)}"
+    return (rf"\frac{{\partial {output}}}{{\partial {_name(key)}}}" if latex
+            else f"d{output}/d{_name(key)}")
+
+
+def _as_steps(blocks: SecondOrder) -> tuple[list, dict]:
+    """``(steps, forms)``: each compound value the blocks use twice or more as a step of its
+    own, ``[(name, operation over earlier names)]`` in order (t0, t1, ...), and each block
+    over those names; one walk over the blocks' DAG, each shared node once.
+
+    >>> x, w = sp.symbols("x w")
+    >>> blocks = SecondOrder({x: sp.sin(x + w) ** 2 + sp.sin(x + w)})
+    >>> _as_steps(blocks)
+    ([('t', sin(w + x))], {x: t**2 + t})
+    """
+    from symgrad import ops
+    from symgrad.derive.graph import dag_free_symbols
+    from symgrad.nodes import rebuild
+
+    keys = list(blocks)
+    exprs = shared([blocks[k] for k in keys])
+
+    def walked(node) -> tuple:
+        # (a Map's body binds its variables: its operands are its values, the body is not)
+        if isinstance(node, ops.Map):
+            return tuple(node.operands)
+        if (not isinstance(node, sp.Basic) or node.is_Atom
+                or isinstance(node, (sp.Lambda, sp.MatrixSymbol))):
+            return ()
+        return node.args
+
+    uses: dict = {}
+    seen: set = set()
+    stack = [e for e in exprs if isinstance(e, sp.Basic)]
+    order: list = []        # children before parents
+    while stack:
+        node = stack.pop()
+        if isinstance(node, tuple):
+            order.append(node[0])
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.append((node,))
+        for child in walked(node):
+            uses[child] = uses.get(child, 0) + 1
+            if child not in seen:
+                stack.append(child)
+    taken = {str(x) for e in exprs if isinstance(e, sp.Basic) for x in dag_free_symbols(e)}
+    stepped = [n for n in order if uses.get(n, 0) >= 2 and walked(n)
+               and isinstance(n, sp.Expr)]
+    names = dict(zip(stepped, fresh_names("t", len(stepped), taken)))
+    done: dict = {}
+    steps = []
+    for node in order:
+        kids = walked(node)
+        if not kids:
+            done[node] = node
+            continue
+        new = [done[c] for c in kids]
+        if isinstance(node, ops.Map):
+            value = ops.Map(node.function, node.shape, *new)
+        else:
+            value = rebuild(node, new)
+        if node in names:
+            steps.append((names[node], value))
+            value = (sp.MatrixSymbol(names[node], *node.shape) if isinstance(node, MatrixExpr)
+                     else sp.Symbol(names[node]))
+        done[node] = value
+    forms = {k: done.get(e, e) for k, e in zip(keys, exprs)}
+    return steps, forms
 
 
 # ------------------------------------------------------------------------------------------

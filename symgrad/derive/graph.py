@@ -132,6 +132,9 @@ def _free_symbols(expr) -> set:
         if node in seen:
             continue
         seen.add(node)
+        if isinstance(node, sp.MatrixBase):     # an explicit matrix: those of its entries
+            stack.extend(a for a in node if a not in seen)
+            continue
         if not isinstance(node, sp.Basic):
             continue
         if _has_own_free_symbols(node):
