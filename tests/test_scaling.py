@@ -902,12 +902,9 @@ def test_writing_a_module_keeps_no_statement_texts(tmp_path, monkeypatch):
     assert not numba._PRINTED and not ir._SHAPES
 
 
-def test_each_call_costs_what_the_first_does_whatever_came_before(monkeypatch):
-    """symgrad builds nodes equal to, not the same objects as, those an earlier call left in
-    SymPy's cache, and SymPy finds a cached entry by comparing node by node: on a nested
-    model that walks every path of the tree (a second sg.grad at depth 16 compared 160,448
-    times against the first call's 883).  Counted, not timed: every later call compares
-    about as often as the first, after other calls and after the model is built again."""
+def counting_comparisons(monkeypatch) -> list:
+    """[n]: how many times SymPy compares two nodes with ==, counted from now on (set it
+    back to 0 to count again)."""
     from sympy.core.basic import Basic
 
     comparisons = [0]
@@ -918,6 +915,17 @@ def test_each_call_costs_what_the_first_does_whatever_came_before(monkeypatch):
         return equal(self, other)
 
     monkeypatch.setattr(Basic, "__eq__", counted)
+    return comparisons
+
+
+def test_each_call_costs_what_the_first_does_whatever_came_before(monkeypatch):
+    """symgrad builds nodes equal to, not the same objects as, those an earlier call left in
+    SymPy's cache, and SymPy finds a cached entry by comparing node by node: on a nested
+    model that walks every path of the tree (a second sg.grad at depth 16 compared 160,448
+    times against the first call's 883).  Counted, not timed: every later call compares
+    about as often as the first, after other calls and after the model is built again."""
+
+    comparisons = counting_comparisons(monkeypatch)
     f, x, w = nested(16)
     x0, w0 = 0.7, 0.3
     _, dx, dw = nested_by_hand(16, x0, w0)
@@ -947,20 +955,11 @@ def test_a_second_order_plan_inside_a_larger_call_compares_as_often_as_alone(mon
     of the Hessian and the HVP, in one call: what the earlier passes left in SymPy's cache
     were copies of what the plans build again, compared node by node (at depth 24 the
     generation took 188 s).  Each plan begins with an empty cache: counted, not timed."""
-    from sympy.core.basic import Basic
-
     import symgrad.second as second
     from symgrad.compiled import build_spec
     from symgrad.nodes import one_call
 
-    comparisons = [0]
-    equal = Basic.__eq__
-
-    def counted(self, other):
-        comparisons[0] += 1
-        return equal(self, other)
-
-    monkeypatch.setattr(Basic, "__eq__", counted)
+    comparisons = counting_comparisons(monkeypatch)
     f, x, w = nested(12)
     plan = getattr(second, plan_name)
 

@@ -569,6 +569,18 @@ def test_compiled_hvp_of_a_nested_model_is_its_hessian_times_the_tangent():
         assert abs(product[p] - expected) <= 1e-9 * (1 + abs(expected)), p
 
 
+def _nested_outputs(depth: int, every: int):
+    """(x, w, f, outputs): the model f <- f sin(f + w) nested depth deep from f = x, and its
+    value at every ``every``-th level (outputs that share their pieces)."""
+    x, w = sp.symbols("x w", real=True)
+    f, outputs = x, []
+    for k in range(depth):
+        f = f * sp.sin(f + w)
+        if k % every == every - 1:
+            outputs.append(f)
+    return x, w, f, outputs
+
+
 def test_jacobian_of_an_explicit_matrix_of_nested_outputs_is_its_entries_differences():
     # the outputs of a model taken at several depths share their pieces: each entry was
     # differentiated by each symbol apart, after SymPy's free_symbols (a walk as a tree), in
@@ -577,12 +589,7 @@ def test_jacobian_of_an_explicit_matrix_of_nested_outputs_is_its_entries_differe
     from symgrad.derive.graph import dag_xreplace
     from tests.test_nodes import _one_object_per_value
 
-    x, w = sp.symbols("x w", real=True)
-    f, outputs = x, []
-    for k in range(48):
-        f = f * sp.sin(f + w)
-        if k % 8 == 7:
-            outputs.append(f)
+    x, w, _, outputs = _nested_outputs(48, every=8)
     jacobian = sg.jacobian(sp.Matrix(outputs), [x, w])
     one_object_each = _one_object_per_value(list(jacobian.values()))   # (pytest prints no tree)
     assert one_object_each, "the Jacobian holds two objects of one value"
@@ -608,12 +615,7 @@ def test_show_of_deep_blocks_writes_steps_that_rebuild_the_blocks():
     from symgrad.derive.graph import dag_xreplace
     from symgrad.second import _as_steps
 
-    x, w = sp.symbols("x w", real=True)
-    f, outputs = x, []
-    for k in range(12):
-        f = f * sp.sin(f + w)
-        if k % 4 == 3:
-            outputs.append(f)
+    x, w, f, outputs = _nested_outputs(12, every=4)
     point = {x: sp.Float("1.5", 30), w: sp.Float("1.2", 30)}
     for blocks in (sg.hessian(f, [x, w]), sg.jacobian(sp.Matrix(outputs), [x, w])):
         text = sg.show(blocks)
