@@ -826,18 +826,7 @@ def new_pass(function: Callable) -> Callable:
     >>> outer()
     0
     """
-    @functools.wraps(function)
-    def separate(*args, **kwargs):
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            with _fresh_sympy_cache(even_nested=True):
-                return function(*args, **kwargs)
-        finally:
-            if was_enabled:
-                gc.enable()
-
-    return separate
+    return _pass(function, even_nested=True)
 
 
 def one_pass(function: Callable) -> Callable:
@@ -856,12 +845,16 @@ def one_pass(function: Callable) -> Callable:
     >>> enabled(), gc.isenabled()
     (False, True)
     """
+    return _pass(function, even_nested=False)
+
+
+def _pass(function: Callable, even_nested: bool) -> Callable:
     @functools.wraps(function)
     def paused(*args, **kwargs):
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            with _fresh_sympy_cache():
+            with _fresh_sympy_cache(even_nested):
                 return function(*args, **kwargs)
         finally:
             if was_enabled:

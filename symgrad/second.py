@@ -31,7 +31,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import sympy as sp
-from sympy.core.cache import clear_cache
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.docstring import fresh_names
@@ -254,25 +253,28 @@ def _explicit_jacobian(matrix: sp.ImmutableMatrix, symbols: list) -> dict:
     reverse pass per entry for all the symbols it holds (found each shared node once), and
     the derivatives of all the entries made one object per value (entries share pieces: the
     outputs of a model taken at several depths)."""
-    from symgrad.compiled import grad
-    from symgrad.derive.graph import dag_free_symbols
-
     derivatives = {q: [] for q in symbols}
     for entry in matrix:
-        # an earlier entry's derivatives left in SymPy's cache are copies of pieces this one
-        # builds again, and finding them there compares node by node along every path
-        # (see symgrad.nodes.one_call): each entry starts from an empty cache
-        clear_cache()
-        entry = sp.sympify(entry)
-        held = dag_free_symbols(entry)
-        moving = [q for q in symbols if q in held]
-        gradients = grad(entry, moving) if moving else {}
+        gradients = _entry_gradients(entry, symbols)
         for q in symbols:
             derivatives[q].append(gradients[q] if q in gradients else sp.S.Zero)
     flat = shared([d for q in symbols for d in derivatives[q]])
     size = len(matrix)
     return {q: sp.ImmutableMatrix(matrix.rows, matrix.cols, flat[k * size:(k + 1) * size])
             for k, q in enumerate(symbols)}
+
+
+@new_pass
+def _entry_gradients(entry, symbols: list) -> dict:
+    """{q: d entry / d q} for the symbols the entry holds: a new pass (an earlier entry's
+    derivatives left in SymPy's cache are copies of pieces this one builds again)."""
+    from symgrad.compiled import grad
+    from symgrad.derive.graph import dag_free_symbols
+
+    entry = sp.sympify(entry)
+    held = dag_free_symbols(entry)
+    moving = [q for q in symbols if q in held]
+    return grad(entry, moving) if moving else {}
 
 
 # ------------------------------------------------------------------------------------------
@@ -478,7 +480,7 @@ def _block_name(blocks: SecondOrder, key, output: str, latex: bool) -> str:
 
 def _as_steps(blocks: SecondOrder) -> tuple[list, dict]:
     """``(steps, forms)``: each compound value the blocks use twice or more as a step of its
-    own, ``[(name, operation over earlier names)]`` in order (t0, t1, ...), and each block
+    own, ``[(name, operation over earlier names)]`` in order (t, t1, ...), and each block
     over those names; one walk over the blocks' DAG, each shared node once.
 
     >>> x, w = sp.symbols("x w")
