@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from symgrad.nodes import replaced
+
 __all__ = ["main"]
 
 CHECK_BACKENDS = ("finite-differences", "jax", "torch", "autograd")
@@ -278,7 +280,7 @@ def _random_inputs(model, given: dict, seed: int) -> dict:
     for symbol in model.inputs:
         if symbol.name in at:
             continue
-        shape = tuple(int(sp.sympify(e).xreplace(dims)) for e in symbol.shape) \
+        shape = tuple(int(replaced(sp.sympify(e), dims)) for e in symbol.shape) \
             if isinstance(symbol, MatrixExpr) else ()
         at[symbol.name] = rng.standard_normal(shape)
     for d, size in dims.items():

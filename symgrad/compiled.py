@@ -21,7 +21,7 @@ from symgrad.codegen.module import ModuleSpec, check_names, module_name_for, mod
 from symgrad.derive.graph import dag_atoms, dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.reverse import derive, inline_all
 from symgrad.files import cache_dir, drop_damaged_numba_cache, load_module, write_atomically
-from symgrad.nodes import one_call, one_pass
+from symgrad.nodes import one_call, one_pass, replaced
 from symgrad.optimize import fuse, lower, restricted
 from symgrad.version import __version__
 
@@ -212,7 +212,7 @@ def internal_symbols(inputs: list, dimensions: set) -> dict:
         table[d] = sp.Symbol(f"dim_{k}", **d.assumptions0)
     for k, s in enumerate(x for x in inputs if x not in table):
         if isinstance(s, sp.MatrixSymbol):
-            shape = [sp.sympify(e).xreplace(table) for e in s.shape]
+            shape = [replaced(sp.sympify(e), table) for e in s.shape]
             table[s] = sp.MatrixSymbol(f"in_{k}", *shape)
         else:
             table[s] = sp.Symbol(f"in_{k}", **s.assumptions0)
@@ -262,7 +262,7 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     wrt = [table[w] for w in wrt]
     inputs = [table[s] for s in inputs]
     free = {table[d] for d in free}
-    output_shape = tuple(sp.sympify(e).xreplace(table) for e in output_shape)
+    output_shape = tuple(replaced(sp.sympify(e), table) for e in output_shape)
     try:
         if output_shape == (1, 1):
             from symgrad.ops import Entry

@@ -31,6 +31,7 @@ from symgrad.checking import check
 from symgrad.checking.backends import median_time
 from symgrad.generation import has_scalar_output, load_models
 from symgrad.model import Model
+from symgrad.nodes import replaced
 
 __all__ = ["run_demo", "demo_models", "builtin_models", "sample_inputs", "NUMPY_BASELINES",
            "DEMO_SIZES"]
@@ -147,7 +148,7 @@ def sample_inputs(model: Model, sizes: dict[str, int] | None = None, default_siz
 def _size(extent, sizes: dict[str, int], default_size: int) -> int:
     extent = sp.sympify(extent)
     bound = {d: sizes.get(d.name, default_size) for d in extent.free_symbols}
-    return int(extent.xreplace(bound))
+    return int(replaced(extent, bound))
 
 
 # ------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad.derive.graph import dag_free_symbols, dag_nodes, dag_xreplace
 from symgrad.derive.rules import RULES
-from symgrad.nodes import dag_rebuild, operands, rebuild
+from symgrad.nodes import dag_rebuild, operands, rebuild, replaced
 from symgrad.ops import map_of_applyfunc
 
 __all__ = ["normalize", "normalize_explicit", "time_function_name", "map_of_applyfunc"]
@@ -145,7 +145,7 @@ def _expanded(node, what: str):
             limits_k, hidden = [], False
             for v, lo, hi in reversed(inner):
                 if not hidden:
-                    lo, hi = lo.xreplace(value), hi.xreplace(value)
+                    lo, hi = replaced(lo, value), replaced(hi, value)
                     hidden = v == variable
                 limits_k.append((v, lo, hi))
             at_k = {**at, **value}
@@ -165,13 +165,13 @@ def _substituted(term, value: dict, node, what: str, at: dict):
     is an error naming the entry, the sum, the indices' values ``at`` and the matrix's shape
     (SymPy raises a bare IndexError)."""
     try:
-        return term.xreplace(value)
+        return replaced(term, value)
     except IndexError:
         pass
     where = ", ".join(f"{v} = {k}" for v, k in at.items())
     for entry in dag_nodes(term):
         if isinstance(entry, MatrixElement):
-            i, j = (sp.sympify(e).xreplace(value) for e in (entry.i, entry.j))
+            i, j = (replaced(sp.sympify(e), value) for e in (entry.i, entry.j))
             matrix = entry.parent
             if not matrix.valid_index(i, j):
                 rows, cols = matrix.shape

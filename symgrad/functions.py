@@ -41,6 +41,7 @@ from sympy.codegen.cfunctions import log1p
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad import ops
+from symgrad.nodes import held, released, replaced
 
 __all__ = ["Elementwise", "ROWS", "FUNCTIONS", "row_of", "elementwise", "builder"]
 
@@ -173,8 +174,9 @@ def inline_definitions(expr):
     """
     if not any(row.value is not None for row in _BY_NODE.values()):
         return expr
-    return expr.replace(lambda e: getattr(row_of(e), "value", None) is not None,
-                        lambda e: row_of(e).value(e.args[0]))
+    # (held: replace rebuilds every node above a replaced one, a Piecewise included)
+    return released(held(expr).replace(lambda e: getattr(row_of(e), "value", None) is not None,
+                                       lambda e: row_of(e).value(e.args[0])))
 
 
 def builder(row: Elementwise) -> Callable:
@@ -299,15 +301,15 @@ def elementwise(name: str, value: Callable, derivative: Callable | None = None) 
                              f"SymPy expression of x and y, got {slope!r}")
 
         def slope_of(a, b):
-            return slope.xreplace({x: a, y: b})
+            return replaced(slope, {x: a, y: b})
     else:
         slope = sp.diff(defined, x)
 
         def slope_of(a, b):
-            return slope.xreplace({x: a})
+            return replaced(slope, {x: a})
 
     def value_of(a):
-        return defined.xreplace({x: a})
+        return replaced(defined, {x: a})
 
     node = type(name, (UserFunction,), {"__module__": __name__,
                                         "__doc__": f"{name}(x) = {defined}"})

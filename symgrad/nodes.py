@@ -32,10 +32,11 @@ from collections.abc import Callable
 import sympy as sp
 from sympy.core.cache import clear_cache
 from sympy.core.mul import _keep_coeff
+from sympy.functions.elementary.piecewise import ExprCondPair
 
 __all__ = ["operands", "rebuild", "renamed", "add", "mul", "times", "function_of",
            "assumptions_key", "eval_keeps", "unevaluated", "real_symbol", "dag_rebuild",
-           "shared", "one_pass", "one_call"]
+           "shared", "one_pass", "one_call", "built", "replaced", "held", "released"]
 
 
 def operands(node) -> tuple:
@@ -82,7 +83,7 @@ def rebuild(node, new_operands, *, xreplace: bool = False):
     if xreplace:
         if all(new is old for new, old in zip(new_operands, old_operands)):
             return node
-        return node.func(*new_operands)
+        return built(node.func, new_operands)
     # Unequal hashes prove two nodes different without comparing them: SymPy's == compares
     # whole subtrees, recursively, which on a 1,000-deep chain whose leaf was rewritten
     # costs a walk to that leaf per level and overflows Python's stack.  The hashes are
@@ -93,7 +94,112 @@ def rebuild(node, new_operands, *, xreplace: bool = False):
     if isinstance(node, sp.Function) and not any(
             a.is_number for a in new_operands if isinstance(a, sp.Basic)):
         return function_of(node.func, new_operands)
-    return node.func(*new_operands)
+    return built(node.func, new_operands)
+
+
+def built(func, args):
+    """``func(*args)``, as SymPy builds it, except a Piecewise or one of its (value,
+    condition) pairs: those keep their conditions as written (:func:`piecewise_unfolded`).
+    SymPy's evaluation of a Piecewise solves an equality for a symbol, Eq(2 a + 1, m)
+    becoming Eq(a, m/2 - 1/2), which is no identity in floats: Min's rule routes the
+    gradient by such an equality, and rewritten it holds at no point.  Every rebuilding of
+    symgrad (substitutions, renamings, passes) builds its nodes here.
+
+    >>> a = sp.Symbol("a")
+    >>> p = sp.Piecewise((1, sp.Eq(2 * a + 1, sp.Min(a, 3 * a))), (0, True), evaluate=False)
+    >>> built(p.func, p.args)
+    Piecewise((1, Eq(2*a + 1, Min(a, 3*a))), (0, True))
+    >>> p.func(*p.args)
+    Piecewise((1, Eq(a, Min(a, 3*a)/2 - 1/2)), (0, True))
+    """
+    if isinstance(func, type) and issubclass(func, (sp.Piecewise, ExprCondPair)):
+        return piecewise_unfolded(func, args)
+    return func(*args)
+
+
+def replaced(expr, table: dict):
+    """``expr.xreplace(table)``, each shared subexpression rebuilt once, without recursion,
+    and a Piecewise rebuilt with its conditions as written (see :func:`built`).  The
+    substitution of every pass: SymPy's ``xreplace`` walks a shared DAG as a tree and lets
+    a Piecewise rewrite its conditions.
+
+    >>> x, y = sp.symbols("x y")
+    >>> replaced(sp.sin(x) + x * y, {x: 2 * y})
+    2*y**2 + sin(2*y)
+    >>> p = sp.Piecewise((1, sp.Eq(2 * x + 1, y)), (0, True), evaluate=False)
+    >>> replaced(p, {y: sp.Min(x, 3 * x)})
+    Piecewise((1, Eq(2*x + 1, Min(x, 3*x))), (0, True))
+    >>> p.xreplace({y: sp.Min(x, 3 * x)})
+    Piecewise((1, Eq(x, Min(x, 3*x)/2 - 1/2)), (0, True))
+    """
+    if not isinstance(expr, sp.Basic):
+        return expr
+
+    def visit(node, new_operands):
+        if not new_operands:    # a leaf, or a node of the table (the walk did not enter it)
+            new = table.get(node, node)
+            return new if isinstance(new, sp.Basic) else sp.sympify(new)
+        return rebuild(node, new_operands, xreplace=True)
+
+    def walked(node):
+        # (xreplace walks into every node but an Atom: an entry x[i] of an IndexedBase
+        # calls itself an atom, and its index is replaced all the same)
+        if node in table or not isinstance(node, sp.Basic) or isinstance(node, sp.Atom):
+            return ()
+        return node.args
+
+    return dag_rebuild(expr, visit, operands=walked)
+
+
+class _HeldPair(ExprCondPair):
+    """A (value, condition) pair of a :class:`_HeldPiecewise`: built as it stands (SymPy's
+    pair folds a Piecewise inside its condition out into an ITE)."""
+
+    def __new__(cls, expr, cond):
+        return sp.Tuple.__new__(cls, expr, cond)
+
+
+class _HeldPiecewise(sp.Piecewise):
+    """A Piecewise that SymPy's own rebuilding (``cse``, ``expand``, ``replace``) keeps as it
+    stands: its construction evaluates nothing (see :func:`built`)."""
+
+    def __new__(cls, *pairs, **_):
+        return sp.Basic.__new__(cls, *[p if isinstance(p, _HeldPair) else _HeldPair(*p)
+                                       for p in pairs])
+
+
+def held(expr):
+    """expr with each Piecewise held, for SymPy's functions that rebuild what they walk
+    (``sympy.cse``, ``expand``, ``replace``): they cannot rewrite its conditions.  Printers
+    print it as the Piecewise it is; :func:`released` gives the plain one back.
+
+    >>> a = sp.Symbol("a")
+    >>> p = sp.Piecewise((1, sp.Eq(2 * a + 1, sp.Min(a, 3 * a))), (0, True), evaluate=False)
+    >>> released(held(p).replace(sp.Min, sp.Max))
+    Piecewise((1, Eq(2*a + 1, Max(a, 3*a))), (0, True))
+    >>> p.replace(sp.Min, sp.Max)
+    Piecewise((1, Eq(a, Max(a, 3*a)/2 - 1/2)), (0, True))
+    """
+    def visit(node, new_operands):
+        if type(node) is ExprCondPair:
+            return _HeldPair(*new_operands)
+        if type(node) is sp.Piecewise:
+            return _HeldPiecewise(*new_operands)
+        return rebuild(node, new_operands, xreplace=True)
+
+    return dag_rebuild(expr, visit) if isinstance(expr, sp.Basic) else expr
+
+
+def released(expr):
+    """expr with each held Piecewise (see :func:`held`) a plain one again."""
+    def visit(node, new_operands):
+        if type(node) is _HeldPair:
+            return piecewise_unfolded(ExprCondPair, new_operands)
+        if type(node) is _HeldPiecewise:
+            return piecewise_unfolded(sp.Piecewise, new_operands)
+        return rebuild(node, new_operands, xreplace=True)
+
+    return dag_rebuild(expr, visit) if isinstance(expr, sp.Basic) else expr
 
 
 # SymPy's own order of the terms of a sum and the factors of a product
@@ -129,7 +235,7 @@ def renamed(node, new_operands):
     if isinstance(node, sp.Function) and not any(
             a.is_number for a in new_operands if isinstance(a, sp.Basic)):
         return function_of(node.func, new_operands)
-    return node.func(*new_operands)
+    return built(node.func, new_operands)
 
 
 def postprocessed(obj):
@@ -548,8 +654,6 @@ def piecewise_unfolded(kind, args):
     >>> piecewise_unfolded(sp.Piecewise, [(1, sp.Eq(y / 2 + 1, x)), (0, sp.true)])
     Piecewise((1, Eq(y/2 + 1, x)), (0, True))
     """
-    from sympy.functions.elementary.piecewise import ExprCondPair
-
     if kind is ExprCondPair:
         value, condition = args
         if condition == sp.true or condition == sp.false:

@@ -28,6 +28,8 @@ from sympy.codegen.cfunctions import log1p as _log1p
 from sympy.core.symbol import Str
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
+from symgrad.nodes import built, replaced
+
 __all__ = [
     "sigmoid", "softplus", "logsigmoid", "relu", "Map", "AxisSum", "SumAll", "LogSumExp",
     "LogSumExpAll", "Softmax", "LogDet", "Named", "NamedScalar", "Scatter", "matrix", "vector",
@@ -177,7 +179,7 @@ class Map(MatrixExpr):
             # complex forms (|exp(a)| = exp(re(a))) that have no place in real code
             function = sp.Lambda(map_variables(len(function.variables),
                                                [v.name for v in function.variables]),
-                                 function.expr.xreplace(
+                                 replaced(function.expr,
                                      {v: sp.Symbol(v.name, real=True)
                                       for v in function.variables}))
         if len(function.variables) != len(operands):
@@ -575,7 +577,7 @@ def binary_cross_entropy_with_logits(logits, labels):
     body = y * softplus(-z) + (1 - y) * softplus(z)
     if _is_matrix(logits):
         return Map(sp.Lambda((z, y), body), logits.shape, logits, labels)
-    return body.subs({z: logits, y: labels}, simultaneous=True)
+    return replaced(body, {z: logits, y: labels})
 
 
 class Scatter(MatrixExpr):
@@ -657,7 +659,7 @@ def map_of_applyfunc(node, operand=None, function=None):
                          "its variable; an elementwise function is scalar in each entry (a "
                          "matrix it reads must not depend on the entry)")
     fresh = map_variables(1 + len(lifted))
-    body = body.xreplace(dict(zip([variable, *lifted.values()], fresh)))
+    body = replaced(body, dict(zip([variable, *lifted.values()], fresh)))
     return Map(sp.Lambda(fresh, body), node.shape, operand, *lifted)
 
 
@@ -677,6 +679,6 @@ def _lift_model_terms(body, variable) -> tuple:
             return e
         inner = bound | set(getattr(e, "bound_symbols", ()))
         args = [walk(a, inner) for a in e.args]
-        return e.func(*args) if args != list(e.args) else e
+        return built(e.func, args) if args != list(e.args) else e
 
     return walk(body, frozenset()), lifted

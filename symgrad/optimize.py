@@ -24,7 +24,16 @@ from symgrad.codegen.factor import share_factorisations
 from symgrad.codegen.ir import Program, Statement, live_statements, symbols_in
 from symgrad.derive.graph import children, with_children
 from symgrad.derive.reverse import Derivation
-from symgrad.nodes import add, dag_rebuild, eval_keeps, function_of, mul, real_symbol
+from symgrad.nodes import (
+    add,
+    built,
+    dag_rebuild,
+    eval_keeps,
+    function_of,
+    mul,
+    real_symbol,
+    replaced,
+)
 
 _CONSTANT_MATRICES = (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
@@ -238,7 +247,7 @@ def _built(func, args):
         return mul(*args)
     if len(args) == 1 and type(args[0]) is sp.Symbol and eval_keeps(func, args[0]):
         return function_of(func, args)
-    return func(*args)
+    return built(func, args)
 
 
 def _negated(e):
@@ -291,7 +300,7 @@ def _normalized_map(function: sp.Lambda, shape, operands):
         variables.append(fresh)
         unique.append(o)
         substitution[v] = fresh
-    body = function.expr.xreplace(substitution)
+    body = replaced(function.expr, substitution)
     used = body.free_symbols
     kept = [(v, o) for v, o in zip(variables, unique) if v in used]
     if not kept:
@@ -299,7 +308,7 @@ def _normalized_map(function: sp.Lambda, shape, operands):
         fresh = sp.Symbol("_v0", real=True)
         return ops.Map(sp.Lambda((fresh,), fresh), shape, body)
     renamed = {v: sp.Symbol(f"_v{i}", real=True) for i, (v, _) in enumerate(kept)}
-    body = body.xreplace(renamed)
+    body = replaced(body, renamed)
     return ops.Map(sp.Lambda(tuple(renamed.values()), body), shape, *[o for _, o in kept])
 
 
@@ -420,11 +429,11 @@ def _inline_single_use(operation: ops.Map, definitions: dict, uses: dict, inline
             inner = {iv: _variable_for(io, operands, variables)
                      for iv, io in zip(producer.operation.function.variables,
                                        producer.operation.operands)}
-            substitution[v] = producer.operation.body.xreplace(inner)
+            substitution[v] = replaced(producer.operation.body, inner)
             inlined.add(operand)
         else:
             substitution[v] = _variable_for(operand, operands, variables)
-    body = operation.body.xreplace(substitution)
+    body = replaced(operation.body, substitution)
     if not inlined.intersection(operation.operands):
         return operation
     return _normalized_map(sp.Lambda(tuple(variables), body), operation.shape, operands)

@@ -35,7 +35,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.docstring import fresh_names
 from symgrad.derive.second import NoMatrixForm, jacobian_columns, jvp
-from symgrad.nodes import dag_rebuild, new_pass, one_call, shared
+from symgrad.nodes import built, dag_rebuild, new_pass, one_call, replaced, shared
 
 __all__ = ["hessian", "hvp", "jacobian", "SecondOrder", "NoMatrixForm", "ScipyProblem"]
 
@@ -345,7 +345,7 @@ def _calls_as_operands(variables, operands, body, shape):
         variables.append(fresh)
         operands.append(piece)
         replacements[call] = fresh
-    return tuple(variables), operands, body.xreplace(replacements)
+    return tuple(variables), operands, replaced(body, replacements)
 
 
 def _restricted(body, variables, operands, shape):
@@ -356,7 +356,7 @@ def _restricted(body, variables, operands, shape):
     used = [k for k, v in enumerate(variables) if body.has(v)]
     matrices = [operands[k] for k in used if isinstance(operands[k], MatrixExpr)]
     if not matrices:
-        return body.xreplace({variables[k]: operands[k] for k in used})
+        return replaced(body, {variables[k]: operands[k] for k in used})
     rows = shape[0] if any(m.shape[0] != 1 for m in matrices) else 1
     cols = shape[1] if any(m.shape[1] != 1 for m in matrices) else 1
     if len(used) == 1 and body == variables[used[0]] and tuple(matrices[0].shape) == (rows, cols):
@@ -775,7 +775,7 @@ class _Linearizer:
                 elif isinstance(node, ops.Map):
                     split[node] = self._map(node)
                 elif walked_into(node):
-                    split[node] = node.func(*new)
+                    split[node] = built(node.func, new)
                 else:
                     split[node] = node
             return split[node]
@@ -936,7 +936,7 @@ def symmetric_split(e):
             found = _symmetric_product_of(o)
             if found is None or sp.diff(e.body, v) != 1:
                 continue
-            rest = _restricted(e.body.subs(v, 0), variables, operands, e.shape)
+            rest = _restricted(replaced(e.body, {v: 0}), variables, operands, e.shape)
             if not isinstance(rest, MatrixExpr):
                 if rest != 0:
                     continue
@@ -1045,7 +1045,7 @@ class ScipyProblem:
             if not isinstance(s, MatrixExpr):
                 self.shapes[name] = ()
                 continue
-            extents = [sp.sympify(sp.sympify(e).xreplace(dims)) for e in s.shape]
+            extents = [sp.sympify(replaced(sp.sympify(e), dims)) for e in s.shape]
             if not all(e.is_number for e in extents):
                 self.shapes[name] = None      # fixed by the first pack
                 continue

@@ -180,3 +180,21 @@ def test_the_renamed_modules_are_where_the_functions_come_from():
     assert sg.show.__module__ == "symgrad.present.formulas"
     assert sg.check.__module__.startswith("symgrad.checking")
     assert sg.generate.__module__ == "symgrad.generation"
+
+
+def _sympy_substitutions(source: str) -> list[str]:
+    """The calls of SymPy's own ``xreplace`` and ``subs`` in a module's source."""
+    return [f"{node.lineno}: .{node.func.attr}(...)" for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("xreplace", "subs")]
+
+
+def test_every_substitution_goes_through_nodes_replaced():
+    """SymPy's xreplace and subs rebuild a Piecewise with its conditions rewritten (Eq(2 a +
+    1, m) becomes Eq(a, m/2 - 1/2), false in floats where Min's rule routes by it), and walk
+    a shared DAG as a tree: the package substitutes with symgrad.nodes.replaced only."""
+    assert _sympy_substitutions("e.xreplace({x: y})\nf(e).subs(x, 1)\ns.replace('a', 'b')") \
+        == ["1: .xreplace(...)", "2: .subs(...)"]
+    found = {name: calls for name, path in _module_names().items()
+             if (calls := _sympy_substitutions(path.read_text(encoding="utf-8")))}
+    assert found == {}

@@ -388,3 +388,38 @@ def test_a_map_read_also_transposed_is_not_inlined():
     C = sg.matrix("C", 2, 2)
     report = check(sg.logsumexp(C + C.T), [C], against=("jax", "finite-differences"))
     assert report.ok, str(report)
+
+
+def test_min_of_three_inside_a_map_routes_by_the_equality_it_computes():
+    """Was: the Map rule substituted Min's routing condition Eq(2 a + 1, min) with SymPy's
+    xreplace, whose Piecewise rewrote it as Eq(a, min/2 - 1/2), false in floats wherever
+    2 a + 1 was the minimum: the gradient lost that branch (campaign of 20,000 models)."""
+    a, b = sp.symbols("a b", real=True)
+    v = sg.vector("v", 3)
+    elementwise = ops.Map(sp.Lambda((a, b), sp.Min(a, 3 * a, 2 * a + 1)), v.shape, v, v)
+    model = MatrixElement(ops.Named("Z1", elementwise).T @ sg.sigmoid(v), 0, 0)
+    for reference in ("symbolic", "compiled"):
+        report = check(model, [v], against=("jax", "finite-differences"), points=3, seed=3,
+                       reference=reference)
+        assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("body", [
+    lambda a: sp.Max(a / 3, 1 - a, 2 * a - 5),
+    lambda a: sp.Min(2 * a + 1, 3 - a, 7 * a),
+    lambda a: sp.Max(sp.Min(a, 4 * a - 1, 2), -a - 3),
+], ids=["max-of-three", "min-of-three", "min-inside-max"])
+def test_max_and_min_route_their_gradient_however_the_extreme_is_rebuilt(body):
+    """Max and Min of three affine terms route the gradient by the equality of the extreme
+    and the term: whichever pass rebuilds the body (the Map rule's substitution, lowering,
+    the kernels' CSE), the condition stays the float equality the model computes."""
+    a = sp.Symbol("a", real=True)
+    v = sg.vector("v", 4)
+    x = sp.Symbol("x", real=True)
+    models = [(sg.sum(ops.Map(sp.Lambda((a,), body(a)), v.shape, v)), [v]),
+              (body(x) * sp.sin(x), [x])]
+    for model, wrt in models:
+        for reference in ("symbolic", "compiled"):
+            report = check(model, wrt, against=("jax", "finite-differences"), points=3,
+                           seed=11, reference=reference)
+            assert report.ok, str(report)

@@ -821,15 +821,17 @@ def test_sums_of_two_names_print_as_sympy_orders_them():
     assert renamed == "x_[0] + _t10"
 
 
-def test_the_docstring_renames_statements_back_as_xreplace_would(monkeypatch):
+def test_the_docstring_renames_statements_back_as_a_substitution_would(monkeypatch):
     """The module docstring shows the lowered program in the user's symbols, renamed without
     SymPy evaluating each statement again: on random scalar and matrix models, with their
     parameters in a random order (so that symgrad's names order differently from the
-    user's), the docstring is the one that renaming by xreplace gives."""
+    user's), the docstring is the one that renaming by a plain substitution gives
+    (symgrad.nodes.replaced: SymPy's xreplace with each Piecewise kept as written)."""
     import random
 
     from symgrad.compiled import build_spec
     from symgrad.derive import graph
+    from symgrad.nodes import replaced
 
     from .random_models import SCALARS, SeededDrawer, matrix_model, parameters, scalar_model
 
@@ -846,7 +848,7 @@ def test_the_docstring_renames_statements_back_as_xreplace_would(monkeypatch):
         models.append((expr, rng.sample(symbols, rng.randint(1, len(symbols)))))
     renamed = [build_spec(expr, wrt).docstring for expr, wrt in models]
     monkeypatch.setattr(graph, "dag_xreplace", lambda e, table, renaming=False:
-                        e.xreplace(table))
+                        replaced(e, table))
     for (expr, wrt), docstring in zip(models, renamed):
         assert build_spec(expr, wrt).docstring == docstring, expr
 

@@ -22,6 +22,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.compiled import shape_symbols
+from symgrad.nodes import replaced
 
 __all__ = ["DRAWS", "shape_symbols", "sizes_at", "bind_dimensions", "normalize", "draws",
            "concrete_shape"]
@@ -77,7 +78,7 @@ def concrete_shape(symbol, dims: dict) -> tuple:
     """A matrix symbol's shape with its dimensions replaced by sizes; () for a scalar."""
     if not isinstance(symbol, MatrixExpr):
         return ()
-    return tuple(int(sp.sympify(e).xreplace(dims)) for e in symbol.shape)
+    return tuple(int(replaced(sp.sympify(e), dims)) for e in symbol.shape)
 
 
 def normalize(symbols, given: dict, dims: dict, elementwise: bool) -> dict:

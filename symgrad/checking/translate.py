@@ -37,6 +37,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 from sympy.printing.printer import Printer
 
 from symgrad import functions, operations, ops
+from symgrad.nodes import replaced
 
 __all__ = ["Translator", "NumpyTranslator", "JaxTranslator", "TorchTranslator",
            "AutogradTranslator", "TRANSLATORS", "Translated", "translate", "require"]
@@ -235,7 +236,7 @@ class Translator(Printer):
         return name
 
     def _dim(self, d) -> int:
-        d = sp.sympify(sp.sympify(d).xreplace(self.dims))
+        d = sp.sympify(replaced(sp.sympify(d), self.dims))
         if not d.is_Integer:
             raise ValueError(f"the dimension {d} has no size: pass dims={{symbol: size}} for "
                              f"{', '.join(sorted(str(s) for s in d.free_symbols))}")
@@ -440,7 +441,7 @@ class Translator(Printer):
             substitutions[variable] = _Placeholder(self._print(operand))
             if isinstance(operand, MatrixExpr):
                 shapes.append((variable, self._shape(operand.shape)))
-        body = expr.body.xreplace(substitutions)
+        body = replaced(expr.body, substitutions)
         code = self._print(body)
         used = body.free_symbols
         broadcast = np.broadcast_shapes(*[s for v, s in shapes if substitutions[v] in used])

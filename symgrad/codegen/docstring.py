@@ -23,6 +23,7 @@ from sympy.printing.str import StrPrinter
 
 from symgrad import operations, ops
 from symgrad.codegen.ir import one_operation
+from symgrad.nodes import built, held, released, replaced
 
 __all__ = ["FormulaPrinter", "Gradients", "fresh_names", "module_docstring", "piece_names"]
 
@@ -274,7 +275,7 @@ def _readable_body(m: ops.Map, printer) -> sp.Expr:
         else:
             text = printer._print(operand)
             substitution[v] = _Piece(text, False, _looks_atomic(text))
-    body = m.body.xreplace(substitution)
+    body = replaced(m.body, substitution)
     if getattr(printer, "aliases", None):
         def aliased(e):
             return (isinstance(e, sp.Function) and e != body
@@ -286,7 +287,7 @@ def _readable_body(m: ops.Map, printer) -> sp.Expr:
     if not small_enough_to_expand(body):
         return body
     try:
-        tidy = sp.together(sp.expand(body))
+        tidy = released(sp.together(sp.expand(held(body))))
     except (TypeError, ValueError):      # e.g. Max of arguments SymPy cannot order
         return body
     return tidy if sp.count_ops(tidy) < sp.count_ops(body) else body
@@ -455,7 +456,7 @@ def _pieces(grads, output: str):
             return Canonicalizer()._transpose(expand(e.arg))
         if isinstance(e, sp.Basic) and e.args and not isinstance(e, (sp.MatrixSymbol, sp.Lambda)):
             args = [expand(a) if isinstance(a, sp.Basic) else a for a in e.args]
-            result = e.func(*args)
+            result = built(e.func, args)
             if isinstance(result, sp.Expr) and not isinstance(result, MatrixExpr):
                 return _smallest(result)
             return result
@@ -540,7 +541,7 @@ def _named_operands(operation, names: dict):
         if symbol in names:
             substitution[symbol] = sp.MatrixSymbol(names[symbol], *symbol.shape) \
                 if isinstance(symbol, MatrixExpr) else sp.Symbol(names[symbol])
-    return operation.xreplace(substitution) if substitution else operation
+    return replaced(operation, substitution) if substitution else operation
 
 
 def _symbols_of(operation) -> list:
@@ -720,7 +721,7 @@ def _renamed(derivation, back: dict, statements: bool = True):
     from dataclasses import replace
 
     def user(e):
-        return e.xreplace(back) if isinstance(e, sp.Basic) else e
+        return replaced(e, back) if isinstance(e, sp.Basic) else e
 
     return replace(
         derivation,

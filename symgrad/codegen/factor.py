@@ -41,6 +41,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad import operations, ops
 from symgrad.codegen.ir import Program, Statement, live_statements, symbols_in
+from symgrad.nodes import replaced
 
 
 class Factorisation(MatrixExpr):
@@ -184,7 +185,7 @@ class _Structure:
                 return False
             if partner != v:
                 swap[v] = partner
-        return e.body.xreplace(swap) == e.body
+        return replaced(e.body, swap) == e.body
 
     def transposes(self, a, b) -> bool:
         """Whether b is a^T by construction."""
@@ -217,7 +218,7 @@ class _Structure:
                     self.transposes(p, q) if isinstance(p, MatrixExpr) and isinstance(
                         q, MatrixExpr) else p == q
                     for p, q in zip(x.operands, y.operands)) and \
-                    x.body.xreplace(dict(zip(x.function.variables, y.function.variables))) \
+                    replaced(x.body, dict(zip(x.function.variables, y.function.variables))) \
                     == y.body
         self._transposes[key] = result
         return result
@@ -361,13 +362,13 @@ class _Rewriter:
                     groups.setdefault(stored, []).append(s)
         if not groups:
             return self.statements
-        replaced: dict = {}     # old target -> what stands for it now
+        standing_for: dict = {}  # old target -> what stands for it now
         factor_of: dict = {}    # stored matrix -> its factor's target
         inverse_of: dict = {}   # stored matrix -> the target of its inverse
         result = []
         first_use = {id(group[0]): stored for stored, group in groups.items()}
         for s in self.statements:
-            operation = _substituted(s.operation, replaced)
+            operation = _substituted(s.operation, standing_for)
             stored = first_use.get(id(s))
             if stored is not None:
                 symmetric = self.structure.symmetric(stored)
@@ -391,11 +392,11 @@ class _Rewriter:
                             result.append(Statement(inverse_of[stored], FactorInverse(factor)))
                         inverse = inverse_of[stored]
                         if inverse != s.target:
-                            replaced[s.target] = _transposed(inverse) if transposed else inverse
+                            standing_for[s.target] = _transposed(inverse) if transposed else inverse
                     continue
             result.append(Statement(s.target, operation))
         for name, atom in self.outputs.items():
-            self.outputs[name] = _substituted(atom, replaced)
+            self.outputs[name] = _substituted(atom, standing_for)
         return self._solves(result, factor_of, inverse_of)
 
     def _solves(self, statements: list, factor_of: dict, inverse_of: dict) -> list:
@@ -425,15 +426,15 @@ def _solve_for(operation, inverse, factor):
     return None
 
 
-def _substituted(operation, replaced: dict):
-    """operation with replaced names put in (a transposed replacement of a transposed name
-    is the name itself)."""
-    if not replaced:
+def _substituted(operation, names: dict):
+    """operation with the names' replacements put in (a transposed replacement of a
+    transposed name is the name itself)."""
+    if not names:
         return operation
-    table = dict(replaced)
-    for old, new in replaced.items():
+    table = dict(names)
+    for old, new in names.items():
         table[sp.Transpose(old)] = _transposed(new)
-    return operation.xreplace(table) if isinstance(operation, sp.Basic) else operation
+    return replaced(operation, table) if isinstance(operation, sp.Basic) else operation
 
 
 def _role(operation) -> str | None:

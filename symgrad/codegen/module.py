@@ -30,7 +30,7 @@ from symgrad.codegen.numba import (
     python_stand_ins,
 )
 from symgrad.codegen.schedule import Schedule, build_schedule
-from symgrad.nodes import one_pass
+from symgrad.nodes import one_pass, replaced
 
 # symgrad's runtime: each file's text from its marker line on (fastmath.py has no marker: all
 # of it after its docstring) is what generated modules take their runtime from, statement by
@@ -94,14 +94,14 @@ class ModuleSpec:
 
     @property
     def user_output_shape(self) -> tuple:
-        return tuple(sp.sympify(e).xreplace({d: self._theirs(d) for d in
+        return tuple(replaced(sp.sympify(e), {d: self._theirs(d) for d in
                                              sp.sympify(e).free_symbols})
                      for e in self.output_shape)
 
     def display(self, expr) -> str:
         """An expression of symgrad's symbols, written with the user's names (for messages)."""
         expr = sp.sympify(expr)
-        return str(expr.xreplace({s: sp.Symbol(self.public_name(s))
+        return str(replaced(expr, {s: sp.Symbol(self.public_name(s))
                                   for s in expr.free_symbols if s in self.public}))
 
     @property

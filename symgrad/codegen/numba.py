@@ -26,6 +26,7 @@ from sympy.printing.pycode import PythonCodePrinter
 from symgrad import functions, operations, ops
 from symgrad.codegen.ir import Statement, forget_shapes, shape_of
 from symgrad.codegen.schedule import FusedLoop, Schedule, stored
+from symgrad.nodes import held, released, replaced
 
 FASTMATH_FLAGS = '{"nsz", "arcp", "contract", "reassoc"}'  # never nnan/ninf: inf/nan stay right
 
@@ -56,6 +57,17 @@ def forget_printed() -> None:
     _PRINTED.clear()
     forget_shapes()
 
+
+
+def _shared_pieces(bodies: list) -> tuple[list, list]:
+    """``sympy.cse`` of scalar bodies, its pieces named ``_c0``, ``_c1``, ...; each
+    Piecewise held meanwhile (see :func:`symgrad.nodes.held`): cse rebuilds what it walks,
+    and a rebuilt Piecewise would rewrite its conditions (Eq(2 a + 1, m) as
+    Eq(a, m/2 - 1/2), false in floats where it held)."""
+    replacements, bodies = sp.cse([held(b) for b in bodies], symbols=sp.numbered_symbols("_c"),
+                                  optimizations=None)
+    return ([(symbol, released(value)) for symbol, value in replacements],
+            [released(b) for b in bodies])
 
 class ScalarPrinter(NumPyPrinter):
     """Prints scalar SymPy expressions as Numba-compilable Python (``np.`` functions,
@@ -573,13 +585,12 @@ class KernelEmitter:
                 if text not in loads:
                     loads[text] = sp.Symbol(f"_v{len(loads)}", real=True)
                 variables[v] = loads[text]
-            body = functions.inline_definitions(e.body.xreplace(variables))
+            body = functions.inline_definitions(replaced(e.body, variables))
             values[target] = body
             bodies.append(body)
         for text, v in loads.items():
             self.emit(f"{v.name} = {text}", depth)
-        replacements, bodies = sp.cse(bodies, symbols=sp.numbered_symbols("_c"),
-                                      optimizations=None)
+        replacements, bodies = _shared_pieces(bodies)
         for symbol, value in replacements:
             self.emit(f"{symbol.name} = {self.scalar(value)}", depth)
         for k, ((target, _, reductions, store), body) in enumerate(zip(units, bodies)):
@@ -731,11 +742,10 @@ class KernelEmitter:
         # numbered from a random base per process: rename, so the text is deterministic
         variables = [sp.Symbol(f"_v{k}", real=True) for k in range(len(e.operands))]
         body = functions.inline_definitions(
-            e.body.xreplace(dict(zip(e.function.variables, variables))))
+            replaced(e.body, dict(zip(e.function.variables, variables))))
         for v, operand in zip(variables, e.operands):
             self.emit(f"{v.name} = {self.load(operand, i, j, e.shape)}", depth)
-        replacements, (body,) = sp.cse([body], symbols=sp.numbered_symbols("_c"),
-                                       optimizations=None)
+        replacements, (body,) = _shared_pieces([body])
         for symbol, value in replacements:
             self.emit(f"{symbol.name} = {self.scalar(value)}", depth)
         return self.scalar(body)

@@ -27,7 +27,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
-from symgrad.nodes import dag_rebuild, operands, rebuild, renamed, unevaluated
+from symgrad.nodes import dag_rebuild, operands, rebuild, renamed, replaced, unevaluated
 
 _CHAIN_PROBE = 1000  # size given to symbolic dimensions when comparing matrix-chain costs
 
@@ -163,15 +163,15 @@ def dag_xreplace(expr, table: dict, *, renaming: bool = False):
     ...                                                          renaming=True)
     (-sin(u - v), sin(-u + v))
     """
-    def replaced(node, new_operands):
+    if not renaming:
+        return replaced(expr, table)
+
+    def visit(node, new_operands):
         if not new_operands:    # a leaf, or a node of the table (the walk did not enter it)
             return table.get(node, node)
-        if renaming:
-            return renamed(node, new_operands)
-        return rebuild(node, new_operands, xreplace=True)
+        return renamed(node, new_operands)
 
-    return dag_rebuild(expr, replaced,
-                       operands=lambda node: () if node in table else operands(node))
+    return dag_rebuild(expr, visit, operands=lambda node: () if node in table else operands(node))
 
 
 # ------------------------------------------------------------------------------------------
@@ -252,11 +252,11 @@ def _stable_form(e):
     """
     seen = {e}
     while True:
-        replaced = _rewrite_top(e)
-        if replaced is None or replaced in seen:
+        rewritten = _rewrite_top(e)
+        if rewritten is None or rewritten in seen:
             return e
-        seen.add(replaced)
-        e = replaced
+        seen.add(rewritten)
+        e = rewritten
 
 
 def _rewrite_top(e):
@@ -335,7 +335,7 @@ def _log_softmax(variables, body, operands):
         stable = _stable_log_operand(operand, v) if is_matrix(operand) else None
         if stable is not None:
             expression, new_variables, new_operands = stable
-            body = body.xreplace({sp.log(v): expression})
+            body = replaced(body, {sp.log(v): expression})
             variables += new_variables
             operands += new_operands
         elif not is_matrix(operand):
@@ -343,7 +343,7 @@ def _log_softmax(variables, body, operands):
             if isinstance(logarithm, sp.log) and logarithm.args[0] == operand:
                 continue        # no stable form: the log stays in the body
             (lv,) = ops.map_variables(1, [f"{v.name}_log"])
-            body = body.xreplace({sp.log(v): lv})
+            body = replaced(body, {sp.log(v): lv})
             variables.append(lv)
             operands.append(logarithm)
         else:
@@ -778,7 +778,7 @@ def _probe(dim) -> int:
     dim = sp.sympify(dim)
     if dim.is_number:
         return int(dim)
-    return int(dim.subs({s: _CHAIN_PROBE for s in dim.free_symbols}))
+    return int(replaced(dim, {s: _CHAIN_PROBE for s in dim.free_symbols}))
 
 
 def _constant_along(arg, axis: int) -> bool:
@@ -974,7 +974,7 @@ class _Fuser:
                 substitutions[v] = operand
             else:
                 substitutions[v] = add_operand(operand)
-        body = stabilize(expr.body.xreplace(substitutions))
+        body = stabilize(replaced(expr.body, substitutions))
         variables, body, operands = _log_softmax(variables, body, operands)
         variables, operands = list(variables), list(operands)
         # A Map used elsewhere too is inlined only where that lets the stable rewrites
@@ -982,7 +982,7 @@ class _Fuser:
         for variable, operand in list(zip(variables, operands)):
             inner = operand.arg if operations.label_of(operand) is not None else operand
             if isinstance(inner, ops.Map) and _broadcast_compatible(inner.shape, expr.shape):
-                trial = stabilize(body.xreplace({variable: self._inline(inner, add_operand)}))
+                trial = stabilize(replaced(body, {variable: self._inline(inner, add_operand)}))
                 if _removes(inner, trial):
                     body = trial
         used = body.free_symbols
@@ -1000,7 +1000,7 @@ class _Fuser:
     def _inline(operand, add_operand):
         inner = {iv: add_operand(io) for iv, io in zip(operand.function.variables,
                                                        operand.operands)}
-        return operand.body.xreplace(inner)
+        return replaced(operand.body, inner)
 
     def _inlinable(self, operand, consumer) -> bool:
         if not isinstance(operand, ops.Map):

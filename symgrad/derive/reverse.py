@@ -36,7 +36,9 @@ from symgrad.derive.graph import (
 from symgrad.derive.rules import rule_for
 from symgrad.nodes import (
     add,
+    built,
     function_of,
+    held,
     mul,
     not_a_real_number,
     numpy_number,
@@ -44,6 +46,8 @@ from symgrad.nodes import (
     piecewise_unfolded,
     power_of_piecewise,
     real_symbol,
+    released,
+    replaced,
     unevaluated,
 )
 
@@ -109,7 +113,7 @@ def _unevaluated(node, args):
         return unevaluated(node.func, args)
     if isinstance(node, sp.Function) and args and all(isinstance(k, sp.Symbol) for k in args):
         return function_of(node.func, args)
-    return node.func(*args)
+    return built(node.func, args)
 
 
 def rebuild(node, kids_new: list):
@@ -379,7 +383,7 @@ def inline_all(derivation: Derivation, exprs: list, known: dict | None = None) -
         elif values:
             it = iter(values)
             args = [next(it) if isinstance(a, sp.Basic) else a for a in e.args]
-            result = e.func(*args)
+            result = built(e.func, args)
             if isinstance(e, sp.Function) and not_a_real_number(result) \
                     and not any(not_a_real_number(a) for a in values):
                 # a function of a real number that SymPy folded into no real number
@@ -411,7 +415,7 @@ def scalar_partials(body: sp.Expr, variables) -> list:
     for v in variables:
         partial = inline(derivation, derivation.gradients[v])
         if body.atoms(sp.Function) and not body.is_Symbol:
-            partial = partial.xreplace({body: y})
+            partial = replaced(partial, {body: y})
         partials.append(_smallest(partial))
     _PARTIALS_CACHE[key] = partials
     return partials
@@ -427,12 +431,13 @@ def _smallest(e: sp.Expr) -> sp.Expr:
     if not small_enough_to_expand(e):
         return e
     candidates = [e]
+    kept = held(e)     # (expand and replace would let a Piecewise rewrite its conditions)
     try:
-        candidates.append(sp.expand(e))
-        flipped = e.replace(lambda t: isinstance(t, ops.sigmoid) and _is_negated(t.args[0]),
-                            lambda t: 1 - ops.sigmoid(-t.args[0]))
-        if flipped != e:
-            candidates.append(sp.expand(flipped))
+        candidates.append(released(sp.expand(kept)))
+        flipped = kept.replace(lambda t: isinstance(t, ops.sigmoid) and _is_negated(t.args[0]),
+                               lambda t: 1 - ops.sigmoid(-t.args[0]))
+        if flipped != kept:
+            candidates.append(released(sp.expand(flipped)))
     except (TypeError, ValueError, AttributeError, RecursionError):
         pass
     return min(candidates, key=lambda c: (sp.count_ops(c), candidates.index(c)))
@@ -504,7 +509,7 @@ def map_rule(g, y, *operands, node):
 
         def body_of(gv, *rest, partial=partial):
             *v, yv = rest
-            return gv * partial.xreplace({**dict(zip(variables, v)), MAP_OUTPUT: yv})
+            return gv * replaced(partial, {**dict(zip(variables, v)), MAP_OUTPUT: yv})
 
         adjoint = rules._map(body_of, shape, g, *operands, y)
         operand_shape = tuple(operand.shape) if hasattr(operand, "shape") else ()

@@ -35,7 +35,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
-from symgrad.nodes import mul, unevaluated
+from symgrad.nodes import held, mul, released, replaced, unevaluated
 
 __all__ = ["NoMatrixForm", "jvp", "jacobian_columns"]
 
@@ -68,9 +68,11 @@ def _scalar_partials(body, variables) -> list:
     define fdiff); the derivative of a step (DiracDelta) is zero almost everywhere."""
     partials = []
     for v in variables:
-        d = sp.diff(body, v)
+        # (held: SymPy rebuilds a Piecewise it differentiates, and would rewrite its
+        # conditions)
+        d = sp.diff(held(body), v)
         d = d.replace(lambda t: isinstance(t, sp.DiracDelta), lambda t: sp.S.Zero)
-        partials.append(d)
+        partials.append(released(d))
     return partials
 
 
@@ -209,7 +211,7 @@ class _Forward:
         for partial, t in zip(partials, tangents):
             if t is None or partial == 0:
                 continue
-            p = partial.xreplace(dict(zip(variables, args)))
+            p = replaced(partial, dict(zip(variables, args)))
             terms.append(self._scale(p, t))
         return _add(terms)
 
@@ -375,7 +377,7 @@ class _Columns(_Forward):
             inside = partial.free_symbols & set(e.function.variables)
             if inside and all(not _is_matrix(o) for v, o in zip(e.function.variables, frame)
                               if v in inside):
-                factors.append(partial.xreplace(dict(zip(e.function.variables, frame))))
+                factors.append(replaced(partial, dict(zip(e.function.variables, frame))))
             elif inside:
                 factors.append(ops.Map(sp.Lambda(e.function.variables, partial), (rows, 1),
                                        *frame))

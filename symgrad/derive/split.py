@@ -37,6 +37,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
 from symgrad.derive.graph import dag_free_symbols
+from symgrad.nodes import built, replaced
 
 __all__ = ["NotSplittable", "BatchSplit", "split_over_batch"]
 
@@ -310,10 +311,10 @@ class _Walk:
             return node, None
         (k,) = summed
         data, fixed = self.parts(args[k])
-        with_data = node.func(*args[:k], data, *args[k + 1:])
+        with_data = built(node.func, [*args[:k], data, *args[k + 1:]])
         if fixed is None:
             return with_data, None
-        return with_data, node.func(*args[:k], fixed, *args[k + 1:])
+        return with_data, built(node.func, [*args[:k], fixed, *args[k + 1:]])
 
 
 def _add(node, terms: list):
@@ -338,7 +339,7 @@ def _linear_homogeneous(body, variables) -> bool:
 def _body_text(node: ops.Map) -> str:
     names = {v: sp.Symbol(f"<{_short(o)}>") for v, o in zip(node.function.variables,
                                                              node.operands)}
-    return str(node.body.xreplace(names))
+    return str(replaced(node.body, names))
 
 
 def _nonlinear_reason(node, kinds: set) -> str:
@@ -365,4 +366,4 @@ def _replace_size(expr, dimension: sp.Symbol, total: sp.Symbol):
     if operation is not None:       # its operands; its parameters (a Scatter's shape) kept
         return operation.rebuild(expr, [_replace_size(o, dimension, total)
                                          for o in operation.operands(expr)])
-    return expr.func(*[_replace_size(a, dimension, total) for a in expr.args])
+    return built(expr.func, [_replace_size(a, dimension, total) for a in expr.args])

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
+from symgrad.nodes import replaced
+
 __all__ = ["check_names", "hessian_vector_product", "is_elementwise", "output_shape",
            "sum_to_shape"]
 
@@ -107,7 +109,7 @@ def output_shape(function, shapes: dict, dimensions: dict) -> tuple:
     for symbol, shape in given.items():
         for axis, (extent, n) in enumerate(zip(symbol.shape, shape, strict=True)):
             extent = sp.sympify(extent)
-            expected = extent.subs(binding)
+            expected = replaced(extent, binding)
             if expected.is_Integer and int(expected) != n:
                 # the words of the compiled function's own check: the extent given, then
                 # the one expected and where its dimensions were read
@@ -120,7 +122,7 @@ def output_shape(function, shapes: dict, dimensions: dict) -> tuple:
                                  + (f" ({origin})" if origin else ""))
     out = []
     for extent in spec.user_output_shape:
-        value = sp.sympify(extent).subs(binding)
+        value = replaced(sp.sympify(extent), binding)
         if not value.is_Integer:
             raise ValueError(f"the output's dimension {extent} is fixed by no input; pass it "
                              "as an integer argument")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import sympy as sp
 
-from symgrad.nodes import one_call
+from symgrad.nodes import one_call, replaced
 from symgrad.present.walk import Backprop, Edge, Node, backprop, describe_point, format_value
 
 __all__ = ["graph", "Graph", "GraphvizNotFound"]
@@ -255,7 +255,7 @@ class _Dot:
         texts = []
         for extent in shape:
             extent = sp.sympify(extent)
-            concrete = extent.subs({s: dims.get(s, dims.get(sp.Symbol(s.name), s))
+            concrete = replaced(extent, {s: dims.get(s, dims.get(sp.Symbol(s.name), s))
                                     for s in extent.free_symbols})
             texts.append(str(concrete))
         return "×".join(texts)

@@ -22,6 +22,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
+from symgrad.nodes import built, replaced
 
 __all__ = ["Node", "Edge", "Backprop", "backprop", "format_value", "describe_point",
            "dimension_size"]
@@ -337,7 +338,7 @@ class _Builder:
                 text = self.pieces.get(child) or f"#placeholder{len(placeholders)}#"
                 placeholders[child] = sp.MatrixSymbol(text, *child.shape) \
                     if isinstance(child, MatrixExpr) else sp.Symbol(text)
-        text = FormulaPrinter().doprint(operation.xreplace(placeholders))
+        text = FormulaPrinter().doprint(replaced(operation, placeholders))
         for k in range(len(placeholders)):
             text = text.replace(f"#placeholder{k}#", "•")
         return _tidy(text)
@@ -368,8 +369,8 @@ class _Builder:
             return Canonicalizer()._transpose(self._readable(e.arg))
         if isinstance(e, sp.Basic) and e.args and not isinstance(e, (sp.MatrixSymbol,
                                                                      sp.Lambda)):
-            return e.func(*[self._readable(a) if isinstance(a, sp.Basic) else a
-                            for a in e.args])
+            return built(e.func, [self._readable(a) if isinstance(a, sp.Basic) else a
+                              for a in e.args])
         return e
 
 
@@ -423,7 +424,7 @@ def _elided(e, budget: int = FORMULA_NODES):
         elif isinstance(node, (sp.Add, sp.Mul)):
             rebuilt[k] = type(node)._from_args(new)     # as it stands: … + … is no 2*…
         else:
-            rebuilt[k] = node.func(*new)
+            rebuilt[k] = built(node.func, new)
     return rebuilt[0]
 
 
