@@ -294,3 +294,17 @@ def test_an_input_named_like_the_translations_code_stays_apart_from_a_maps_opera
     v0 = np.array([[1.0], [2.0], [3.0]])
     expected = (v0.T @ np.repeat(v0, 3, axis=1) @ (v0 * 0.5)).item()
     assert np.asarray(f(in_1=0.5, numba=v0)).item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", FRAMEWORKS)
+def test_a_map_reading_a_sized_dimension_prints_its_size(name):
+    """A gradient can hand an elementwise body a dimension as an operand (the m of a
+    mean's 1/m): it prints as the size it is given, not as a name of the code (was: '2.0
+    is neither an input nor a sized dimension', found by the second-order campaign)."""
+    n, m = sp.symbols("n m", integer=True, positive=True)
+    u = sg.vector("u", n)
+    v0, v1 = sp.symbols("v0 v1", real=True)
+    model = ops.Map(sp.Lambda((v0, v1), v0 / v1), u.shape, u, m)
+    values = np.array([[1.0], [2.0], [4.0]])
+    f = translate(model, [u], framework(name), {n: 3, m: 2})
+    np.testing.assert_allclose(to_numpy(f(u=to_framework(name, values))), values / 2)

@@ -434,7 +434,9 @@ class Translator(Printer):
         substitutions = {}
         shapes = []
         for variable, operand in zip(expr.function.variables, expr.operands, strict=True):
-            if not isinstance(operand, MatrixExpr) and sp.sympify(operand).is_number:
+            if not isinstance(operand, MatrixExpr) and \
+                    sp.sympify(operand).free_symbols <= set(self.dims):
+                # a number, or a sized dimension (the m of a mean's 1/m): printed in place
                 substitutions[variable] = operand
                 continue
             # a placeholder named like the operand's code stands for it in the body
