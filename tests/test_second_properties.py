@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, reject, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import symgrad as sg  # noqa: E402
+from symgrad import ops  # noqa: E402
 from symgrad.checking.translate import translate  # noqa: E402
 from tests.random_models import M, N, matrix_models, scalar_models  # noqa: E402
 
@@ -166,3 +167,27 @@ def test_hessian_blocks_of_random_matrix_models_agree_with_jax():
                 f"{expr}: block ({p}, {q}): symgrad {mine}, JAX {theirs}"
 
     run()
+
+
+# ------------------------------------------------------------------------------------------
+# Gaps the second-order campaigns found, closed (SYMGRAD_SECOND_EXAMPLES=1500)
+# ------------------------------------------------------------------------------------------
+def test_the_slope_of_a_sign_sympy_leaves_unevaluated_is_zero():
+    """Was: the Hessian of |acos(tanh(a)/2)| entrywise held Derivative(sign(...), a), which
+    SymPy leaves unevaluated where it cannot prove the argument real, and which no
+    translation or kernel can compute; a sign's slope is zero almost everywhere."""
+    A = sg.matrix("A", N, M)
+    a = sp.Symbol("a", real=True)
+    expr = sg.sum(ops.Map(sp.Lambda((a,), sp.Abs(sp.acos(sp.tanh(a) / 2))), A.shape, A))
+    _agree(expr, [A], 0)
+
+
+def test_a_map_reading_a_dimension_has_a_hessian_vector_product():
+    """Was: a gradient that hands an elementwise body the dimension m (a mean's 1/m) could
+    not be translated for the comparison ('2.0 is neither an input nor a sized
+    dimension')."""
+    A, u = sg.matrix("A", N, M), sg.vector("u", N)
+    a0, a1 = sp.symbols("a0 a1", real=True)
+    body = ops.Map(sp.Lambda((a0, a1), sp.Max(a1, ops.sigmoid(a1))), A.shape, A, u)
+    column = ops.AxisSum(body, 1)
+    _agree(ops.LogDet(column @ column.T + sp.Identity(N)), [A, u], 600906)
