@@ -191,3 +191,21 @@ def test_a_map_reading_a_dimension_has_a_hessian_vector_product():
     body = ops.Map(sp.Lambda((a0, a1), sp.Max(a1, ops.sigmoid(a1))), A.shape, A, u)
     column = ops.AxisSum(body, 1)
     _agree(ops.LogDet(column @ column.T + sp.Identity(N)), [A, u], 600906)
+
+
+@pytest.mark.xfail(strict=True, reason="open: the HVP of Max of three or more arguments inside "
+                   "an elementwise body is half JAX's where one argument is the maximum "
+                   "(found by the second-order campaign; Max of two and scalar models agree)")
+def test_max_of_three_inside_a_map_has_jaxs_hessian_vector_product():
+    a = sp.Symbol("a", real=True)
+    x = sg.vector("x", 3)
+    expr = sg.sum(ops.Map(sp.Lambda((a,), sp.Max(0, a, 6 * a + 3) * a), x.shape, x))
+    rng = np.random.default_rng(0)
+    point, direction = rng.normal(size=(3, 1)), rng.normal(size=(3, 1))
+
+    def reference(v):
+        return jax.numpy.sum(jax.numpy.maximum(jax.numpy.maximum(0.0, v), 6 * v + 3) * v)
+
+    _, expected = jax.jvp(jax.grad(reference), (point,), (direction,))
+    got = sg.compile(expr, [x]).hvp({"x": direction}, x=point)["x"]
+    np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-10)
