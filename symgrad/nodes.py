@@ -180,23 +180,26 @@ def held(expr):
     >>> p.replace(sp.Min, sp.Max)
     Piecewise((1, Eq(a, Max(a, 3*a)/2 - 1/2)), (0, True))
     """
-    def visit(node, new_operands):
-        if type(node) is ExprCondPair:
-            return _HeldPair(*new_operands)
-        if type(node) is sp.Piecewise:
-            return _HeldPiecewise(*new_operands)
-        return rebuild(node, new_operands, xreplace=True)
-
-    return dag_rebuild(expr, visit) if isinstance(expr, sp.Basic) else expr
+    return _recast(expr, _HOLD)
 
 
 def released(expr):
     """expr with each held Piecewise (see :func:`held`) a plain one again."""
+    return _recast(expr, _RELEASE)
+
+
+# node type -> how held() / released() rebuild a node of it from its new operands
+_HOLD = {ExprCondPair: lambda args: _HeldPair(*args),
+         sp.Piecewise: lambda args: _HeldPiecewise(*args)}
+_RELEASE = {_HeldPair: lambda args: piecewise_unfolded(ExprCondPair, args),
+            _HeldPiecewise: lambda args: piecewise_unfolded(sp.Piecewise, args)}
+
+
+def _recast(expr, kinds: dict):
     def visit(node, new_operands):
-        if type(node) is _HeldPair:
-            return piecewise_unfolded(ExprCondPair, new_operands)
-        if type(node) is _HeldPiecewise:
-            return piecewise_unfolded(sp.Piecewise, new_operands)
+        make = kinds.get(type(node))
+        if make is not None:
+            return make(new_operands)
         return rebuild(node, new_operands, xreplace=True)
 
     return dag_rebuild(expr, visit) if isinstance(expr, sp.Basic) else expr

@@ -1045,7 +1045,7 @@ class ScipyProblem:
             if not isinstance(s, MatrixExpr):
                 self.shapes[name] = ()
                 continue
-            extents = [sp.sympify(replaced(sp.sympify(e), dims)) for e in s.shape]
+            extents = [replaced(sp.sympify(e), dims) for e in s.shape]
             if not all(e.is_number for e in extents):
                 self.shapes[name] = None      # fixed by the first pack
                 continue

@@ -236,7 +236,7 @@ class Translator(Printer):
         return name
 
     def _dim(self, d) -> int:
-        d = sp.sympify(replaced(sp.sympify(d), self.dims))
+        d = replaced(sp.sympify(d), self.dims)
         if not d.is_Integer:
             raise ValueError(f"the dimension {d} has no size: pass dims={{symbol: size}} for "
                              f"{', '.join(sorted(str(s) for s in d.free_symbols))}")

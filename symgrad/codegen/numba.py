@@ -58,7 +58,6 @@ def forget_printed() -> None:
     forget_shapes()
 
 
-
 def _shared_pieces(bodies: list) -> tuple[list, list]:
     """``sympy.cse`` of scalar bodies, its pieces named ``_c0``, ``_c1``, ...; each
     Piecewise held meanwhile (see :func:`symgrad.nodes.held`): cse rebuilds what it walks,
@@ -68,6 +67,7 @@ def _shared_pieces(bodies: list) -> tuple[list, list]:
                                   optimizations=None)
     return ([(symbol, released(value)) for symbol, value in replacements],
             [released(b) for b in bodies])
+
 
 class ScalarPrinter(NumPyPrinter):
     """Prints scalar SymPy expressions as Numba-compilable Python (``np.`` functions,
