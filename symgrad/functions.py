@@ -40,7 +40,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import log1p
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
-from symgrad import ops
+from symgrad import nodes, ops
 from symgrad.nodes import held, released, replaced
 
 __all__ = ["Elementwise", "ROWS", "FUNCTIONS", "row_of", "elementwise", "builder"]
@@ -303,7 +303,7 @@ def elementwise(name: str, value: Callable, derivative: Callable | None = None) 
         def slope_of(a, b):
             return replaced(slope, {x: a, y: b})
     else:
-        slope = sp.diff(defined, x)
+        slope = nodes.derivative(defined, x)
 
         def slope_of(a, b):
             return replaced(slope, {x: a})

@@ -36,7 +36,8 @@ from sympy.functions.elementary.piecewise import ExprCondPair
 
 __all__ = ["operands", "rebuild", "renamed", "add", "mul", "times", "function_of",
            "assumptions_key", "eval_keeps", "unevaluated", "real_symbol", "dag_rebuild",
-           "shared", "one_pass", "one_call", "built", "replaced", "held", "released"]
+           "shared", "one_pass", "one_call", "built", "replaced", "held", "released",
+           "derivative"]
 
 
 def operands(node) -> tuple:
@@ -186,6 +187,42 @@ def held(expr):
 def released(expr):
     """expr with each held Piecewise (see :func:`held`) a plain one again."""
     return _recast(expr, _RELEASE)
+
+
+def derivative(expr, variable):
+    """d expr / d variable: SymPy's derivative (symgrad's functions define ``fdiff``) with
+    each Piecewise's conditions as written, and the slope of a step zero, as almost
+    everywhere: a DiracDelta, or the derivative of a sign or a Heaviside that SymPy leaves
+    unevaluated where it cannot prove the argument real (symgrad's values are real).
+
+    SymPy rebuilds a Piecewise that it differentiates, and would rewrite an equality it
+    routes by: ``Eq(6a + 3, m)`` as ``Eq(a, m/6 - 1/2)``, which is not the same test in
+    floating point.  Every derivative symgrad takes goes through here.
+
+    >>> a = sp.Symbol("a", real=True)
+    >>> p = built(sp.Piecewise, [(a**2, sp.Eq(6 * a + 3, sp.Max(a, 6 * a + 3))), (0, True)])
+    >>> derivative(p, a)
+    Piecewise((2*a, Eq(6*a + 3, Max(a, 6*a + 3))), (0, True))
+    >>> sp.diff(p, a)
+    Piecewise((2*a, Eq(a, Max(a, 6*a + 3)/6 - 1/2)), (0, True))
+    >>> derivative(sp.Heaviside(a) * a, a)
+    Heaviside(a)
+    """
+    def visit(node, new_operands):
+        if _is_slope_of_a_step(node):
+            return sp.S.Zero
+        make = _RELEASE.get(type(node))
+        if make is not None:
+            return make(new_operands)
+        return rebuild(node, new_operands, xreplace=True)
+
+    d = sp.diff(held(expr), variable)
+    return dag_rebuild(d, visit) if isinstance(d, sp.Basic) else d
+
+
+def _is_slope_of_a_step(e) -> bool:
+    return isinstance(e, sp.DiracDelta) or (isinstance(e, sp.Derivative)
+                                            and isinstance(e.expr, (sp.sign, sp.Heaviside)))
 
 
 # node type -> how held() / released() rebuild a node of it from its new operands

@@ -35,7 +35,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symgrad.codegen.docstring import fresh_names
 from symgrad.derive.second import NoMatrixForm, jacobian_columns, jvp
-from symgrad.nodes import built, dag_rebuild, new_pass, one_call, replaced, shared
+from symgrad.nodes import built, dag_rebuild, derivative, new_pass, one_call, replaced, shared
 
 __all__ = ["hessian", "hvp", "jacobian", "SecondOrder", "NoMatrixForm", "ScipyProblem"]
 
@@ -788,7 +788,7 @@ class _Linearizer:
 
         variables, operands, body = e.function.variables, e.operands, e.body
         moving = [k for k, o in enumerate(operands) if self._moves(o)]
-        coefficients = [sp.diff(body, variables[k]) for k in moving]
+        coefficients = [derivative(body, variables[k]) for k in moving]
         linear = all(not c.has(*[variables[k] for k in moving]) for c in coefficients) and \
             sp.expand(body - sum(c * variables[k] for c, k in zip(coefficients, moving))) == 0
         if not linear:
@@ -934,7 +934,7 @@ def symmetric_split(e):
             if not isinstance(o, MatrixExpr) or tuple(o.shape) != tuple(e.shape):
                 continue
             found = _symmetric_product_of(o)
-            if found is None or sp.diff(e.body, v) != 1:
+            if found is None or derivative(e.body, v) != 1:
                 continue
             rest = _restricted(replaced(e.body, {v: 0}), variables, operands, e.shape)
             if not isinstance(rest, MatrixExpr):

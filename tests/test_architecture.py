@@ -182,19 +182,33 @@ def test_the_renamed_modules_are_where_the_functions_come_from():
     assert sg.generate.__module__ == "symgrad.generation"
 
 
-def _sympy_substitutions(source: str) -> list[str]:
-    """The calls of SymPy's own ``xreplace`` and ``subs`` in a module's source."""
+def _sympy_calls(source: str, methods: tuple) -> list[str]:
+    """The calls of SymPy's ``methods`` (as ``e.method(...)`` or ``sp.method(...)``) in a
+    module's source."""
     return [f"{node.lineno}: .{node.func.attr}(...)" for node in ast.walk(ast.parse(source))
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("xreplace", "subs")]
+            and node.func.attr in methods]
 
 
 def test_every_substitution_goes_through_nodes_replaced():
     """SymPy's xreplace and subs rebuild a Piecewise with its conditions rewritten (Eq(2 a +
     1, m) becomes Eq(a, m/2 - 1/2), false in floats where Min's rule routes by it), and walk
     a shared DAG as a tree: the package substitutes with symgrad.nodes.replaced only."""
-    assert _sympy_substitutions("e.xreplace({x: y})\nf(e).subs(x, 1)\ns.replace('a', 'b')") \
-        == ["1: .xreplace(...)", "2: .subs(...)"]
+    substitutions = ("xreplace", "subs")
+    assert _sympy_calls("e.xreplace({x: y})\nf(e).subs(x, 1)\ns.replace('a', 'b')",
+                        substitutions) == ["1: .xreplace(...)", "2: .subs(...)"]
     found = {name: calls for name, path in _module_names().items()
-             if (calls := _sympy_substitutions(path.read_text(encoding="utf-8")))}
+             if (calls := _sympy_calls(path.read_text(encoding="utf-8"), substitutions))}
+    assert found == {}
+
+
+def test_every_derivative_goes_through_nodes_derivative():
+    """SymPy's diff rebuilds each Piecewise it differentiates, rewriting the equality that
+    Max's rule routes by (the Hessian-vector product of Max of three arguments in an
+    elementwise body came out half the true one): the package differentiates a scalar
+    expression with symgrad.nodes.derivative only, which holds them."""
+    assert _sympy_calls("sp.diff(e, x)\ne.diff(x)\nd.different(x)", ("diff",)) \
+        == ["1: .diff(...)", "2: .diff(...)"]
+    found = {name: calls for name, path in _module_names().items() if name != "symgrad.nodes"
+             and (calls := _sympy_calls(path.read_text(encoding="utf-8"), ("diff",)))}
     assert found == {}

@@ -35,7 +35,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
-from symgrad.nodes import held, mul, released, replaced, unevaluated
+from symgrad.nodes import derivative, mul, replaced, unevaluated
 
 __all__ = ["NoMatrixForm", "jvp", "jacobian_columns"]
 
@@ -64,23 +64,8 @@ def _add(terms):
 
 
 def _scalar_partials(body, variables) -> list:
-    """d body / d variable for each variable: SymPy's own derivatives (symgrad's functions
-    define fdiff); the derivative of a step is zero almost everywhere: a DiracDelta, and
-    the derivative of a sign or a Heaviside that SymPy leaves unevaluated where it cannot
-    prove the argument real (sign(acos(tanh(a)/2)); symgrad's values are real)."""
-    partials = []
-    for v in variables:
-        # (held: SymPy rebuilds a Piecewise it differentiates, and would rewrite its
-        # conditions)
-        d = sp.diff(held(body), v)
-        d = d.replace(_is_slope_of_a_step, lambda t: sp.S.Zero)
-        partials.append(released(d))
-    return partials
-
-
-def _is_slope_of_a_step(e) -> bool:
-    return isinstance(e, sp.DiracDelta) or (isinstance(e, sp.Derivative)
-                                            and isinstance(e.expr, (sp.sign, sp.Heaviside)))
+    """d body / d variable for each variable (see :func:`symgrad.nodes.derivative`)."""
+    return [derivative(body, v) for v in variables]
 
 
 # A product of more factors than this, more than one of them moving, takes the product rule
