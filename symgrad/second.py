@@ -744,7 +744,11 @@ class _Linearizer:
         return held[e]
 
     def _at_x(self, e):
-        """e (free of tangents) as an input of the apply part: hoisted when it costs work."""
+        """e (free of tangents) as an input of the apply part: hoisted when it costs work.
+        A condition or a Piecewise's (value, condition) pair is no value to hoist: it stays
+        as it is, computed in the apply part from the inputs."""
+        if not isinstance(e, (sp.Expr, MatrixExpr)):
+            return e
         if isinstance(e, (sp.Symbol, sp.MatrixSymbol, sp.Number)) or e.is_number \
                 or not (self._holds(e) & self.params) or e == 0 \
                 or isinstance(e, (sp.Identity, sp.ZeroMatrix, sp.OneMatrix)):

@@ -251,3 +251,18 @@ def test_max_and_min_inside_a_map_have_jaxs_hessian_vector_product(body):
         got = compiled.hvp({"v": direction}, v=point)["v"]
         np.testing.assert_allclose(got.reshape(-1), np.asarray(expected).reshape(-1),
                                    rtol=1e-10, atol=1e-12)
+
+
+def test_a_function_of_a_piecewise_has_a_compiled_hessian_vector_product():
+    """Was (found by the compiled second-order campaign): the HVP of sin(Piecewise(...))
+    crashed while it was split into its pieces at x and its tangent part: a branch that
+    the tangents do not reach was hoisted as a value, and a Piecewise cannot hold a value
+    where its (value, condition) pair stands."""
+    from symgrad.checking import check
+
+    x, z = sp.symbols("x z", real=True)
+    branches = sp.Piecewise((x, z > -1), (sp.S(1) / 2, z < -4), (z / 2 + 1, True))
+    for model in (sp.sin(branches), sg.sigmoid(sp.Max(z / 2, 3 - x, branches))):
+        report = check(model, [x, z], against=("jax", "finite-differences"), points=3,
+                       order=2)
+        assert report.ok, str(report)
