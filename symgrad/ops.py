@@ -35,7 +35,7 @@ __all__ = [
     "LogSumExpAll", "Softmax", "LogDet", "Named", "NamedScalar", "Scatter", "matrix", "vector",
     "dot", "hadamard", "sum",
     "mean", "broadcast", "trace", "det", "logdet", "inv", "logsumexp", "softmax", "name",
-    "binary_cross_entropy_with_logits", "softmax_cross_entropy",
+    "binary_cross_entropy_with_logits", "softmax_cross_entropy", "Equal",
 ]
 
 Shape = tuple  # (rows, cols) of SymPy integers or symbols
@@ -65,6 +65,33 @@ class _ScalarFunction(sp.Function):
 
     def _eval_evalf(self, prec):
         return self.closed_form(self.args[0])._eval_evalf(prec)
+
+
+class Equal(sp.Equality):
+    """``lhs == rhs`` as the model computes both sides: the condition by which Max and Min
+    route their gradient.  SymPy's Piecewise solves a relational for a symbol whenever it
+    is rebuilt (``doit``, ``diff``, substitution): Eq(6 a + 3, max) becomes
+    Eq(a, max/6 - 1/2), an identity on reals but false in floats wherever 6 a + 3 is the
+    maximum.  This equality is no relational to SymPy's rewriting, so it stays as written;
+    printers print it as the equality it is.
+
+    >>> a = sp.Symbol("a", real=True)
+    >>> p = sp.Piecewise((1, Equal(6 * a + 3, sp.Max(a, 6 * a + 3))), (0, True))
+    >>> p.doit()
+    Piecewise((1, Eq(6*a + 3, Max(a, 6*a + 3))), (0, True))
+    >>> sp.Piecewise((1, sp.Eq(6 * a + 3, sp.Max(a, 6 * a + 3))), (0, True))
+    Piecewise((1, Eq(a, Max(a, 6*a + 3)/6 - 1/2)), (0, True))
+    """
+
+    is_Relational = False       # (what SymPy's Piecewise asks before it solves)
+
+    @property
+    def canonical(self):
+        return self
+
+    @property
+    def negated(self):
+        return sp.Ne(*self.args, evaluate=False)
 
 
 class sigmoid(_ScalarFunction):
@@ -218,8 +245,9 @@ class Map(MatrixExpr):
         # held, a Piecewise in the body keeps its conditions as written (see nodes.built)
         if not hints.get("deep", True):
             return self
-        args = [released(held(a).doit(**hints)) if isinstance(a, sp.Basic) else a
-                for a in self.args]
+        function, shape, *operands = self.args
+        args = [released(held(function).doit(**hints)), shape,
+                *[o.doit(**hints) if isinstance(o, sp.Basic) else o for o in operands]]
         if all(n is a or (hash(n) == hash(a) and n == a) for n, a in zip(args, self.args)):
             return self
         return built(type(self), args)

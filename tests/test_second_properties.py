@@ -266,3 +266,34 @@ def test_a_function_of_a_piecewise_has_a_compiled_hessian_vector_product():
         report = check(model, [x, z], against=("jax", "finite-differences"), points=3,
                        order=2)
         assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("extreme", [
+    lambda a: sp.Max(0, a, 6 * a + 3),
+    lambda a: sp.Min(2 * a + 1, 3 - a, 7 * a),
+], ids=["max-of-three", "min-of-three"])
+def test_a_scalar_max_scaling_a_matrix_has_jaxs_hessian(extreme):
+    """Was: the mixed block d2/da dv of v^T (Max(0, a, 6a + 3) a v) lacked a Max'(a) term
+    wherever 6a + 3 was the maximum, in sg.hessian and in f.hessian: the scalar routing
+    weight stood in a matrix product, whose doit rebuilt its Piecewise and solved the
+    equality Eq(6a + 3, max) for a, false in floats.  Max's rule now tests an equality
+    that SymPy keeps as written (ops.Equal)."""
+    from symgrad.checking import check
+
+    a = sp.Symbol("a", real=True)
+    v = sg.vector("v", 3)
+    model = sg.dot(v, extreme(a) * a * v)
+    for point in (-0.13, 0.126, 0.3, 1.7):
+        report = check(model, [a, v], against=("jax", "finite-differences"), points=1,
+                       inputs={"a": point}, order=2)
+        assert report.ok, str(report)
+    _agree(model, [a, v], 5)       # the formulas of sg.hvp too
+    H = sg.hessian(model, [a, v])
+    mixed = translate(H[(a, v)], [a, v], "numpy", {})
+    values = {"a": 0.3, "v": np.array([[0.5], [-1.0], [2.0]])}
+
+    def reference(t, w):
+        return jax.numpy.sum(translate(model, [a, v], "jax", {})(a=t, v=w))
+
+    expected = jax.jacfwd(jax.grad(reference, argnums=0), argnums=1)(0.3, values["v"])
+    np.testing.assert_allclose(np.ravel(mixed(**values)), np.ravel(expected), rtol=1e-12)

@@ -92,11 +92,12 @@ def _route(g, y, inputs, sign):
 
         def share(x, other):
             beats = x > other if sign > 0 else x < other
-            return times(g, sp.Piecewise((1, beats), (_half, sp.Eq(a, b)), (0, True)))
+            return times(g, sp.Piecewise((1, beats), (_half, ops.Equal(a, b)), (0, True)))
         return (share(a, b), share(b, a))
-    count = sp.Add(*[sp.Piecewise((1, sp.Eq(x, y)), (0, True)) for x in inputs])
+    count = sp.Add(*[sp.Piecewise((1, ops.Equal(x, y)), (0, True)) for x in inputs])
     # (the division stands in the branch where x is the output, so count >= 1 there)
-    return tuple(times(g, sp.Piecewise((1 / count, sp.Eq(x, y)), (0, True))) for x in inputs)
+    return tuple(times(g, sp.Piecewise((1 / count, ops.Equal(x, y)), (0, True)))
+                 for x in inputs)
 
 
 def _pow_rule(g, y, base, exponent, **_):
