@@ -208,16 +208,7 @@ def derivative(expr, variable):
     >>> derivative(sp.Heaviside(a) * a, a)
     Heaviside(a)
     """
-    def visit(node, new_operands):
-        if _is_slope_of_a_step(node):
-            return sp.S.Zero
-        make = _RELEASE.get(type(node))
-        if make is not None:
-            return make(new_operands)
-        return rebuild(node, new_operands, xreplace=True)
-
-    d = sp.diff(held(expr), variable)
-    return dag_rebuild(d, visit) if isinstance(d, sp.Basic) else d
+    return _recast(sp.diff(held(expr), variable), _RELEASE, vanishing=_is_slope_of_a_step)
 
 
 def _is_slope_of_a_step(e) -> bool:
@@ -232,8 +223,12 @@ _RELEASE = {_HeldPair: lambda args: piecewise_unfolded(ExprCondPair, args),
             _HeldPiecewise: lambda args: piecewise_unfolded(sp.Piecewise, args)}
 
 
-def _recast(expr, kinds: dict):
+def _recast(expr, kinds: dict, vanishing: Callable = lambda _: False):
+    """expr with each node of a type in ``kinds`` rebuilt by it, and each node that
+    ``vanishing`` picks zero."""
     def visit(node, new_operands):
+        if vanishing(node):
+            return sp.S.Zero
         make = kinds.get(type(node))
         if make is not None:
             return make(new_operands)

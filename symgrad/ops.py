@@ -28,7 +28,7 @@ from sympy.codegen.cfunctions import log1p as _log1p
 from sympy.core.symbol import Str
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
-from symgrad.nodes import built, held, released, replaced
+from symgrad.nodes import built, replaced
 
 __all__ = [
     "sigmoid", "softplus", "logsigmoid", "relu", "Map", "AxisSum", "SumAll", "LogSumExp",
@@ -239,18 +239,6 @@ class Map(MatrixExpr):
     @property
     def body(self) -> sp.Expr:
         return self.function.expr
-
-    def doit(self, **hints):
-        # SymPy's doit rebuilds every node below it (``A @ B`` calls it on the product):
-        # held, a Piecewise in the body keeps its conditions as written (see nodes.built)
-        if not hints.get("deep", True):
-            return self
-        function, shape, *operands = self.args
-        args = [released(held(function).doit(**hints)), shape,
-                *[o.doit(**hints) if isinstance(o, sp.Basic) else o for o in operands]]
-        if all(n is a or (hash(n) == hash(a) and n == a) for n, a in zip(args, self.args)):
-            return self
-        return built(type(self), args)
 
     def _entry(self, i, j, **kwargs):
         values = [o[i if o.shape[0] != 1 else 0, j if o.shape[1] != 1 else 0]
