@@ -1085,11 +1085,12 @@ class ScipyProblem:
         unknown = [n for n in params if n not in self.f.parameters]
         if unknown:
             raise TypeError(f"{unknown[0]!r} is not a parameter ({', '.join(self.f.parameters)})")
-        from symgrad.codegen.second_runtime import _sg_fits, _sg_real
+        from symgrad.codegen.runtime import _reals
+        from symgrad.codegen.second_runtime import _sg_fits
 
         parts = []
         for name in self.f.parameters:
-            value = _sg_real(f"parameter {name!r}", params[name])
+            value = _reals(f"parameter {name!r}", params[name])
             expected = self.shapes[name]
             if expected is None:
                 self.shapes[name] = expected = value.shape
@@ -1103,10 +1104,10 @@ class ScipyProblem:
     def unpack(self, x, what: str = "x") -> dict:
         """The flat vector as ``{name: array}`` (scalars as floats, vectors 1-D); ``what``
         names it in errors (``hessp`` unpacks its direction ``v``)."""
-        from symgrad.codegen.second_runtime import _sg_real
+        from symgrad.codegen.runtime import _reals
 
         layout = self._layout()
-        x = _sg_real(what, x)
+        x = _reals(what, x)
         if x.shape != (self.size,):
             raise ValueError(f"{what} has shape {x.shape}; the parameters take ({self.size},)")
         return {name: float(x[start]) if shape == () else x[start:stop].reshape(shape)

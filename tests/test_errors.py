@@ -1,6 +1,8 @@
 """Bad input gets a clear error naming what the user wrote, never a wrong answer."""
 
 import functools
+from decimal import Decimal
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -56,6 +58,58 @@ def test_integer_and_float32_inputs_are_converted_to_float64(linear):
     value, grads = linear.value_and_grad(w=np.array([1], dtype=np.int64),
                                          x=np.array([1.0], dtype=np.float32), y=2)
     assert value.dtype == np.float64 and value[0] == 1.0 and grads["w"][0] == -2.0
+
+
+@pytest.mark.parametrize("number", [
+    0.5, np.float32(0.5), Fraction(1, 2), Decimal("0.5"), sp.Rational(1, 2), sp.Float(0.5),
+    sp.S.Half, np.array(Fraction(1, 2), dtype=object)])
+def test_every_kind_of_real_number_is_an_input(linear, number):
+    """A SymPy model's own numbers (Rational, Float), Fraction and Decimal are real numbers
+    like a float: the same value and gradient, on every call path."""
+    expected = linear.value_and_grad(w=0.5, x=3.0, y=1.0)
+    assert linear.value_and_grad(w=number, x=3, y=1.0) == expected
+    assert linear(w=number, x=3, y=1.0) == expected[0]
+
+
+def test_a_matrix_of_sympy_numbers_is_a_matrix_input(window):
+    """``np.array(sympy.Matrix(...))`` is an object array of SymPy numbers: entry by entry
+    the float64 matrix they are."""
+    rng = np.random.default_rng(4)
+    W, b, x = rng.standard_normal((3, 6)), rng.standard_normal((3, 1)), rng.standard_normal(6)
+    exact = sp.Matrix(3, 6, [sp.Rational(int(v * 1000), 1000) for v in W.ravel()])
+    floats = np.array(exact.tolist(), dtype=np.float64)
+    expected = window.value_and_grad(W=floats, b=b, x=x)
+    for given in (exact, np.array(exact), exact.tolist()):
+        value, grads = window.value_and_grad(W=given, b=b, x=x)
+        assert value == expected[0]
+        np.testing.assert_array_equal(grads["W"], expected[1]["W"])
+
+
+@pytest.mark.parametrize("bad, said", [
+    (sp.Symbol("z"), "holds z \\(Symbol\\)"), (sp.I, "holds I"),
+    (np.array([1.0, "2"], dtype=object), "holds '2' \\(str\\) at \\(1,\\)"),
+    (np.array([1.0, 2j], dtype=object), "holds 2j"),
+    (np.array([1.0, None], dtype=object), "holds None"),
+    (np.array([10**400], dtype=object), "too large for a float")])
+def test_an_entry_that_is_no_real_number_is_named(linear, bad, said):
+    with pytest.raises((TypeError, ValueError), match=f"input 'x'.*{said}"):
+        linear.value_and_grad(w=1.0, x=bad, y=2.0)
+
+
+@pytest.mark.parametrize("masked", [
+    np.ma.masked_array([1.0, 2.0], mask=[False, True]), np.ma.masked_array(1.0, mask=True),
+    np.ma.masked_array([1.0, 2.0])])
+def test_a_masked_array_is_refused_not_read_without_its_mask(linear, window, masked):
+    """No computation here reads a mask: a masked entry would count with the value under it
+    (JAX refuses masked arrays too)."""
+    calls = [linear, linear.value_and_grad, functools.partial(linear.hvp, {"w": 1.0})]
+    for call in calls:
+        with pytest.raises(TypeError, match="input 'x' is a NumPy masked array.*filled"):
+            call(w=1.0, x=masked, y=2.0)
+    with pytest.raises(TypeError, match="tangent of 'w' is a NumPy masked array"):
+        linear.hvp({"w": masked}, w=1.0, x=1.0, y=2.0)
+    with pytest.raises(TypeError, match="input 'b' is a NumPy masked array"):
+        window.value_and_grad(W=np.ones((3, 6)), b=np.ma.masked_array(np.ones(3)), x=np.ones(6))
 
 
 def test_matrix_with_wrong_shape_names_parameter_and_dimension(window):

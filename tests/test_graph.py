@@ -257,11 +257,18 @@ def test_explain_sums_a_branching_operation():
     ({"x": 1, "y": 2}, "no value for z"),
     ({"x": 1, "y": 2, "z": 0, "w": 3}, "'w', which is not an input"),
     ({"x": [1, 2], "y": 2, "z": 0}, r"at\['x'\] has shape \(2,\)"),
-    ({"x": "one", "y": 2, "z": 0}, r"at\['x'\] is str"),
+    ({"x": "one", "y": 2, "z": 0}, r"at\['x'\] must hold real numbers, got dtype <U3"),
+    ({"x": np.ma.masked_array(1.0), "y": 2, "z": 0}, r"at\['x'\] is a NumPy masked array"),
 ])
 def test_bad_points_name_the_input(at, message):
     with pytest.raises((ValueError, TypeError), match=message):
         sg.graph(BRANCHING, at=at)
+
+
+def test_a_point_may_hold_sympys_own_numbers():
+    exact = sg.graph(BRANCHING, at={"x": sp.Rational(1, 2), "y": sp.Integer(2), "z": 0})
+    floats = sg.graph(BRANCHING, at={"x": 0.5, "y": 2.0, "z": 0.0})
+    assert exact.walk.node("x").gradient == floats.walk.node("x").gradient
 
 
 def test_explain_needs_values():

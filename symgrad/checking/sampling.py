@@ -21,6 +21,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
+from symgrad.codegen.runtime import _reals
 from symgrad.compiled import shape_symbols
 from symgrad.nodes import replaced
 
@@ -89,7 +90,7 @@ def normalize(symbols, given: dict, dims: dict, elementwise: bool) -> dict:
     for s in symbols:
         if s.name not in given:
             continue
-        value = np.asarray(given[s.name], dtype=np.float64)
+        value = _reals(f"input {s.name!r}", given[s.name])
         if isinstance(s, MatrixExpr):
             shape = concrete_shape(s, dims)
             if value.size != int(np.prod(shape)) or value.ndim > 2:

@@ -167,26 +167,77 @@ def _floats_only(kernel):
 
 
 def _real_array(name, value):
-    """value as a float64 array, or TypeError naming the input."""
+    """value as a float64 array, or TypeError / ValueError naming the input (see
+    :func:`_reals`)."""
     if type(value) is np.ndarray and value.dtype == np.float64:
         return value
+    return _reals(f"input {name!r}", value)
+
+
+def _reals(what, value):
+    """value as a float64 array, or TypeError / ValueError that says ``what`` it is ("input
+    'X'", "the tangent of 'w'").
+
+    Real numbers of every kind are taken: NumPy's and Python's, and numbers that hold their
+    own value (Fraction, Decimal, SymPy's Rational, Float and pi: a SymPy model's numbers),
+    also as the entries of an object array (``np.array(sympy.Matrix(...))``).  Refused:
+    complex numbers, text (which float() would parse), anything else float() does not
+    take, and NumPy masked arrays, whose mask no computation here reads (as JAX refuses
+    them): a masked entry would count with the value under it.
+
+    >>> from fractions import Fraction
+    >>> _reals("input 'a'", [Fraction(1, 2), 2]).tolist()
+    [0.5, 2.0]
+    >>> _reals("input 'a'", np.ma.masked_array([1.0, 2.0], mask=[0, 1]))
+    Traceback (most recent call last):
+    ...
+    TypeError: input 'a' is a NumPy masked array, whose mask symgrad would not read: pass ...
+    """
     if type(value) is int:
         # NumPy holds an int beyond 64 bits as an object; as a float it is a number like any
         # other (and the compiled kernel, handed one, converts it so)
         try:
             return np.asarray(float(value))
         except OverflowError:
-            raise ValueError(f"input {name!r}: an int of {value.bit_length()} bits is too "
+            raise ValueError(f"{what}: an int of {value.bit_length()} bits is too "
                              "large for a float") from None
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{what} is a NumPy masked array, whose mask symgrad would not read: "
+                        "pass its .filled(value) with the value masked entries should take, "
+                        "or its .data for the values under the mask")
     try:
         array = np.asarray(value)
     except Exception as error:  # noqa: BLE001 - any failure means "not numeric"
-        raise TypeError(f"input {name!r}: cannot read {type(value).__name__} as numbers "
+        raise TypeError(f"{what}: cannot read {type(value).__name__} as numbers "
                         f"({error})") from None
-    if array.dtype.kind not in "biuf":
-        raise TypeError(f"input {name!r} must hold real numbers, got dtype {array.dtype} "
-                        f"({type(value).__name__})")
-    return array.astype(np.float64)
+    if array.dtype.kind in "biuf":
+        return array.astype(np.float64)
+    if array.dtype.kind == "O":
+        return _object_reals(what, array)
+    raise TypeError(f"{what} must hold real numbers, got dtype {array.dtype} "
+                    f"({type(value).__name__})")
+
+
+def _object_reals(what, array):
+    """An object array's entries as float64, each a real number that float() converts (an
+    entry at a time: object arrays only)."""
+    out = np.empty(array.shape)
+    for index, entry in np.ndenumerate(array):
+        if isinstance(entry, (str, bytes, complex, np.complexfloating)):
+            number = None       # (float() would parse text and drop an imaginary part)
+        else:
+            try:
+                number = float(entry)
+            except OverflowError:
+                raise ValueError(f"{what} holds {entry!r}, too large for a float") from None
+            except (TypeError, ValueError):
+                number = None
+        if number is None:
+            at = f" at {index}" if array.ndim else ""
+            raise TypeError(f"{what} must hold real numbers, but holds {entry!r} "
+                            f"({type(entry).__name__}){at}")
+        out[index] = number
+    return out
 
 
 def _real_scalar(name, value):

@@ -15,6 +15,9 @@ table of plain Python values:
 ``dimensions`` maps each dimension name to ``(input name, axis)``: where to read it.
 """
 
+# (above the marker: a generated module carries runtime.py's own _reals)
+from symgrad.codegen.runtime import _reals  # noqa: I001
+
 # --- symgrad second order: copied verbatim into generated modules -------------------------
 import numpy as np
 
@@ -176,30 +179,6 @@ def _sg_at_x(table, linearize, inputs, sizes):
     return _sg_bundle(linearize, table["linearize"], inputs, sizes)
 
 
-def _sg_real(what, value):
-    """value as a float64 array, or TypeError saying ``what`` it is (a string, None, a
-    complex number are no directions).
-
-    >>> _sg_real("the tangent of 'w'", [1, 2]).dtype
-    dtype('float64')
-    >>> _sg_real("the tangent of 'w'", 1j)
-    Traceback (most recent call last):
-    ...
-    TypeError: the tangent of 'w' must hold real numbers, got dtype complex128 (complex)
-    """
-    if type(value) is np.ndarray and value.dtype == np.float64:
-        return value
-    try:
-        array = np.asarray(value)
-    except Exception as error:  # noqa: BLE001 - any failure means "not numeric"
-        raise TypeError(f"{what}: cannot read {type(value).__name__} as numbers "
-                        f"({error})") from None
-    if array.dtype.kind not in "biuf":
-        raise TypeError(f"{what} must hold real numbers, got dtype {array.dtype} "
-                        f"({type(value).__name__})")
-    return array.astype(np.float64)
-
-
 def _sg_fits(shape, expected):
     """Whether an array of ``shape`` holds the entries of one of shape ``expected`` in their
     places: the same extents but for axes of length 1 (a vector's direction as (n,), (n, 1)
@@ -221,7 +200,7 @@ def _sg_hvp(tangents, inputs, parameters, table, value_and_grad, sizes, scalar_m
         if name not in parameters:
             raise ValueError(f"tangent given for {name!r}, which is not a parameter "
                              f"({', '.join(parameters)})")
-        read[name] = v = _sg_real(f"the tangent of {name!r}", v)
+        read[name] = v = _reals(f"the tangent of {name!r}", v)
         if not _sg_fits(v.shape, np.shape(inputs[name])):
             raise ValueError(f"the tangent of {name!r} has shape {v.shape}; the "
                              f"parameter has shape {np.shape(inputs[name])}")

@@ -22,6 +22,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
+from symgrad.codegen.runtime import _reals
 from symgrad.nodes import built, replaced
 
 __all__ = ["Node", "Edge", "Backprop", "backprop", "format_value", "describe_point",
@@ -568,12 +569,7 @@ def _given(at: dict, inputs: list, dimensions: set) -> dict:
         raise ValueError(f"at= gives no value for {', '.join(absent)}: the graph's values need "
                          "every input")
     for name, value in given.items():
-        try:
-            array = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(f"at[{name!r}] is {type(value).__name__} {value!r}, not a real "
-                            "number or array") from None
-        given[name] = array
+        given[name] = _reals(f"at[{name!r}]", value)
     return given
 
 
