@@ -521,7 +521,8 @@ def _flattened_terms(monkeypatch) -> list:
 
 
 def test_lowering_a_long_sum_is_a_linear_chain(monkeypatch):
-    from symgrad.optimize import _Flattener
+    from symgrad.codegen.ir import operation_cost
+    from symgrad.optimize import ORDERED_SUM_TERMS, _Flattener
 
     counted = _flattened_terms(monkeypatch)
     work = {}
@@ -533,15 +534,46 @@ def test_lowering_a_long_sum_is_a_linear_chain(monkeypatch):
         # 1,200 terms: one link each, far deeper than Python's stack lets a recursion go
         result = flat.atom(total)
         work[n] = counted[0]
-        assert len(flat.statements) == 2 * n - 1      # n sines, n - 1 additions
+        sums = [s for s in flat.statements if not isinstance(s.operation, sp.sin)]
+        assert len(flat.statements) - len(sums) == n          # n sines
+        assert sum(operation_cost(s.operation) for s in sums) == n - 1    # n - 1 additions
+        assert len(sums) <= n // 10     # ORDERED_SUM_TERMS terms a statement, not one each
         assert flat.statements[-1].target == result
-        assert all(len(s.operation.args) <= 2 for s in flat.statements)
+        assert all(len(s.operation.args) <= ORDERED_SUM_TERMS for s in flat.statements)
     # building each prefix of the sum again costs n^2 / 2 operands (16 times as many at 4n);
     # the chain reads the sum's operands once or twice
     assert work[300] <= 2 * 300 and work[1200] <= 2 * 1200
 
 
+def test_a_long_sum_is_written_a_stretch_of_terms_a_statement():
+    """The forward sum and each gradient (a sum of 100 contributions c * delta) are
+    OrderedSum statements of ORDERED_SUM_TERMS terms, each term's product written into the
+    sum: about three statements per term of the model instead of six, the same operation
+    count as a statement per operation, and the value and gradients of the closed form."""
+    from symgrad.codegen.ir import OrderedSum
+    from symgrad.compiled import build_spec
+    from symgrad.optimize import ORDERED_SUM_TERMS
+
+    n = 1000
+    expr, x, pairs = long_sum(n)
+    program = build_spec(expr, x).value_and_grad
+    sums = [s for s in program.statements if type(s.operation) is OrderedSum]
+    assert all(len(s.operation.args) <= ORDERED_SUM_TERMS for s in sums)
+    assert len(program.statements) < 4.3 * n and len(sums) < 0.25 * n
+    # per term: c*x_b + x_a (2, one product less for c = 1), sin, cos, the forward sum's
+    # addition; per contribution of a gradient: its addition, and c times it for x_b
+    multiplied = sum(c != 1 for _, _, c in pairs)
+    assert program.op_count() == (n + multiplied) + 2 * n + (n - 1) + \
+        (2 * n - len(x) + multiplied)
+    x0 = np.linspace(-0.3, 0.4, len(x))
+    value, grads = sg.compile(expr, x).value_and_grad(**{s.name: v for s, v in zip(x, x0)})
+    expected_value, expected_grad = long_sum_by_hand(pairs, x0)
+    assert value == pytest.approx(expected_value, rel=1e-13)
+    np.testing.assert_allclose([grads[s.name] for s in x], expected_grad, rtol=1e-13)
+
+
 def test_lowering_keeps_sympy_forms_of_sums_and_products():
+    from symgrad.codegen.ir import OrderedSum
     from symgrad.optimize import _Flattener
 
     a, b, c, d = sp.symbols("a b c d", real=True)
@@ -553,6 +585,7 @@ def test_lowering_keeps_sympy_forms_of_sums_and_products():
         assert dag_xreplace(value, {}) is not None
         while any(t in values for t in dag_free_symbols(value)):
             value = value.xreplace(values)
+        value = value.replace(OrderedSum, lambda *terms: sp.Add(*terms))
         assert sp.simplify(value - expr) == 0
 
 

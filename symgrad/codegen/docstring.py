@@ -22,8 +22,8 @@ from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
 
 from symgrad import operations, ops
-from symgrad.codegen.ir import one_operation
-from symgrad.nodes import built, held, released, replaced
+from symgrad.codegen.ir import OrderedSum, one_operation
+from symgrad.nodes import built, held, released, replaced, unevaluated
 
 __all__ = ["FormulaPrinter", "Gradients", "fresh_names", "module_docstring", "piece_names"]
 
@@ -66,6 +66,10 @@ class FormulaPrinter(StrPrinter):
         if self._depth > 0 and text in self.aliases:
             return self.alias(text)
         return text
+
+    def _print_OrderedSum(self, expr):
+        """A sum's statement in the code's order: ``t1 + t2 - t3``."""
+        return expr.text(lambda atom: self.parenthesize(atom, PRECEDENCE["Mul"]))
 
     def alias(self, text: str) -> str:
         """The user's name for the printed piece ``text``, remembered as printed."""
@@ -456,7 +460,8 @@ def _pieces(grads, output: str):
             return Canonicalizer()._transpose(expand(e.arg))
         if isinstance(e, sp.Basic) and e.args and not isinstance(e, (sp.MatrixSymbol, sp.Lambda)):
             args = [expand(a) if isinstance(a, sp.Basic) else a for a in e.args]
-            result = built(e.func, args)
+            # (a sum's statement in the code's order is the sum in a formula)
+            result = built(sp.Add if type(e) is OrderedSum else e.func, args)
             if isinstance(result, sp.Expr) and not isinstance(result, MatrixExpr):
                 return _smallest(result)
             return result
@@ -541,7 +546,15 @@ def _named_operands(operation, names: dict):
         if symbol in names:
             substitution[symbol] = sp.MatrixSymbol(names[symbol], *symbol.shape) \
                 if isinstance(symbol, MatrixExpr) else sp.Symbol(names[symbol])
-    return replaced(operation, substitution) if substitution else operation
+    if not substitution:
+        return operation
+    if type(operation) is OrderedSum:
+        # term by term, as written (a product c*x rebuilt by SymPy would deduce its facts
+        # anew, and the sum be sorted)
+        return OrderedSum(*[
+            unevaluated(sp.Mul, [t.args[0], substitution.get(t.args[1], t.args[1])])
+            if type(t) is sp.Mul else substitution.get(t, t) for t in operation.args])
+    return replaced(operation, substitution)
 
 
 def _symbols_of(operation) -> list:

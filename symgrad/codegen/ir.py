@@ -28,6 +28,62 @@ from symgrad import ops
 from symgrad.nodes import assumptions_key
 
 
+class OrderedSum(sp.Function):
+    """``a1 + a2 + ... + an``, added left to right in the order of its arguments: one
+    statement for a stretch of a long sum, which would otherwise be a statement per term.
+    A term is an atom, ``-atom`` (subtracted), or an integer or float times an atom (written
+    into the sum, not a statement of its own).  Its order is the chain's own, so the value
+    is the same to the last bit as that of a statement per operation; SymPy's Add would
+    sort its terms, and its printer order them again.
+
+    >>> a, b = sp.symbols("a b")
+    >>> OrderedSum(b, -a, 3 * a).args
+    (b, -a, 3*a)
+    """
+
+    @classmethod
+    def eval(cls, *args):
+        return None
+
+    def signed_terms(self) -> list:
+        """``(subtracted, coefficient or None, atom or None)`` of each term: ``-3*x`` is
+        ``(True, 3, x)``, ``-x`` is ``(True, None, x)``, the number ``-2`` is ``(True, 2,
+        None)``."""
+        out = []
+        for term in self.args:
+            coefficient, atom = term.args if type(term) is sp.Mul else (None, term)
+            if atom.is_Number:
+                coefficient, atom = atom, None
+            subtracted = coefficient is not None and float(coefficient) < 0
+            if subtracted:
+                coefficient = -coefficient
+            out.append((subtracted, None if coefficient is sp.S.One else coefficient, atom))
+        return out
+
+    def text(self, print_atom) -> str:
+        """The sum as code or a formula reads it, its numbers and atoms printed by
+        ``print_atom``.
+
+        >>> a, b = sp.symbols("a b")
+        >>> OrderedSum(b, -a, -3 * a, sp.Integer(2)).text(str)
+        'b - a - 3*a + 2'
+        """
+        out = []
+        for subtracted, coefficient, atom in self.signed_terms():
+            text = (print_atom(coefficient) if atom is None else print_atom(atom)
+                    if coefficient is None else f"{print_atom(coefficient)}*{print_atom(atom)}")
+            out.append((" - " if subtracted else " + ") + text if out
+                       else "-" + text if subtracted else text)
+        return "".join(out)
+
+    def cost(self) -> int:
+        """Its operations: an addition or subtraction per term after the first, and a
+        multiplication per coefficient (a first term subtracted is a negation)."""
+        terms = self.signed_terms()
+        return (len(terms) - 1 + sum(c is not None and a is not None for _, c, a in terms)
+                + terms[0][0])
+
+
 @dataclass(frozen=True)
 class Statement:
     target: sp.Basic       # Symbol (scalar) or MatrixSymbol
@@ -63,6 +119,8 @@ def operation_cost(operation) -> int:
         return max(1, sp.count_ops(operation.body))
     if isinstance(operation, (sp.Symbol, sp.MatrixSymbol, sp.Number)):
         return 0
+    if type(operation) is OrderedSum:
+        return operation.cost()
     if isinstance(operation, MatrixExpr) or not isinstance(operation, sp.Expr):
         return 1
     return _statement_cost(operation)

@@ -24,7 +24,7 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from symgrad import functions, operations, ops
-from symgrad.codegen.ir import Statement, forget_shapes, shape_of
+from symgrad.codegen.ir import OrderedSum, Statement, forget_shapes, shape_of
 from symgrad.codegen.schedule import FusedLoop, Schedule, stored
 from symgrad.nodes import held, released, replaced
 
@@ -95,6 +95,8 @@ class ScalarPrinter(NumPyPrinter):
         >>> ScalarPrinter().expression(sp.Symbol("x") + 1)
         'x + 1.0'
         """
+        if type(e) is OrderedSum:       # (a term at a time: no shape to share)
+            return self._expression(e)
         if not self.names:
             text = _PRINTED.get((type(self), e))
             if text is not None:
@@ -187,6 +189,11 @@ class ScalarPrinter(NumPyPrinter):
 
     def _print_MatrixSymbol(self, expr):
         return self.names.get(expr, expr.name)
+
+    def _print_OrderedSum(self, expr):
+        """Left to right, as the chain of additions it stands for."""
+        return expr.text(lambda atom: self._print_Symbol(atom) if type(atom) is sp.Symbol
+                         else self._print(atom))
 
     # Elementwise functions print their row's code (symgrad/functions.py); a user's function
     # prints the expression that defines it, so that it fuses into the loop like the rest
