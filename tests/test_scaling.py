@@ -572,6 +572,27 @@ def test_a_long_sum_is_written_a_stretch_of_terms_a_statement():
     np.testing.assert_allclose([grads[s.name] for s in x], expected_grad, rtol=1e-13)
 
 
+def test_long_sums_of_every_kind_of_term_agree_with_jax():
+    """Sums of NARY_SUM_FROM terms and more (lowered to OrderedSum statements) whose terms
+    are negated, scaled by negative integers and floats, products of two inputs and
+    functions, with x0 read by every term (its gradient is a long sum of products of two
+    names, the general path), against JAX and finite differences at three points."""
+    pytest.importorskip("jax")
+    n = 200
+    x = sp.symbols(f"x0:{n + 1}", real=True)
+    forms = [lambda a, b: sp.sin(a * b), lambda a, b: -b, lambda a, b: -3 * b,
+             lambda a, b: sp.Float(2.5) * b, lambda a, b: sp.exp(-a**2) * b,
+             lambda a, b: (a - b)**2, lambda a, b: sp.Float(-0.75) * sp.cos(a * b),
+             lambda a, b: a * b]
+    expr = sp.Add(*[forms[k % len(forms)](x[0], x[k + 1]) * (-1)**k * (k % 4 + 1)
+                    for k in range(n)])
+    derivation = sg.grad(expr, list(x)).derivation
+    longest = max(len(e.args) for _, e in derivation.assignments if type(e) is sp.Add)
+    assert len(expr.args) >= 64 and longest >= 64
+    report = sg.check(expr, list(x), against=["jax", "finite-differences"], points=3)
+    assert report.ok, str(report)
+
+
 def test_lowering_keeps_sympy_forms_of_sums_and_products():
     from symgrad.codegen.ir import OrderedSum
     from symgrad.optimize import _Flattener
