@@ -6,7 +6,9 @@ a constant matrix (Identity, OneMatrix, ZeroMatrix) or the transpose of a matrix
 view, never a copy).  The operations are SymPy nodes with atoms as arguments:
 
 ======================  ===========================================================
-scalar                  Add, Mul, Pow (binary), functions, Max, Min, Piecewise, ...
+scalar                  Add, Mul, Pow (binary), functions, Max, Min, Piecewise, ...;
+                        ``OrderedSum`` (a stretch of a long sum, left to right, whose
+                        terms may be ``-x`` and ``c*x``)
 ``MatMul(A, B)``        a matrix product (BLAS)
 ``Map(f, shape, ...)``  an elementwise function of matrices (one fused loop)
 ``AxisSum(A, axis)``    row or column sums; ``SumAll(A)`` the sum of all entries
