@@ -258,7 +258,14 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
     table = internal_symbols(inputs, dims)
     public = {ours: user.name for user, ours in table.items()}
     user_expr, user_wrt, user_inputs = expr, wrt, inputs
-    expr = dag_xreplace(expr, table, renaming=True)
+    # a model of scalars whose names are none of symgrad's own (check_names refuses "_t3")
+    # is derived as written, its symbols renamed to symgrad's by the lowering: rebuilding
+    # every node for new names first costs as much as lowering (a sum of 10,000 terms)
+    as_written = (not dims and not output_shape and not any(
+        isinstance(s, MatrixExpr) or _INTERNAL_NAME.fullmatch(s.name) for s in inputs)
+        and not any(isinstance(n, MatrixExpr) for n in dag_nodes(expr)))
+    if not as_written:
+        expr = dag_xreplace(expr, table, renaming=True)
     wrt = [table[w] for w in wrt]
     inputs = [table[s] for s in inputs]
     free = {table[d] for d in free}
@@ -280,10 +287,12 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
                               forward=forward, vjp=vjp, upstream=upstream)
             spec.op_counts = {"forward": forward.op_count(), "vjp": vjp.op_count()}
         else:
-            derivation = derive(expr, wrt)
+            derivation = derive(expr, user_wrt if as_written else wrt)
             outputs = {"value": derivation.value}
-            outputs.update({w.name: derivation.gradients[w] for w in wrt})
-            lowered = lower(derivation, outputs, inputs)      # once, for every program
+            outputs.update({w.name: derivation.gradients[u] for w, u in
+                            zip(wrt, user_wrt if as_written else wrt)})
+            lowered = lower(derivation, outputs, inputs,      # once, for every program
+                            renamed=table if as_written else None)
             forward = fuse(restricted(lowered, ["value"]))
             value_and_grad = fuse(lowered)
             spec = ModuleSpec(name=name, inputs=inputs, parameters=wrt, output_shape=(),

@@ -389,14 +389,16 @@ def _normalized_map(function: sp.Lambda, shape, operands):
     return ops.Map(sp.Lambda(tuple(renamed.values()), body), shape, *[o for _, o in kept])
 
 
-def lower(derivation: Derivation, outputs: dict, inputs: list) -> Program:
+def lower(derivation: Derivation, outputs: dict, inputs: list,
+          renamed: dict | None = None) -> Program:
     """Flatten, share and prune the derivation's statements for the given outputs.
 
     ``outputs`` maps an output name (``"value"``, a parameter's name) to an expression of the
-    derivation's names.
+    derivation's names; ``renamed``, symbols of the derivation (the user's inputs) to the
+    program's own (``inputs``).
     """
     flat = _Flattener()
-    resolved: dict = {}
+    resolved: dict = dict(renamed or {})
     labels: dict = {}
     adjoints: set = set()
     for name, expression in derivation.assignments:
