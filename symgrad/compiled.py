@@ -287,10 +287,10 @@ def build_spec(expr, wrt, name: str = "model") -> ModuleSpec:
                               forward=forward, vjp=vjp, upstream=upstream)
             spec.op_counts = {"forward": forward.op_count(), "vjp": vjp.op_count()}
         else:
-            derivation = derive(expr, user_wrt if as_written else wrt)
+            derived = user_wrt if as_written else wrt      # (the derivation's symbols)
+            derivation = derive(expr, derived)
             outputs = {"value": derivation.value}
-            outputs.update({w.name: derivation.gradients[u] for w, u in
-                            zip(wrt, user_wrt if as_written else wrt)})
+            outputs.update({w.name: derivation.gradients[d] for w, d in zip(wrt, derived)})
             lowered = lower(derivation, outputs, inputs,      # once, for every program
                             renamed=table if as_written else None)
             forward = fuse(restricted(lowered, ["value"]))

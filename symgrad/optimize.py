@@ -21,7 +21,14 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symgrad import operations, ops
 from symgrad.codegen.factor import share_factorisations
-from symgrad.codegen.ir import OrderedSum, Program, Statement, live_statements, symbols_in
+from symgrad.codegen.ir import (
+    OrderedSum,
+    Program,
+    Statement,
+    live_statements,
+    signed_term,
+    symbols_in,
+)
 from symgrad.derive.graph import children, with_children
 from symgrad.derive.reverse import Derivation
 from symgrad.nodes import (
@@ -179,7 +186,7 @@ class _Flattener:
         terms, seen = [], set()
         for a in e.args:
             if not a.args:
-                term = atom = names.get(a, a)
+                atom = names.get(a, a)
                 if not is_atom(atom):
                     return None
                 term = self._term(atom)
@@ -202,7 +209,7 @@ class _Flattener:
         """The sum of the terms, left to right, ``ORDERED_SUM_TERMS`` a statement: the
         statements of all but the last stretch, and the last stretch's OrderedSum.  A term
         added, not subtracted, goes first where there is one (``b - a``, not ``-a + b``)."""
-        first = next((k for k, t in enumerate(terms) if not _subtracted(t)), 0)
+        first = next((k for k, t in enumerate(terms) if not signed_term(t)[0]), 0)
         if first:
             terms = [terms[first]] + terms[:first] + terms[first + 1:]
         while len(terms) > ORDERED_SUM_TERMS:
@@ -299,14 +306,6 @@ class _Flattener:
         if len(terms) == 1:
             return _built(func, (head, terms[0]))
         return self._ordered_sum([head] + terms)
-
-
-def _subtracted(term) -> bool:
-    """Whether an OrderedSum subtracts the term: -x, a negative number, or c*x for c < 0."""
-    if term.is_Number:
-        return term.is_extended_negative
-    return (type(term) is sp.Mul and term.args[0].is_Number
-            and term.args[0].is_extended_negative)
 
 
 def _evaluated(node, args):

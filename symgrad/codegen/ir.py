@@ -43,24 +43,9 @@ class OrderedSum(sp.Function):
     (b, -a, 3*a)
     """
 
-    @classmethod
-    def eval(cls, *args):
-        return None
-
     def signed_terms(self) -> list:
-        """``(subtracted, coefficient or None, atom or None)`` of each term: ``-3*x`` is
-        ``(True, 3, x)``, ``-x`` is ``(True, None, x)``, the number ``-2`` is ``(True, 2,
-        None)``."""
-        out = []
-        for term in self.args:
-            coefficient, atom = term.args if type(term) is sp.Mul else (None, term)
-            if atom.is_Number:
-                coefficient, atom = atom, None
-            subtracted = coefficient is not None and float(coefficient) < 0
-            if subtracted:
-                coefficient = -coefficient
-            out.append((subtracted, None if coefficient is sp.S.One else coefficient, atom))
-        return out
+        """:func:`signed_term` of each term."""
+        return [signed_term(term) for term in self.args]
 
     def text(self, print_atom) -> str:
         """The sum as code or a formula reads it, its numbers and atoms printed by
@@ -84,6 +69,23 @@ class OrderedSum(sp.Function):
         terms = self.signed_terms()
         return (len(terms) - 1 + sum(c is not None and a is not None for _, c, a in terms)
                 + terms[0][0])
+
+
+def signed_term(term) -> tuple:
+    """``(subtracted, coefficient or None, atom or None)`` of a term of an OrderedSum:
+    ``-3*x`` is ``(True, 3, x)``, ``-x`` is ``(True, None, x)``, the number ``-2`` is
+    ``(True, 2, None)``.
+
+    >>> signed_term(-3 * sp.Symbol("x"))
+    (True, 3, x)
+    """
+    coefficient, atom = term.args if type(term) is sp.Mul else (None, term)
+    if atom.is_Number:
+        coefficient, atom = atom, None
+    subtracted = coefficient is not None and float(coefficient) < 0
+    if subtracted:
+        coefficient = -coefficient
+    return subtracted, None if coefficient is sp.S.One else coefficient, atom
 
 
 @dataclass(frozen=True)

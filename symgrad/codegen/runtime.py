@@ -193,6 +193,8 @@ def _reals(what, value):
     ...
     TypeError: input 'a' is a NumPy masked array, whose mask symgrad would not read: pass ...
     """
+    if type(value) is np.ndarray and value.dtype == np.float64:
+        return value        # (a solver's vector each iteration: no copy)
     if type(value) is int:
         # NumPy holds an int beyond 64 bits as an object; as a float it is a number like any
         # other (and the compiled kernel, handed one, converts it so)
