@@ -1039,31 +1039,48 @@ def _broadcast_compatible(inner, outer) -> bool:
 # ------------------------------------------------------------------------------------------
 @dataclass
 class Graph:
-    """The canonical expression's distinct subexpressions, children before parents."""
+    """The canonical expression's distinct subexpressions, children before parents.
+
+    ``operands`` holds, for each node, the positions in ``nodes`` of its :func:`children`
+    (reverse mode keys its tables by position: a list look-up, not a hash of the node).
+    """
 
     output: object
     nodes: list = field(default_factory=list)   # topological order, leaves first
     labels: dict = field(default_factory=dict)  # node -> name the user gave it
+    operands: list = field(default_factory=list)
 
 
 def build_graph(expr, canonicalizer: Canonicalizer | None = None) -> Graph:
-    """Canonicalize ``expr`` and list its nodes in topological order."""
+    """Canonicalize ``expr`` and list its nodes in topological order.
+
+    >>> x = sp.Symbol("x")
+    >>> g = build_graph(sp.sin(x) * x)
+    >>> g.nodes, g.operands
+    ([x, sin(x), x*sin(x)], [[], [0], [0, 1]])
+    """
     canonicalizer = canonicalizer or Canonicalizer()
     output = canonicalizer(expr)
     order: list = []
-    seen: set = set()
-    stack = [(output, False)]
+    operands: list = []
+    position: dict = {}     # node -> its place in order (also: the nodes seen)
+    stack: list = [(output, None)]
     while stack:
-        node, expanded = stack.pop()
-        if expanded:
+        node, kids = stack.pop()
+        if kids is not None:
+            # (a DAG: every child was listed before the node's second visit)
+            operands.append([position[c] for c in kids])
+            position[node] = len(order)
             order.append(node)
             continue
-        if node in seen:
+        if node in position:
             continue
-        seen.add(node)
-        stack.append((node, True))
-        for child in reversed(children(node)):
-            if child not in seen:
-                stack.append((child, False))
-    labels = {n: canonicalizer.labels[n] for n in order if n in canonicalizer.labels}
-    return Graph(output=output, nodes=order, labels=labels)
+        kids = children(node)
+        stack.append((node, kids))
+        for child in reversed(kids):
+            if child not in position:
+                stack.append((child, None))
+    # (in the nodes' order; looked up from the labels, few, not from every node)
+    labelled = sorted((position[n], n) for n in canonicalizer.labels if n in position)
+    labels = {n: canonicalizer.labels[n] for _, n in labelled}
+    return Graph(output=output, nodes=order, labels=labels, operands=operands)

@@ -18,7 +18,7 @@ generator consume, and that :func:`inline` turns back into plain SymPy expressio
 
 from __future__ import annotations
 
-from collections import defaultdict
+import functools
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -29,7 +29,6 @@ from symgrad.derive import rules
 from symgrad.derive.graph import (
     Canonicalizer,
     build_graph,
-    children,
     is_matrix,
     with_children,
 )
@@ -54,7 +53,6 @@ from symgrad.nodes import (
 LEAVES = (sp.MatrixSymbol, sp.Identity, sp.ZeroMatrix, sp.OneMatrix)
 
 
-@dataclass
 class Walk:
     """The backward walk as the lecture draws it, for pictures and explanations
     (``sg.graph``, ``sg.explain``); the program itself never reads it.
@@ -64,13 +62,37 @@ class Walk:
     its children's names (what its rule saw), ``adjoints`` a node to its summed adjoint, and
     ``sent`` lists ``(node, child, contribution)`` in the order the walk sent them (a child
     used twice appears twice: its adjoint is the sum).
+
+    Reverse mode keeps them as lists in the order of ``nodes`` (a node's position is its
+    key); the maps are made from them when first read, so that a gradient, which never reads
+    them, does not hash every node of the model three more times.
+
+    >>> x = sp.Symbol("x")
+    >>> walk = derive(sp.sin(x), [x]).walk
+    >>> walk.values[sp.sin(x)], walk.operations[sp.sin(x)], walk.adjoints[x], walk.sent
+    (_t1, sin(x), _d0, [(sin(x), x, cos(x))])
     """
 
-    nodes: list = field(default_factory=list)
-    values: dict = field(default_factory=dict)
-    operations: dict = field(default_factory=dict)
-    adjoints: dict = field(default_factory=dict)
-    sent: list = field(default_factory=list)
+    def __init__(self, nodes: list, names: list, rebuilt: list, adjoints: list, sent: list):
+        # the lists are kept, not copied: reverse mode fills ``adjoints`` and ``sent`` after
+        # making the walk
+        self.nodes = nodes
+        self.names = names            # per node: its name in the program
+        self.rebuilt = rebuilt        # per node: what its rule saw (None: a leaf)
+        self.adjoint_list = adjoints  # per node: its summed adjoint (None: none)
+        self.sent = sent
+
+    @functools.cached_property
+    def values(self) -> dict:
+        return dict(zip(self.nodes, self.names))
+
+    @functools.cached_property
+    def operations(self) -> dict:
+        return {node: r for node, r in zip(self.nodes, self.rebuilt) if r is not None}
+
+    @functools.cached_property
+    def adjoints(self) -> dict:
+        return {node: a for node, a in zip(self.nodes, self.adjoint_list) if a is not None}
 
 
 @dataclass
@@ -90,7 +112,7 @@ class Derivation:
     labels: dict = field(default_factory=dict)
     adjoints: set = field(default_factory=set)
     named: dict = field(default_factory=dict)   # label -> the canonical expression it names
-    walk: Walk = field(default_factory=Walk)
+    walk: Walk | None = None                    # set by derive
 
 
 def is_leaf(node) -> bool:
@@ -138,92 +160,103 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
     canonicalize = Canonicalizer()
     graph = build_graph(expr, canonicalize)
     derivation = Derivation(wrt=list(wrt))
+    nodes = graph.nodes
+    operands = graph.operands   # a node's children, by position (its tables are lists)
+    leaf = [is_leaf(node) for node in nodes]
 
     # forward: one name per node, children before parents
-    kids_of = {node: children(node) for node in graph.nodes}   # the three passes share them
-    name_of: dict = {}
-    rebuilt_of: dict = {}
-    for k, node in enumerate(graph.nodes):
-        if is_leaf(node):
-            name_of[node] = node
+    names: list = []
+    rebuilt_of: list = []
+    for k, node in enumerate(nodes):
+        if leaf[k]:
+            names.append(node)
+            rebuilt_of.append(None)
             continue
-        kids = kids_of[node]
-        names = [name_of[c] for c in kids]
+        kids = operands[k]
+        operand_names = [names[c] for c in kids]
         kind = type(node)
         if ((kind is sp.Add or kind is sp.Mul or kind is sp.Pow)
-                and all(n is c for n, c in zip(names, kids))):
+                and all(n is nodes[c] for n, c in zip(operand_names, kids))):
             # a sum, product or power of leaves (3*x, x**2) is its own rebuilding: the same
             # operands, unevaluated (a third of the nodes of a sum of terms a*x + y)
             rebuilt = node
         else:
-            rebuilt = rebuild(node, names)
-        rebuilt_of[node] = rebuilt
+            rebuilt = rebuild(node, operand_names)
+        rebuilt_of.append(rebuilt)
         if _is_transposed_symbol(rebuilt):     # X^T is a view, not a value to compute
-            name_of[node] = rebuilt
+            names.append(rebuilt)
             continue
         label = operations.label_of(node)
         if label is not None:                  # a name changes nothing: alias the child
-            name_of[node] = name_of[node.arg]
-            derivation.labels.setdefault(name_of[node], label)
+            names.append(names[kids[0]])
+            derivation.labels.setdefault(names[-1], label)
             continue
         name = _temporary("_t", k, node)
-        name_of[node] = name
+        names.append(name)
         derivation.assignments.append((name, rebuilt))
-    derivation.value = name_of[graph.output]
+    derivation.value = names[-1]
     derivation.named = {label: named.arg for named, label in canonicalize.labels.items()}
-    derivation.walk = Walk(nodes=graph.nodes, values=name_of, operations=rebuilt_of)
+    adjoints: list = [None] * len(nodes)
+    sent: list = []
+    derivation.walk = Walk(nodes, names, rebuilt_of, adjoints, sent)
 
     # which nodes depend on a parameter (the others need no adjoint)
     wrt_set = set(wrt)
-    depends: set = set()
-    for node in graph.nodes:
-        if node in wrt_set or not depends.isdisjoint(kids_of[node]):
-            depends.add(node)
+    depends = [False] * len(nodes)
+    for k, node in enumerate(nodes):
+        depends[k] = (leaf[k] and node in wrt_set) or any(depends[c] for c in operands[k])
 
     # backward: seed with 1, then each node hands its adjoint to its children
-    contributions: dict = defaultdict(list)
-    if graph.output in depends:
+    output = len(nodes) - 1
+    contributions: list = [None] * len(nodes)
+    if depends[output]:
         if seed is None:
             if is_matrix(graph.output):
                 raise ValueError("the gradient needs a scalar output; this one has shape "
                                  f"{graph.output.shape}: use the vector-Jacobian product "
                                  "sg.compile(expr, wrt).vjp")
             seed = sp.S.One
-        contributions[graph.output].append(seed)
-    for k, node in reversed(list(enumerate(graph.nodes))):
-        parts = contributions.pop(node, None)
+        contributions[output] = [seed]
+    for k in range(output, -1, -1):
+        parts = contributions[k]
         if not parts:
             continue
+        contributions[k] = None
+        node = nodes[k]
         upstream = _sum(parts, node, canonicalize)
         if not (is_leaf(upstream) or _is_transposed_symbol(upstream) or _is_broadcast(upstream)):
             adjoint = _temporary("_d", k, node)
             derivation.assignments.append((adjoint, upstream))
             derivation.adjoints.add(adjoint)
             upstream = adjoint
-        label = operations.label_of(node)
-        if label is not None:
-            derivation.labels.setdefault(upstream, "d" + label)
-        derivation.walk.adjoints[node] = upstream
-        if is_leaf(node):
+        if not leaf[k]:
+            label = operations.label_of(node)
+            if label is not None:
+                derivation.labels.setdefault(upstream, "d" + label)
+        adjoints[k] = upstream
+        if leaf[k]:
             if node in wrt_set:
                 derivation.gradients[node] = upstream
             continue
-        kids = kids_of[node]
+        kids = operands[k]
         rule = rule_for(node)
         # a rule that can skip the inputs no parameter depends on is told which those are
-        wanted = ({"wanted": tuple(c in depends for c in kids)}
+        wanted = ({"wanted": tuple(depends[c] for c in kids)}
                   if getattr(rule, "takes_wanted", False) else {})
-        local = rule(upstream, name_of[node], *[name_of[c] for c in kids], node=rebuilt_of[node],
+        local = rule(upstream, names[k], *[names[c] for c in kids], node=rebuilt_of[k],
                      **wanted)
-        for kid, contribution in zip(kids, local):
-            if contribution is None or kid not in depends:
+        for c, contribution in zip(kids, local):
+            if contribution is None or not depends[c]:
                 continue
             if type(contribution) is not sp.Symbol:     # (a name is canonical)
                 contribution = canonicalize(contribution)
-            derivation.walk.sent.append((node, kid, contribution))
+            sent.append((node, nodes[c], contribution))
             if _is_zero(contribution):
                 continue
-            contributions[kid].append(contribution)
+            if contributions[c] is None:
+                contributions[c] = [contribution]
+            else:
+                contributions[c].append(contribution)
 
     for symbol in wrt:
         derivation.gradients.setdefault(
