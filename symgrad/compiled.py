@@ -184,7 +184,8 @@ def grad(expr, wrt) -> Gradients:
     # variables: a quarter of sg.grad's time)
     as_written = set(dag_nodes(expr))
     walk = derivation.walk
-    known = {walk.values[node]: node for node in walk.operations if node in as_written}
+    known = {name: node for node, name, rebuilt in zip(walk.nodes, walk.names, walk.rebuilt)
+             if rebuilt is not None and node in as_written}
     gradients = inline_all(derivation, [derivation.gradients[w] for w in wrt], known=known)
     for key, w, gradient in zip(given, wrt, gradients):   # keyed by what the user passed
         result[key] = gradient                             # (q1(t), not q1)

@@ -229,7 +229,8 @@ def _refuse_non_real_constants(nodes: list) -> None:
     ...
     ValueError: the model holds the imaginary unit I, in 2*I*x: symgrad computes with ...
     """
-    bad = [n for n in nodes if isinstance(n, AccumBounds) or _not_real(n)]
+    bad = [n for n in nodes if type(n) not in _REAL_LEAVES
+           and (isinstance(n, AccumBounds) or _not_real(n))]
     if not bad:
         return
     # the smallest: every constant that holds a bad one is bad too (2*I holds I)
@@ -254,6 +255,13 @@ def _refuse_non_real_constants(nodes: list) -> None:
     where = "" if holder is constant else f", in {holder}"
     raise ValueError(f"the model holds {what}{where}: symgrad computes with real numbers "
                      "only; write the real number you mean")
+
+
+# kinds of node that are real numbers or symbols, never a non-real constant (a third of the
+# nodes of a long sum: its coefficients)
+_REAL_LEAVES = frozenset({sp.Symbol, sp.MatrixSymbol, sp.Integer, sp.Rational, sp.Float,
+                          type(sp.S.Zero), type(sp.S.One), type(sp.S.NegativeOne),
+                          type(sp.S.Half)})
 
 
 def _not_real(node) -> bool:

@@ -112,12 +112,18 @@ def _free_symbols(expr) -> set:
     if listed is not None:
         # its free symbols are those of its nodes, where no node binds a variable (a Lambda's)
         out = set()
+        plain: set = set()      # types whose nodes with arguments have none of their own
         for node in listed:
+            kind = type(node)
+            if kind in plain and node.args:     # (most nodes: asked once per type)
+                continue
             if isinstance(node, sp.Symbol):
                 out.add(node)
             elif not isinstance(node, sp.Basic):
                 continue
-            elif _has_own_free_symbols(node) if node.args else node.free_symbols:
+            elif node.args and not _has_own_free_symbols(node):
+                plain.add(kind)     # (it depends on the type alone)
+            elif node.args or node.free_symbols:
                 # a node with free symbols of its own making (a matrix symbol, which does
                 # not count its dimensions; a Lambda, which binds its variables): the walk
                 # below stops at it

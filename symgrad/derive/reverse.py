@@ -203,8 +203,14 @@ def derive(expr, wrt: list, seed=None) -> Derivation:
     # which nodes depend on a parameter (the others need no adjoint)
     wrt_set = set(wrt)
     depends = [False] * len(nodes)
-    for k, node in enumerate(nodes):
-        depends[k] = (leaf[k] and node in wrt_set) or any(depends[c] for c in operands[k])
+    for k, kids in enumerate(operands):
+        if leaf[k]:
+            depends[k] = nodes[k] in wrt_set
+            continue
+        for c in kids:
+            if depends[c]:
+                depends[k] = True
+                break
 
     # backward: seed with 1, then each node hands its adjoint to its children
     output = len(nodes) - 1
